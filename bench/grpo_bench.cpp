@@ -1,0 +1,3 @@
+#include "bench/bench.h"
+#include <CLI/CLI.hpp>
+namespace cohort::bench { void add_grpo_bench(CLI::App& b) { (void)b; } }

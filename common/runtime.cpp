@@ -1,0 +1,66 @@
+#include "common/runtime.h"
+
+#include <ATen/Parallel.h>
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <thread>
+
+namespace cohort {
+namespace {
+
+using openblas_set_fn = void (*)(int);
+using openblas_get_fn = int (*)();
+using openblas_config_fn = char* (*)();
+
+template <typename Fn>
+Fn blas_symbol(const char* name) {
+  return reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, name));
+}
+
+int default_threads() {
+  if (const char* env = std::getenv("COHORT_THREADS")) {
+    int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  unsigned hw = std::thread::hardware_concurrency();
+  return hw > 0 ? static_cast<int>(hw) : 1;
+}
+
+}  // namespace
+
+void runtime_init(int argc, char** argv) {
+  (void)argc;
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    execv("/proc/self/exe", argv);
+    // exec failed (no /proc): carry on with the default policy.
+  }
+  set_num_threads(default_threads());
+}
+
+void set_num_threads(int n) {
+  at::set_num_threads(n);
+  if (auto fn = blas_symbol<openblas_set_fn>("openblas_set_num_threads")) fn(n);
+}
+
+BlasInfo blas_info() {
+  BlasInfo info;
+  Dl_info dl{};
+  if (void* sym = dlsym(RTLD_DEFAULT, "cblas_sgemm"); sym && dladdr(sym, &dl) && dl.dli_fname) {
+    char resolved[4096];
+    info.library = realpath(dl.dli_fname, resolved) ? resolved : dl.dli_fname;
+  } else if (void* s2 = dlsym(RTLD_DEFAULT, "sgemm_"); s2 && dladdr(s2, &dl) && dl.dli_fname) {
+    char resolved[4096];
+    info.library = realpath(dl.dli_fname, resolved) ? resolved : dl.dli_fname;
+  }
+  if (auto cfg = blas_symbol<openblas_config_fn>("openblas_get_config")) info.config = cfg();
+  if (auto get = blas_symbol<openblas_get_fn>("openblas_get_num_threads")) info.blas_threads = get();
+  info.torch_threads = at::get_num_threads();
+  if (const char* p = std::getenv("OMP_WAIT_POLICY")) info.omp_wait_policy = p;
+  return info;
+}
+
+}  // namespace cohort

@@ -1,0 +1,6 @@
+// CLI commands owned by the learning core: `pretrain`, `train`, `eval`, `demo`.
+#pragma once
+namespace CLI { class App; }
+namespace cohort::grpo {
+void add_commands(CLI::App& app);
+}  // namespace cohort::grpo
