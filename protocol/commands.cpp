@@ -1,6 +1,32 @@
-// PLACEHOLDER: replaced by the protocol module (keygen).
+// `cohort keygen --out FILE`: creates an identity key file (mode 0600) and prints its public key.
 #include "protocol/commands.h"
+
 #include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "protocol/identity.h"
+
 namespace cohort::protocol {
-void add_commands(CLI::App& app) { (void)app; }
+
+void add_commands(CLI::App& app) {
+  struct Options {
+    std::string out;
+    bool force = false;
+  };
+  auto opts = std::make_shared<Options>();
+  auto* keygen = app.add_subcommand(
+      "keygen", "Create an Ed25519 identity key file (mode 0600) and print its public key (peer id)");
+  keygen->add_option("--out,-o", opts->out, "Key file to create")->required();
+  keygen->add_flag("--force", opts->force, "Overwrite an existing key file");
+  keygen->callback([opts] {
+    const Identity id = Identity::generate();
+    id.save(opts->out, opts->force);
+    std::fprintf(stderr, "wrote %s (mode 0600); its peer id (public key) is:\n", opts->out.c_str());
+    std::printf("%s\n", id.id().hex().c_str());
+  });
+}
+
 }  // namespace cohort::protocol

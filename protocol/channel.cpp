@@ -1,0 +1,569 @@
+#include "protocol/channel.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace cohort::protocol {
+
+using asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr std::uint8_t kMagic[6] = {'C', 'O', 'H', 'O', 'R', 'T'};
+constexpr std::size_t kReadBuffer = 256 * 1024;
+constexpr std::uint8_t kVerdictAccepted = 0;
+constexpr std::uint8_t kVerdictNotAllowed = 1;
+
+[[noreturn]] void throw_io(const std::error_code& ec, bool timed_out, const std::string& what) {
+  if (timed_out) throw ProtocolError(ErrorCode::kTimeout, what + " timed out");
+  if (ec == asio::error::eof || ec == asio::error::connection_reset ||
+      ec == asio::error::broken_pipe || ec == asio::error::operation_aborted ||
+      ec == asio::error::bad_descriptor || ec == asio::error::connection_aborted) {
+    throw ProtocolError(ErrorCode::kClosed, what + ": peer closed the connection (" + ec.message() + ")");
+  }
+  throw ProtocolError(ErrorCode::kIo, what + ": " + ec.message());
+}
+
+}  // namespace
+
+struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
+  explicit Impl(tcp::socket s, const ChannelLimits& l)
+      : socket(std::move(s)),
+        read_timer(socket.get_executor()),
+        write_timer(socket.get_executor()),
+        limits(l) {}
+
+  tcp::socket socket;
+  asio::steady_timer read_timer;   // idle timeout, and the whole handshake
+  asio::steady_timer write_timer;
+  ChannelLimits limits;
+  bool read_timed_out = false;
+  bool write_timed_out = false;
+
+  std::optional<FrameSealer> sealer;
+  std::unique_ptr<FrameOpener> opener;
+  PeerId peer;
+  noise::Hash hash{};
+  std::uint8_t version = 0;
+  Bytes wbuf;
+  Bytes rbuf;
+
+  // Closes the socket when `timer` fires; `flag` tells the waiting operation why it failed.
+  void arm(asio::steady_timer& timer, std::chrono::milliseconds after, bool Impl::*flag) {
+    this->*flag = false;
+    timer.expires_after(after);
+    timer.async_wait([weak = weak_from_this(), flag](std::error_code ec) {
+      if (ec) return;
+      if (auto self = weak.lock()) {
+        (*self).*flag = true;
+        std::error_code ignored;
+        self->socket.close(ignored);
+      }
+    });
+  }
+
+  void close() {
+    std::error_code ignored;
+    socket.shutdown(tcp::socket::shutdown_both, ignored);
+    socket.close(ignored);
+    read_timer.cancel();
+    write_timer.cancel();
+  }
+
+  // Handshake I/O: exact reads and writes under the handshake timer (armed by the caller).
+  asio::awaitable<void> write_all(ByteView bytes, const char* what) {
+    std::error_code ec;
+    co_await asio::async_write(socket, asio::buffer(bytes.data(), bytes.size()),
+                               asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) throw_io(ec, read_timed_out, what);
+  }
+  asio::awaitable<void> read_exact(std::uint8_t* p, std::size_t n, const char* what) {
+    std::error_code ec;
+    co_await asio::async_read(socket, asio::buffer(p, n), asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) throw_io(ec, read_timed_out, what);
+  }
+  asio::awaitable<void> write_handshake(const Bytes& msg, const char* what) {
+    Bytes framed(2 + msg.size());
+    framed[0] = static_cast<std::uint8_t>(msg.size() >> 8);
+    framed[1] = static_cast<std::uint8_t>(msg.size());
+    std::copy(msg.begin(), msg.end(), framed.begin() + 2);
+    co_await write_all(framed, what);
+  }
+  asio::awaitable<Bytes> read_handshake(const char* what) {
+    std::uint8_t len[2];
+    co_await read_exact(len, 2, what);
+    Bytes msg(std::size_t{len[0]} << 8 | len[1]);
+    co_await read_exact(msg.data(), msg.size(), what);
+    co_return msg;
+  }
+
+  asio::awaitable<void> send_frame(MessageClass cls, ByteView body) {
+    wbuf.clear();
+    sealer->seal(cls, body, wbuf);
+    std::size_t done = 0;
+    while (done < wbuf.size()) {
+      std::error_code ec;
+      arm(write_timer, limits.write_timeout, &Impl::write_timed_out);
+      const std::size_t n = co_await socket.async_write_some(
+          asio::buffer(wbuf.data() + done, wbuf.size() - done),
+          asio::redirect_error(asio::use_awaitable, ec));
+      write_timer.cancel();
+      if (ec) {
+        close();
+        throw_io(ec, write_timed_out, "send");
+      }
+      done += n;
+    }
+  }
+
+  // `allow_verdict`: only the initiator's first read may see the responder's verdict.
+  asio::awaitable<Frame> receive_frame(bool allow_verdict, bool handshake_timer) {
+    for (;;) {
+      if (auto frame = opener->pop()) {
+        if ((frame->cls == MessageClass::kVerdict) != allow_verdict) {
+          close();
+          throw ProtocolError(ErrorCode::kMalformed, allow_verdict
+                                                         ? "expected the handshake verdict"
+                                                         : "handshake verdict after the handshake");
+        }
+        co_return std::move(*frame);
+      }
+      if (rbuf.empty()) rbuf.resize(kReadBuffer);
+      std::error_code ec;
+      if (!handshake_timer) arm(read_timer, limits.idle_timeout, &Impl::read_timed_out);
+      const std::size_t n = co_await socket.async_read_some(
+          asio::buffer(rbuf), asio::redirect_error(asio::use_awaitable, ec));
+      if (!handshake_timer) read_timer.cancel();
+      if (ec) {
+        const bool mid = opener->mid_message();
+        close();
+        if (ec == asio::error::eof && mid) {
+          throw ProtocolError(ErrorCode::kClosed, "peer closed the connection mid-message (truncated)");
+        }
+        throw_io(ec, read_timed_out, handshake_timer ? "handshake" : "receive");
+      }
+      try {
+        opener->feed(ByteView(rbuf.data(), n));
+      } catch (const ProtocolError&) {
+        close();
+        throw;
+      }
+    }
+  }
+};
+
+namespace {
+
+using ImplPtr = std::shared_ptr<Channel::Impl>;
+
+std::array<std::uint8_t, kPreambleLen> make_preamble(std::uint8_t lo, std::uint8_t hi) {
+  std::array<std::uint8_t, kPreambleLen> p{};
+  std::memcpy(p.data(), kMagic, sizeof kMagic);
+  p[6] = lo;
+  p[7] = hi;
+  return p;
+}
+
+void check_magic(const std::array<std::uint8_t, kPreambleLen>& p, const char* who) {
+  if (std::memcmp(p.data(), kMagic, sizeof kMagic) != 0) {
+    throw ProtocolError(ErrorCode::kNotCohortPeer,
+                        std::string(who) + " did not send the COHORT preamble: wrong host or port?");
+  }
+}
+
+void start_transport(Channel::Impl& s, const noise::HandshakeState& hs, const PeerId& peer) {
+  auto [send, recv] = hs.split();
+  s.sealer.emplace(std::move(send), s.limits.rekey_interval);
+  s.opener = std::make_unique<FrameOpener>(std::move(recv), s.limits);
+  s.peer = peer;
+  s.hash = hs.handshake_hash();
+}
+
+asio::awaitable<void> initiator_handshake(ImplPtr s, Identity identity, ChannelOptions options) {
+  const auto mine = make_preamble(options.version_min, options.version_max);
+  co_await s->write_all(mine, "handshake (preamble)");
+  std::array<std::uint8_t, kPreambleLen> theirs;
+  co_await s->read_exact(theirs.data(), theirs.size(), "handshake (preamble)");
+  check_magic(theirs, "responder");
+  const std::uint8_t v = theirs[7];
+  if (theirs[6] != theirs[7] || v < options.version_min || v > options.version_max) {
+    throw ProtocolError(ErrorCode::kVersionMismatch,
+                        "the responder speaks protocol versions " + std::to_string(theirs[6]) + ".." +
+                            std::to_string(theirs[7]) + ", this build speaks " +
+                            std::to_string(options.version_min) + ".." +
+                            std::to_string(options.version_max) + "; upgrade the older side");
+  }
+  s->version = v;
+
+  Bytes prologue(mine.begin(), mine.end());
+  prologue.insert(prologue.end(), theirs.begin(), theirs.end());
+  noise::HandshakeState hs(noise::HandshakePattern::kXX, true, prologue,
+                           {.s = identity.noise_static(), .e = {}, .rs = {}});
+  co_await s->write_handshake(hs.write_message({}), "handshake (message 1)");
+  const Bytes m2 = co_await s->read_handshake("handshake (message 2)");
+  const Bytes payload = hs.read_message(m2);
+  const PeerId responder = verify_identity_payload(payload, *hs.remote_static());
+  if (options.expected_peer && *options.expected_peer != responder) {
+    throw ProtocolError(ErrorCode::kPinnedKeyMismatch,
+                        "expected peer " + options.expected_peer->hex() + " but the responder proved " +
+                            responder.hex());
+  }
+  co_await s->write_handshake(hs.write_message(identity.identity_payload()), "handshake (message 3)");
+  start_transport(*s, hs, responder);
+
+  Frame verdict = co_await s->receive_frame(/*allow_verdict=*/true, /*handshake_timer=*/true);
+  if (verdict.body.empty()) throw ProtocolError(ErrorCode::kMalformed, "empty handshake verdict");
+  if (verdict.body[0] != kVerdictAccepted) {
+    const std::string reason(verdict.body.begin() + 1, verdict.body.end());
+    throw ProtocolError(ErrorCode::kNotAllowed, "the responder refused this identity (" +
+                                                    identity.id().fingerprint() + "): " + reason);
+  }
+}
+
+asio::awaitable<void> responder_handshake(ImplPtr s, Identity identity, ChannelOptions options) {
+  std::array<std::uint8_t, kPreambleLen> theirs;
+  co_await s->read_exact(theirs.data(), theirs.size(), "handshake (preamble)");
+  check_magic(theirs, "initiator");
+  const int lo = std::max<int>(theirs[6], options.version_min);
+  const int hi = std::min<int>(theirs[7], options.version_max);
+  if (theirs[6] > theirs[7] || lo > hi) {
+    const auto range = make_preamble(options.version_min, options.version_max);
+    co_await s->write_all(range, "handshake (preamble)");
+    throw ProtocolError(ErrorCode::kVersionMismatch,
+                        "the initiator speaks protocol versions " + std::to_string(theirs[6]) + ".." +
+                            std::to_string(theirs[7]) + ", this build speaks " +
+                            std::to_string(options.version_min) + ".." +
+                            std::to_string(options.version_max));
+  }
+  s->version = static_cast<std::uint8_t>(hi);
+  const auto mine = make_preamble(s->version, s->version);
+  co_await s->write_all(mine, "handshake (preamble)");
+
+  Bytes prologue(theirs.begin(), theirs.end());
+  prologue.insert(prologue.end(), mine.begin(), mine.end());
+  noise::HandshakeState hs(noise::HandshakePattern::kXX, false, prologue,
+                           {.s = identity.noise_static(), .e = {}, .rs = {}});
+  const Bytes m1 = co_await s->read_handshake("handshake (message 1)");
+  if (!hs.read_message(m1).empty()) {
+    throw ProtocolError(ErrorCode::kHandshakeFailed, "message 1 must carry no payload");
+  }
+  co_await s->write_handshake(hs.write_message(identity.identity_payload()), "handshake (message 2)");
+  const Bytes m3 = co_await s->read_handshake("handshake (message 3)");
+  const Bytes payload = hs.read_message(m3);
+  const PeerId initiator = verify_identity_payload(payload, *hs.remote_static());
+  start_transport(*s, hs, initiator);
+
+  if (options.admit && !options.admit(initiator)) {
+    const std::string reason = "identity " + initiator.hex() + " is not on the allowlist";
+    Bytes body{kVerdictNotAllowed};
+    body.insert(body.end(), reason.begin(), reason.end());
+    try {
+      co_await s->send_frame(MessageClass::kVerdict, body);
+    } catch (const ProtocolError&) {
+      // The refusal below is what matters; the peer may already be gone.
+    }
+    throw ProtocolError(ErrorCode::kNotAllowed, reason);
+  }
+  const Bytes ok{kVerdictAccepted};
+  co_await s->send_frame(MessageClass::kVerdict, ok);
+}
+
+// Runs `handshake` under the handshake deadline and closes the socket on any failure.
+asio::awaitable<void> guarded(ImplPtr s, asio::awaitable<void> handshake) {
+  s->arm(s->read_timer, s->limits.handshake_timeout, &Channel::Impl::read_timed_out);
+  try {
+    co_await std::move(handshake);
+  } catch (const ProtocolError& e) {
+    const bool timed_out = s->read_timed_out;
+    s->close();
+    if (timed_out && e.code() != ErrorCode::kTimeout) {
+      throw ProtocolError(ErrorCode::kTimeout, std::string("handshake did not finish in time (") + e.what() + ")");
+    }
+    throw;
+  } catch (...) {
+    s->close();
+    throw;
+  }
+  s->read_timer.cancel();
+}
+
+}  // namespace
+
+MessageClass message_class(const wire::Envelope& envelope) {
+  switch (envelope.payload_case()) {
+    case wire::Envelope::kManifest:
+    case wire::Envelope::kTensorChunk:
+    case wire::Envelope::kUpdate:
+      return MessageClass::kBulk;
+    default:
+      return MessageClass::kControl;
+  }
+}
+
+Channel::Channel(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Channel::Channel(Channel&&) noexcept = default;
+Channel& Channel::operator=(Channel&&) noexcept = default;
+Channel::~Channel() {
+  if (impl_) impl_->close();
+}
+
+asio::awaitable<Channel> Channel::connect(tcp::endpoint endpoint, const Identity& identity,
+                                          ChannelOptions options) {
+  Identity id = identity;
+  auto ex = co_await asio::this_coro::executor;
+  auto s = std::make_shared<Impl>(tcp::socket(ex), options.limits);
+  auto connect_and_handshake = [](ImplPtr s, tcp::endpoint ep, Identity id,
+                                  ChannelOptions options) -> asio::awaitable<void> {
+    std::error_code ec;
+    co_await s->socket.async_connect(ep, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      if (s->read_timed_out) throw ProtocolError(ErrorCode::kTimeout, "connect to " + ep.address().to_string() + " timed out");
+      throw ProtocolError(ErrorCode::kIo, "cannot connect to " + ep.address().to_string() + ":" +
+                                              std::to_string(ep.port()) + ": " + ec.message());
+    }
+    s->socket.set_option(tcp::no_delay(true), ec);
+    co_await initiator_handshake(s, std::move(id), std::move(options));
+  };
+  co_await guarded(s, connect_and_handshake(s, endpoint, std::move(id), std::move(options)));
+  co_return Channel(std::move(s));
+}
+
+asio::awaitable<Channel> Channel::connect(std::string host, std::uint16_t port,
+                                          const Identity& identity, ChannelOptions options) {
+  auto ex = co_await asio::this_coro::executor;
+  tcp::resolver resolver(ex);
+  std::error_code ec;
+  auto results = co_await resolver.async_resolve(host, std::to_string(port),
+                                                 asio::redirect_error(asio::use_awaitable, ec));
+  if (ec || results.empty()) {
+    throw ProtocolError(ErrorCode::kIo, "cannot resolve " + host + ": " + ec.message());
+  }
+  std::optional<ProtocolError> last;
+  for (const auto& entry : results) {
+    try {
+      co_return co_await connect(entry.endpoint(), identity, options);
+    } catch (const ProtocolError& e) {
+      // Only a failure to reach this address moves on to the next one.
+      if (e.code() != ErrorCode::kIo) throw;
+      last = e;
+    }
+  }
+  throw *last;
+}
+
+asio::awaitable<Channel> Channel::accept(tcp::socket socket, const Identity& identity,
+                                         ChannelOptions options) {
+  std::error_code ec;
+  socket.set_option(tcp::no_delay(true), ec);
+  auto s = std::make_shared<Impl>(std::move(socket), options.limits);
+  co_await guarded(s, responder_handshake(s, identity, std::move(options)));
+  co_return Channel(std::move(s));
+}
+
+asio::awaitable<void> Channel::send_frame(MessageClass cls, ByteView body) {
+  auto self = impl_;
+  COHORT_CHECK(cls != MessageClass::kVerdict, "the verdict is part of the handshake");
+  co_await self->send_frame(cls, body);
+}
+
+asio::awaitable<Frame> Channel::receive_frame() {
+  auto self = impl_;
+  co_return co_await self->receive_frame(false, false);
+}
+
+asio::awaitable<void> Channel::send(const wire::Envelope& envelope) {
+  auto self = impl_;
+  Bytes body(envelope.ByteSizeLong());
+  envelope.SerializeWithCachedSizesToArray(body.data());
+  co_await self->send_frame(message_class(envelope), body);
+}
+
+asio::awaitable<wire::Envelope> Channel::receive() {
+  auto self = impl_;
+  Frame frame = co_await self->receive_frame(false, false);
+  wire::Envelope envelope;
+  if (!envelope.ParseFromArray(frame.body.data(), static_cast<int>(frame.body.size()))) {
+    self->close();
+    throw ProtocolError(ErrorCode::kMalformed, "message is not a valid Envelope");
+  }
+  if (message_class(envelope) != frame.cls) {
+    self->close();
+    throw ProtocolError(ErrorCode::kMalformed, "Envelope arrived in the wrong message class");
+  }
+  co_return envelope;
+}
+
+const PeerId& Channel::peer() const { return impl_->peer; }
+const noise::Hash& Channel::handshake_hash() const { return impl_->hash; }
+std::uint8_t Channel::version() const { return impl_->version; }
+bool Channel::is_open() const { return impl_ && impl_->socket.is_open(); }
+void Channel::close() {
+  if (impl_) impl_->close();
+}
+tcp::endpoint Channel::remote_endpoint() const {
+  std::error_code ec;
+  auto ep = impl_->socket.remote_endpoint(ec);
+  return ep;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Server::State : std::enable_shared_from_this<Server::State> {
+  State(asio::any_io_executor ex, tcp::endpoint ep, Identity id, ChannelOptions opts, Handler h)
+      : executor(ex),
+        acceptor(asio::make_strand(ex)),
+        identity(std::move(id)),
+        options(std::move(opts)),
+        handler(std::move(h)) {
+    acceptor.open(ep.protocol());
+    acceptor.set_option(tcp::acceptor::reuse_address(true));
+    acceptor.bind(ep);
+    acceptor.listen();
+    port = acceptor.local_endpoint().port();
+  }
+
+  asio::any_io_executor executor;
+  tcp::acceptor acceptor;
+  Identity identity;
+  ChannelOptions options;
+  Handler handler;
+  Stats stats;
+  std::uint16_t port = 0;
+  std::atomic<std::size_t> pending{0};
+  std::atomic<std::size_t> max_pending{1024};
+  std::atomic<bool> stopped{false};
+};
+
+namespace {
+
+asio::awaitable<void> serve_connection(std::shared_ptr<Server::State> st, tcp::socket socket) {
+  std::error_code ec;
+  const auto remote = socket.remote_endpoint(ec);
+  const std::string who = ec ? std::string("?") : remote.address().to_string() + ":" + std::to_string(remote.port());
+  std::optional<Channel> channel;
+  try {
+    channel.emplace(co_await Channel::accept(std::move(socket), st->identity, st->options));
+  } catch (const ProtocolError& e) {
+    --st->pending;
+    ++st->stats.handshakes_failed;
+    spdlog::info("protocol: handshake with {} failed: {}", who, e.what());
+    co_return;
+  }
+  --st->pending;
+  ++st->stats.handshakes_ok;
+  spdlog::debug("protocol: {} authenticated as {}", who, channel->peer().fingerprint());
+  try {
+    co_await st->handler(std::move(*channel));
+  } catch (const ProtocolError& e) {
+    spdlog::info("protocol: connection with {} ended: {}", who, e.what());
+  } catch (const std::exception& e) {
+    spdlog::warn("protocol: handler for {} failed: {}", who, e.what());
+  }
+}
+
+asio::awaitable<void> accept_loop(std::shared_ptr<Server::State> st) {
+  while (!st->stopped) {
+    std::error_code ec;
+    tcp::socket socket = co_await st->acceptor.async_accept(
+        asio::make_strand(st->executor), asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      if (st->stopped || ec == asio::error::operation_aborted) co_return;
+      spdlog::warn("protocol: accept failed: {}", ec.message());
+      continue;
+    }
+    ++st->stats.accepted;
+    if (st->pending >= st->max_pending) {
+      ++st->stats.rejected_busy;
+      socket.close(ec);
+      continue;
+    }
+    ++st->pending;
+    auto ex = socket.get_executor();
+    asio::co_spawn(ex, serve_connection(st, std::move(socket)), asio::detached);
+  }
+}
+
+}  // namespace
+
+Server::Server(asio::any_io_executor executor, tcp::endpoint endpoint, Identity identity,
+               ChannelOptions options, Handler handler)
+    : state_(std::make_shared<State>(std::move(executor), endpoint, std::move(identity),
+                                     std::move(options), std::move(handler))) {}
+
+Server::~Server() { stop(); }
+
+void Server::start() { asio::co_spawn(state_->acceptor.get_executor(), accept_loop(state_), asio::detached); }
+
+void Server::stop() {
+  if (state_->stopped.exchange(true)) return;
+  asio::post(state_->acceptor.get_executor(), [st = state_] {
+    std::error_code ec;
+    st->acceptor.close(ec);
+  });
+}
+
+std::uint16_t Server::port() const { return state_->port; }
+const Server::Stats& Server::stats() const { return state_->stats; }
+void Server::set_max_pending_handshakes(std::size_t n) { state_->max_pending = n; }
+
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+template <class T>
+T run_blocking(asio::io_context& io, asio::awaitable<T> op) {
+  std::optional<T> result;
+  std::exception_ptr error;
+  asio::co_spawn(
+      io, [&]() -> asio::awaitable<void> { result.emplace(co_await std::move(op)); },
+      [&](std::exception_ptr e) { error = e; });
+  io.restart();
+  io.run();
+  if (error) std::rethrow_exception(error);
+  return std::move(*result);
+}
+
+void run_blocking(asio::io_context& io, asio::awaitable<void> op) {
+  std::exception_ptr error;
+  asio::co_spawn(io, std::move(op), [&](std::exception_ptr e) { error = e; });
+  io.restart();
+  io.run();
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace
+
+BlockingChannel BlockingChannel::connect(const std::string& host, std::uint16_t port,
+                                         const Identity& identity, ChannelOptions options) {
+  BlockingChannel out;
+  out.io_ = std::make_unique<asio::io_context>(1);
+  out.channel_ = std::make_unique<Channel>(
+      run_blocking(*out.io_, Channel::connect(host, port, identity, std::move(options))));
+  return out;
+}
+
+BlockingChannel::BlockingChannel(BlockingChannel&&) noexcept = default;
+BlockingChannel& BlockingChannel::operator=(BlockingChannel&&) noexcept = default;
+BlockingChannel::~BlockingChannel() {
+  // The channel's socket and timers belong to io_; destroy them first.
+  channel_.reset();
+  if (io_) {
+    io_->restart();
+    io_->poll();
+  }
+}
+
+void BlockingChannel::send(const wire::Envelope& envelope) { run_blocking(*io_, channel_->send(envelope)); }
+wire::Envelope BlockingChannel::receive() { return run_blocking(*io_, channel_->receive()); }
+void BlockingChannel::send_frame(MessageClass cls, ByteView body) {
+  run_blocking(*io_, channel_->send_frame(cls, body));
+}
+Frame BlockingChannel::receive_frame() { return run_blocking(*io_, channel_->receive_frame()); }
+const PeerId& BlockingChannel::peer() const { return channel_->peer(); }
+Channel& BlockingChannel::channel() { return *channel_; }
+void BlockingChannel::close() { channel_->close(); }
+
+}  // namespace cohort::protocol

@@ -1,0 +1,172 @@
+#include "protocol/framing.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "protocol/error.h"
+
+namespace cohort::protocol {
+namespace {
+
+void maybe_rekey(noise::CipherState& c, std::uint64_t interval) {
+  if (c.nonce() >= interval) {
+    c.rekey();
+    c.set_nonce(0);
+  }
+}
+
+std::uint32_t limit_for(MessageClass cls, const ChannelLimits& limits) {
+  switch (cls) {
+    case MessageClass::kControl: return limits.max_control_bytes;
+    case MessageClass::kBulk: return limits.max_bulk_bytes;
+    case MessageClass::kVerdict: return 1024;
+  }
+  return 0;
+}
+
+}  // namespace
+
+FrameSealer::FrameSealer(noise::CipherState send, std::uint64_t rekey_interval)
+    : cipher_(std::move(send)), rekey_interval_(rekey_interval) {
+  COHORT_CHECK(rekey_interval_ > 0 && rekey_interval_ < noise::kMaxNonce);
+}
+
+void FrameSealer::seal_one(const std::uint8_t* header, std::size_t header_len,
+                           const std::uint8_t* data, std::size_t len, Bytes& out) {
+  maybe_rekey(cipher_, rekey_interval_);
+  const std::size_t plain = header_len + len;
+  const std::size_t wire = plain + noise::kTagLen;
+  const std::size_t at = out.size();
+  out.resize(at + 2 + wire);
+  std::uint8_t* p = out.data() + at;
+  p[0] = static_cast<std::uint8_t>(wire >> 8);
+  p[1] = static_cast<std::uint8_t>(wire);
+  if (header_len) std::memcpy(p + 2, header, header_len);
+  if (len) std::memcpy(p + 2 + header_len, data, len);
+  cipher_.encrypt_in_place(p + 2, plain);
+}
+
+void FrameSealer::seal(MessageClass cls, ByteView body, Bytes& out) {
+  COHORT_CHECK(body.size() <= 0xffffffffu, "message over 4 GiB");
+  const std::uint32_t n = static_cast<std::uint32_t>(body.size());
+  const std::uint8_t header[kFrameHeaderLen] = {
+      static_cast<std::uint8_t>(cls), static_cast<std::uint8_t>(n >> 24),
+      static_cast<std::uint8_t>(n >> 16), static_cast<std::uint8_t>(n >> 8),
+      static_cast<std::uint8_t>(n)};
+  const std::size_t chunks =
+      1 + (body.size() + kFrameHeaderLen > kMaxTransportPlaintext
+               ? (body.size() + kFrameHeaderLen - 1) / kMaxTransportPlaintext
+               : 0);
+  out.reserve(out.size() + body.size() + kFrameHeaderLen + chunks * (2 + noise::kTagLen));
+  std::size_t first = std::min(body.size(), kMaxTransportPlaintext - kFrameHeaderLen);
+  seal_one(header, kFrameHeaderLen, body.data(), first, out);
+  for (std::size_t pos = first; pos < body.size();) {
+    const std::size_t len = std::min(body.size() - pos, kMaxTransportPlaintext);
+    seal_one(nullptr, 0, body.data() + pos, len, out);
+    pos += len;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+FrameOpener::FrameOpener(noise::CipherState recv, const ChannelLimits& limits)
+    : cipher_(std::move(recv)), limits_(limits) {
+  COHORT_CHECK(limits_.rekey_interval > 0 && limits_.rekey_interval < noise::kMaxNonce);
+}
+
+void FrameOpener::open_transport(const std::uint8_t* ciphertext, std::size_t len) {
+  maybe_rekey(cipher_, limits_.rekey_interval);
+  const std::size_t n = cipher_.decrypt_to(ciphertext, len, plain_);
+  const std::uint8_t* p = plain_;
+  std::size_t avail = n;
+  if (!in_message_) {
+    if (avail < kFrameHeaderLen) {
+      throw ProtocolError(ErrorCode::kMalformed, "transport message too short for a message header");
+    }
+    const std::uint8_t cls = p[0];
+    if (cls > static_cast<std::uint8_t>(MessageClass::kVerdict)) {
+      throw ProtocolError(ErrorCode::kMalformed, "unknown message class " + std::to_string(cls));
+    }
+    const std::uint32_t size = std::uint32_t{p[1]} << 24 | std::uint32_t{p[2]} << 16 |
+                               std::uint32_t{p[3]} << 8 | std::uint32_t{p[4]};
+    const std::uint32_t limit = limit_for(static_cast<MessageClass>(cls), limits_);
+    if (size > limit) {
+      throw ProtocolError(ErrorCode::kMessageTooLarge,
+                          "peer announced a " + std::to_string(size) + "-byte message; the limit is " +
+                              std::to_string(limit));
+    }
+    current_ = Frame{static_cast<MessageClass>(cls), {}};
+    // Grow with what actually arrives: a peer that announces a large message and stalls costs
+    // us at most one transport message of memory.
+    current_.body.reserve(std::min<std::size_t>(size, kMaxTransportPlaintext));
+    remaining_ = size;
+    in_message_ = true;
+    p += kFrameHeaderLen;
+    avail -= kFrameHeaderLen;
+  } else if (avail == 0) {
+    throw ProtocolError(ErrorCode::kMalformed, "empty transport message inside a message");
+  }
+  if (avail > remaining_) {
+    throw ProtocolError(ErrorCode::kMalformed, "transport message runs past the end of its message");
+  }
+  current_.body.insert(current_.body.end(), p, p + avail);
+  remaining_ -= avail;
+  if (remaining_ == 0) {
+    in_message_ = false;
+    ready_.push_back(std::move(current_));
+    current_ = Frame{};
+  }
+}
+
+void FrameOpener::feed(ByteView wire) {
+  const std::uint8_t* p = wire.data();
+  std::size_t n = wire.size();
+  while (n > 0) {
+    if (pending_len_ > 0 || n < 2) {
+      // Assemble a transport message across feeds.
+      if (pending_len_ < 2) {
+        const std::size_t take = std::min(n, 2 - pending_len_);
+        std::memcpy(pending_ + pending_len_, p, take);
+        pending_len_ += take;
+        p += take;
+        n -= take;
+        if (pending_len_ < 2) return;
+      }
+      const std::size_t len = std::size_t{pending_[0]} << 8 | pending_[1];
+      if (len < noise::kTagLen) {
+        throw ProtocolError(ErrorCode::kMalformed, "transport message shorter than its tag");
+      }
+      const std::size_t take = std::min(n, 2 + len - pending_len_);
+      std::memcpy(pending_ + pending_len_, p, take);
+      pending_len_ += take;
+      p += take;
+      n -= take;
+      if (pending_len_ < 2 + len) return;
+      pending_len_ = 0;
+      open_transport(pending_ + 2, len);
+      continue;
+    }
+    const std::size_t len = std::size_t{p[0]} << 8 | p[1];
+    if (len < noise::kTagLen) {
+      throw ProtocolError(ErrorCode::kMalformed, "transport message shorter than its tag");
+    }
+    if (n < 2 + len) {
+      std::memcpy(pending_, p, n);
+      pending_len_ = n;
+      return;
+    }
+    open_transport(p + 2, len);
+    p += 2 + len;
+    n -= 2 + len;
+  }
+}
+
+std::optional<Frame> FrameOpener::pop() {
+  if (ready_.empty()) return std::nullopt;
+  Frame f = std::move(ready_.front());
+  ready_.pop_front();
+  return f;
+}
+
+}  // namespace cohort::protocol

@@ -1,0 +1,99 @@
+// Signed gradient updates and weight manifests: the signer serializes the body once, signs a
+// domain-separated BLAKE2b-256 digest of exactly those bytes, and anyone can re-verify the stored
+// bytes later. Verification returns a typed verdict the coordinator turns into an Ack.
+//
+//   wire::SignedUpdate su = sign_update(update, node_identity);          // node
+//   UpdateVerifier verifier({.recipient = me.id(), .current_version = v, .staleness_bound = 2});
+//   VerifiedUpdate r = verifier.verify(su, channel.peer());              // coordinator
+//   if (!r) ack.set_reason(to_ack_reason(r.verdict));
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "protocol/digest.h"
+#include "protocol/identity.h"
+#include "protocol/messages.pb.h"
+
+namespace cohort::protocol {
+
+enum class UpdateVerdict {
+  kOk,
+  kMalformed,        // sizes wrong or the body does not parse
+  kBadSignature,     // the signature does not verify over the exact body bytes
+  kSignerMismatch,   // body.peer != signer, or signer is not the channel's authenticated peer
+  kWrongRecipient,   // body.recipient is not this coordinator
+  kStale,            // policy_version < current − staleness_bound (or from the future)
+  kReplayed,         // same (peer, sequence) or same digest seen before
+};
+
+[[nodiscard]] std::string_view to_string(UpdateVerdict verdict);
+[[nodiscard]] wire::AckReason to_ack_reason(UpdateVerdict verdict);
+
+// Sets update.peer to the signer's id, serializes once and signs. The caller sets recipient,
+// sequence and the rest.
+[[nodiscard]] wire::SignedUpdate sign_update(wire::GradientUpdate update, const Identity& signer);
+// Signs given body bytes as they are (tests; re-signing stored bodies).
+[[nodiscard]] wire::SignedUpdate sign_update_body(std::string body, const Identity& signer);
+
+struct UpdatePolicy {
+  PeerId recipient;                    // this coordinator
+  std::uint64_t current_version = 0;
+  std::uint64_t staleness_bound = 0;   // S: accept versions in [current − S, current]
+};
+
+struct VerifiedUpdate {
+  UpdateVerdict verdict = UpdateVerdict::kMalformed;
+  std::string detail;                  // human-readable reason when not kOk
+  Digest digest{};                     // signing digest (valid once the sizes check out)
+  std::optional<PeerId> signer;
+  wire::GradientUpdate update;         // parsed body, valid from kSignerMismatch on
+  explicit operator bool() const { return verdict == UpdateVerdict::kOk; }
+};
+
+// Stateless checks, in order: sizes, signature over the exact body, parse, signer == body.peer
+// (== expected_signer when given), recipient, staleness. Never checks replays.
+[[nodiscard]] VerifiedUpdate verify_update(const wire::SignedUpdate& signed_update,
+                                           const UpdatePolicy& policy,
+                                           const std::optional<PeerId>& expected_signer = std::nullopt);
+
+// Remembers every accepted (peer, sequence) and digest. The coordinator preloads it from its
+// ledger after a restart with remember().
+class ReplayGuard {
+ public:
+  [[nodiscard]] bool seen(const PeerId& peer, std::uint64_t sequence, const Digest& digest) const;
+  void remember(const PeerId& peer, std::uint64_t sequence, const Digest& digest);
+  [[nodiscard]] std::size_t size() const { return digests_.size(); }
+
+ private:
+  std::unordered_map<PeerId, std::unordered_set<std::uint64_t>> sequences_;
+  std::unordered_set<Digest, DigestHash> digests_;
+};
+
+// verify_update plus replay detection; an accepted update is remembered.
+class UpdateVerifier {
+ public:
+  explicit UpdateVerifier(UpdatePolicy policy) : policy_(policy) {}
+  [[nodiscard]] VerifiedUpdate verify(const wire::SignedUpdate& signed_update,
+                                      const std::optional<PeerId>& expected_signer = std::nullopt);
+  void set_current_version(std::uint64_t version) { policy_.current_version = version; }
+  [[nodiscard]] const UpdatePolicy& policy() const { return policy_; }
+  [[nodiscard]] ReplayGuard& replay_guard() { return replays_; }
+
+ private:
+  UpdatePolicy policy_;
+  ReplayGuard replays_;
+};
+
+// Weight manifests: same scheme, kManifestDomain.
+[[nodiscard]] wire::SignedManifest sign_manifest(const wire::WeightManifest& manifest, const Identity& signer);
+// The manifest when `signed_manifest` is signed by `expected_signer`; throws
+// ProtocolError(kBadIdentitySignature) or ProtocolError(kMalformed) otherwise.
+[[nodiscard]] wire::WeightManifest verify_manifest(const wire::SignedManifest& signed_manifest,
+                                                   const PeerId& expected_signer);
+
+}  // namespace cohort::protocol
