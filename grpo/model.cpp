@@ -1,0 +1,240 @@
+#include "grpo/model.h"
+
+#include <torch/torch.h>
+
+#include <array>
+#include <cmath>
+#include <limits>
+
+#include "common/check.h"
+
+namespace cohort::grpo {
+namespace {
+
+using at::Tensor;
+
+Tensor linear_fp32(const Tensor& x, const Tensor& w, const Tensor& b) {
+  return at::linear(x, w, b);
+}
+
+Tensor linear_bf16(const Tensor& x, const Tensor& w, const Tensor& b) {
+  auto y = at::linear(x.to(at::kBFloat16), w.to(at::kBFloat16),
+                      b.defined() ? b.to(at::kBFloat16) : b);
+  return y.to(at::kFloat);
+}
+
+std::array<LinearFn, 3>& linear_table() {
+  static std::array<LinearFn, 3> table{linear_fp32, linear_bf16, nullptr};
+  return table;
+}
+
+Tensor rms_norm(const Tensor& x, const Tensor& w, double eps) {
+  auto var = x.pow(2).mean(-1, /*keepdim=*/true);
+  return x * at::rsqrt(var + eps) * w;
+}
+
+Tensor rotate_half(const Tensor& x) {
+  const int64_t h = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
+}
+
+// q: [N, H, Tq, D], k/v: [N, KV, Tk, D], bias broadcastable to [N, 1, 1, Tq, Tk].
+// GQA without copying K/V: the g query heads that share a KV head are folded into the rows.
+Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias) {
+  const int64_t n = q.size(0), h = q.size(1), tq = q.size(2), d = q.size(3);
+  const int64_t kv = k.size(1), g = h / kv, tk = k.size(2);
+  auto q2 = q.reshape({n, kv, g * tq, d});
+  auto scores = at::matmul(q2, k.transpose(-1, -2)).view({n, kv, g, tq, tk});
+  auto probs = at::softmax(scores + bias, -1).view({n, kv, g * tq, tk});
+  auto out = at::matmul(probs, v).view({n, h, tq, d});
+  return out.transpose(1, 2).reshape({n, tq, h * d});
+}
+
+}  // namespace
+
+Precision parse_precision(const std::string& s) {
+  if (s == "fp32") return Precision::fp32;
+  if (s == "bf16") return Precision::bf16;
+  if (s == "fp8") return Precision::fp8;
+  throw Error("unknown precision '" + s + "' (expected fp32, bf16 or fp8)");
+}
+
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::fp32: return "fp32";
+    case Precision::bf16: return "bf16";
+    case Precision::fp8: return "fp8";
+  }
+  return "?";
+}
+
+void register_linear(Precision p, LinearFn fn) { linear_table()[static_cast<int>(p)] = fn; }
+
+Tensor Model::add(const std::string& name, std::vector<int64_t> shape, bool is_norm) {
+  auto t = is_norm ? at::ones(shape) : at::zeros(shape);
+  params_.push_back({name, t});
+  return t;
+}
+
+Model::Model(ModelConfig config, uint64_t seed) : config_(std::move(config)) {
+  config_.validate();
+  const auto& c = config_;
+  const int64_t d = c.hidden_size, hd = c.dim_head();
+  const int64_t q = c.num_attention_heads * hd, kv = c.num_key_value_heads * hd;
+
+  embed_ = add("model.embed_tokens.weight", {c.vocab_size, d}, false);
+  layers_.resize(c.num_hidden_layers);
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    Layer& L = layers_[i];
+    L.input_norm = add(p + "input_layernorm.weight", {d}, true);
+    L.q_w = add(p + "self_attn.q_proj.weight", {q, d}, false);
+    if (c.qkv_bias()) L.q_b = add(p + "self_attn.q_proj.bias", {q}, false);
+    L.k_w = add(p + "self_attn.k_proj.weight", {kv, d}, false);
+    if (c.qkv_bias()) L.k_b = add(p + "self_attn.k_proj.bias", {kv}, false);
+    L.v_w = add(p + "self_attn.v_proj.weight", {kv, d}, false);
+    if (c.qkv_bias()) L.v_b = add(p + "self_attn.v_proj.bias", {kv}, false);
+    L.o_w = add(p + "self_attn.o_proj.weight", {d, q}, false);
+    if (c.o_bias()) L.o_b = add(p + "self_attn.o_proj.bias", {d}, false);
+    L.post_norm = add(p + "post_attention_layernorm.weight", {d}, true);
+    L.gate_w = add(p + "mlp.gate_proj.weight", {c.intermediate_size, d}, false);
+    L.up_w = add(p + "mlp.up_proj.weight", {c.intermediate_size, d}, false);
+    L.down_w = add(p + "mlp.down_proj.weight", {d, c.intermediate_size}, false);
+  }
+  final_norm_ = add("model.norm.weight", {d}, true);
+  head_ = c.tie_word_embeddings ? embed_ : add("lm_head.weight", {c.vocab_size, d}, false);
+
+  // Hugging Face's initialization: N(0, 0.02) for matrices, zeros for biases, ones for norms.
+  auto gen = at::detail::createCPUGenerator(seed);
+  for (auto& [name, t] : params_) {
+    if (t.dim() == 2) t.normal_(0.0, 0.02, gen);
+    t.set_requires_grad(true);
+  }
+  inv_freq_ = 1.0 / at::pow(c.rope_theta, at::arange(0, hd, 2, at::kDouble) / double(hd));
+  inv_freq_ = inv_freq_.to(at::kFloat);
+}
+
+std::vector<Tensor> Model::parameters() const {
+  std::vector<Tensor> out;
+  out.reserve(params_.size());
+  for (const auto& p : params_) out.push_back(p.tensor);
+  return out;
+}
+
+Tensor* Model::find(const std::string& name) {
+  for (auto& p : params_)
+    if (p.name == name) return &p.tensor;
+  return nullptr;
+}
+
+void Model::copy_from(const Model& other) {
+  COHORT_CHECK(other.params_.size() == params_.size(), "models differ in structure");
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < params_.size(); ++i) params_[i].tensor.copy_(other.params_[i].tensor);
+}
+
+Tensor Model::linear(const Tensor& x, const Tensor& w, const Tensor& b) const {
+  LinearFn fn = linear_table()[static_cast<int>(precision_)];
+  if (fn == nullptr)
+    throw Error(std::string("precision ") + precision_name(precision_) +
+                " is not available in this build");
+  return fn(x, w, b);
+}
+
+std::pair<Tensor, Tensor> Model::rope_tables(const Tensor& positions) const {
+  auto freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq_;  // [N, T, D/2]
+  auto emb = at::cat({freqs, freqs}, -1).unsqueeze(1);                // [N, 1, T, D]
+  return {emb.cos(), emb.sin()};
+}
+
+Tensor Model::block(const Layer& L, const Tensor& x, const Tensor& cos, const Tensor& sin,
+                    const Tensor& bias, KVCache* cache, size_t li) const {
+  const auto& c = config_;
+  const int64_t n = x.size(0), t = x.size(1), hd = c.dim_head();
+  const int64_t h = c.num_attention_heads, kvh = c.num_key_value_heads;
+  const double scale = 1.0 / std::sqrt(double(hd));
+
+  auto xn = rms_norm(x, L.input_norm, c.rms_norm_eps);
+  auto q = linear(xn, L.q_w, L.q_b).view({n, t, h, hd}).transpose(1, 2);
+  auto k = linear(xn, L.k_w, L.k_b).view({n, t, kvh, hd}).transpose(1, 2);
+  auto v = linear(xn, L.v_w, L.v_b).view({n, t, kvh, hd}).transpose(1, 2);
+  q = (q * cos + rotate_half(q) * sin) * scale;
+  k = k * cos + rotate_half(k) * sin;
+  if (cache != nullptr) {
+    const int64_t start = cache->length;
+    cache->k[li].narrow(2, start, t).copy_(k);
+    cache->v[li].narrow(2, start, t).copy_(v);
+    k = cache->k[li].narrow(2, 0, start + t);
+    v = cache->v[li].narrow(2, 0, start + t);
+  }
+  auto attn = attend(q, k, v, bias);
+  auto hmid = x + linear(attn, L.o_w, L.o_b);
+  auto hn = rms_norm(hmid, L.post_norm, c.rms_norm_eps);
+  auto mlp = linear(at::silu(linear(hn, L.gate_w, {})) * linear(hn, L.up_w, {}), L.down_w, {});
+  return hmid + mlp;
+}
+
+Tensor Model::hidden(const Tensor& tokens, const Tensor& positions,
+                     const Tensor& key_valid) const {
+  const int64_t t = tokens.size(1);
+  // allowed(i, j) = (j <= i and key j is real) or j == i; the diagonal keeps padding rows finite.
+  auto causal = at::ones({t, t}, at::kBool).tril();
+  auto allowed = causal & key_valid.unsqueeze(1);  // [N, T, T]
+  allowed = allowed | at::eye(t, at::kBool);
+  auto bias = at::zeros(allowed.sizes(), at::kFloat)
+                  .masked_fill_(allowed.logical_not(), -std::numeric_limits<float>::infinity())
+                  .view({tokens.size(0), 1, 1, t, t});
+  auto [cos, sin] = rope_tables(positions);
+  auto x = at::embedding(embed_, tokens);
+  for (size_t i = 0; i < layers_.size(); ++i) x = block(layers_[i], x, cos, sin, bias, nullptr, i);
+  return rms_norm(x, final_norm_, config_.rms_norm_eps);
+}
+
+Tensor Model::lm_head(const Tensor& hidden) const { return at::linear(hidden, head_); }
+
+Tensor Model::forward(const Tensor& tokens, const Tensor& positions,
+                      const Tensor& key_valid) const {
+  return lm_head(hidden(tokens, positions, key_valid));
+}
+
+KVCache Model::make_cache(int64_t n, int64_t max_len) const {
+  KVCache cache;
+  const auto& c = config_;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    cache.k.push_back(at::empty({n, c.num_key_value_heads, max_len, c.dim_head()}));
+    cache.v.push_back(at::empty({n, c.num_key_value_heads, max_len, c.dim_head()}));
+  }
+  cache.key_bias = at::full({n, 1, 1, max_len}, -std::numeric_limits<float>::infinity());
+  cache.max_len = max_len;
+  return cache;
+}
+
+Tensor Model::forward_cached(const Tensor& tokens, const Tensor& positions,
+                             const Tensor& key_valid, KVCache& cache,
+                             bool all_positions) const {
+  const int64_t n = tokens.size(0), t = tokens.size(1), start = cache.length;
+  if (start + t > cache.max_len)
+    throw Error("KV cache overflow: " + std::to_string(start + t) + " positions, capacity " +
+                std::to_string(cache.max_len));
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  cache.key_bias.narrow(3, start, t)
+      .copy_(at::zeros({n, t}).masked_fill_(key_valid.logical_not(), neg_inf).view({n, 1, 1, t}));
+  // Row i of the new block sees cached keys, new keys up to itself, and always itself.
+  auto keys = cache.key_bias.narrow(3, 0, start + t).unsqueeze(3);  // [N, 1, 1, 1, S]
+  auto block_mask = at::zeros({t, start + t});
+  if (t > 1) {
+    auto future = at::ones({t, t}, at::kBool).triu(1);
+    block_mask.narrow(1, start, t).masked_fill_(future, neg_inf);
+  }
+  auto bias = keys + block_mask;  // [N, 1, 1, T, S]
+  auto self = bias.narrow(4, start, t).diagonal(0, 3, 4);
+  self.zero_();
+  auto [cos, sin] = rope_tables(positions);
+  auto x = at::embedding(embed_, tokens);
+  for (size_t i = 0; i < layers_.size(); ++i) x = block(layers_[i], x, cos, sin, bias, &cache, i);
+  cache.length = start + t;
+  if (!all_positions) x = x.select(1, t - 1);
+  return lm_head(rms_norm(x, final_norm_, config_.rms_norm_eps));
+}
+
+}  // namespace cohort::grpo

@@ -1,0 +1,64 @@
+#include "grpo/tokenizer.h"
+
+#include "common/check.h"
+
+namespace cohort::grpo {
+namespace {
+constexpr const char* kSpecials[] = {"<pad>", "<bos>", "<eos>", "<think>", "</think>",
+                                     "<answer>", "</answer>"};
+constexpr std::string_view kChars = "0123456789+-*/()=,: ";
+}  // namespace
+
+CharTokenizer::CharTokenizer() {
+  for (const char* s : kSpecials) pieces_.emplace_back(s);
+  for (auto& id : char_to_id_) id = -1;
+  for (char c : kChars) {
+    char_to_id_[static_cast<unsigned char>(c)] = static_cast<int64_t>(pieces_.size());
+    pieces_.emplace_back(1, c);
+  }
+  COHORT_CHECK(static_cast<int64_t>(pieces_.size()) <= vocab_size());
+}
+
+std::vector<int64_t> CharTokenizer::encode(std::string_view text) const {
+  std::vector<int64_t> ids;
+  ids.reserve(text.size());
+  size_t i = 0;
+  while (i < text.size()) {
+    if (text[i] == '<') {
+      bool matched = false;
+      for (size_t s = 3; s < std::size(kSpecials); ++s) {  // <pad>/<bos>/<eos> are not text
+        std::string_view sp = kSpecials[s];
+        if (text.substr(i, sp.size()) == sp) {
+          ids.push_back(static_cast<int64_t>(s));
+          i += sp.size();
+          matched = true;
+          break;
+        }
+      }
+      if (matched) continue;
+    }
+    int64_t id = char_to_id_[static_cast<unsigned char>(text[i])];
+    if (id < 0)
+      throw Error("character '" + std::string(1, text[i]) + "' is not in the task vocabulary");
+    ids.push_back(id);
+    ++i;
+  }
+  return ids;
+}
+
+std::string CharTokenizer::decode(std::span<const int64_t> ids) const {
+  std::string out;
+  for (int64_t id : ids) {
+    if (id == pad_id() || id == bos_id() || id == eos_id()) continue;
+    if (id < 0 || id >= static_cast<int64_t>(pieces_.size())) continue;  // unused ids render empty
+    out += pieces_[id];
+  }
+  return out;
+}
+
+std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name) {
+  if (name == "chars" || name.rfind("chars:", 0) == 0) return std::make_unique<CharTokenizer>();
+  throw Error("unknown tokenizer '" + name + "'");
+}
+
+}  // namespace cohort::grpo

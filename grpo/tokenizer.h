@@ -1,0 +1,53 @@
+// Tokenizers behind one interface: the built-in character tokenizer of the arith/countdown
+// tasks now, byte-level BPE (tokenizer.json) later.
+//
+//   auto tok = make_tokenizer("chars");
+//   std::vector<int64_t> ids = tok->encode("12+34=");
+//   std::string text = tok->decode(ids);
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace cohort::grpo {
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+  // Throws cohort::Error on text the vocabulary cannot represent.
+  virtual std::vector<int64_t> encode(std::string_view text) const = 0;
+  // Special tokens other than pad/bos/eos are rendered as their text ("<answer>").
+  virtual std::string decode(std::span<const int64_t> ids) const = 0;
+  virtual int64_t vocab_size() const = 0;
+  virtual int64_t pad_id() const = 0;
+  virtual int64_t bos_id() const = 0;
+  virtual int64_t eos_id() const = 0;
+  virtual std::string name() const = 0;
+};
+
+// The character vocabulary of the built-in tasks: <pad> <bos> <eos> <think> </think> <answer>
+// </answer>, then the characters "0123456789+-*/()=,: ". Vocabulary size 32 (padded).
+class CharTokenizer final : public Tokenizer {
+ public:
+  CharTokenizer();
+  std::vector<int64_t> encode(std::string_view text) const override;
+  std::string decode(std::span<const int64_t> ids) const override;
+  int64_t vocab_size() const override { return 32; }
+  int64_t pad_id() const override { return 0; }
+  int64_t bos_id() const override { return 1; }
+  int64_t eos_id() const override { return 2; }
+  std::string name() const override { return "chars"; }
+
+ private:
+  std::vector<std::string> pieces_;  // id -> text
+  int64_t char_to_id_[256];
+};
+
+// "chars" → CharTokenizer. Throws cohort::Error for an unknown name.
+std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name);
+
+}  // namespace cohort::grpo
