@@ -1,0 +1,71 @@
+// The CUDA path of kernels/: device detection and backend choice, E4M3 quantize/dequantize
+// kernels on device pointers (same math as the CPU path: fp8.h, same layouts: quantize.h), and
+// the FP8 GEMM through cuBLASLt with DeepSeek-V3 scaling (VEC128_32F x BLK128x128_32F).
+//
+//   if (select_fp8_backend() == Fp8Backend::kCuda) {           // logs the choice once
+//     cuda::quantize_e4m3_tile128(x, m, k, xq, xs, stream);     // device pointers
+//     cuda::quantize_e4m3_block128(w, n, k, wq, ws, stream);
+//     cuda::gemm_e4m3_xwt(xq, xs, wq, ws, m, n, k, y, GemmOutput::kF32, stream);
+//   }
+//
+// The header needs no CUDA headers (streams are passed as void*, a cudaStream_t; nullptr is the
+// legacy default stream). In a build without CUDA every function below exists: fp8_device()
+// reports why there is no device and the kernels throw cohort::Error.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace cohort::kernels {
+
+struct Fp8DeviceInfo {
+  bool available = false;         // CUDA build, a device present, compute capability >= 8.9
+  bool block_scaled_gemm = false; // cuBLASLt's VEC128/BLK128x128 FP8 GEMM: compute capability 9.0
+  int device = -1;
+  int cc_major = 0, cc_minor = 0;
+  std::string name;               // e.g. "NVIDIA H100 80GB HBM3"
+  std::string reason;             // why not available, for logs
+};
+
+// Inspects the current CUDA device (cached after the first call).
+const Fp8DeviceInfo& fp8_device();
+
+enum class Fp8Backend { kCpu, kCuda };
+// kCuda when fp8_device().available, else kCpu; logs which (and why) the first time.
+Fp8Backend select_fp8_backend();
+const char* fp8_backend_name(Fp8Backend backend);
+
+enum class GemmOutput { kF32, kBF16 };
+
+namespace cuda {
+
+// Same contracts as the CPU functions of the same names in quantize.h, on device pointers.
+// 16-byte vector loads/stores are used when cols % 16 == 0 and the pointers are 16-byte aligned,
+// scalar accesses otherwise (ragged sizes work either way).
+void quantize_e4m3_tile128(const float* x, int64_t rows, int64_t cols, uint8_t* q, float* scales,
+                           void* stream = nullptr);
+void dequantize_e4m3_tile128(const uint8_t* q, const float* scales, int64_t rows, int64_t cols,
+                             float* x, void* stream = nullptr);
+void quantize_e4m3_block128(const float* w, int64_t rows, int64_t cols, uint8_t* q, float* scales,
+                            void* stream = nullptr);
+void dequantize_e4m3_block128(const uint8_t* q, const float* scales, int64_t rows, int64_t cols,
+                              float* w, void* stream = nullptr);
+
+// Y[m x n] (row-major, FP32 or BF16) = X[m x k] . W[n x k]^T on E4M3 operands, FP32 accumulation.
+// xq/x_scales come from quantize_e4m3_tile128(X), wq/w_scales from quantize_e4m3_block128(W).
+// In cuBLASLt's column-major terms this is the TN GEMM D[n x m] = W^T(op T) . X, with W's
+// scale mode BLK128x128_32F and X's VEC128_32F. Requirements, each checked with a
+// cohort::Error that names it: k % 16 == 0 and n % 8 == 0 (16-byte leading dimensions),
+// every pointer 16-byte aligned, a device with block_scaled_gemm. Synchronous with respect to
+// the host only through the stream.
+void gemm_e4m3_xwt(const uint8_t* xq, const float* x_scales, const uint8_t* wq,
+                   const float* w_scales, int64_t m, int64_t n, int64_t k, void* y,
+                   GemmOutput out, void* stream = nullptr);
+
+// Self-check on the device: converts every float bit pattern in [begin, begin + count) with
+// fp8.h's e4m3_from_float and with the hardware's cvt.rn.satfinite.e4m3x2.f32 and returns how
+// many differ (0 expected). Lets the first run on real hardware prove the device path.
+uint64_t count_e4m3_mismatches_vs_hardware(uint64_t begin, uint64_t count);
+
+}  // namespace cuda
+}  // namespace cohort::kernels
