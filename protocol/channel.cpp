@@ -131,6 +131,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
         }
         co_return std::move(*frame);
       }
+      // Messages authenticated before a bad transport message are delivered first, in order.
+      if (failure) std::rethrow_exception(failure);
       if (rbuf.empty()) rbuf.resize(kReadBuffer);
       std::error_code ec;
       if (!handshake_timer) arm(read_timer, limits.idle_timeout, &Impl::read_timed_out);
@@ -141,18 +143,27 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
         const bool mid = opener->mid_message();
         close();
         if (ec == asio::error::eof && mid) {
-          throw ProtocolError(ErrorCode::kClosed, "peer closed the connection mid-message (truncated)");
+          failure = std::make_exception_ptr(
+              ProtocolError(ErrorCode::kClosed, "peer closed the connection mid-message (truncated)"));
+        } else {
+          try {
+            throw_io(ec, read_timed_out, handshake_timer ? "handshake" : "receive");
+          } catch (const ProtocolError&) {
+            failure = std::current_exception();
+          }
         }
-        throw_io(ec, read_timed_out, handshake_timer ? "handshake" : "receive");
+        continue;
       }
       try {
         opener->feed(ByteView(rbuf.data(), n));
       } catch (const ProtocolError&) {
         close();
-        throw;
+        failure = std::current_exception();
       }
     }
   }
+
+  std::exception_ptr failure;  // the receive side's terminal error, raised after queued messages
 };
 
 namespace {
@@ -430,6 +441,7 @@ struct Server::State : std::enable_shared_from_this<Server::State> {
   Identity identity;
   ChannelOptions options;
   Handler handler;
+  std::function<void(const tcp::endpoint&, const ProtocolError&)> on_handshake_error;
   Stats stats;
   std::uint16_t port = 0;
   std::atomic<std::size_t> pending{0};
@@ -450,6 +462,7 @@ asio::awaitable<void> serve_connection(std::shared_ptr<Server::State> st, tcp::s
     --st->pending;
     ++st->stats.handshakes_failed;
     spdlog::info("protocol: handshake with {} failed: {}", who, e.what());
+    if (st->on_handshake_error) st->on_handshake_error(remote, e);
     co_return;
   }
   --st->pending;
@@ -508,6 +521,10 @@ void Server::stop() {
 std::uint16_t Server::port() const { return state_->port; }
 const Server::Stats& Server::stats() const { return state_->stats; }
 void Server::set_max_pending_handshakes(std::size_t n) { state_->max_pending = n; }
+void Server::set_handshake_error_handler(
+    std::function<void(const tcp::endpoint&, const ProtocolError&)> on_error) {
+  state_->on_handshake_error = std::move(on_error);
+}
 
 // ---------------------------------------------------------------------------------------------
 

@@ -125,6 +125,10 @@ class Server {
   [[nodiscard]] const Stats& stats() const;
   // Connections still in the handshake beyond this are closed at once (slowloris guard).
   void set_max_pending_handshakes(std::size_t n);
+  // Called (on the connection's strand) for every failed handshake, e.g. to count bad signatures
+  // per address. Set before start().
+  void set_handshake_error_handler(
+      std::function<void(const asio::ip::tcp::endpoint&, const ProtocolError&)> on_error);
 
   struct State;
 
