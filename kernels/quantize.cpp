@@ -2,6 +2,9 @@
 // The per-element math is fp8.h's; the inner loops are in cpu_kernels.h's tables.
 #include "kernels/quantize.h"
 
+#include <cblas.h>
+#include <omp.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -101,15 +104,39 @@ void check_shape(int64_t rows, int64_t cols) {
   COHORT_CHECK(rows >= 0 && cols >= 0, "negative matrix shape");
 }
 
-// Max of amax over rows [r0, r1) of the column range [c0, c0 + n), with the NaN rule.
-float block_amax(const CpuKernels& k, const float* w, int64_t cols, int64_t r0, int64_t r1,
-                 int64_t c0, int64_t n) {
-  uint32_t m = 0;
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint32_t b = detail::float_bits(k.amax(w + r * cols + c0, n));
-    m = b > m ? b : m;
+// 128x128 blocks are processed in units of one 128-row strip x up to 32 blocks (4096 columns):
+// rows are read in order (prefetch-friendly, unlike a block-by-block walk with a row stride), and
+// a unit (<= 2 MB) stays in L2/L3 between the amax pass and the quantization pass.
+constexpr int64_t kBlocksPerUnit = 32;
+
+struct BlockUnit {
+  int64_t r0, r1, j0, j1;  // rows [r0, r1), block columns [j0, j1)
+};
+
+BlockUnit block_unit(int64_t u, int64_t rows, int64_t bc) {
+  const int64_t groups = ceil_div(bc, kBlocksPerUnit);
+  const int64_t r0 = (u / groups) * kQuantTile, j0 = (u % groups) * kBlocksPerUnit;
+  return {r0, std::min(rows, r0 + kQuantTile), j0, std::min(bc, j0 + kBlocksPerUnit)};
+}
+
+int64_t block_unit_count(int64_t rows, int64_t cols) {
+  return ceil_div(rows, kQuantTile) * ceil_div(ceil_div(cols, kQuantTile), kBlocksPerUnit);
+}
+
+// Scales of the blocks of one unit, with the NaN rule of amax.
+void block_unit_scales(const CpuKernels& k, const float* w, int64_t cols, const BlockUnit& u,
+                       float* scale) {
+  uint32_t amax[kBlocksPerUnit] = {};
+  for (int64_t r = u.r0; r < u.r1; ++r) {
+    for (int64_t j = u.j0; j < u.j1; ++j) {
+      const int64_t c0 = j * kQuantTile, n = std::min(kQuantTile, cols - c0);
+      const uint32_t b = detail::float_bits(k.amax(w + r * cols + c0, n));
+      amax[j - u.j0] = std::max(amax[j - u.j0], b);
+    }
   }
-  return detail::bits_float(m);
+  for (int64_t j = u.j0; j < u.j1; ++j) {
+    scale[j - u.j0] = e4m3_scale_from_amax(detail::bits_float(amax[j - u.j0]));
+  }
 }
 
 }  // namespace
@@ -189,15 +216,19 @@ void quantize_e4m3_block128(const float* w, int64_t rows, int64_t cols, uint8_t*
   for (int64_t i = 0; i < br; ++i) {
     for (int64_t j = bc; j < ld; ++j) scales[i * ld + j] = 1.0f;
   }
-  const int64_t total = br * bc;
+  const int64_t units = block_unit_count(rows, cols);
 #pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
-  for (int64_t b = 0; b < total; ++b) {
-    const int64_t i = b / bc, j = b % bc;
-    const int64_t r0 = i * kQuantTile, r1 = std::min(rows, r0 + kQuantTile);
-    const int64_t c0 = j * kQuantTile, n = std::min(kQuantTile, cols - c0);
-    const float s = e4m3_scale_from_amax(block_amax(k, w, cols, r0, r1, c0, n));
-    scales[i * ld + j] = s;
-    for (int64_t r = r0; r < r1; ++r) k.quantize(w + r * cols + c0, n, s, q + r * cols + c0);
+  for (int64_t ui = 0; ui < units; ++ui) {
+    const BlockUnit u = block_unit(ui, rows, bc);
+    float s[kBlocksPerUnit];
+    block_unit_scales(k, w, cols, u, s);
+    for (int64_t j = u.j0; j < u.j1; ++j) scales[(u.r0 / kQuantTile) * ld + j] = s[j - u.j0];
+    for (int64_t r = u.r0; r < u.r1; ++r) {
+      for (int64_t j = u.j0; j < u.j1; ++j) {
+        const int64_t c0 = j * kQuantTile, n = std::min(kQuantTile, cols - c0);
+        k.quantize(w + r * cols + c0, n, s[j - u.j0], q + r * cols + c0);
+      }
+    }
   }
 }
 
@@ -206,14 +237,17 @@ void dequantize_e4m3_block128(const uint8_t* q, const float* scales, int64_t row
   check_shape(rows, cols);
   const CpuKernels& k = active_kernels();
   const int64_t bc = ceil_div(cols, kQuantTile);
-  const int64_t total = ceil_div(rows, kQuantTile) * bc;
+  const int64_t units = block_unit_count(rows, cols);
 #pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
-  for (int64_t b = 0; b < total; ++b) {
-    const int64_t i = b / bc, j = b % bc;
-    const int64_t r0 = i * kQuantTile, r1 = std::min(rows, r0 + kQuantTile);
-    const int64_t c0 = j * kQuantTile, n = std::min(kQuantTile, cols - c0);
-    const float s = scales[block128_scale_index(i, j, cols)];
-    for (int64_t r = r0; r < r1; ++r) k.dequantize(q + r * cols + c0, n, s, w + r * cols + c0);
+  for (int64_t ui = 0; ui < units; ++ui) {
+    const BlockUnit u = block_unit(ui, rows, bc);
+    for (int64_t r = u.r0; r < u.r1; ++r) {
+      for (int64_t j = u.j0; j < u.j1; ++j) {
+        const int64_t c0 = j * kQuantTile, n = std::min(kQuantTile, cols - c0);
+        k.dequantize(q + r * cols + c0, n, scales[block128_scale_index(u.r0 / kQuantTile, j, cols)],
+                     w + r * cols + c0);
+      }
+    }
   }
 }
 
@@ -221,14 +255,18 @@ void fake_quantize_e4m3_block128(const float* w, int64_t rows, int64_t cols, flo
   check_shape(rows, cols);
   const CpuKernels& k = active_kernels();
   const int64_t bc = ceil_div(cols, kQuantTile);
-  const int64_t total = ceil_div(rows, kQuantTile) * bc;
+  const int64_t units = block_unit_count(rows, cols);
 #pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
-  for (int64_t b = 0; b < total; ++b) {
-    const int64_t i = b / bc, j = b % bc;
-    const int64_t r0 = i * kQuantTile, r1 = std::min(rows, r0 + kQuantTile);
-    const int64_t c0 = j * kQuantTile, n = std::min(kQuantTile, cols - c0);
-    const float s = e4m3_scale_from_amax(block_amax(k, w, cols, r0, r1, c0, n));
-    for (int64_t r = r0; r < r1; ++r) k.fake_quantize(w + r * cols + c0, n, s, out + r * cols + c0);
+  for (int64_t ui = 0; ui < units; ++ui) {
+    const BlockUnit u = block_unit(ui, rows, bc);
+    float s[kBlocksPerUnit];
+    block_unit_scales(k, w, cols, u, s);  // before any write: out may equal w
+    for (int64_t r = u.r0; r < u.r1; ++r) {
+      for (int64_t j = u.j0; j < u.j1; ++j) {
+        const int64_t c0 = j * kQuantTile, n = std::min(kQuantTile, cols - c0);
+        k.fake_quantize(w + r * cols + c0, n, s[j - u.j0], out + r * cols + c0);
+      }
+    }
   }
 }
 
@@ -256,6 +294,14 @@ void decode_e4m3(std::span<const uint8_t> q, std::span<float> x) {
     k.dequantize(q.data() + c * kChunk, std::min(kChunk, n - c * kChunk), 1.0f, x.data() + c * kChunk);
   }
 }
+
+void set_cpu_threads(int n) {
+  COHORT_CHECK(n >= 1, "thread count must be positive");
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+int cpu_threads() { return omp_get_max_threads(); }
 
 CpuIsa active_cpu_isa() {
   return &active_kernels() == &detail::scalar_kernels() ? CpuIsa::kScalar : CpuIsa::kAvx2;

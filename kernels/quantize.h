@@ -77,6 +77,12 @@ void fake_quantize_e4m3_block128(const float* w, int64_t rows, int64_t cols, flo
 void encode_e4m3(std::span<const float> x, std::span<uint8_t> q);   // sizes must match
 void decode_e4m3(std::span<const uint8_t> q, std::span<float> x);   // sizes must match
 
+// --- CPU execution -------------------------------------------------------------------------------
+// Threads for the kernels' parallel loops (OpenMP) and for the FP32 GEMM (OpenBLAS), as set by
+// the process's runtime set-up; benchmarks set it explicitly.
+void set_cpu_threads(int n);
+int cpu_threads();
+
 // --- CPU instruction set -------------------------------------------------------------------------
 // The hot loops have an AVX2 version picked at run time when the CPU has it; both produce
 // identical bits (tested). Tests and benchmarks may force one.

@@ -123,6 +123,12 @@ void dequantize_avx2(const uint8_t* q, int64_t n, float scale, float* x) {
 void fake_quantize_avx2(const float* x, int64_t n, float scale, float* out) {
   const __m256 s = _mm256_set1_ps(scale);
   int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {  // two independent chains per iteration
+    const __m256i c0 = e4m3_encode8(_mm256_div_ps(_mm256_loadu_ps(x + i), s));
+    const __m256i c1 = e4m3_encode8(_mm256_div_ps(_mm256_loadu_ps(x + i + 8), s));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(e4m3_decode8(c0), s));
+    _mm256_storeu_ps(out + i + 8, _mm256_mul_ps(e4m3_decode8(c1), s));
+  }
   for (; i + 8 <= n; i += 8) {
     const __m256i code = e4m3_encode8(_mm256_div_ps(_mm256_loadu_ps(x + i), s));
     _mm256_storeu_ps(out + i, _mm256_mul_ps(e4m3_decode8(code), s));

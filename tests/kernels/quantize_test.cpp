@@ -43,7 +43,7 @@ float reference_amax(const float* x, int64_t n, int64_t stride = 1) {
 struct Shape {
   int64_t rows, cols;
 };
-const Shape kShapes[] = {{1, 1}, {3, 128}, {7, 300}, {130, 129}, {2, 1000}, {64, 256}};
+const Shape kShapes[] = {{1, 1}, {3, 128}, {7, 300}, {130, 129}, {2, 1000}, {64, 256}, {3, 4500}};
 
 TEST(Quantize, TileErrorWithinE4M3BoundTimesTileScale) {
   for (auto [rows, cols] : kShapes) {
