@@ -68,6 +68,26 @@ std::vector<float> gaussian(size_t n, uint32_t seed, float sigma) {
 
 double gbps(double bytes, double seconds) { return bytes / seconds / 1e9; }
 
+// The CUDA kernels against the device's own DRAM bandwidth (docs/RESULTS.md has the
+// first-principles expectation): quantization moves 4 + 1 + 4/128 bytes per element.
+void run_cuda(const Options& opt, int64_t rows, int64_t cols) {
+  const auto t = k::cuda::time_cuda_kernels(rows, cols, 4096, 4096, 4096, opt.reps);
+  const double elems = double(rows) * double(cols), moved = elems * (5.0 + 4.0 / 128);
+  std::printf("\n  CUDA on %s, theoretical DRAM bandwidth %.0f GB/s\n", k::fp8_device().name.c_str(),
+              t.peak_bandwidth_gbps);
+  auto line = [&](const char* what, double s) {
+    std::printf("  %-36s %8.1f GB/s of FP32  %7.1f us  %.2f of DRAM peak\n", what, gbps(4 * elems, s), s * 1e6,
+                gbps(moved, s) / t.peak_bandwidth_gbps);
+  };
+  line("cuda quantize_e4m3_tile128", t.quantize_tile128_s);
+  line("cuda quantize_e4m3_block128", t.quantize_block128_s);
+  line("cuda dequantize_e4m3_tile128", t.dequantize_tile128_s);
+  if (t.gemm_e4m3_s > 0) {
+    std::printf("  %-36s %8.1f TFLOP/s  %7.1f us  (m=n=k=4096, FP32 out)\n", "cuBLASLt block-scaled E4M3 GEMM",
+                2.0 * 4096 * 4096 * 4096 / t.gemm_e4m3_s / 1e12, t.gemm_e4m3_s * 1e6);
+  }
+}
+
 int run(const Options& opt) {
   const int threads = opt.threads > 0 ? opt.threads
                                       : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -150,6 +170,7 @@ int run(const Options& opt) {
                 static_cast<long long>(m), static_cast<long long>(nn), static_cast<long long>(kk), t32 * 1e3,
                 2.0 * m * nn * kk / t32 / 1e9, t8 * 1e3, t8 / t32);
   }
+  if (k::select_fp8_backend() == k::Fp8Backend::kCuda) run_cuda(opt, rows, cols);
   return 0;
 }
 

@@ -62,6 +62,18 @@ void gemm_e4m3_xwt(const uint8_t* xq, const float* x_scales, const uint8_t* wq,
                    const float* w_scales, int64_t m, int64_t n, int64_t k, void* y,
                    GemmOutput out, void* stream = nullptr);
 
+// Timings for `cohort bench kernels` on a GPU: the kernels above on device buffers of
+// rows x cols (random data), and the GEMM on m x n x k, each the median of `reps` runs timed
+// with CUDA events. peak_bandwidth_gbps is the device's theoretical DRAM bandwidth (memory
+// clock x bus width x 2), the yardstick for the memory-bound quantization kernels.
+struct CudaKernelTimes {
+  double peak_bandwidth_gbps = 0;
+  double quantize_tile128_s = 0, quantize_block128_s = 0, dequantize_tile128_s = 0;
+  double gemm_e4m3_s = 0;  // 0 when the device has no block-scaled FP8 GEMM
+};
+CudaKernelTimes time_cuda_kernels(int64_t rows, int64_t cols, int64_t m, int64_t n, int64_t k,
+                                  int reps);
+
 // Self-check on the device: converts every float bit pattern in [begin, begin + count) with
 // fp8.h's e4m3_from_float and with the hardware's cvt.rn.satfinite.e4m3x2.f32 and returns how
 // many differ (0 expected). Lets the first run on real hardware prove the device path.

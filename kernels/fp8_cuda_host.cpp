@@ -4,8 +4,12 @@
 #include <cuda_runtime.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <functional>
 #include <mutex>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "common/check.h"
 #include "kernels/cuda_check.h"
@@ -196,6 +200,86 @@ void gemm_e4m3_xwt(const uint8_t* xq, const float* x_scales, const uint8_t* wq,
                               &heuristic[0].algo, ctx.workspace, LtContext::kWorkspaceBytes,
                               static_cast<cudaStream_t>(stream)),
                "cublasLtMatmul (block-scaled E4M3)");
+}
+
+namespace {
+
+template <class T>
+struct DeviceArray {
+  T* p = nullptr;
+  explicit DeviceArray(size_t n) { detail::check_cuda(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)), "cudaMalloc"); }
+  ~DeviceArray() { cudaFree(p); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+};
+
+struct Event {
+  cudaEvent_t e = nullptr;
+  Event() { detail::check_cuda(cudaEventCreate(&e), "cudaEventCreate"); }
+  ~Event() { cudaEventDestroy(e); }
+};
+
+double median_event_seconds(int reps, const std::function<void()>& launch) {
+  launch();  // warm-up (and cuBLASLt heuristics)
+  detail::check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  std::vector<double> t;
+  Event start, stop;
+  for (int i = 0; i < reps; ++i) {
+    detail::check_cuda(cudaEventRecord(start.e), "cudaEventRecord");
+    launch();
+    detail::check_cuda(cudaEventRecord(stop.e), "cudaEventRecord");
+    detail::check_cuda(cudaEventSynchronize(stop.e), "cudaEventSynchronize");
+    float ms = 0;
+    detail::check_cuda(cudaEventElapsedTime(&ms, start.e, stop.e), "cudaEventElapsedTime");
+    t.push_back(ms * 1e-3);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+void fill_random(float* device, size_t n, uint32_t seed, float sigma) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, sigma);
+  std::vector<float> h(n);
+  for (auto& v : h) v = d(rng);
+  detail::check_cuda(cudaMemcpy(device, h.data(), n * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
+}
+
+}  // namespace
+
+CudaKernelTimes time_cuda_kernels(int64_t rows, int64_t cols, int64_t m, int64_t n, int64_t k,
+                                  int reps) {
+  const Fp8DeviceInfo& dev = fp8_device();
+  if (!dev.available) throw Error("cuda::time_cuda_kernels: " + dev.reason);
+  CudaKernelTimes t;
+  int clock_khz = 0, bus_bits = 0;
+  detail::check_cuda(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, dev.device), "cudaDeviceGetAttribute");
+  detail::check_cuda(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, dev.device), "cudaDeviceGetAttribute");
+  t.peak_bandwidth_gbps = 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e9;
+
+  const size_t count = static_cast<size_t>(rows * cols);
+  DeviceArray<float> x(count), y(count);
+  DeviceArray<uint8_t> q(count);
+  DeviceArray<float> ts(tile128_scale_count(rows, cols)), bs(block128_scale_count(rows, cols));
+  fill_random(x.p, count, 1, 1.0f);
+  t.quantize_tile128_s = median_event_seconds(reps, [&] { quantize_e4m3_tile128(x.p, rows, cols, q.p, ts.p); });
+  t.quantize_block128_s = median_event_seconds(reps, [&] { quantize_e4m3_block128(x.p, rows, cols, q.p, bs.p); });
+  quantize_e4m3_tile128(x.p, rows, cols, q.p, ts.p);
+  t.dequantize_tile128_s = median_event_seconds(reps, [&] { dequantize_e4m3_tile128(q.p, ts.p, rows, cols, y.p); });
+
+  if (dev.block_scaled_gemm) {
+    DeviceArray<float> a(m * k), w(n * k), out(m * n);
+    DeviceArray<uint8_t> aq(m * k), wq(n * k);
+    DeviceArray<float> as(tile128_scale_count(m, k)), ws(block128_scale_count(n, k));
+    fill_random(a.p, m * k, 2, 1.0f);
+    fill_random(w.p, n * k, 3, 0.02f);
+    quantize_e4m3_tile128(a.p, m, k, aq.p, as.p);
+    quantize_e4m3_block128(w.p, n, k, wq.p, ws.p);
+    t.gemm_e4m3_s = median_event_seconds(reps, [&] {
+      gemm_e4m3_xwt(aq.p, as.p, wq.p, ws.p, m, n, k, out.p, GemmOutput::kF32);
+    });
+  }
+  return t;
 }
 
 }  // namespace cuda

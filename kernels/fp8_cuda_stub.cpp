@@ -53,6 +53,9 @@ void gemm_e4m3_xwt(const uint8_t*, const float*, const uint8_t*, const float*, i
                    int64_t, void*, GemmOutput, void*) {
   no_cuda("cuda::gemm_e4m3_xwt");
 }
+CudaKernelTimes time_cuda_kernels(int64_t, int64_t, int64_t, int64_t, int64_t, int) {
+  no_cuda("cuda::time_cuda_kernels");
+}
 uint64_t count_e4m3_mismatches_vs_hardware(uint64_t, uint64_t) {
   no_cuda("cuda::count_e4m3_mismatches_vs_hardware");
 }
