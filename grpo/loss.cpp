@@ -57,7 +57,9 @@ std::vector<float> group_advantages(std::span<const float> rewards, int group_si
     double denom = 1.0;
     if (scale == AdvantageScale::group) denom = unbiased_std(group, mean) + eps;
     if (scale == AdvantageScale::batch) denom = batch_std + eps;
-    for (int i = 0; i < group_size; ++i) adv[g + i] = static_cast<float>((group[i] - mean) / denom);
+    // A zero-variance group has zero centred rewards: its advantages are 0, whatever eps is.
+    for (int i = 0; i < group_size; ++i)
+      adv[g + i] = denom > 0 ? static_cast<float>((group[i] - mean) / denom) : 0.0f;
   }
   return adv;
 }

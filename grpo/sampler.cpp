@@ -87,7 +87,6 @@ Rollout generate(const Model& model, const std::vector<std::vector<int64_t>>& pr
   if (sp.temperature < 0) throw Error("temperature must be >= 0");
   if (sp.top_p <= 0 || sp.top_p > 1) throw Error("top_p must be in (0, 1]");
 
-  c10::InferenceMode guard;
   const int64_t b = static_cast<int64_t>(prompts.size()), g = group_size, n = b * g;
   int64_t p = 0;
   for (const auto& pr : prompts) {
@@ -113,76 +112,80 @@ Rollout generate(const Model& model, const std::vector<std::vector<int64_t>>& pr
   std::vector<std::vector<int64_t>> completions(n);
   std::vector<std::vector<float>> logps(n);
   std::vector<bool> finished(n, false);
+  {
+    // Inference tensors stay inside this scope: the returned layout must be usable by autograd.
+    c10::InferenceMode guard;
 
-  // Prefill each prompt once, then share its cache rows among its G completions.
-  KVCache cache;
-  Tensor logits;
-  Tensor seq_tok, seq_pos, seq_valid;  // only for the uncached path
-  if (sp.use_cache) {
-    KVCache pre = model.make_cache(b, p);
-    logits = model.forward_cached(ptok, ppos, pvalid, pre);
-    cache = model.make_cache(n, p + c);
-    for (size_t l = 0; l < cache.k.size(); ++l) {
-      cache.k[l].narrow(2, 0, p).copy_(pre.k[l].repeat_interleave(g, 0));
-      cache.v[l].narrow(2, 0, p).copy_(pre.v[l].repeat_interleave(g, 0));
-    }
-    cache.key_bias.narrow(3, 0, p).copy_(pre.key_bias.repeat_interleave(g, 0));
-    cache.length = p;
-    logits = logits.repeat_interleave(g, 0);
-  } else {
-    seq_tok = ptok.repeat_interleave(g, 0);
-    seq_pos = ppos.repeat_interleave(g, 0);
-    seq_valid = pvalid.repeat_interleave(g, 0);
-    logits = model.forward(seq_tok, seq_pos, seq_valid).select(1, p - 1);
-  }
-
-  auto is_stop = [&](int64_t t) {
-    return std::find(sp.stop_tokens.begin(), sp.stop_tokens.end(), t) != sp.stop_tokens.end();
-  };
-  auto step_tok = at::empty({n, 1}, at::kLong);
-  auto step_pos = at::empty({n, 1}, at::kLong);
-  auto step_valid = at::empty({n, 1}, at::kBool);
-  for (int64_t s = 0; s < c; ++s) {
-    Tensor next, next_logp;
-    if (sp.temperature == 0.0) {
-      auto lp = logits.log_softmax(-1);
-      next = lp.argmax(-1, /*keepdim=*/true);
-      next_logp = lp.gather(-1, next);
-    } else {
-      auto scaled = logits / sp.temperature;
-      auto lp = scaled.log_softmax(-1);
-      auto probs = filter_logits(scaled, sp.top_k, sp.top_p).softmax(-1);
-      next = at::multinomial(probs, 1, /*replacement=*/false, gen);
-      next_logp = lp.gather(-1, next);
-    }
-    auto nt = next.accessor<int64_t, 2>();
-    auto nl = next_logp.accessor<float, 2>();
-    auto st = step_tok.accessor<int64_t, 2>();
-    auto sps = step_pos.accessor<int64_t, 2>();
-    auto sv = step_valid.accessor<bool, 2>();
-    bool all_done = true;
-    for (int64_t i = 0; i < n; ++i) {
-      sps[i][0] = prompt_len[i] + s;
-      if (finished[i]) {
-        st[i][0] = pad_id;
-        sv[i][0] = false;
-        continue;
-      }
-      completions[i].push_back(nt[i][0]);
-      logps[i].push_back(nl[i][0]);
-      st[i][0] = nt[i][0];
-      sv[i][0] = true;
-      if (is_stop(nt[i][0])) finished[i] = true;
-      all_done = all_done && finished[i];
-    }
-    if (all_done || s + 1 == c) break;
+    // Prefill each prompt once, then share its cache rows among its G completions.
+    KVCache cache;
+    Tensor logits;
+    Tensor seq_tok, seq_pos, seq_valid;  // only for the uncached path
     if (sp.use_cache) {
-      logits = model.forward_cached(step_tok, step_pos, step_valid, cache);
+      KVCache pre = model.make_cache(b, p);
+      logits = model.forward_cached(ptok, ppos, pvalid, pre);
+      cache = model.make_cache(n, p + c);
+      for (size_t l = 0; l < cache.k.size(); ++l) {
+        cache.k[l].narrow(2, 0, p).copy_(pre.k[l].repeat_interleave(g, 0));
+        cache.v[l].narrow(2, 0, p).copy_(pre.v[l].repeat_interleave(g, 0));
+      }
+      cache.key_bias.narrow(3, 0, p).copy_(pre.key_bias.repeat_interleave(g, 0));
+      cache.length = p;
+      logits = logits.repeat_interleave(g, 0);
     } else {
-      seq_tok = at::cat({seq_tok, step_tok}, 1);
-      seq_pos = at::cat({seq_pos, step_pos}, 1);
-      seq_valid = at::cat({seq_valid, step_valid}, 1);
-      logits = model.forward(seq_tok, seq_pos, seq_valid).select(1, -1);
+      seq_tok = ptok.repeat_interleave(g, 0);
+      seq_pos = ppos.repeat_interleave(g, 0);
+      seq_valid = pvalid.repeat_interleave(g, 0);
+      logits = model.forward(seq_tok, seq_pos, seq_valid).select(1, p - 1);
+    }
+
+    auto is_stop = [&](int64_t t) {
+      return std::find(sp.stop_tokens.begin(), sp.stop_tokens.end(), t) != sp.stop_tokens.end();
+    };
+    auto step_tok = at::empty({n, 1}, at::kLong);
+    auto step_pos = at::empty({n, 1}, at::kLong);
+    auto step_valid = at::empty({n, 1}, at::kBool);
+    for (int64_t s = 0; s < c; ++s) {
+      Tensor next, next_logp;
+      if (sp.temperature == 0.0) {
+        auto lp = logits.log_softmax(-1);
+        next = lp.argmax(-1, /*keepdim=*/true);
+        next_logp = lp.gather(-1, next);
+      } else {
+        auto scaled = logits / sp.temperature;
+        auto lp = scaled.log_softmax(-1);
+        auto probs = filter_logits(scaled, sp.top_k, sp.top_p).softmax(-1);
+        next = at::multinomial(probs, 1, /*replacement=*/false, gen);
+        next_logp = lp.gather(-1, next);
+      }
+      auto nt = next.accessor<int64_t, 2>();
+      auto nl = next_logp.accessor<float, 2>();
+      auto st = step_tok.accessor<int64_t, 2>();
+      auto sps = step_pos.accessor<int64_t, 2>();
+      auto sv = step_valid.accessor<bool, 2>();
+      bool all_done = true;
+      for (int64_t i = 0; i < n; ++i) {
+        sps[i][0] = prompt_len[i] + s;
+        if (finished[i]) {
+          st[i][0] = pad_id;
+          sv[i][0] = false;
+          continue;
+        }
+        completions[i].push_back(nt[i][0]);
+        logps[i].push_back(nl[i][0]);
+        st[i][0] = nt[i][0];
+        sv[i][0] = true;
+        if (is_stop(nt[i][0])) finished[i] = true;
+        all_done = all_done && finished[i];
+      }
+      if (all_done || s + 1 == c) break;
+      if (sp.use_cache) {
+        logits = model.forward_cached(step_tok, step_pos, step_valid, cache);
+      } else {
+        seq_tok = at::cat({seq_tok, step_tok}, 1);
+        seq_pos = at::cat({seq_pos, step_pos}, 1);
+        seq_valid = at::cat({seq_valid, step_valid}, 1);
+        logits = model.forward(seq_tok, seq_pos, seq_valid).select(1, -1);
+      }
     }
   }
 

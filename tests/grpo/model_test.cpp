@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "common/check.h"
 #include "grpo/model.h"
 
 namespace cohort::grpo {

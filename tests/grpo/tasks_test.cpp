@@ -69,7 +69,7 @@ TEST(Countdown, VerifierEvaluatesExactly) {
   EXPECT_TRUE(countdown_reaches("(3+5)*2", n, 16));
   EXPECT_TRUE(countdown_reaches("7*2+5-3", n, 16));
   EXPECT_TRUE(countdown_reaches("(7+5)/(3)*2", n, 8));
-  EXPECT_TRUE(countdown_reaches("7/2*2", n, 7));       // exact rationals: 3.5 * 2
+  EXPECT_TRUE(countdown_reaches("7/2*(5-3)", n, 7));   // exact rationals: 3.5 * 2
   EXPECT_FALSE(countdown_reaches("3+3", n, 6));        // 3 used twice
   EXPECT_FALSE(countdown_reaches("8*2", n, 16));       // 8 not given
   EXPECT_FALSE(countdown_reaches("7/(5-5)", n, 0));    // 5 twice, and a division by zero

@@ -76,45 +76,42 @@ TEST(Trainer, ShardedGradientEqualsFullBatch) {
       accumulate_gradient(policy, &reference, b.rollout, b.advantages, cfg);
       auto g_micro = grads(policy);
       for (size_t i = 0; i < g_full.size(); ++i)
-        EXPECT_TRUE(torch::allclose(g_micro[i], g_full[i], 1e-4, 1e-6));
+        EXPECT_TRUE(torch::allclose(g_micro[i] / full.units, g_full[i] / full.units, 1e-4, 1e-6))
+            << (g_micro[i] - g_full[i]).abs().max().item<double>() << " vs max "
+            << g_full[i].abs().max().item<double>();
     }
   }
 }
 
 TEST(Trainer, GrpoRaisesHeldOutAccuracy) {
+  // The R1-Zero recipe in miniature: a warm-up that stops at a weak base, then GRPO with the
+  // command-line defaults. The full-size figures are in docs/RESULTS.md.
   CharTokenizer tok;
-  TaskSpec spec;
-  spec.digits = 1;   // 100 problems, 10 held out: small enough for a test, still a real task
-  spec.held_out_percent = 20;
+  TaskSpec spec;  // 2-digit addition
   auto task = make_task(spec);
   PretrainConfig pc;
   pc.task = spec;
-  pc.model = tiny();
-  pc.steps = 400;
-  pc.batch_size = 32;
-  pc.stop_at_accuracy = 0.2;
+  pc.model.vocab_size = tok.vocab_size();
+  pc.model.tokenizer = "chars";
+  pc.stop_at_accuracy = 0.15;
   pc.eval_every = 25;
-  pc.eval_n = 20;
-  pc.max_new_tokens = 8;
+  pc.eval_n = 100;
+  pc.steps = 1500;
   Model model(pc.model, 1);
   PretrainResult pre = pretrain(model, tok, *task, pc, false);
-  const double base = evaluate(model, tok, *task, 20, 8).accuracy;
-  ASSERT_LT(base, 0.6) << "the warm-up should leave a weak base";
+  const double base = evaluate(model, tok, *task, 200, 16).accuracy;
+  ASSERT_LT(base, 0.5) << "the warm-up should leave a weak base";
 
   GrpoConfig cfg;
   cfg.task = spec;
-  cfg.prompts_per_step = 16;
-  cfg.group_size = 8;
-  cfg.sampling.max_new_tokens = 8;
-  cfg.lr = 1e-3;
   GrpoTrainer trainer(model, tok, *task, cfg);
   double best = base;
-  for (int i = 0; i < 150 && best < base + 0.4; ++i) {
+  for (int i = 1; i <= 120 && best < base + 0.25; ++i) {
     trainer.step();
-    if (i % 10 == 9) best = std::max(best, evaluate(model, tok, *task, 20, 8).accuracy);
+    if (i % 10 == 0) best = std::max(best, evaluate(model, tok, *task, 200, 16).accuracy);
   }
-  EXPECT_GE(best, base + 0.3) << "base " << base << " after GRPO " << best
-                              << " (pretrain steps " << pre.steps << ")";
+  EXPECT_GE(best, base + 0.25) << "base " << base << " after GRPO " << best
+                               << " (pretrain steps " << pre.steps << ")";
 }
 
 }  // namespace
