@@ -42,9 +42,13 @@ void FrameSealer::seal_one(const std::uint8_t* header, std::size_t header_len,
   std::uint8_t* p = out.data() + at;
   p[0] = static_cast<std::uint8_t>(wire >> 8);
   p[1] = static_cast<std::uint8_t>(wire);
-  if (header_len) std::memcpy(p + 2, header, header_len);
+  if (header_len == 0) {
+    cipher_.encrypt_to(data, len, p + 2);  // straight from the caller's buffer
+    return;
+  }
+  std::memcpy(p + 2, header, header_len);
   if (len) std::memcpy(p + 2 + header_len, data, len);
-  cipher_.encrypt_in_place(p + 2, plain);
+  cipher_.encrypt_to(p + 2, plain, p + 2);
 }
 
 void FrameSealer::seal(MessageClass cls, ByteView body, Bytes& out) {
@@ -77,41 +81,52 @@ FrameOpener::FrameOpener(noise::CipherState recv, const ChannelLimits& limits)
 
 void FrameOpener::open_transport(const std::uint8_t* ciphertext, std::size_t len) {
   maybe_rekey(cipher_, limits_.rekey_interval);
-  const std::size_t n = cipher_.decrypt_to(ciphertext, len, plain_);
-  const std::uint8_t* p = plain_;
-  std::size_t avail = n;
-  if (!in_message_) {
-    if (avail < kFrameHeaderLen) {
+  if (in_message_) {
+    // Continuation: decrypt straight into the message body.
+    const std::size_t n = len - noise::kTagLen;
+    if (n == 0) throw ProtocolError(ErrorCode::kMalformed, "empty transport message inside a message");
+    if (n > remaining_) {
+      throw ProtocolError(ErrorCode::kMalformed, "transport message runs past the end of its message");
+    }
+    Bytes& body = current_.body;
+    const std::size_t at = body.size();
+    body.resize(at + n);
+    try {
+      (void)cipher_.decrypt_to(ciphertext, len, body.data() + at);
+    } catch (const ProtocolError&) {
+      body.resize(at);
+      throw;
+    }
+    remaining_ -= n;
+  } else {
+    const std::size_t n = cipher_.decrypt_to(ciphertext, len, plain_);
+    if (n < kFrameHeaderLen) {
       throw ProtocolError(ErrorCode::kMalformed, "transport message too short for a message header");
     }
-    const std::uint8_t cls = p[0];
+    const std::uint8_t cls = plain_[0];
     if (cls > static_cast<std::uint8_t>(MessageClass::kVerdict)) {
       throw ProtocolError(ErrorCode::kMalformed, "unknown message class " + std::to_string(cls));
     }
-    const std::uint32_t size = std::uint32_t{p[1]} << 24 | std::uint32_t{p[2]} << 16 |
-                               std::uint32_t{p[3]} << 8 | std::uint32_t{p[4]};
+    const std::uint32_t size = std::uint32_t{plain_[1]} << 24 | std::uint32_t{plain_[2]} << 16 |
+                               std::uint32_t{plain_[3]} << 8 | std::uint32_t{plain_[4]};
     const std::uint32_t limit = limit_for(static_cast<MessageClass>(cls), limits_);
     if (size > limit) {
       throw ProtocolError(ErrorCode::kMessageTooLarge,
                           "peer announced a " + std::to_string(size) + "-byte message; the limit is " +
                               std::to_string(limit));
     }
+    const std::size_t avail = n - kFrameHeaderLen;
+    if (avail > size) {
+      throw ProtocolError(ErrorCode::kMalformed, "transport message runs past the end of its message");
+    }
     current_ = Frame{static_cast<MessageClass>(cls), {}};
     // Grow with what actually arrives: a peer that announces a large message and stalls costs
-    // us at most one transport message of memory.
-    current_.body.reserve(std::min<std::size_t>(size, kMaxTransportPlaintext));
-    remaining_ = size;
+    // us at most kBodyInitialReserve bytes.
+    current_.body.reserve(std::min<std::size_t>(size, kBodyInitialReserve));
+    current_.body.assign(plain_ + kFrameHeaderLen, plain_ + n);
+    remaining_ = size - avail;
     in_message_ = true;
-    p += kFrameHeaderLen;
-    avail -= kFrameHeaderLen;
-  } else if (avail == 0) {
-    throw ProtocolError(ErrorCode::kMalformed, "empty transport message inside a message");
   }
-  if (avail > remaining_) {
-    throw ProtocolError(ErrorCode::kMalformed, "transport message runs past the end of its message");
-  }
-  current_.body.insert(current_.body.end(), p, p + avail);
-  remaining_ -= avail;
   if (remaining_ == 0) {
     in_message_ = false;
     ready_.push_back(std::move(current_));

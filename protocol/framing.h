@@ -18,6 +18,9 @@ namespace cohort::protocol {
 inline constexpr std::size_t kMaxTransportPlaintext = noise::kMaxMessageLen - noise::kTagLen;
 // Application message header: class (1 byte) || body length (u32 big-endian).
 inline constexpr std::size_t kFrameHeaderLen = 5;
+// Body capacity reserved when a message starts; beyond it the body grows only as bytes arrive,
+// because the announced length is only a claim.
+inline constexpr std::size_t kBodyInitialReserve = 1 << 20;
 
 // Control messages stay small; bulk messages (tensor chunks, updates, manifests) may be large.
 // kVerdict is sent once by the responder right after the handshake.

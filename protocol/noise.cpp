@@ -104,13 +104,14 @@ void CipherState::decrypt_with_ad(ByteView ad, ByteView ciphertext, Bytes& out) 
   ++n_;
 }
 
-void CipherState::encrypt_in_place(std::uint8_t* data, std::size_t plaintext_len) {
+void CipherState::encrypt_to(const std::uint8_t* plaintext, std::size_t plaintext_len,
+                             std::uint8_t* data) {
   COHORT_CHECK(has_key_);
   if (n_ == kMaxNonce) throw ProtocolError(ErrorCode::kNonceExhausted, "cipher state nonce limit");
   std::uint8_t nonce[12];
   make_nonce(n_, nonce);
   unsigned long long maclen = 0;
-  crypto_aead_chacha20poly1305_ietf_encrypt_detached(data, data + plaintext_len, &maclen, data,
+  crypto_aead_chacha20poly1305_ietf_encrypt_detached(data, data + plaintext_len, &maclen, plaintext,
                                                      plaintext_len, nullptr, 0, nullptr, nonce,
                                                      k_.data());
   ++n_;

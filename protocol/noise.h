@@ -64,8 +64,9 @@ class CipherState {
   // leaving n unchanged.
   void decrypt_with_ad(ByteView ad, ByteView ciphertext, Bytes& out);
 
-  // In-place variants for the transport hot path: `data` holds plaintext and room for the tag.
-  void encrypt_in_place(std::uint8_t* data, std::size_t plaintext_len);
+  // Transport hot path: encrypts `plaintext_len` bytes of `plaintext` into `out` (which may equal
+  // `plaintext`) followed by the 16-byte tag.
+  void encrypt_to(const std::uint8_t* plaintext, std::size_t plaintext_len, std::uint8_t* out);
   // Decrypts `ciphertext_len` bytes (tag last) into `plaintext` (may equal `ciphertext`) and
   // returns the plaintext length; throws ProtocolError(kAuthenticationFailed) on a bad tag.
   [[nodiscard]] std::size_t decrypt_to(const std::uint8_t* ciphertext, std::size_t ciphertext_len,

@@ -1,5 +1,9 @@
 #include "protocol/signed_update.h"
 
+#include <google/protobuf/io/coded_stream.h>
+
+#include <climits>
+
 #include "protocol/error.h"
 
 namespace cohort::protocol {
@@ -29,6 +33,58 @@ wire::AckReason to_ack_reason(UpdateVerdict verdict) {
   }
   return wire::ACK_INTERNAL;
 }
+
+namespace {
+
+// GradientUpdate fields that carry the bulk; verification skips them without copying.
+constexpr std::uint32_t kCompletionsField = 12;
+constexpr std::uint32_t kTensorsField = 13;
+
+// Parses every top-level field of a serialized GradientUpdate except the bulk ones into `header`.
+// False when the top-level structure is not valid protobuf wire format.
+bool parse_header(const std::string& body, wire::GradientUpdate& header) {
+  if (body.size() > INT_MAX) return false;
+  google::protobuf::io::CodedInputStream in(reinterpret_cast<const std::uint8_t*>(body.data()),
+                                            static_cast<int>(body.size()));
+  std::string small;
+  for (;;) {
+    const int start = in.CurrentPosition();
+    const std::uint32_t tag = in.ReadTag();
+    if (tag == 0) {
+      // 0 is both "end of input" and "bad tag": only a clean end at a field boundary is valid.
+      if (static_cast<std::size_t>(start) != body.size()) return false;
+      break;
+    }
+    const std::uint32_t field = tag >> 3;
+    if (field == 0) return false;
+    switch (tag & 7) {
+      case 0: {  // varint
+        std::uint64_t v;
+        if (!in.ReadVarint64(&v)) return false;
+        break;
+      }
+      case 1:
+        if (!in.Skip(8)) return false;
+        break;
+      case 2: {  // length-delimited
+        std::uint32_t len;
+        if (!in.ReadVarint32(&len) || len > INT_MAX || !in.Skip(static_cast<int>(len))) return false;
+        break;
+      }
+      case 5:
+        if (!in.Skip(4)) return false;
+        break;
+      default:  // groups are not proto3
+        return false;
+    }
+    if (field != kCompletionsField && field != kTensorsField) {
+      small.append(body, static_cast<std::size_t>(start), static_cast<std::size_t>(in.CurrentPosition() - start));
+    }
+  }
+  return header.ParseFromString(small);
+}
+
+}  // namespace
 
 wire::SignedUpdate sign_update_body(std::string body, const Identity& signer) {
   const Digest digest = signing_digest(kUpdateDomain, as_bytes(body));
@@ -63,10 +119,10 @@ VerifiedUpdate verify_update(const wire::SignedUpdate& su, const UpdatePolicy& p
   if (!verify_signature(*signer, r.digest, as_bytes(su.signature()))) {
     return fail(UpdateVerdict::kBadSignature, "signature by " + signer->fingerprint() + " does not verify");
   }
-  if (!r.update.ParseFromString(su.body())) {
+  if (!parse_header(su.body(), r.header)) {
     return fail(UpdateVerdict::kMalformed, "body is not a GradientUpdate");
   }
-  if (r.update.peer() != su.signer()) {
+  if (r.header.peer() != su.signer()) {
     return fail(UpdateVerdict::kSignerMismatch, "body names a different peer than its signer");
   }
   if (expected_signer && *expected_signer != *signer) {
@@ -74,11 +130,11 @@ VerifiedUpdate verify_update(const wire::SignedUpdate& su, const UpdatePolicy& p
                                                     ", but the channel authenticated " +
                                                     expected_signer->fingerprint());
   }
-  if (r.update.recipient() != std::string_view(reinterpret_cast<const char*>(policy.recipient.bytes().data()),
+  if (r.header.recipient() != std::string_view(reinterpret_cast<const char*>(policy.recipient.bytes().data()),
                                                kPublicKeyLen)) {
     return fail(UpdateVerdict::kWrongRecipient, "update is addressed to another coordinator");
   }
-  const std::uint64_t v = r.update.policy_version();
+  const std::uint64_t v = r.header.policy_version();
   if (v > policy.current_version) {
     return fail(UpdateVerdict::kStale, "policy version " + std::to_string(v) + " is from the future (current " +
                                            std::to_string(policy.current_version) + ")");
@@ -90,6 +146,14 @@ VerifiedUpdate verify_update(const wire::SignedUpdate& su, const UpdatePolicy& p
   }
   r.verdict = UpdateVerdict::kOk;
   return r;
+}
+
+wire::GradientUpdate decode_update(const wire::SignedUpdate& su) {
+  wire::GradientUpdate update;
+  if (!update.ParseFromString(su.body())) {
+    throw ProtocolError(ErrorCode::kMalformed, "update body is not a GradientUpdate");
+  }
+  return update;
 }
 
 bool ReplayGuard::seen(const PeerId& peer, std::uint64_t sequence, const Digest& digest) const {
@@ -107,13 +171,13 @@ VerifiedUpdate UpdateVerifier::verify(const wire::SignedUpdate& su,
                                       const std::optional<PeerId>& expected_signer) {
   VerifiedUpdate r = verify_update(su, policy_, expected_signer);
   if (!r) return r;
-  if (replays_.seen(*r.signer, r.update.sequence(), r.digest)) {
+  if (replays_.seen(*r.signer, r.header.sequence(), r.digest)) {
     r.verdict = UpdateVerdict::kReplayed;
-    r.detail = "update " + std::to_string(r.update.sequence()) + " from " + r.signer->fingerprint() +
+    r.detail = "update " + std::to_string(r.header.sequence()) + " from " + r.signer->fingerprint() +
                " was already received";
     return r;
   }
-  replays_.remember(*r.signer, r.update.sequence(), r.digest);
+  replays_.remember(*r.signer, r.header.sequence(), r.digest);
   return r;
 }
 

@@ -6,6 +6,7 @@
 //   UpdateVerifier verifier({.recipient = me.id(), .current_version = v, .staleness_bound = 2});
 //   VerifiedUpdate r = verifier.verify(su, channel.peer());              // coordinator
 //   if (!r) ack.set_reason(to_ack_reason(r.verdict));
+//   else    aggregate(decode_update(su));
 #pragma once
 
 #include <cstdint>
@@ -51,15 +52,21 @@ struct VerifiedUpdate {
   std::string detail;                  // human-readable reason when not kOk
   Digest digest{};                     // signing digest (valid once the sizes check out)
   std::optional<PeerId> signer;
-  wire::GradientUpdate update;         // parsed body, valid from kSignerMismatch on
+  // Every field of the body except `completions` and `tensors` (the bulk is not copied to be
+  // checked); valid from kSignerMismatch on. decode_update() parses the whole body.
+  wire::GradientUpdate header;
   explicit operator bool() const { return verdict == UpdateVerdict::kOk; }
 };
 
-// Stateless checks, in order: sizes, signature over the exact body, parse, signer == body.peer
-// (== expected_signer when given), recipient, staleness. Never checks replays.
+// Stateless checks, in order: sizes, signature over the exact body, header parse, signer ==
+// body.peer (== expected_signer when given), recipient, staleness. Never checks replays.
 [[nodiscard]] VerifiedUpdate verify_update(const wire::SignedUpdate& signed_update,
                                            const UpdatePolicy& policy,
                                            const std::optional<PeerId>& expected_signer = std::nullopt);
+
+// The full GradientUpdate of a verified SignedUpdate (tensors included; check each with
+// check_tensor). Throws ProtocolError(kMalformed) when the body does not parse.
+[[nodiscard]] wire::GradientUpdate decode_update(const wire::SignedUpdate& signed_update);
 
 // Remembers every accepted (peer, sequence) and digest. The coordinator preloads it from its
 // ledger after a restart with remember().

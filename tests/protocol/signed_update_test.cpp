@@ -48,8 +48,14 @@ TEST_F(SignedUpdate, ValidUpdateVerifiesAgainstAnIndependentDigest) {
   const wire::SignedUpdate su = sign_update(update(), node);
   const VerifiedUpdate r = verify_update(su, policy(), node.id());
   ASSERT_TRUE(r) << r.detail;
-  EXPECT_EQ(r.update.sequence(), 7u);
+  EXPECT_EQ(r.header.sequence(), 7u);
   EXPECT_EQ(*r.signer, node.id());
+  EXPECT_EQ(r.header.lease_id(), "lease-42");
+  EXPECT_EQ(r.header.tensors_size(), 0) << "verification must not copy the tensors";
+  const wire::GradientUpdate full = decode_update(su);
+  ASSERT_EQ(full.tensors_size(), 1);
+  EXPECT_EQ(full.tensors(0).name(), "model.norm.weight");
+  EXPECT_EQ(full.completions_size(), 1);
 
   // Re-derive what was signed with libsodium alone: BLAKE2b-256("cohort/signed-update/v1" 0x00 body).
   std::string preimage = "cohort/signed-update/v1";
@@ -77,7 +83,8 @@ TEST_F(SignedUpdate, SignatureCoversTheExactBytesNotAReserialization) {
   const wire::SignedUpdate su = sign_update_body(body, node);
   const VerifiedUpdate r = verify_update(su, policy());
   ASSERT_TRUE(r) << r.detail;
-  EXPECT_NE(r.update.SerializeAsString(), body);
+  EXPECT_NE(decode_update(su).SerializeAsString(), body);
+  EXPECT_EQ(r.header.sequence(), 7u);
 }
 
 TEST_F(SignedUpdate, OneFlippedBitAnywhereIsRejected) {
