@@ -27,3 +27,23 @@ bench: build
 
 clean:
 	rm -rf $(BUILD)
+
+# libFuzzer targets (protocol frame reader, tensor decoder), built with clang in build-fuzz and
+# run for FUZZ_SECONDS each; new inputs go to build-fuzz/corpus, seeds stay in tests/.
+.PHONY: fuzz
+FUZZ_BUILD   := build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := frame_reader tensor_decoder
+fuzz: bootstrap
+	@cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOHORT_CUDA=OFF \
+	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ >/dev/null
+	@cmake --build $(FUZZ_BUILD) --target fuzz_targets -j $(JOBS)
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$t; \
+	  echo "fuzz_$$t: $(FUZZ_SECONDS)s"; \
+	  $(FUZZ_BUILD)/tests/protocol/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    $(FUZZ_BUILD)/corpus/$$t tests/protocol/fuzz/corpus/$$t > $(FUZZ_BUILD)/fuzz_$$t.log 2>&1; \
+	  rc=$$?; \
+	  if [ $$rc -ne 0 ]; then tail -n 60 $(FUZZ_BUILD)/fuzz_$$t.log; exit $$rc; fi; \
+	  grep -E "Done|number_of_executed_units|new_units_added" $(FUZZ_BUILD)/fuzz_$$t.log; \
+	done
