@@ -9,6 +9,7 @@
 // Also built standalone as `protocol_bench protocol` (protocol/CMakeLists.txt), without LibTorch.
 #include <CLI/CLI.hpp>
 #include <sodium.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -50,22 +51,39 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// MB/s (1e6 bytes) of encrypting `total` bytes in transport-message-sized pieces on one core.
-double raw_chachapoly_mbps(std::size_t total) {
+// CPU seconds (user + system) used so far by the calling thread.
+double thread_cpu_seconds() {
+  rusage ru{};
+  getrusage(RUSAGE_THREAD, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         1e-6 * static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+// MB/s (1e6 bytes) of encrypting `total` bytes in transport-message-sized pieces on one core;
+// with `decrypt_too`, of encrypting and then decrypting each piece (the channel's total crypto).
+// With `cpu_clock`, per second of this thread's CPU time instead of wall-clock time.
+double raw_chachapoly_mbps(std::size_t total, bool decrypt_too = false, bool cpu_clock = false) {
   constexpr std::size_t kChunk = p::kMaxTransportPlaintext;
   std::vector<std::uint8_t> buf(kChunk + crypto_aead_chacha20poly1305_ietf_ABYTES, 0x5a);
   std::uint8_t key[crypto_aead_chacha20poly1305_ietf_KEYBYTES] = {1};
   std::uint8_t nonce[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {};
   std::uint64_t n = 0;
   const auto t0 = Clock::now();
+  const double cpu0 = thread_cpu_seconds();
   for (std::size_t done = 0; done < total; done += kChunk) {
     std::memcpy(nonce + 4, &n, 8);
     ++n;
     unsigned long long mac_len = 0;
     crypto_aead_chacha20poly1305_ietf_encrypt_detached(buf.data(), buf.data() + kChunk, &mac_len, buf.data(),
                                                        kChunk, nullptr, 0, nullptr, nonce, key);
+    if (decrypt_too &&
+        crypto_aead_chacha20poly1305_ietf_decrypt_detached(buf.data(), nullptr, buf.data(), kChunk,
+                                                           buf.data() + kChunk, nullptr, 0, nonce, key) != 0) {
+      throw Error("raw ChaCha20-Poly1305 round trip failed");
+    }
   }
-  return static_cast<double>(total) / seconds_since(t0) / 1e6;
+  const double elapsed = cpu_clock ? thread_cpu_seconds() - cpu0 : seconds_since(t0);
+  return static_cast<double>(total) / elapsed / 1e6;
 }
 
 // A server on its own thread; `handler` runs for every authenticated connection.
@@ -101,18 +119,27 @@ T run_client(const std::function<asio::awaitable<T>()>& body) {
   return result;
 }
 
-// MB/s of `messages` messages of `size` bytes from a client to a server, until the server's
+struct ChannelRun {
+  double mbps = 0;         // wall clock, first send to the receiver's acknowledgement
+  double cpu_seconds = 0;  // sender thread + receiver thread CPU time over the transfer
+};
+
+// `messages` messages of `size` bytes from a client to a server, until the server's
 // acknowledgement of the last one. With `envelopes`, TensorChunk Envelopes (serialize + parse).
-double channel_mbps(std::size_t size, int messages, bool envelopes) {
+ChannelRun channel_run(std::size_t size, int messages, bool envelopes) {
   const p::Identity server_id = p::Identity::generate(), client_id = p::Identity::generate();
-  LoopbackServer server(server_id, [messages, envelopes](p::Channel ch) -> asio::awaitable<void> {
+  auto receiver_cpu = std::make_shared<double>(0.0);
+  LoopbackServer server(server_id, [messages, envelopes, receiver_cpu](p::Channel ch) -> asio::awaitable<void> {
+    double cpu0 = 0;
     for (int i = 0; i < messages; ++i) {
       if (envelopes) {
         (void)co_await ch.receive();
       } else {
         (void)co_await ch.receive_frame();
       }
+      if (i == 0) cpu0 = thread_cpu_seconds();  // the clock starts with the first message
     }
+    *receiver_cpu = thread_cpu_seconds() - cpu0;
     const p::Bytes ack(1, 1);
     co_await ch.send_frame(p::MessageClass::kControl, ack);
     try {
@@ -120,13 +147,14 @@ double channel_mbps(std::size_t size, int messages, bool envelopes) {
     } catch (const p::ProtocolError&) {
     }
   });
-  return run_client<double>([&]() -> asio::awaitable<double> {
+  ChannelRun run = run_client<ChannelRun>([&]() -> asio::awaitable<ChannelRun> {
     p::Channel ch = co_await p::Channel::connect(server.endpoint(), client_id, {.limits = {}, .expected_peer = server_id.id()});
     const p::Bytes body(size, 0x5a);
     w::Envelope env;
     env.mutable_tensor_chunk()->set_data(std::string(size, '\x5a'));
     env.mutable_tensor_chunk()->set_total_bytes(size);
     const auto t0 = Clock::now();
+    const double cpu0 = thread_cpu_seconds();
     for (int i = 0; i < messages; ++i) {
       if (envelopes) {
         co_await ch.send(env);
@@ -134,9 +162,12 @@ double channel_mbps(std::size_t size, int messages, bool envelopes) {
         co_await ch.send_frame(p::MessageClass::kBulk, body);
       }
     }
+    const double sender_cpu = thread_cpu_seconds() - cpu0;
     (void)co_await ch.receive_frame();
-    co_return static_cast<double>(size) * messages / seconds_since(t0) / 1e6;
+    co_return ChannelRun{static_cast<double>(size) * messages / seconds_since(t0) / 1e6, sender_cpu};
   });
+  run.cpu_seconds += *receiver_cpu;
+  return run;
 }
 
 // Sequential full handshakes per second for about `seconds`.
@@ -158,6 +189,7 @@ double handshakes_per_second(double seconds) {
 
 struct Figures {
   double raw_mbps, frame_mbps, envelope_mbps, hash_mbps, verify_mbps, handshakes;
+  double cpu_ratio;  // (encrypt + decrypt on one core) CPU time / channel's CPU time, same bytes
 };
 
 int run(const Options& opt) {
@@ -183,12 +215,17 @@ int run(const Options& opt) {
   const double body_bytes = static_cast<double>(su.body().size());
   const p::UpdatePolicy policy{.recipient = coordinator.id(), .current_version = 5, .staleness_bound = 1};
 
-  std::vector<double> raw, frame, envelope, hash, verify, hs;
+  std::vector<double> raw, frame, envelope, hash, verify, hs, cpu_ratio;
   volatile unsigned sink = 0;  // keeps the baseline hash from being optimized away
   for (int t = 0; t < opt.trials; ++t) {
     raw.push_back(raw_chachapoly_mbps(stream));
-    frame.push_back(channel_mbps(size, messages, false));
-    envelope.push_back(channel_mbps(size, messages, true));
+    const double raw_pair_cpu_mbps = raw_chachapoly_mbps(stream, /*decrypt_too=*/true, /*cpu_clock=*/true);
+    const ChannelRun frames = channel_run(size, messages, false);
+    frame.push_back(frames.mbps);
+    // The receiver's clock starts after the first message: count the bytes it timed.
+    const double timed_bytes = static_cast<double>(stream) - 0.5 * static_cast<double>(size);
+    cpu_ratio.push_back(timed_bytes / (raw_pair_cpu_mbps * 1e6) / frames.cpu_seconds);
+    envelope.push_back(channel_run(size, messages, true).mbps);
 
     for (int pair = 0; pair < 3; ++pair) {
       auto t0 = Clock::now();
@@ -203,16 +240,18 @@ int run(const Options& opt) {
 
     hs.push_back(handshakes_per_second(opt.handshake_seconds));
   }
-  const Figures f{median(raw), median(frame), median(envelope), median(hash), median(verify), median(hs)};
+  const Figures f{median(raw),  median(frame), median(envelope), median(hash),
+                  median(verify), median(hs), median(cpu_ratio)};
 
   if (opt.json) {
     std::printf(
         "{\"message_bytes\": %zu, \"stream_bytes\": %zu, \"raw_chachapoly_mbps\": %.1f, "
         "\"channel_mbps\": %.1f, \"channel_ratio\": %.3f, \"envelope_mbps\": %.1f, "
-        "\"envelope_ratio\": %.3f, \"update_bytes\": %.0f, \"blake2b_mbps\": %.1f, "
+        "\"envelope_ratio\": %.3f, \"channel_cpu_ratio\": %.3f, \"update_bytes\": %.0f, "
+        "\"blake2b_mbps\": %.1f, "
         "\"verify_mbps\": %.1f, \"verify_ratio\": %.3f, \"handshakes_per_s\": %.1f, \"trials\": %d}\n",
         size, stream, f.raw_mbps, f.frame_mbps, f.frame_mbps / f.raw_mbps, f.envelope_mbps,
-        f.envelope_mbps / f.raw_mbps, body_bytes, f.hash_mbps, f.verify_mbps, f.verify_mbps / f.hash_mbps,
+        f.envelope_mbps / f.raw_mbps, f.cpu_ratio, body_bytes, f.hash_mbps, f.verify_mbps, f.verify_mbps / f.hash_mbps,
         f.handshakes, opt.trials);
     return 0;
   }
@@ -223,6 +262,9 @@ int run(const Options& opt) {
               opt.message_kb, f.frame_mbps, f.frame_mbps / f.raw_mbps);
   std::printf("  channel, %4d KiB TensorChunk envelopes %9.1f MB/s   ratio %.2f\n", opt.message_kb,
               f.envelope_mbps, f.envelope_mbps / f.raw_mbps);
+  std::printf("  channel CPU efficiency                               ratio %.2f  (CPU time of raw encrypt+decrypt\n"
+              "                                                      / CPU time of both channel threads)\n",
+              f.cpu_ratio);
   std::printf("  BLAKE2b-256 hashing                     %9.1f MB/s   (baseline)\n", f.hash_mbps);
   std::printf("  signed-update verification              %9.1f MB/s   ratio %.2f  (target >= 0.80)\n",
               f.verify_mbps, f.verify_mbps / f.hash_mbps);
