@@ -1,7 +1,8 @@
 // `cohort bench` (and `cohort bench grpo`): generation with and without the KV cache, and the
 // GRPO training step, on the demo model and on the bench config. Every rate is also printed as
 // a ratio against this machine's FP32 matmul throughput measured in the same run with the same
-// threads (MFU), because absolute timings on shared machines mislead.
+// threads (MFU), because absolute timings on shared machines mislead. With --precision bf16|fp8
+// the block projections run at that precision, and the same run also times FP32 for the ratio.
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
@@ -142,7 +143,7 @@ TrainResult train_step_rate(grpo::Model& m, const Shape& s, int reps) {
   return {tokens / best, flops / best, best, flops};
 }
 
-int run(bool quick, int no_cache_tokens) {
+int run(bool quick, int no_cache_tokens, grpo::Precision precision) {
   const BlasInfo blas = blas_info();
   std::printf("BLAS: %s\n  config: %s\n  threads: torch %d, BLAS %d, OMP_WAIT_POLICY=%s\n",
               blas.library.c_str(), blas.config.empty() ? "(not OpenBLAS)" : blas.config.c_str(),
@@ -150,12 +151,15 @@ int run(bool quick, int no_cache_tokens) {
               blas.omp_wait_policy.empty() ? "(default)" : blas.omp_wait_policy.c_str());
   const double peak = matmul_flops();
   std::printf("FP32 matmul 1024^3: %.1f GFLOP/s (the MFU denominator)\n\n", peak / 1e9);
+  std::printf("precision of the block projections: %s\n\n", grpo::precision_name(precision));
   json out = {{"blas", blas.library}, {"torch_threads", blas.torch_threads},
+              {"precision", grpo::precision_name(precision)},
               {"blas_threads", blas.blas_threads}, {"matmul_gflops", peak / 1e9}};
 
   for (const auto& [name, cfg] : {std::pair<const char*, ModelConfig>{"demo", demo_config()},
                                   {"bench", bench_config()}}) {
     grpo::Model m(cfg, 1);
+    m.set_precision(precision);
     Shape s;
     const int reps = quick ? 1 : 3;
     const double gen_cache = generate_tokens_per_s(m, s, true, reps);
@@ -164,6 +168,12 @@ int run(bool quick, int no_cache_tokens) {
     const double gen_plain = generate_tokens_per_s(m, nc, false, 1);
     const double mm_share = decode_matmul_seconds_per_token(cfg, s.prompts * s.group) * gen_cache;
     TrainResult tr = train_step_rate(m, s, quick ? 1 : 3);
+    double gen_fp32 = gen_cache, train_fp32_s = tr.step_s;  // side by side, same run
+    if (precision != grpo::Precision::fp32) {
+      grpo::Model m32(cfg, 1);
+      gen_fp32 = generate_tokens_per_s(m32, s, true, reps);
+      train_fp32_s = train_step_rate(m32, s, quick ? 1 : 3).step_s;
+    }
     std::printf("[%s] %lld params, B=%d x G=%d, prompt %d, %d new tokens\n", name,
                 static_cast<long long>(cfg.parameter_count()), s.prompts, s.group, s.prompt_len,
                 s.new_tokens);
@@ -174,6 +184,9 @@ int run(bool quick, int no_cache_tokens) {
     std::printf("  training step        : %8.0f tokens/s, %.2f s, %.1f GFLOP -> %.1f GFLOP/s, MFU %.0f%%\n\n",
                 tr.tokens_per_s, tr.step_s, tr.flops / 1e9, tr.flops_per_s / 1e9,
                 100 * tr.flops_per_s / peak);
+    if (precision != grpo::Precision::fp32)
+      std::printf("  %s vs fp32 (same run): generation time x%.2f, training step time x%.2f\n\n",
+                  grpo::precision_name(precision), gen_fp32 / gen_cache, tr.step_s / train_fp32_s);
     out[name] = {{"params", cfg.parameter_count()},
                  {"gen_tokens_per_s_cache", gen_cache},
                  {"gen_tokens_per_s_no_cache", gen_plain},
@@ -183,7 +196,9 @@ int run(bool quick, int no_cache_tokens) {
                  {"train_tokens_per_s", tr.tokens_per_s},
                  {"train_step_s", tr.step_s},
                  {"train_gflops_per_s", tr.flops_per_s / 1e9},
-                 {"train_mfu", tr.flops_per_s / peak}};
+                 {"train_mfu", tr.flops_per_s / peak},
+                 {"gen_time_vs_fp32", gen_fp32 / gen_cache},
+                 {"train_step_time_vs_fp32", tr.step_s / train_fp32_s}};
   }
   std::printf("%s\n", out.dump().c_str());
   return 0;
@@ -195,14 +210,17 @@ void add_grpo_bench(CLI::App& bench) {
   struct Args {
     bool quick = false;
     int no_cache_tokens = 128;
+    std::string precision = "fp32";
   };
   auto a = std::make_shared<Args>();
-  auto run_it = [a] { run(a->quick, a->no_cache_tokens); };
+  auto run_it = [a] { run(a->quick, a->no_cache_tokens, grpo::parse_precision(a->precision)); };
   auto* cmd = bench.add_subcommand("grpo", "Generation and training throughput, MFU");
   for (CLI::App* c : {cmd, &bench}) {
     c->add_flag("--quick", a->quick, "One repetition per measurement");
     c->add_option("--no-cache-tokens", a->no_cache_tokens,
                   "New tokens for the no-cache generation baseline")->capture_default_str();
+    c->add_option("--precision", a->precision, "Block projections: fp32 | bf16 | fp8")
+        ->capture_default_str();
   }
   cmd->callback(run_it);
   // `cohort bench` with no subcommand runs this one.

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "common/check.h"
+#include "grpo/fp8_linear.h"
 
 namespace cohort::grpo {
 namespace {
@@ -24,7 +25,9 @@ Tensor linear_bf16(const Tensor& x, const Tensor& w, const Tensor& b) {
 }
 
 std::array<LinearFn, 3>& linear_table() {
-  static std::array<LinearFn, 3> table{linear_fp32, linear_bf16, nullptr};
+  // FP8 is referenced here, not self-registered: a static registrar in a static library
+  // would be dropped by the linker.
+  static std::array<LinearFn, 3> table{linear_fp32, linear_bf16, fp8_linear};
   return table;
 }
 
