@@ -143,7 +143,7 @@ TrainResult train_step_rate(grpo::Model& m, const Shape& s, int reps) {
   return {tokens / best, flops / best, best, flops};
 }
 
-int run(bool quick, int no_cache_tokens, grpo::Precision precision) {
+int run(bool quick, int no_cache_tokens, grpo::Precision precision, const std::string& only) {
   const BlasInfo blas = blas_info();
   std::printf("BLAS: %s\n  config: %s\n  threads: torch %d, BLAS %d, OMP_WAIT_POLICY=%s\n",
               blas.library.c_str(), blas.config.empty() ? "(not OpenBLAS)" : blas.config.c_str(),
@@ -158,6 +158,7 @@ int run(bool quick, int no_cache_tokens, grpo::Precision precision) {
 
   for (const auto& [name, cfg] : {std::pair<const char*, ModelConfig>{"demo", demo_config()},
                                   {"bench", bench_config()}}) {
+    if (!only.empty() && only != name) continue;
     grpo::Model m(cfg, 1);
     m.set_precision(precision);
     Shape s;
@@ -211,9 +212,12 @@ void add_grpo_bench(CLI::App& bench) {
     bool quick = false;
     int no_cache_tokens = 128;
     std::string precision = "fp32";
+    std::string only;
   };
   auto a = std::make_shared<Args>();
-  auto run_it = [a] { run(a->quick, a->no_cache_tokens, grpo::parse_precision(a->precision)); };
+  auto run_it = [a] {
+    run(a->quick, a->no_cache_tokens, grpo::parse_precision(a->precision), a->only);
+  };
   auto* cmd = bench.add_subcommand("grpo", "Generation and training throughput, MFU");
   for (CLI::App* c : {cmd, &bench}) {
     c->add_flag("--quick", a->quick, "One repetition per measurement");
@@ -221,6 +225,7 @@ void add_grpo_bench(CLI::App& bench) {
                   "New tokens for the no-cache generation baseline")->capture_default_str();
     c->add_option("--precision", a->precision, "Block projections: fp32 | bf16 | fp8")
         ->capture_default_str();
+    c->add_option("--only", a->only, "Run one model: demo | bench");
   }
   cmd->callback(run_it);
   // `cohort bench` with no subcommand runs this one.

@@ -39,6 +39,11 @@ void runtime_init(int argc, char** argv) {
     // exec failed (no /proc): carry on with the default policy.
   }
   set_num_threads(default_threads());
+  // Individual overrides, for measuring pool layouts (docs/RESULTS.md).
+  if (const char* t = std::getenv("COHORT_TORCH_THREADS"); t && std::atoi(t) > 0)
+    at::set_num_threads(std::atoi(t));
+  if (const char* b = std::getenv("COHORT_BLAS_THREADS"); b && std::atoi(b) > 0)
+    if (auto fn = blas_symbol<openblas_set_fn>("openblas_set_num_threads")) fn(std::atoi(b));
 }
 
 void set_num_threads(int n) {

@@ -150,17 +150,27 @@ std::pair<Tensor, Tensor> Model::rope_tables(const Tensor& positions) const {
   return {emb.cos(), emb.sin()};
 }
 
-Tensor Model::block(const Layer& L, const Tensor& x, const Tensor& cos, const Tensor& sin,
-                    const Tensor& bias, KVCache* cache, size_t li) const {
+FusedBlockWeights Model::fuse(const Layer& L) const {
+  FusedBlockWeights f;
+  f.qkv_w = at::cat({L.q_w, L.k_w, L.v_w}, 0);
+  if (L.q_b.defined()) f.qkv_b = at::cat({L.q_b, L.k_b, L.v_b}, 0);
+  f.gate_up_w = at::cat({L.gate_w, L.up_w}, 0);
+  return f;
+}
+
+Tensor Model::block(const Layer& L, const FusedBlockWeights& f, const Tensor& x, const Tensor& cos,
+                    const Tensor& sin, const Tensor& bias, KVCache* cache, size_t li) const {
   const auto& c = config_;
   const int64_t n = x.size(0), t = x.size(1), hd = c.dim_head();
   const int64_t h = c.num_attention_heads, kvh = c.num_key_value_heads;
+  const int64_t inter = c.intermediate_size;
   const double scale = 1.0 / std::sqrt(double(hd));
 
   auto xn = rms_norm(x, L.input_norm, c.rms_norm_eps);
-  auto q = linear(xn, L.q_w, L.q_b).view({n, t, h, hd}).transpose(1, 2);
-  auto k = linear(xn, L.k_w, L.k_b).view({n, t, kvh, hd}).transpose(1, 2);
-  auto v = linear(xn, L.v_w, L.v_b).view({n, t, kvh, hd}).transpose(1, 2);
+  auto qkv = linear(xn, f.qkv_w, f.qkv_b);
+  auto q = qkv.narrow(-1, 0, h * hd).view({n, t, h, hd}).transpose(1, 2);
+  auto k = qkv.narrow(-1, h * hd, kvh * hd).view({n, t, kvh, hd}).transpose(1, 2);
+  auto v = qkv.narrow(-1, (h + kvh) * hd, kvh * hd).view({n, t, kvh, hd}).transpose(1, 2);
   q = (q * cos + rotate_half(q) * sin) * scale;
   k = k * cos + rotate_half(k) * sin;
   if (cache != nullptr) {
@@ -173,7 +183,9 @@ Tensor Model::block(const Layer& L, const Tensor& x, const Tensor& cos, const Te
   auto attn = attend(q, k, v, bias);
   auto hmid = x + linear(attn, L.o_w, L.o_b);
   auto hn = rms_norm(hmid, L.post_norm, c.rms_norm_eps);
-  auto mlp = linear(at::silu(linear(hn, L.gate_w, {})) * linear(hn, L.up_w, {}), L.down_w, {});
+  auto gate_up = linear(hn, f.gate_up_w, {});
+  auto mlp = linear(at::silu(gate_up.narrow(-1, 0, inter)) * gate_up.narrow(-1, inter, inter),
+                    L.down_w, {});
   return hmid + mlp;
 }
 
@@ -189,7 +201,9 @@ Tensor Model::hidden(const Tensor& tokens, const Tensor& positions,
                   .view({tokens.size(0), 1, 1, t, t});
   auto [cos, sin] = rope_tables(positions);
   auto x = at::embedding(embed_, tokens);
-  for (size_t i = 0; i < layers_.size(); ++i) x = block(layers_[i], x, cos, sin, bias, nullptr, i);
+  // Concatenated inside the graph, so autograd splits the gradient back onto each projection.
+  for (size_t i = 0; i < layers_.size(); ++i)
+    x = block(layers_[i], fuse(layers_[i]), x, cos, sin, bias, nullptr, i);
   return rms_norm(x, final_norm_, config_.rms_norm_eps);
 }
 
@@ -208,6 +222,8 @@ KVCache Model::make_cache(int64_t n, int64_t max_len) const {
     cache.v.push_back(at::empty({n, c.num_key_value_heads, max_len, c.dim_head()}));
   }
   cache.key_bias = at::full({n, 1, 1, max_len}, -std::numeric_limits<float>::infinity());
+  at::NoGradGuard no_grad;
+  for (const auto& layer : layers_) cache.fused.push_back(fuse(layer));
   cache.max_len = max_len;
   return cache;
 }
@@ -234,7 +250,8 @@ Tensor Model::forward_cached(const Tensor& tokens, const Tensor& positions,
   self.zero_();
   auto [cos, sin] = rope_tables(positions);
   auto x = at::embedding(embed_, tokens);
-  for (size_t i = 0; i < layers_.size(); ++i) x = block(layers_[i], x, cos, sin, bias, &cache, i);
+  for (size_t i = 0; i < layers_.size(); ++i)
+    x = block(layers_[i], cache.fused[i], x, cos, sin, bias, &cache, i);
   cache.length = start + t;
   if (!all_positions) x = x.select(1, t - 1);
   return lm_head(rms_norm(x, final_norm_, config_.rms_norm_eps));

@@ -34,8 +34,17 @@ struct NamedTensor {
   at::Tensor tensor;
 };
 
-// Keys and values of every layer for N sequences, preallocated to max_len positions.
+// Weights of one block with the projections that share an input concatenated, so that
+// generation runs one GEMM for Q|K|V and one for gate|up instead of five.
+struct FusedBlockWeights {
+  at::Tensor qkv_w, qkv_b, gate_up_w;
+};
+
+// Keys and values of every layer for N sequences, preallocated to max_len positions, plus a
+// snapshot of the fused weights taken when the cache was made (generation never sees a
+// half-updated policy).
 struct KVCache {
+  std::vector<FusedBlockWeights> fused;
   std::vector<at::Tensor> k, v;  // per layer: [N, kv_heads, max_len, head_dim]
   at::Tensor key_bias;           // [N, 1, 1, max_len]: 0 for valid keys, -inf for padding
   int64_t length = 0;            // positions filled so far
@@ -80,9 +89,10 @@ class Model {
     at::Tensor input_norm, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, post_norm, gate_w, up_w, down_w;
   };
   at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const;
-  at::Tensor block(const Layer& layer, const at::Tensor& x, const at::Tensor& cos,
-                   const at::Tensor& sin, const at::Tensor& bias, KVCache* cache,
-                   size_t layer_index) const;
+  at::Tensor block(const Layer& layer, const FusedBlockWeights& fused, const at::Tensor& x,
+                   const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& bias,
+                   KVCache* cache, size_t layer_index) const;
+  FusedBlockWeights fuse(const Layer& layer) const;
   std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& positions) const;
   at::Tensor add(const std::string& name, std::vector<int64_t> shape, bool is_norm);
 
