@@ -148,7 +148,9 @@ ChannelRun channel_run(std::size_t size, int messages, bool envelopes) {
     }
   });
   ChannelRun run = run_client<ChannelRun>([&]() -> asio::awaitable<ChannelRun> {
-    p::Channel ch = co_await p::Channel::connect(server.endpoint(), client_id, {.limits = {}, .expected_peer = server_id.id()});
+    p::ChannelOptions options;
+    options.expected_peer = server_id.id();
+    p::Channel ch = co_await p::Channel::connect(server.endpoint(), client_id, options);
     const p::Bytes body(size, 0x5a);
     w::Envelope env;
     env.mutable_tensor_chunk()->set_data(std::string(size, '\x5a'));
@@ -178,8 +180,9 @@ double handshakes_per_second(double seconds) {
     int done = 0;
     const auto t0 = Clock::now();
     while (seconds_since(t0) < seconds) {
-      p::Channel ch = co_await p::Channel::connect(server.endpoint(), client_id,
-                                                   {.limits = {}, .expected_peer = server_id.id()});
+      p::ChannelOptions options;
+      options.expected_peer = server_id.id();
+      p::Channel ch = co_await p::Channel::connect(server.endpoint(), client_id, options);
       ch.close();
       ++done;
     }

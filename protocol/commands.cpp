@@ -4,9 +4,11 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 
+#include "common/check.h"
 #include "protocol/identity.h"
 
 namespace cohort::protocol {
@@ -22,6 +24,10 @@ void add_commands(CLI::App& app) {
   keygen->add_option("--out,-o", opts->out, "Key file to create")->required();
   keygen->add_flag("--force", opts->force, "Overwrite an existing key file");
   keygen->callback([opts] {
+    if (!opts->force && std::filesystem::exists(opts->out)) {
+      throw cohort::Error("key file " + opts->out + " already exists; refusing to overwrite an identity (pass --force "
+                  "to replace it, which changes this peer's id)");
+    }
     const Identity id = Identity::generate();
     id.save(opts->out, opts->force);
     std::fprintf(stderr, "wrote %s (mode 0600); its peer id (public key) is:\n", opts->out.c_str());
