@@ -71,7 +71,6 @@ const char* precision_name(Precision p) {
   return "?";
 }
 
-void register_linear(Precision p, LinearFn fn) { linear_table()[static_cast<int>(p)] = fn; }
 
 Tensor Model::add(const std::string& name, std::vector<int64_t> shape, bool is_norm) {
   auto t = is_norm ? at::ones(shape) : at::zeros(shape);

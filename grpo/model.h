@@ -26,8 +26,6 @@ const char* precision_name(Precision p);
 
 // Linear layer implementation for the block projections: y = x·wᵀ + b (b may be undefined).
 using LinearFn = at::Tensor (*)(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
-// Registers the implementation used for `p` (FP8 registers itself from its own module).
-void register_linear(Precision p, LinearFn fn);
 
 struct NamedTensor {
   std::string name;

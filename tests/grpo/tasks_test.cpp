@@ -82,6 +82,22 @@ TEST(Countdown, VerifierEvaluatesExactly) {
   EXPECT_FALSE(countdown_reaches("99999999999999999999", n, 0));
 }
 
+TEST(Countdown, RewardsCorrectWrongMalformed) {
+  TaskSpec spec;
+  spec.name = "countdown";
+  spec.format_weight = 0.5;
+  auto task = make_task(spec);
+  Prompt p{"3,5,7:16=", "16", {3, 5, 7}};
+  EXPECT_EQ(task->score(p, "<answer>(3+5)*2</answer>").total, 0.5);      // 2 is not given
+  EXPECT_EQ(task->score(p, "<answer>7+3+5+1</answer>").accuracy, 0.0);   // 1 is not given
+  EXPECT_EQ(task->score(p, "<answer>3*7-5</answer>").total, 1.5);        // 21 - 5 = 16
+  EXPECT_EQ(task->score(p, "<think>7*3=21</think><answer>7*3-5</answer>").total, 1.5);
+  EXPECT_EQ(task->score(p, "<answer>3*7-5=16</answer>").accuracy, 0.0);  // not an expression
+  EXPECT_EQ(task->score(p, "3*7-5").total, 0.0);
+  EXPECT_EQ(task->score(p, "").total, 0.0);
+  EXPECT_EQ(task->score(p, "<answer>" + std::string(3000, '(') + "</answer>").total, 0.5);
+}
+
 TEST(Countdown, GeneratedProblemsAreSolvable) {
   TaskSpec spec;
   spec.name = "countdown";
