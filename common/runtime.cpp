@@ -1,5 +1,7 @@
 #include "common/runtime.h"
 
+#include "common/cpu_allocator.h"
+
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <unistd.h>
@@ -39,6 +41,7 @@ void runtime_init(int argc, char** argv) {
     // exec failed (no /proc): carry on with the default policy.
   }
   set_num_threads(default_threads());
+  if (std::getenv("COHORT_NO_CACHING_ALLOCATOR") == nullptr) install_caching_cpu_allocator();
   // Individual overrides, for measuring pool layouts (docs/RESULTS.md).
   if (const char* t = std::getenv("COHORT_TORCH_THREADS"); t && std::atoi(t) > 0)
     at::set_num_threads(std::atoi(t));

@@ -14,6 +14,8 @@ namespace cohort {
 // Call first thing in main(). May re-exec the process (same argv) to fix the OpenMP policy.
 // COHORT_THREADS=N overrides the thread count (default: all cores); COHORT_TORCH_THREADS and
 // COHORT_BLAS_THREADS set one pool each. OMP_WAIT_POLICY set by the caller is respected.
+// Installs the caching CPU allocator (common/cpu_allocator.h) unless
+// COHORT_NO_CACHING_ALLOCATOR is set.
 void runtime_init(int argc, char** argv);
 
 // Sets both LibTorch's intra-op pool and OpenBLAS's pool to n threads.
