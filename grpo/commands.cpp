@@ -12,6 +12,7 @@
 #include "common/check.h"
 #include "common/progress.h"
 #include "common/runtime.h"
+#include "grpo/bpe_tokenizer.h"
 #include "grpo/checkpoint.h"
 #include "grpo/trainer.h"
 
@@ -32,6 +33,49 @@ void add_task_options(CLI::App* cmd, TaskSpec& t) {
       ->capture_default_str();
   cmd->add_option("--task-seed", t.seed, "Fixes the prompt stream and the held-out split")
       ->capture_default_str();
+  cmd->add_option("--dataset", t.dataset,
+                  "JSONL dataset instead of a built-in task: GSM8K {question, answer} or {prompt, answer}");
+  cmd->add_option("--eval-dataset", t.eval_dataset,
+                  "JSONL held-out set (default: a seeded --held-out-percent share of --dataset)");
+  cmd->add_option("--held-out-percent", t.held_out_percent, "Share reserved for evaluation")
+      ->capture_default_str();
+  cmd->add_option("--reward", t.reward, "Dataset reward: math")->capture_default_str();
+}
+
+// The R1-Zero instruction: reason in <think>, answer in <answer> (what r1_format_reward checks).
+constexpr const char* kR1SystemPrompt =
+    "A conversation between User and Assistant. The user asks a question, and the Assistant "
+    "solves it. The assistant first thinks about the reasoning process in the mind and then "
+    "provides the user with the answer. The reasoning process and answer are enclosed within "
+    "<think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning process "
+    "here </think> <answer> answer here </answer>.";
+
+struct PromptOptions {
+  std::string system_prompt = "r1";  // "r1" | "default" (the template's) | any text
+};
+
+void add_prompt_options(CLI::App* cmd, PromptOptions& p) {
+  cmd->add_option("--system-prompt", p.system_prompt,
+                  "Chat models: system turn of every prompt: r1 | default (the template's) | text")
+      ->capture_default_str();
+}
+
+// The tokenizer a model folder was trained with: its tokenizer.json when it has one (Hugging Face
+// models), else the built-in tokenizer named in config.json.
+std::unique_ptr<Tokenizer> tokenizer_for(const std::string& dir, const ModelConfig& cfg,
+                                         const PromptOptions& p) {
+  if (fs::exists(fs::path(dir) / "tokenizer.json")) {
+    auto tok = BpeTokenizer::from_folder(dir);
+    if (p.system_prompt == "r1")
+      tok->set_system_prompt(kR1SystemPrompt);
+    else if (p.system_prompt != "default")
+      tok->set_system_prompt(p.system_prompt);
+    if (tok->vocab_size() > cfg.vocab_size)
+      throw Error(dir + ": tokenizer has " + std::to_string(tok->vocab_size()) +
+                  " tokens but the model only " + std::to_string(cfg.vocab_size));
+    return tok;
+  }
+  return make_tokenizer(cfg.tokenizer.empty() ? "chars" : cfg.tokenizer);
 }
 
 void add_threads_option(CLI::App* cmd, int& threads) {
@@ -123,6 +167,8 @@ struct TrainArgs {
   std::string precision = "fp32", dtype = "f32";
   int steps = 100, eval_every = 20, eval_n = 200, threads = 0;
   bool quiet = false;
+  PromptOptions prompt;
+  int64_t max_shard_mb = 0;
 };
 
 void add_grpo_options(CLI::App* cmd, TrainArgs& a) {
@@ -148,6 +194,11 @@ void add_grpo_options(CLI::App* cmd, TrainArgs& a) {
       ->capture_default_str();
   cmd->add_option("--micro-batch", c.micro_batch, "Rows per forward/backward (0: whole step)")
       ->capture_default_str();
+  cmd->add_option("--stop", c.sampling.stop_strings,
+                  "Stop a completion once its text contains this string (repeatable)");
+  cmd->add_flag("--mask-truncated", c.mask_truncated,
+                "Completions cut at --max-new-tokens add no loss (DAPO overlong filtering)");
+  add_prompt_options(cmd, a.prompt);
   cmd->add_option("--seed", c.seed, "Sampling seed")->capture_default_str();
   cmd->add_option("--precision", a.precision, "Linear layers: fp32 | bf16 | fp8")->capture_default_str();
 }
@@ -165,6 +216,9 @@ json step_json(const StepStats& s, double elapsed) {
           {"reward_mean", s.reward_mean}, {"reward_std", s.reward_std},
           {"accuracy", s.accuracy},   {"format", s.format},
           {"completion_len", s.completion_len}, {"truncated_frac", s.truncated_frac},
+          {"completion_len_min", s.completion_len_min}, {"completion_len_max", s.completion_len_max},
+          {"completion_len_std", s.completion_len_std},
+          {"completion_len_correct", s.completion_len_correct},
           {"kl", s.kl},               {"clip_frac", s.clip_frac},
           {"grad_norm", s.grad_norm}, {"zero_std_frac", s.zero_std_frac},
           {"tokens_per_s", s.tokens_per_s}, {"gen_s", s.gen_s},
@@ -180,7 +234,7 @@ struct TrainSummary {
 TrainSummary run_train(TrainArgs& a) {
   auto task = make_task(a.cfg.task);
   auto model = load_model(a.model);
-  auto tok = make_tokenizer(model->config().tokenizer.empty() ? "chars" : model->config().tokenizer);
+  auto tok = tokenizer_for(a.model, model->config(), a.prompt);
   model->set_precision(parse_precision(a.precision));
   std::ofstream metrics;
   if (!a.metrics_out.empty()) {
@@ -230,15 +284,26 @@ TrainSummary run_train(TrainArgs& a) {
   sum.steps = a.steps;
   sum.wall = bar.seconds();
   sum.tokens_per_s = time_total > 0 ? tok_total / time_total : 0;
-  if (!a.out.empty()) save_model(a.out, *model, parse_dtype(a.dtype));
+  if (!a.out.empty()) {
+    save_model(a.out, *model, parse_dtype(a.dtype), a.max_shard_mb << 20);
+    // A Hugging Face folder stays one: the trained weights travel with their tokenizer.
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"})
+      if (fs::exists(fs::path(a.model) / f) && fs::absolute(a.model) != fs::absolute(a.out))
+        fs::copy_file(fs::path(a.model) / f, fs::path(a.out) / f, fs::copy_options::overwrite_existing);
+  }
   return sum;
 }
 
 void add_train(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
   auto* cmd = app.add_subcommand("train", "Local GRPO training on a built-in task");
-  cmd->add_option("--model", a->model, "Model folder (config.json + model.safetensors)")->required();
+  cmd->add_option("--model", a->model,
+                  "Model folder: config.json + model.safetensors (or sharded), tokenizer.json for "
+                  "Hugging Face models")
+      ->required();
   add_task_options(cmd, a->cfg.task);
+  cmd->add_option("--max-shard-mb", a->max_shard_mb, "Split --out weights into shards of this size (0: one file)")
+      ->capture_default_str();
   cmd->add_option("--steps", a->steps, "GRPO steps")->capture_default_str();
   cmd->add_option("--metrics-out", a->metrics_out, "Write one JSON object per step (JSONL)");
   cmd->add_option("--out", a->out, "Save the trained model to this folder");
@@ -266,6 +331,7 @@ void add_eval(CLI::App& app) {
     TaskSpec task;
     int n = 500, max_new_tokens = 16, threads = 0;
     std::string precision = "fp32";
+    PromptOptions prompt;
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("eval", "Held-out greedy accuracy as one JSON line");
@@ -275,17 +341,18 @@ void add_eval(CLI::App& app) {
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "Completion length limit")
       ->capture_default_str();
   cmd->add_option("--precision", a->precision, "Linear layers: fp32 | bf16 | fp8")->capture_default_str();
+  add_prompt_options(cmd, a->prompt);
   add_threads_option(cmd, a->threads);
   cmd->callback([a] {
     apply_threads(a->threads);
     auto task = make_task(a->task);
     auto model = load_model(a->model);
     model->set_precision(parse_precision(a->precision));
-    auto tok = make_tokenizer(model->config().tokenizer.empty() ? "chars" : model->config().tokenizer);
+    auto tok = tokenizer_for(a->model, model->config(), a->prompt);
     EvalResult e = evaluate(*model, *tok, *task, a->n, a->max_new_tokens);
     json j = eval_json(e);
     j["model"] = a->model;
-    j["task"] = a->task.name;
+    j["task"] = a->task.dataset.empty() ? a->task.name : a->task.dataset;
     std::printf("%s\n", j.dump().c_str());
   });
 }

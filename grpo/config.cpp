@@ -100,6 +100,8 @@ ModelConfig ModelConfig::from_json(const std::string& text) {
       throw Error("unsupported hidden_act '" + j["hidden_act"].get<std::string>() + "' (only silu)");
     if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
       throw Error("rope_scaling is not supported yet");
+    if (j.value("use_sliding_window", false))
+      throw Error("use_sliding_window (sliding-window attention) is not supported");
   } catch (const json::exception& e) {
     throw Error(std::string("config.json: missing or mistyped field: ") + e.what());
   }

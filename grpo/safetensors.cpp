@@ -1,6 +1,7 @@
 #include "grpo/safetensors.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <torch/torch.h>
@@ -133,8 +134,19 @@ void write_safetensors(const std::string& path, const std::vector<NamedTensor>& 
   f.commit();
 }
 
-std::vector<NamedTensor> read_safetensors(const std::string& path,
-                                          std::map<std::string, std::string>* metadata) {
+namespace {
+
+// A read-only private mapping of a whole file, unmapped when the last tensor aliasing it dies.
+struct FileMapping {
+  void* data = MAP_FAILED;
+  size_t size = 0;
+  ~FileMapping() {
+    if (data != MAP_FAILED) ::munmap(data, size);
+  }
+};
+
+std::vector<NamedTensor> read_impl(const std::string& path,
+                                   std::map<std::string, std::string>* metadata, bool map) {
   auto fail = [&](const std::string& m) -> Error { return Error(path + ": " + m); };
   std::ifstream in(path, std::ios::binary);
   if (!in) throw fail("cannot open file");
@@ -214,7 +226,27 @@ std::vector<NamedTensor> read_safetensors(const std::string& path,
 
   std::vector<NamedTensor> out;
   const uint64_t base = 8 + hlen;
+  std::shared_ptr<FileMapping> mapping;
+  if (map && file_size > 0) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw fail(std::string("cannot open file: ") + std::strerror(errno));
+    mapping = std::make_shared<FileMapping>();
+    mapping->size = file_size;
+    mapping->data = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    ::close(fd);
+    if (mapping->data == MAP_FAILED) mapping.reset();  // fall back to reading copies
+  }
   for (const auto& e : entries) {
+    char* at = mapping ? static_cast<char*>(mapping->data) + base + e.begin : nullptr;
+    if (at != nullptr && reinterpret_cast<uintptr_t>(at) % e.info->size == 0) {
+      // The tensor aliases the mapping (read-only pages: callers copy out, never write).
+      auto keep = mapping;
+      at::Tensor t = at::from_blob(
+          at, e.shape, [keep](void*) mutable { keep.reset(); },
+          at::TensorOptions().dtype(e.info->type));
+      out.push_back({e.name, std::move(t)});
+      continue;
+    }
     at::Tensor t = at::empty(e.shape, at::TensorOptions().dtype(e.info->type));
     in.seekg(static_cast<std::streamoff>(base + e.begin));
     in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(e.end - e.begin));
@@ -222,6 +254,18 @@ std::vector<NamedTensor> read_safetensors(const std::string& path,
     out.push_back({e.name, std::move(t)});
   }
   return out;
+}
+
+}  // namespace
+
+std::vector<NamedTensor> read_safetensors(const std::string& path,
+                                          std::map<std::string, std::string>* metadata) {
+  return read_impl(path, metadata, /*map=*/false);
+}
+
+std::vector<NamedTensor> map_safetensors(const std::string& path,
+                                         std::map<std::string, std::string>* metadata) {
+  return read_impl(path, metadata, /*map=*/true);
 }
 
 }  // namespace cohort::grpo

@@ -27,6 +27,13 @@ void write_safetensors(const std::string& path, const std::vector<NamedTensor>& 
 std::vector<NamedTensor> read_safetensors(const std::string& path,
                                           std::map<std::string, std::string>* metadata = nullptr);
 
+// Same validation as read_safetensors, but the tensors alias a read-only memory map of the
+// file (kept alive by the tensors) instead of holding copies: loading a checkpoint then costs
+// no second copy of the weights. Tensors whose data is misaligned for their dtype are copied.
+// The tensors must not be written to.
+std::vector<NamedTensor> map_safetensors(const std::string& path,
+                                         std::map<std::string, std::string>* metadata = nullptr);
+
 // Writes `bytes` to `path` atomically (temporary file in the same directory, fsync, rename).
 void write_file_atomic(const std::string& path, const std::string& bytes);
 

@@ -7,6 +7,7 @@
 
 #include "common/check.h"
 #include "grpo/model.h"
+#include "grpo/tokenizer.h"
 
 namespace cohort::grpo {
 
@@ -141,6 +142,21 @@ Rollout generate(const Model& model, const std::vector<std::vector<int64_t>>& pr
     auto is_stop = [&](int64_t t) {
       return std::find(sp.stop_tokens.begin(), sp.stop_tokens.end(), t) != sp.stop_tokens.end();
     };
+    // A stop string ends the row once the text of its last few tokens contains it: an earlier
+    // occurrence would already have ended the row, so any occurrence found is new.
+    size_t stop_window = 0;
+    for (const auto& s : sp.stop_strings) stop_window = std::max(stop_window, s.size() + 2);
+    if (stop_window > 0 && sp.stop_decoder == nullptr)
+      throw Error("generate: stop strings need a tokenizer (SamplingParams::stop_decoder)");
+    auto hits_stop_string = [&](const std::vector<int64_t>& ids) {
+      if (stop_window == 0) return false;
+      const size_t k = std::min(stop_window, ids.size());
+      const std::string tail = sp.stop_decoder->decode(
+          std::span<const int64_t>(ids.data() + ids.size() - k, k));
+      for (const auto& s : sp.stop_strings)
+        if (!s.empty() && tail.find(s) != std::string::npos) return true;
+      return false;
+    };
     auto step_tok = at::empty({n, 1}, at::kLong);
     auto step_pos = at::empty({n, 1}, at::kLong);
     auto step_valid = at::empty({n, 1}, at::kBool);
@@ -174,7 +190,7 @@ Rollout generate(const Model& model, const std::vector<std::vector<int64_t>>& pr
         logps[i].push_back(nl[i][0]);
         st[i][0] = nt[i][0];
         sv[i][0] = true;
-        if (is_stop(nt[i][0])) finished[i] = true;
+        if (is_stop(nt[i][0]) || hits_stop_string(completions[i])) finished[i] = true;
         all_done = all_done && finished[i];
       }
       if (all_done || s + 1 == c) break;

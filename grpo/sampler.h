@@ -9,11 +9,13 @@
 #include <ATen/Tensor.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace cohort::grpo {
 
 class Model;
+class Tokenizer;
 
 struct SamplingParams {
   double temperature = 1.0;  // 0 = greedy
@@ -21,6 +23,10 @@ struct SamplingParams {
   int top_k = 0;             // 0 = off
   int max_new_tokens = 16;
   std::vector<int64_t> stop_tokens;  // a completion ends after emitting one (it is kept)
+  // A completion also ends with the token whose text completes one of these strings (the token
+  // is kept); needs stop_decoder to turn ids into text.
+  std::vector<std::string> stop_strings;
+  const Tokenizer* stop_decoder = nullptr;
   uint64_t seed = 0;
   bool use_cache = true;  // false recomputes the whole prefix each step (benchmarks, tests)
 };

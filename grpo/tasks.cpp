@@ -6,6 +6,7 @@
 #include <unordered_set>
 
 #include "common/check.h"
+#include "grpo/dataset.h"
 
 namespace cohort::grpo {
 namespace {
@@ -344,6 +345,7 @@ std::string Task::reference_completion(const Prompt& prompt) const {
 std::unique_ptr<Task> make_task(const TaskSpec& spec) {
   if (spec.held_out_percent < 1 || spec.held_out_percent > 50)
     throw Error("held-out percent must be in 1..50");
+  if (!spec.dataset.empty()) return make_dataset_task(spec);
   if (spec.name == "arith") return std::make_unique<Arith>(spec);
   if (spec.name == "countdown") return std::make_unique<Countdown>(spec);
   throw Error("unknown task '" + spec.name + "' (built-in: arith, countdown)");

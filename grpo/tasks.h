@@ -17,7 +17,7 @@
 namespace cohort::grpo {
 
 struct TaskSpec {
-  std::string name = "arith";   // "arith" | "countdown"
+  std::string name = "arith";   // "arith" | "countdown"; ignored when dataset is set
   int digits = 2;               // arith: operands have up to this many digits
   std::string ops = "+";        // arith: operators drawn from this set ("+-*")
   int numbers = 3;              // countdown: how many numbers are given
@@ -25,6 +25,10 @@ struct TaskSpec {
   double format_weight = 0.0;   // reward = accuracy + format_weight * format
   uint64_t seed = 1234;         // fixes the prompt stream and the held-out split
   int held_out_percent = 10;    // share of the problem space reserved for evaluation
+  // JSONL dataset task (grpo/dataset.h): train on `dataset`; evaluate on `eval_dataset` when
+  // given, else on a held-out share of `dataset` (held_out_percent, after a seeded shuffle).
+  std::string dataset, eval_dataset;
+  std::string reward = "math";  // dataset reward: "math" (grpo/math_reward.h)
 };
 
 struct Prompt {
@@ -46,14 +50,14 @@ class Task {
   const TaskSpec& spec() const { return spec_; }
 
   // The index-th training prompt; never a held-out problem.
-  Prompt train_prompt(uint64_t index) const;
+  virtual Prompt train_prompt(uint64_t index) const;
   // The first n distinct held-out problems (throws cohort::Error if the space is too small).
-  std::vector<Prompt> eval_prompts(int n) const;
+  virtual std::vector<Prompt> eval_prompts(int n) const;
 
   // Malformed, empty or overlong completions score 0; never throws.
-  RewardBreakdown score(const Prompt& prompt, std::string_view completion) const;
+  virtual RewardBreakdown score(const Prompt& prompt, std::string_view completion) const;
   // The reference completion used by supervised warm-up.
-  std::string reference_completion(const Prompt& prompt) const;
+  virtual std::string reference_completion(const Prompt& prompt) const;
 
  protected:
   virtual Prompt generate(uint64_t rng_state) const = 0;
@@ -64,7 +68,8 @@ class Task {
   TaskSpec spec_;
 };
 
-// Throws cohort::Error for an unknown task or invalid settings.
+// Throws cohort::Error for an unknown task or invalid settings. A spec with a dataset gives
+// the JSONL dataset task (grpo/dataset.h).
 std::unique_ptr<Task> make_task(const TaskSpec& spec);
 
 // The text inside the last <answer>…</answer>, or nullopt-equivalent empty flag.

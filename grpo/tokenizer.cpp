@@ -1,6 +1,9 @@
 #include "grpo/tokenizer.h"
 
+#include <filesystem>
+
 #include "common/check.h"
+#include "grpo/bpe_tokenizer.h"
 
 namespace cohort::grpo {
 namespace {
@@ -56,8 +59,18 @@ std::string CharTokenizer::decode(std::span<const int64_t> ids) const {
   return out;
 }
 
+std::vector<int64_t> Tokenizer::encode_prompt(std::string_view text) const {
+  std::vector<int64_t> ids;
+  if (bos_id() >= 0) ids.push_back(bos_id());
+  auto body = encode(text);
+  ids.insert(ids.end(), body.begin(), body.end());
+  return ids;
+}
+
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name) {
   if (name == "chars" || name.rfind("chars:", 0) == 0) return std::make_unique<CharTokenizer>();
+  if (std::filesystem::exists(std::filesystem::path(name) / "tokenizer.json"))
+    return BpeTokenizer::from_folder(name);
   throw Error("unknown tokenizer '" + name + "'");
 }
 

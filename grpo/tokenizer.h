@@ -1,5 +1,5 @@
 // Tokenizers behind one interface: the built-in character tokenizer of the arith/countdown
-// tasks now, byte-level BPE (tokenizer.json) later.
+// tasks, and byte-level BPE from a Hugging Face tokenizer.json (grpo/bpe_tokenizer.h).
 //
 //   auto tok = make_tokenizer("chars");
 //   std::vector<int64_t> ids = tok->encode("12+34=");
@@ -27,6 +27,11 @@ class Tokenizer {
   virtual int64_t bos_id() const = 0;
   virtual int64_t eos_id() const = 0;
   virtual std::string name() const = 0;
+  // Token ids of a task prompt as the model sees it: <bos> + text here; chat models wrap the
+  // text in their chat template (system prompt, user turn, generation prompt).
+  virtual std::vector<int64_t> encode_prompt(std::string_view text) const;
+  // Tokens that end a completion (EOS; chat models add their end-of-turn tokens).
+  virtual std::vector<int64_t> stop_ids() const { return {eos_id()}; }
 };
 
 // The character vocabulary of the built-in tasks: <pad> <bos> <eos> <think> </think> <answer>
@@ -47,7 +52,8 @@ class CharTokenizer final : public Tokenizer {
   int64_t char_to_id_[256];
 };
 
-// "chars" → CharTokenizer. Throws cohort::Error for an unknown name.
+// "chars" → CharTokenizer; a folder holding tokenizer.json → BpeTokenizer.
+// Throws cohort::Error for an unknown name.
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name);
 
 }  // namespace cohort::grpo

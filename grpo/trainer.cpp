@@ -20,10 +20,7 @@ double now_s() {
 }  // namespace
 
 std::vector<int64_t> encode_prompt(const Tokenizer& tok, const Prompt& p) {
-  std::vector<int64_t> ids{tok.bos_id()};
-  auto body = tok.encode(p.text);
-  ids.insert(ids.end(), body.begin(), body.end());
-  return ids;
+  return tok.encode_prompt(p.text);
 }
 
 void score_rollout(const Tokenizer& tok, const Task& task, ScoredBatch& b) {
@@ -31,9 +28,10 @@ void score_rollout(const Tokenizer& tok, const Task& task, ScoredBatch& b) {
   const int g = b.rollout.group_size;
   b.rewards.assign(n, 0.0f);
   b.parts.assign(n, {});
+  const std::vector<int64_t> stops = tok.stop_ids();
   for (int64_t i = 0; i < n; ++i) {
     auto ids = b.rollout.completions[i];
-    auto eos = std::find(ids.begin(), ids.end(), tok.eos_id());
+    auto eos = std::find_first_of(ids.begin(), ids.end(), stops.begin(), stops.end());
     ids.erase(eos, ids.end());
     b.parts[i] = task.score(b.prompts[i / g], tok.decode(ids));
     b.rewards[i] = static_cast<float>(b.parts[i].total);
@@ -50,11 +48,18 @@ ScoredBatch rollout_and_score(const Model& policy, const Tokenizer& tok, const T
   for (const auto& p : prompts) ids.push_back(encode_prompt(tok, p));
   SamplingParams sp = cfg.sampling;
   sp.seed = seed;
-  if (sp.stop_tokens.empty()) sp.stop_tokens = {tok.eos_id()};
+  if (sp.stop_tokens.empty()) sp.stop_tokens = tok.stop_ids();
+  if (!sp.stop_strings.empty() && sp.stop_decoder == nullptr) sp.stop_decoder = &tok;
   b.rollout = generate(policy, ids, cfg.group_size, sp, tok.pad_id());
   score_rollout(tok, task, b);
   b.advantages = group_advantages(b.rewards, cfg.group_size, cfg.scale);
+  if (cfg.mask_truncated) mask_truncated_rows(b.rollout);
   return b;
+}
+
+void mask_truncated_rows(Rollout& r) {
+  for (size_t i = 0; i < r.truncated.size(); ++i)
+    if (r.truncated[i]) r.completion_mask[static_cast<int64_t>(i)].zero_();
 }
 
 Rollout slice_rows(const Rollout& r, int64_t begin, int64_t count) {
@@ -120,15 +125,27 @@ LossSums accumulate_gradient(const Model& policy, const Model* reference, const 
 void reward_statistics(const ScoredBatch& b, int g, StepStats& s) {
   const size_t n = b.rewards.size();
   if (n == 0) return;
-  double sum = 0, sq = 0, acc = 0, fmt = 0, len = 0, trunc = 0;
+  double sum = 0, sq = 0, acc = 0, fmt = 0, len = 0, len_sq = 0, trunc = 0;
+  double len_correct = 0, n_correct = 0;
+  s.completion_len_min = s.completion_len_max = double(b.rollout.completions[0].size());
   for (size_t i = 0; i < n; ++i) {
     sum += b.rewards[i];
     sq += double(b.rewards[i]) * b.rewards[i];
     acc += b.parts[i].accuracy;
     fmt += b.parts[i].format;
-    len += double(b.rollout.completions[i].size());
+    const double l = double(b.rollout.completions[i].size());
+    len += l;
+    len_sq += l * l;
+    s.completion_len_min = std::min(s.completion_len_min, l);
+    s.completion_len_max = std::max(s.completion_len_max, l);
+    if (b.parts[i].accuracy > 0) {
+      len_correct += l;
+      n_correct += 1;
+    }
     trunc += b.rollout.truncated[i] ? 1 : 0;
   }
+  s.completion_len_std = std::sqrt(std::max(0.0, len_sq / n - (len / n) * (len / n)));
+  s.completion_len_correct = n_correct > 0 ? len_correct / n_correct : 0;
   s.reward_mean = sum / n;
   s.reward_std = std::sqrt(std::max(0.0, sq / n - s.reward_mean * s.reward_mean));
   s.accuracy = acc / n;
@@ -214,7 +231,7 @@ EvalResult evaluate(const Model& model, const Tokenizer& tok, const Task& task, 
   SamplingParams sp;
   sp.temperature = 0.0;
   sp.max_new_tokens = max_new_tokens;
-  sp.stop_tokens = {tok.eos_id()};
+  sp.stop_tokens = tok.stop_ids();
   for (int begin = 0; begin < n; begin += batch_size) {
     const int count = std::min(batch_size, n - begin);
     ScoredBatch b;

@@ -36,6 +36,7 @@ struct GrpoConfig {
   double adam_eps = 1e-8;
   double max_grad_norm = 1.0;  // 0 disables clipping
   int micro_batch = 0;         // rows per forward/backward (0: the whole step at once)
+  bool mask_truncated = false; // completions cut at max_new_tokens add no loss (DAPO overlong filter)
   uint64_t seed = 1;
 };
 
@@ -48,14 +49,19 @@ struct ScoredBatch {
   std::vector<float> advantages;              // one per row
 };
 
-// Token ids of a prompt as the model sees it: <bos> + text.
+// Token ids of a prompt as the model sees it: Tokenizer::encode_prompt (<bos> + text, or the
+// chat template of a chat model).
 std::vector<int64_t> encode_prompt(const Tokenizer& tok, const Prompt& p);
 
 ScoredBatch rollout_and_score(const Model& policy, const Tokenizer& tok, const Task& task,
                               const std::vector<Prompt>& prompts, const GrpoConfig& cfg,
                               uint64_t seed);
 
-// Scores completions with the task's verifier (decoding up to the stop token).
+// Zeroes the completion mask of rows truncated at max_new_tokens: they still count as units
+// (sequences) but contribute no loss or gradient.
+void mask_truncated_rows(Rollout& r);
+
+// Scores completions with the task's verifier (decoding up to the first stop token).
 void score_rollout(const Tokenizer& tok, const Task& task, ScoredBatch& batch);
 
 // log π(completion token) for every completion position: [N, C]. Differentiable when grad mode
@@ -75,6 +81,9 @@ struct StepStats {
   int64_t step = 0;
   double loss = 0, reward_mean = 0, reward_std = 0, accuracy = 0, format = 0;
   double completion_len = 0, truncated_frac = 0, kl = 0, clip_frac = 0, grad_norm = 0;
+  // Completion lengths in tokens: growing length is the signal operators watch.
+  double completion_len_min = 0, completion_len_max = 0, completion_len_std = 0;
+  double completion_len_correct = 0;  // mean over completions with accuracy > 0
   double zero_std_frac = 0;  // groups whose rewards are all equal (no learning signal)
   double tokens_per_s = 0, gen_s = 0, train_s = 0, step_s = 0;
 };
