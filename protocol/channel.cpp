@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 
 namespace cohort::protocol {
 
@@ -34,7 +35,9 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       : socket(std::move(s)),
         read_timer(socket.get_executor()),
         write_timer(socket.get_executor()),
-        limits(l) {}
+        limits(l) {
+    write_done.expires_at(asio::steady_timer::time_point::max());
+  }
 
   tcp::socket socket;
   asio::steady_timer read_timer;   // idle timeout, and the whole handshake
@@ -50,6 +53,13 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   std::uint8_t version = 0;
   Bytes wbuf;
   Bytes rbuf;
+  // Send queue (see send_frame).
+  bool writing = false;
+  std::deque<Bytes> queue;
+  std::uint64_t sealed = 0, written = 0;
+  asio::steady_timer write_done{socket.get_executor()};
+  std::exception_ptr send_failure;
+  bool receiving = false;
 
   // Closes the socket when `timer` fires; `flag` tells the waiting operation why it failed.
   void arm(asio::steady_timer& timer, std::chrono::milliseconds after, bool Impl::*flag) {
@@ -71,6 +81,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     socket.close(ignored);
     read_timer.cancel();
     write_timer.cancel();
+    write_done.cancel();
   }
 
   // Handshake I/O: exact reads and writes under the handshake timer (armed by the caller).
@@ -100,15 +111,14 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     co_return msg;
   }
 
-  asio::awaitable<void> send_frame(MessageClass cls, ByteView body) {
-    wbuf.clear();
-    sealer->seal(cls, body, wbuf);
+  // Writes `bytes` fully; the write timeout restarts whenever the socket makes progress.
+  asio::awaitable<void> write_bytes(const Bytes& bytes) {
     std::size_t done = 0;
-    while (done < wbuf.size()) {
+    while (done < bytes.size()) {
       std::error_code ec;
       arm(write_timer, limits.write_timeout, &Impl::write_timed_out);
       const std::size_t n = co_await socket.async_write_some(
-          asio::buffer(wbuf.data() + done, wbuf.size() - done),
+          asio::buffer(bytes.data() + done, bytes.size() - done),
           asio::redirect_error(asio::use_awaitable, ec));
       write_timer.cancel();
       if (ec) {
@@ -117,6 +127,47 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       }
       done += n;
     }
+  }
+
+  // Several coroutines on the channel's strand may send at once: each message is sealed when
+  // send is called (so nonces follow call order) and written in that order by whichever caller
+  // is writing; the others wait until their own message is on the socket.
+  asio::awaitable<void> send_frame(MessageClass cls, ByteView body) {
+    if (send_failure) std::rethrow_exception(send_failure);
+    if (writing) {
+      Bytes wire;
+      sealer->seal(cls, body, wire);
+      const std::uint64_t mine = ++sealed;
+      queue.push_back(std::move(wire));
+      while (written < mine && !send_failure) {
+        std::error_code ignored;  // expiry stays at max: only the writer's cancel() wakes us
+        co_await write_done.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+      }
+      if (written < mine) std::rethrow_exception(send_failure);
+      co_return;
+    }
+    writing = true;
+    wbuf.clear();
+    sealer->seal(cls, body, wbuf);  // the uncontended path reuses one buffer
+    ++sealed;
+    try {
+      co_await write_bytes(wbuf);
+      ++written;
+      while (!queue.empty()) {
+        const Bytes next = std::move(queue.front());
+        queue.pop_front();
+        write_done.cancel();  // wake waiters whose message just went out
+        co_await write_bytes(next);
+        ++written;
+      }
+    } catch (const ProtocolError&) {
+      send_failure = std::current_exception();
+      writing = false;
+      write_done.cancel();
+      throw;
+    }
+    writing = false;
+    write_done.cancel();
   }
 
   // `allow_verdict`: only the initiator's first read may see the responder's verdict.
@@ -382,6 +433,12 @@ asio::awaitable<void> Channel::send_frame(MessageClass cls, ByteView body) {
 
 asio::awaitable<Frame> Channel::receive_frame() {
   auto self = impl_;
+  COHORT_CHECK(!self->receiving, "a Channel allows one receive at a time");
+  self->receiving = true;
+  struct Done {
+    Impl& s;
+    ~Done() { s.receiving = false; }
+  } done{*self};
   co_return co_await self->receive_frame(false, false);
 }
 
@@ -394,6 +451,12 @@ asio::awaitable<void> Channel::send(const wire::Envelope& envelope) {
 
 asio::awaitable<wire::Envelope> Channel::receive() {
   auto self = impl_;
+  COHORT_CHECK(!self->receiving, "a Channel allows one receive at a time");
+  self->receiving = true;
+  struct Done {
+    Impl& s;
+    ~Done() { s.receiving = false; }
+  } done{*self};
   Frame frame = co_await self->receive_frame(false, false);
   wire::Envelope envelope;
   if (!envelope.ParseFromArray(frame.body.data(), static_cast<int>(frame.body.size()))) {

@@ -9,8 +9,9 @@
 //     });                                                   wire::Envelope reply = ch.receive();
 //   server.start();
 //
-// A Channel is not thread-safe: drive it from one strand, with at most one send and one
-// receive in flight at a time. Any ProtocolError from send/receive means the connection is over.
+// A Channel is not thread-safe: drive it from one strand (Server runs each connection on its
+// own). Any number of coroutines may send at once (messages go out in call order); one receive
+// at a time. Any ProtocolError from send/receive means the connection is over.
 #pragma once
 
 #ifndef ASIO_STANDALONE

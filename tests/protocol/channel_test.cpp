@@ -6,6 +6,7 @@
 
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <filesystem>
 #include <mutex>
 #include <random>
@@ -301,6 +302,15 @@ TEST(Channel, HandshakeAuthenticatesBothSidesAndCarriesEnvelopesBothWays) {
   EXPECT_EQ(server.stats().handshakes_ok, 1u);
 }
 
+asio::awaitable<void> connect_and_echo(std::uint16_t port, PeerId coordinator, std::uint64_t id, int& ok) {
+  const Identity me = Identity::generate();
+  Channel ch = co_await Channel::connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port), me,
+                                         {.limits = test_limits(), .expected_peer = coordinator});
+  co_await ch.send(heartbeat(id));
+  const wire::Envelope back = co_await ch.receive();
+  if (back.id() == id && ch.peer() == coordinator) ++ok;
+}
+
 TEST(Channel, ManyConcurrentCoroutineClients) {
   const Identity coord = Identity::generate();
   TestServer server(coord);
@@ -308,23 +318,63 @@ TEST(Channel, ManyConcurrentCoroutineClients) {
   asio::io_context io;
   int ok = 0;
   for (int i = 0; i < kClients; ++i) {
-    asio::co_spawn(
-        io,
-        [&, i]() -> asio::awaitable<void> {
-          const Identity me = Identity::generate();
-          Channel ch = co_await Channel::connect(
-              tcp::endpoint(asio::ip::make_address("127.0.0.1"), server.port()), me,
-              {.limits = test_limits(), .expected_peer = coord.id()});
-          co_await ch.send(heartbeat(i));
-          const wire::Envelope back = co_await ch.receive();
-          if (back.id() == static_cast<std::uint64_t>(i) && ch.peer() == coord.id()) ++ok;
-        },
-        asio::detached);
+    asio::co_spawn(io, connect_and_echo(server.port(), coord.id(), static_cast<std::uint64_t>(i), ok),
+                   asio::detached);
   }
   io.run();
   EXPECT_EQ(ok, kClients);
   for (int i = 0; i < kClients; ++i) EXPECT_EQ(server.wait_session().error, ErrorCode::kClosed);
   EXPECT_EQ(server.stats().handshakes_ok, static_cast<std::uint64_t>(kClients));
+}
+
+// Several coroutines send on one channel at once (a coordinator pushing leases while answering
+// requests): every message must arrive intact, each exactly once.
+asio::awaitable<void> send_many(Channel& ch, int sender, int count, std::map<std::uint64_t, std::string>& sent) {
+  for (int i = 0; i < count; ++i) {
+    const std::uint64_t id = static_cast<std::uint64_t>(sender * 1000 + i);
+    // Sizes from 1 byte to ~300 KB: many writes span several transport messages.
+    wire::Envelope env;
+    env.set_id(id);
+    env.mutable_tensor_chunk()->set_data(std::string(1 + (id * 7919) % 300'000, static_cast<char>('a' + sender)));
+    sent[id] = env.SerializeAsString();
+    co_await ch.send(env);
+  }
+}
+
+TEST(Channel, ConcurrentSendersOnOneChannelKeepEveryMessageIntact) {
+  const Identity coord = Identity::generate(), node = Identity::generate();
+  TestServer server(coord);
+  asio::io_context io;
+  constexpr int kSenders = 6, kEach = 15;
+  std::map<std::uint64_t, std::string> sent, echoed;
+  std::optional<Channel> ch;
+  std::exception_ptr failure;
+  auto record = [&failure](std::exception_ptr e) {
+    if (e && !failure) failure = e;
+  };
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        ch.emplace(co_await Channel::connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), server.port()),
+                                             node, {.limits = test_limits()}));
+        const auto ex = co_await asio::this_coro::executor;
+        for (int s = 0; s < kSenders; ++s) asio::co_spawn(ex, send_many(*ch, s, kEach, sent), record);
+        for (int n = 0; n < kSenders * kEach; ++n) {
+          const wire::Envelope back = co_await ch->receive();
+          echoed[back.id()] = back.SerializeAsString();
+        }
+      },
+      record);
+  io.run();
+  if (failure) {
+    try {
+      std::rethrow_exception(failure);
+    } catch (const std::exception& e) {
+      FAIL() << e.what();
+    }
+  }
+  EXPECT_EQ(echoed.size(), static_cast<std::size_t>(kSenders * kEach));
+  EXPECT_TRUE(echoed == sent);
 }
 
 TEST(Channel, PinnedKeyMismatchIsAClearError) {
