@@ -8,7 +8,9 @@
 #include "bench/bench.h"
 #include "common/check.h"
 #include "common/runtime.h"
+#include "coordinator/commands.h"
 #include "grpo/commands.h"
+#include "node/commands.h"
 #include "protocol/commands.h"
 
 int main(int argc, char** argv) {
@@ -25,6 +27,8 @@ int main(int argc, char** argv) {
 
   cohort::grpo::add_commands(app);
   cohort::protocol::add_commands(app);
+  cohort::node::add_commands(app);
+  cohort::coordinator::add_commands(app);
   cohort::bench::add_commands(app);
 
   try {

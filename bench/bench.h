@@ -13,5 +13,6 @@ void add_commands(CLI::App& app);
 void add_kernels_bench(CLI::App& bench);
 void add_protocol_bench(CLI::App& bench);
 void add_grpo_bench(CLI::App& bench);
+void add_e2e_bench(CLI::App& bench);
 
 }  // namespace cohort::bench

@@ -357,51 +357,12 @@ void add_eval(CLI::App& app) {
   });
 }
 
-void add_demo(CLI::App& app) {
-  struct Args {
-    std::string dir = "runs/demo";
-    int steps = 300;
-    int threads = 0;
-  };
-  auto a = std::make_shared<Args>();
-  auto* cmd = app.add_subcommand("demo", "Pretrain a weak base, then GRPO on arith; before/after accuracy");
-  cmd->add_option("--dir", a->dir, "Working folder")->capture_default_str();
-  cmd->add_option("--steps", a->steps, "GRPO steps")->capture_default_str();
-  add_threads_option(cmd, a->threads);
-  cmd->callback([a] {
-    apply_threads(a->threads);
-    const std::string base = a->dir + "/base";
-    PretrainArgs p;
-    p.out = base;
-    p.cfg.stop_at_accuracy = 0.25;
-    p.cfg.eval_every = 50;
-    if (!fs::exists(base + "/config.json")) {
-      spdlog::info("demo: pretraining a weak base model into {}", base);
-      run_pretrain(p);
-    }
-    TrainArgs t;
-    t.model = base;
-    t.out = a->dir + "/grpo";
-    t.metrics_out = a->dir + "/metrics.jsonl";
-    t.steps = a->steps;
-    t.eval_every = 25;
-    t.eval_n = 500;
-    t.cfg.task = p.cfg.task;
-    t.cfg.loss.max_completion_length = t.cfg.sampling.max_new_tokens;
-    TrainSummary s = run_train(t);
-    std::printf("held-out accuracy on %s: before %.1f%%, after %.1f%% (%lld GRPO steps, %.0f s)\n",
-                p.cfg.task.name.c_str(), 100 * s.base, 100 * s.final,
-                static_cast<long long>(s.steps), s.wall);
-  });
-}
-
 }  // namespace
 
 void add_commands(CLI::App& app) {
   add_pretrain(app);
   add_train(app);
   add_eval(app);
-  add_demo(app);
 }
 
 }  // namespace cohort::grpo

@@ -1,4 +1,5 @@
-// CLI commands owned by the learning core: `pretrain`, `train`, `eval`, `demo`.
+// CLI commands owned by the learning core: `pretrain`, `train`, `eval` (`demo` is the
+// decentralized run and lives in coordinator/).
 #pragma once
 namespace CLI { class App; }
 namespace cohort::grpo {

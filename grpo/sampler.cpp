@@ -110,6 +110,12 @@ Rollout generate(const Model& model, const std::vector<std::vector<int64_t>>& pr
   for (int64_t i = 0; i < n; ++i) prompt_len[i] = static_cast<int64_t>(prompts[i / g].size());
 
   auto gen = at::detail::createCPUGenerator(sp.seed);
+  std::vector<at::Generator> group_gens;
+  if (!sp.group_seeds.empty()) {
+    if (static_cast<int64_t>(sp.group_seeds.size()) != b)
+      throw Error("generate: group_seeds needs one seed per prompt");
+    for (uint64_t s : sp.group_seeds) group_gens.push_back(at::detail::createCPUGenerator(s));
+  }
   std::vector<std::vector<int64_t>> completions(n);
   std::vector<std::vector<float>> logps(n);
   std::vector<bool> finished(n, false);
@@ -170,7 +176,14 @@ Rollout generate(const Model& model, const std::vector<std::vector<int64_t>>& pr
         auto scaled = logits / sp.temperature;
         auto lp = scaled.log_softmax(-1);
         auto probs = filter_logits(scaled, sp.top_k, sp.top_p).softmax(-1);
-        next = at::multinomial(probs, 1, /*replacement=*/false, gen);
+        if (group_gens.empty()) {
+          next = at::multinomial(probs, 1, /*replacement=*/false, gen);
+        } else {
+          next = at::empty({n, 1}, at::kLong);
+          for (int64_t gi = 0; gi < b; ++gi)
+            next.narrow(0, gi * g, g)
+                .copy_(at::multinomial(probs.narrow(0, gi * g, g), 1, false, group_gens[gi]));
+        }
         next_logp = lp.gather(-1, next);
       }
       auto nt = next.accessor<int64_t, 2>();

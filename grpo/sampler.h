@@ -28,6 +28,10 @@ struct SamplingParams {
   std::vector<std::string> stop_strings;
   const Tokenizer* stop_decoder = nullptr;
   uint64_t seed = 0;
+  // Optional, one per prompt: group i samples from its own generator seeded with group_seeds[i]
+  // (`seed` is then unused), so a group's completions do not depend on which other prompts share
+  // the batch. A coordinator can split a step's prompts across peers in any way.
+  std::vector<uint64_t> group_seeds;
   bool use_cache = true;  // false recomputes the whole prefix each step (benchmarks, tests)
 };
 

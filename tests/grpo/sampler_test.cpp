@@ -5,6 +5,7 @@
 
 #include <set>
 
+#include "common/check.h"
 #include "grpo/model.h"
 #include "grpo/sampler.h"
 
@@ -40,6 +41,37 @@ TEST(Sampler, SameSeedSameCompletions) {
   sp.seed = 43;
   auto c = generate(m, prompts(), 4, sp, 0);
   EXPECT_NE(a.completions, c.completions);
+}
+
+// Per-group seeds: a group's completions depend on its prompt and seed only, not on which other
+// prompts share the batch (how the coordinator may split a step across peers).
+TEST(Sampler, GroupSeedsMakeGroupsIndependentOfTheBatch) {
+  Model m = make_model(1);
+  SamplingParams sp;
+  sp.max_new_tokens = 10;
+  sp.stop_tokens = {2};
+  auto all = prompts();
+  sp.group_seeds = {101, 202, 303};
+  auto full = generate(m, all, 4, sp, 0);
+  for (int i = 0; i < 3; ++i) {
+    SamplingParams one = sp;
+    one.group_seeds = {sp.group_seeds[i]};
+    auto alone = generate(m, {all[i]}, 4, one, 0);
+    for (int j = 0; j < 4; ++j) EXPECT_EQ(alone.completions[j], full.completions[i * 4 + j]) << i;
+  }
+  // Reordered batch: same groups, same completions.
+  SamplingParams rev = sp;
+  rev.group_seeds = {303, 202, 101};
+  auto reversed = generate(m, {all[2], all[1], all[0]}, 4, rev, 0);
+  for (int j = 0; j < 4; ++j) EXPECT_EQ(reversed.completions[j], full.completions[8 + j]);
+  // A different seed for one group changes that group.
+  SamplingParams other = sp;
+  other.group_seeds = {101, 999, 303};
+  auto changed = generate(m, all, 4, other, 0);
+  EXPECT_NE(std::vector(changed.completions.begin() + 4, changed.completions.begin() + 8),
+            std::vector(full.completions.begin() + 4, full.completions.begin() + 8));
+  sp.group_seeds = {1, 2};
+  EXPECT_THROW(generate(m, all, 4, sp, 0), Error);
 }
 
 TEST(Sampler, CacheAndNoCacheAgreeGreedy) {

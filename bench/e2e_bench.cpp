@@ -1,0 +1,164 @@
+// `cohort bench e2e`: a coordinator and N node processes on loopback running a short round;
+// reports samples/s, the fraction of wall time the nodes spend computing, the coordinator's
+// time per step (aggregation + optimizer + publication) and the bytes per signed update.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "bench/bench.h"
+#include "common/check.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/local_cluster.h"
+#include "grpo/checkpoint.h"
+#include "grpo/tokenizer.h"
+
+namespace cohort::bench {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using coordinator::Subprocess;
+
+struct E2EArgs {
+  int nodes = 3;
+  int steps = 8;
+  int prompts_per_step = 24;
+  int group_size = 8;
+  int staleness = 1;
+  int node_threads = 1;
+  std::string model;  // default: a random-init model of the built-in shape
+  std::string codec = "fp8";
+  std::string dir;
+};
+
+double query(sqlite3* db, const char* sql) {
+  sqlite3_stmt* st = nullptr;
+  double v = 0;
+  if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+    v = sqlite3_column_double(st, 0);
+  sqlite3_finalize(st);
+  return v;
+}
+
+int run_e2e(const E2EArgs& a) {
+  const fs::path dir = a.dir.empty() ? fs::temp_directory_path() / ("cohort-bench-e2e-" + std::to_string(::getpid()))
+                                     : fs::path(a.dir);
+  fs::remove_all(dir / "round");
+  fs::create_directories(dir);
+  std::string model = a.model;
+  if (model.empty()) {
+    model = (dir / "base").string();
+    grpo::ModelConfig c;
+    grpo::CharTokenizer tok;
+    c.vocab_size = tok.vocab_size();
+    c.bos_token_id = tok.bos_id();
+    c.eos_token_id = tok.eos_id();
+    c.pad_token_id = tok.pad_id();
+    c.tokenizer = tok.name();
+    grpo::Model m(c, 1);
+    grpo::save_model(model, m);
+  }
+  const std::string data = (dir / "round").string();
+  std::string toml = fmt::format(
+      "[round]\nid = \"bench\"\nsteps = {}\nprompts_per_step = {}\nstaleness_bound = {}\n"
+      "checkpoint_interval = 1000000\ndata_dir = \"{}\"\nlinger_s = 3\n"
+      "[network]\nlisten = \"127.0.0.1:0\"\nstatus_listen = \"\"\n[model]\npath = \"{}\"\n"
+      "[task]\nname = \"arith\"\n[grpo]\ngroup_size = {}\ngradient_codec = \"{}\"\n",
+      a.steps, a.prompts_per_step, a.staleness, data, fs::absolute(model).string(), a.group_size, a.codec);
+  const std::string config = (dir / "round.toml").string();
+  std::ofstream(config) << toml;
+  const std::string exe = coordinator::self_executable();
+  const auto t0 = std::chrono::steady_clock::now();
+  Subprocess coord = Subprocess::spawn({exe, "coordinator", "serve", "--config", config, "--threads", "1"},
+                                       (dir / "coordinator.log").string());
+  auto ep = coordinator::wait_for_endpoint(data, 120, coord.pid());
+  std::vector<Subprocess> nodes;
+  for (int i = 0; i < a.nodes; ++i)
+    nodes.push_back(Subprocess::spawn(
+        {exe, "node", "run", "--coordinator", ep.host + ":" + std::to_string(ep.port), "--coordinator-key",
+         ep.coordinator_key, "--key", (dir / fmt::format("node{}.key", i)).string(), "--name",
+         fmt::format("node{}", i), "--threads", std::to_string(a.node_threads), "--summary-out",
+         (dir / fmt::format("node{}.json", i)).string(), "--give-up-after", "30"},
+        (dir / fmt::format("node{}.log", i)).string()));
+  const int rc = coord.wait().value_or(1);
+  for (auto& n : nodes) n.wait(30);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (rc != 0) {
+    std::fprintf(stderr, "bench e2e: coordinator exited with %d (logs in %s)\n", rc, dir.c_str());
+    return 1;
+  }
+  double compute = 0, node_wall = 0, fraction_min = 1;
+  for (int i = 0; i < a.nodes; ++i) {
+    std::ifstream in(dir / fmt::format("node{}.json", i));
+    if (!in) continue;
+    auto j = json::parse(in);
+    compute += j.value("compute_s", 0.0);
+    node_wall += j.value("wall_s", 0.0);
+    fraction_min = std::min(fraction_min, j.value("compute_fraction", 0.0));
+  }
+  sqlite3* db = nullptr;
+  sqlite3_open_v2(coordinator::ledger_path(data).c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
+  const double run_s = (query(db, "SELECT MAX(applied_ms) FROM steps") - query(db, "SELECT MIN(issued_ms) FROM leases")) / 1000.0;
+  const double coord_step_s = query(db, "SELECT AVG(aggregate_s + optimizer_s + publish_s) FROM steps");
+  const double agg_s = query(db, "SELECT AVG(aggregate_s) FROM steps");
+  const double opt_s = query(db, "SELECT AVG(optimizer_s) FROM steps");
+  const double pub_s = query(db, "SELECT AVG(publish_s) FROM steps");
+  const double bytes = query(db, "SELECT AVG(bytes) FROM updates WHERE accepted = 1");
+  const double updates = query(db, "SELECT COUNT(*) FROM updates WHERE accepted = 1");
+  sqlite3_close(db);
+  auto params_model = grpo::load_model(model);
+  const double params = static_cast<double>(params_model->config().parameter_count());
+  const double samples = double(a.steps) * a.prompts_per_step * a.group_size;
+  const double frac = node_wall > 0 ? compute / node_wall : 0;
+  json j = {{"nodes", a.nodes}, {"steps", a.steps}, {"prompts_per_step", a.prompts_per_step},
+            {"group_size", a.group_size}, {"staleness_bound", a.staleness}, {"codec", a.codec},
+            {"parameters", params}, {"samples", samples}, {"run_s", run_s}, {"wall_s", wall},
+            {"samples_per_s", run_s > 0 ? samples / run_s : 0},
+            {"node_compute_fraction", frac}, {"node_compute_fraction_min", fraction_min},
+            {"coordinator_step_s", coord_step_s}, {"aggregate_s", agg_s}, {"optimizer_s", opt_s},
+            {"publish_s", pub_s}, {"updates", updates}, {"bytes_per_update", bytes},
+            {"bytes_per_param", params > 0 ? bytes / params : 0}};
+  std::printf("e2e: %d nodes, %d steps x %d prompts x G=%d, %.0f params, codec %s\n", a.nodes, a.steps,
+              a.prompts_per_step, a.group_size, params, a.codec.c_str());
+  std::printf("  samples/s                    %.1f  (%.0f samples in %.1f s from first lease to last step)\n",
+              j["samples_per_s"].get<double>(), samples, run_s);
+  std::printf("  node compute fraction        %.1f%%  (min over nodes %.1f%%; target >= 95%%)\n", 100 * frac,
+              100 * fraction_min);
+  std::printf("  coordinator per step         %.1f ms  (aggregate %.1f + optimizer %.1f + publish %.1f)\n",
+              1e3 * coord_step_s, 1e3 * agg_s, 1e3 * opt_s, 1e3 * pub_s);
+  std::printf("  bytes per update             %.0f  (%.3f bytes/param, %.0f updates)\n", bytes,
+              params > 0 ? bytes / params : 0, updates);
+  std::printf("%s\n", j.dump().c_str());
+  if (a.dir.empty()) fs::remove_all(dir);
+  return 0;
+}
+
+}  // namespace
+
+void add_e2e_bench(CLI::App& bench) {
+  auto a = std::make_shared<E2EArgs>();
+  auto* cmd = bench.add_subcommand("e2e", "Coordinator + N nodes on loopback: samples/s, compute fraction, "
+                                          "coordinator time per step, bytes per update");
+  cmd->add_option("--nodes", a->nodes, "Node processes")->capture_default_str();
+  cmd->add_option("--steps", a->steps, "GRPO steps")->capture_default_str();
+  cmd->add_option("--prompts-per-step", a->prompts_per_step, "Prompts per step")->capture_default_str();
+  cmd->add_option("-G,--group-size", a->group_size, "Completions per prompt")->capture_default_str();
+  cmd->add_option("--staleness", a->staleness, "Staleness bound S")->capture_default_str();
+  cmd->add_option("--node-threads", a->node_threads, "Threads per node")->capture_default_str();
+  cmd->add_option("--model", a->model, "Model folder (default: random init of the built-in shape)");
+  cmd->add_option("--codec", a->codec, "Gradient codec: fp8 | raw")->capture_default_str();
+  cmd->add_option("--dir", a->dir, "Keep the run here (default: a temporary folder, removed)");
+  cmd->callback([a] {
+    const int rc = run_e2e(*a);
+    if (rc != 0) std::exit(rc);
+  });
+}
+
+}  // namespace cohort::bench

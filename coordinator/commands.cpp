@@ -1,0 +1,217 @@
+#include "coordinator/commands.h"
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "common/check.h"
+#include "common/runtime.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/local_cluster.h"
+#include "grpo/checkpoint.h"
+#include "grpo/tokenizer.h"
+#include "grpo/trainer.h"
+
+namespace cohort::coordinator {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+void add_serve(CLI::App& parent) {
+  auto config = std::make_shared<std::string>();
+  auto threads = std::make_shared<int>(0);
+  auto* cmd = parent.add_subcommand("serve", "Run (or resume) the round described by a TOML file");
+  cmd->add_option("--config", *config, "Round config (docs/ROUND_CONFIG.md)")->required();
+  cmd->add_option("--threads", *threads, "CPU threads for the optimizer and evaluation");
+  cmd->callback([config, threads] {
+    if (*threads > 0) set_num_threads(*threads);
+    RoundConfig cfg = RoundConfig::load(*config);
+    Coordinator c(cfg);
+    const int rc = c.serve();
+    if (rc != 0) std::exit(rc);
+  });
+}
+
+void add_status(CLI::App& parent) {
+  struct Args {
+    std::string data_dir, url;
+  };
+  auto a = std::make_shared<Args>();
+  auto* cmd = parent.add_subcommand("status", "Round status as JSON (live over HTTP, else from the ledger)");
+  cmd->add_option("--data-dir", a->data_dir, "The round's data directory");
+  cmd->add_option("--url", a->url, "Status endpoint HOST:PORT (default: from <data-dir>/endpoint.json)");
+  cmd->callback([a] {
+    if (a->data_dir.empty() && a->url.empty()) throw Error("give --data-dir or --url");
+    std::string host;
+    int port = 0;
+    if (!a->url.empty()) {
+      auto colon = a->url.rfind(':');
+      if (colon == std::string::npos) throw Error("--url must be HOST:PORT");
+      host = a->url.substr(0, colon);
+      port = std::stoi(a->url.substr(colon + 1));
+    } else if (fs::exists(endpoint_path(a->data_dir))) {
+      std::ifstream in(endpoint_path(a->data_dir));
+      auto ep = json::parse(in);
+      host = ep.value("host", "127.0.0.1");
+      port = ep.value("status_port", 0);
+    }
+    std::string body;
+    if (port > 0) {
+      try {
+        body = http_get(host, port, "/status");
+      } catch (const Error& e) {
+        if (a->data_dir.empty()) throw;
+      }
+    }
+    if (body.empty()) {
+      json j = json::parse(status_json_from_ledger(a->data_dir));
+      j["live"] = false;
+      body = j.dump();
+    }
+    std::printf("%s\n", json::parse(body).dump(2).c_str());
+  });
+}
+
+// -------------------------------------------------------------------------------------------
+// `cohort demo`
+
+grpo::ModelConfig task_model_config() {
+  grpo::ModelConfig c;
+  grpo::CharTokenizer tok;
+  c.vocab_size = tok.vocab_size();
+  c.bos_token_id = tok.bos_id();
+  c.eos_token_id = tok.eos_id();
+  c.pad_token_id = tok.pad_id();
+  c.tokenizer = tok.name();
+  return c;
+}
+
+struct DemoArgs {
+  std::string dir = "runs/demo";
+  int steps = 40;
+  int prompts_per_step = 32;
+  double lr = 3e-4;
+  int threads = 0;
+  int eval_n = 500;
+};
+
+std::string demo_round_toml(const DemoArgs& a, const std::string& base, const std::string& data_dir) {
+  std::string t;
+  t += "[round]\nid = \"demo\"\nsteps = " + std::to_string(a.steps) +
+       "\nprompts_per_step = " + std::to_string(a.prompts_per_step) +
+       "\nstaleness_bound = 1\nlease_timeout_s = 120\nreconnect_grace_s = 5\ncheckpoint_interval = 10\n"
+       "data_dir = \"" + data_dir + "\"\nseed = 1\nlinger_s = 3\n\n";
+  t += "[network]\nlisten = \"127.0.0.1:0\"\nstatus_listen = \"127.0.0.1:0\"\n\n";
+  t += "[admission]\nmode = \"open\"\n\n";
+  t += "[model]\npath = \"" + base + "\"\n\n";
+  t += "[task]\nname = \"arith\"\n\n";
+  char lr[32];
+  std::snprintf(lr, sizeof lr, "%g", a.lr);
+  t += std::string("[grpo]\ngroup_size = 8\nlr = ") + lr + "\nloss = \"dapo\"\ngradient_codec = \"fp8\"\n\n";
+  t += "[sampling]\ntemperature = 1.0\nmax_new_tokens = 16\n";
+  return t;
+}
+
+int run_demo(const DemoArgs& a) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (a.threads > 0) set_num_threads(a.threads);
+  fs::create_directories(a.dir);
+  const std::string dir = fs::absolute(a.dir).string();
+  const std::string base = dir + "/base";
+  grpo::TaskSpec spec;  // arith, the defaults of `cohort train`
+  auto task = grpo::make_task(spec);
+  grpo::CharTokenizer tok;
+  if (!fs::exists(base + "/config.json")) {
+    spdlog::info("demo: pretraining a weak base model into {}", base);
+    grpo::PretrainConfig p;
+    p.task = spec;
+    p.model = task_model_config();
+    p.stop_at_accuracy = 0.25;
+    p.eval_every = 50;
+    grpo::Model model(p.model, p.seed);
+    grpo::pretrain(model, tok, *task, p);
+    grpo::save_model(base, model);
+  }
+  auto before_model = grpo::load_model(base);
+  const grpo::EvalResult before = grpo::evaluate(*before_model, tok, *task, a.eval_n, 16);
+  spdlog::info("demo: base model held-out accuracy {:.1f}% (n={})", 100 * before.accuracy, a.eval_n);
+
+  const std::string round_dir = dir + "/round";
+  fs::remove_all(round_dir);
+  fs::create_directories(round_dir);
+  const std::string config = dir + "/round.toml";
+  std::ofstream(config) << demo_round_toml(a, base, round_dir);
+
+  const std::string exe = self_executable();
+  Subprocess coord = Subprocess::spawn({exe, "coordinator", "serve", "--config", config});
+  Endpoint ep = wait_for_endpoint(round_dir, 60, coord.pid());
+  // Three peers with different capacities: threads and the most prompts they take per lease.
+  struct Peer {
+    std::string name, threads, max_batch;
+  };
+  const std::vector<Peer> peers = {{"big", "2", "16"}, {"medium", "1", "8"}, {"small", "1", "4"}};
+  std::vector<Subprocess> nodes;
+  fs::create_directories(dir + "/keys");
+  for (const auto& p : peers) {
+    nodes.push_back(Subprocess::spawn(
+        {exe, "node", "run", "--coordinator", ep.host + ":" + std::to_string(ep.port), "--coordinator-key",
+         ep.coordinator_key, "--key", dir + "/keys/" + p.name + ".key", "--name", p.name, "--threads",
+         p.threads, "--max-batch", p.max_batch, "--give-up-after", "60"},
+        dir + "/node-" + p.name + ".log"));
+  }
+  spdlog::info("demo: coordinator pid {} on {}:{}, nodes big/medium/small (logs in {}/node-*.log), "
+               "status: cohort coordinator status --data-dir {}",
+               coord.pid(), ep.host, ep.port, dir, round_dir);
+  const int rc = coord.wait().value_or(1);
+  for (auto& n : nodes)
+    if (!n.wait(15)) n.signal(SIGTERM);
+  for (auto& n : nodes) n.wait(10);
+  if (rc != 0) {
+    std::fprintf(stderr, "demo: the coordinator exited with %d\n", rc);
+    return rc;
+  }
+  char ck[64];
+  std::snprintf(ck, sizeof ck, "/checkpoints/step-%06d", a.steps);
+  auto after_model = grpo::load_model(round_dir + ck);
+  const grpo::EvalResult after = grpo::evaluate(*after_model, tok, *task, a.eval_n, 16);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("held-out accuracy on arith: before %.1f%%, after %.1f%% (%d GRPO steps, 3 nodes, %.0f s)\n",
+              100 * before.accuracy, 100 * after.accuracy, a.steps, wall);
+  return 0;
+}
+
+void add_demo(CLI::App& app) {
+  auto a = std::make_shared<DemoArgs>();
+  auto* cmd = app.add_subcommand(
+      "demo", "Decentralized GRPO on arith: a coordinator and three peer nodes on loopback");
+  cmd->add_option("--dir", a->dir, "Working folder (the pretrained base is kept here)")->capture_default_str();
+  cmd->add_option("--steps", a->steps, "GRPO steps")->capture_default_str();
+  cmd->add_option("--prompts-per-step", a->prompts_per_step, "Prompts (groups) per step")->capture_default_str();
+  cmd->add_option("--lr", a->lr, "AdamW learning rate")->capture_default_str();
+  cmd->add_option("--eval-n", a->eval_n, "Held-out prompts for before/after")->capture_default_str();
+  cmd->add_option("--threads", a->threads, "CPU threads of this process (pretraining, evaluation)");
+  cmd->callback([a] {
+    const int rc = run_demo(*a);
+    if (rc != 0) std::exit(rc);
+  });
+}
+
+}  // namespace
+
+void add_commands(CLI::App& app) {
+  auto* coord = app.add_subcommand("coordinator", "Coordinator of a decentralized round");
+  coord->require_subcommand(1);
+  add_serve(*coord);
+  add_status(*coord);
+  add_demo(app);
+}
+
+}  // namespace cohort::coordinator

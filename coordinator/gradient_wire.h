@@ -1,0 +1,61 @@
+// How a gradient sum travels in a GradientUpdate, shared by the node (encode) and the
+// coordinator (decode): one EncodedTensor per parameter, in the model's Hugging Face order,
+// F32 values either RAW or FP8 E4M3 blocks (kernels/grad_codec.h without its 16-byte header,
+// which the receiver rebuilds from the tensor's own fields; docs/PROTOCOL.md, "Tensors").
+//
+//   ParamLayout layout(model);                       // offsets of each parameter in a flat buffer
+//   GradientEncoder enc(layout, wire::CODEC_FP8_E4M3_BLOCK);
+//   enc.encode(flat_grad, *update.mutable_tensors());
+//   std::string why; decode_gradient(update, layout, out, why);   // false + why on a bad tensor
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "grpo/model.h"
+#include "kernels/grad_codec.h"
+#include "protocol/messages.pb.h"
+
+namespace cohort::coordinator {
+
+struct ParamSlot {
+  std::string name;
+  std::vector<int64_t> shape;
+  size_t offset = 0, numel = 0;
+};
+
+struct ParamLayout {
+  ParamLayout() = default;
+  explicit ParamLayout(const grpo::Model& model);
+  std::vector<ParamSlot> slots;
+  size_t total = 0;
+};
+
+// Copies every parameter's .grad (zeros where undefined) into `out` (size layout.total).
+void flatten_grads(const grpo::Model& model, const ParamLayout& layout, std::span<float> out);
+
+class GradientEncoder {
+ public:
+  GradientEncoder(const ParamLayout& layout, wire::Codec codec);
+  // Appends one EncodedTensor per parameter. FP8 carries each tensor's quantization residual
+  // into the next call (error feedback). Throws cohort::Error on NaN/Inf.
+  void encode(std::span<const float> flat,
+              google::protobuf::RepeatedPtrField<wire::EncodedTensor>& out);
+  [[nodiscard]] wire::Codec codec() const { return codec_; }
+
+ private:
+  const ParamLayout& layout_;
+  wire::Codec codec_;
+  std::vector<kernels::Fp8GradEncoder> fp8_;
+};
+
+// Decodes an update's tensors into `out` (size layout.total): exactly one tensor per parameter,
+// F32, the parameter's shape, a supported codec, every value finite. On failure returns false
+// and says why; a message starting with "non-finite" means NaN/Inf values.
+[[nodiscard]] bool decode_gradient(const wire::GradientUpdate& update, const ParamLayout& layout,
+                                   std::span<float> out, std::string& why);
+
+}  // namespace cohort::coordinator

@@ -1,0 +1,54 @@
+// A coordinator and peer nodes as real child processes on loopback: what `cohort demo`,
+// `cohort bench e2e` and the end-to-end tests run. Children are killed when their handle dies.
+//
+//   LocalCluster c(cohort_binary, "runs/demo");
+//   c.write_config(toml_text);
+//   c.start_coordinator();                          // waits for endpoint.json
+//   c.start_node("fast", {"--threads", "2"});
+//   int rc = c.wait_coordinator();
+#pragma once
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace cohort::coordinator {
+
+class Subprocess {
+ public:
+  // Starts argv[0] with argv; stdout/stderr go to `log_path` when given (appended), else inherit.
+  static Subprocess spawn(const std::vector<std::string>& argv, const std::string& log_path = "");
+  Subprocess() = default;
+  Subprocess(Subprocess&& o) noexcept : pid_(o.pid_) { o.pid_ = -1; }
+  Subprocess& operator=(Subprocess&& o) noexcept;
+  ~Subprocess();  // SIGKILL + reap if still running
+
+  [[nodiscard]] pid_t pid() const { return pid_; }
+  void signal(int sig) const;
+  // Waits for exit; returns the exit code (128 + signal when killed), nullopt on timeout.
+  std::optional<int> wait(double timeout_s = -1);
+  [[nodiscard]] bool running();
+
+ private:
+  pid_t pid_ = -1;
+  std::optional<int> status_;
+};
+
+struct Endpoint {
+  std::string host;
+  int port = 0, status_port = 0;
+  std::string coordinator_key;
+};
+
+// Reads <data_dir>/endpoint.json once it exists and names a live pid (or throws after timeout).
+Endpoint wait_for_endpoint(const std::string& data_dir, double timeout_s, pid_t expected_pid = -1);
+
+// GET http://host:port/path on loopback; the body, or throws cohort::Error.
+std::string http_get(const std::string& host, int port, const std::string& path);
+
+// The path of the running executable (/proc/self/exe).
+std::string self_executable();
+
+}  // namespace cohort::coordinator

@@ -1,0 +1,223 @@
+#include "coordinator/round_config.h"
+
+#include <toml++/toml.h>
+
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "common/check.h"
+#include "grpo/loss.h"
+
+namespace cohort::coordinator {
+namespace {
+
+// Reads typed keys of one TOML table and refuses keys nobody reads (typos must not pass).
+class Section {
+ public:
+  Section(const toml::table* t, std::string name) : t_(t), name_(std::move(name)) {}
+
+  template <typename T>
+  void get(const char* key, T& out) {
+    seen_.insert(key);
+    if (!t_) return;
+    const toml::node* n = t_->get(key);
+    if (!n) return;
+    if constexpr (std::is_same_v<T, bool>) {
+      if (auto v = n->value_exact<bool>()) { out = *v; return; }
+    } else if constexpr (std::is_integral_v<T>) {
+      if (auto v = n->value_exact<int64_t>()) {
+        if (*v < 0 && std::is_unsigned_v<T>) fail(key, "must not be negative");
+        out = static_cast<T>(*v);
+        return;
+      }
+    } else if constexpr (std::is_floating_point_v<T>) {
+      if (auto v = n->value<double>()) { out = static_cast<T>(*v); return; }
+    } else if constexpr (std::is_same_v<T, std::string>) {
+      if (auto v = n->value_exact<std::string>()) { out = *v; return; }
+    } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+      if (const toml::array* a = n->as_array()) {
+        out.clear();
+        for (const auto& e : *a) {
+          auto s = e.value_exact<std::string>();
+          if (!s) fail(key, "must be an array of strings");
+          out.push_back(*s);
+        }
+        return;
+      }
+    }
+    fail(key, "has the wrong type");
+  }
+
+  void finish() const {
+    if (!t_) return;
+    for (const auto& [k, v] : *t_)
+      if (!seen_.count(std::string(k.str())))
+        throw Error("round config: unknown key [" + name_ + "] " + std::string(k.str()));
+  }
+  [[noreturn]] void fail(const char* key, const std::string& why) const {
+    throw Error("round config: [" + name_ + "] " + key + " " + why);
+  }
+
+ private:
+  const toml::table* t_;
+  std::string name_;
+  std::set<std::string> seen_;
+};
+
+}  // namespace
+
+uint64_t prompt_seed(uint64_t round_seed, uint64_t index) {
+  // splitmix64 of (seed, index): well mixed, cheap, and the same on every peer.
+  uint64_t z = round_seed * 0x9E3779B97F4A7C15ull + index + 0x632BE59BD9B4E019ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+RoundConfig RoundConfig::load(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error("cannot read round config " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse(ss.str(), path);
+}
+
+RoundConfig RoundConfig::parse(const std::string& text, const std::string& origin) {
+  toml::table root;
+  try {
+    root = toml::parse(text, origin);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream os;
+    os << e;
+    throw Error("round config: " + os.str());
+  }
+  static const std::set<std::string> kSections = {"round", "network", "admission", "model",
+                                                  "task", "grpo", "sampling", "debug"};
+  for (const auto& [k, v] : root) {
+    if (!kSections.count(std::string(k.str())))
+      throw Error("round config: unknown section [" + std::string(k.str()) + "]");
+    if (!v.is_table()) throw Error("round config: [" + std::string(k.str()) + "] must be a table");
+  }
+  RoundConfig c;
+  auto& g = c.grpo;
+  g.prompts_per_step = 32;
+  g.group_size = 8;
+  g.lr = 1e-4;
+  {
+    Section s(root["round"].as_table(), "round");
+    s.get("id", c.round_id);
+    s.get("steps", c.steps);
+    s.get("prompts_per_step", g.prompts_per_step);
+    s.get("staleness_bound", c.staleness_bound);
+    s.get("lease_timeout_s", c.lease_timeout_s);
+    s.get("reconnect_grace_s", c.reconnect_grace_s);
+    s.get("checkpoint_interval", c.checkpoint_interval);
+    s.get("eval_every", c.eval_every);
+    s.get("eval_n", c.eval_n);
+    s.get("data_dir", c.data_dir);
+    s.get("seed", g.seed);
+    s.get("linger_s", c.linger_s);
+    s.finish();
+  }
+  {
+    Section s(root["network"].as_table(), "network");
+    s.get("listen", c.listen);
+    s.get("status_listen", c.status_listen);
+    s.get("key", c.key_file);
+    s.finish();
+  }
+  {
+    Section s(root["admission"].as_table(), "admission");
+    std::string mode = "open";
+    s.get("mode", mode);
+    s.get("allowlist", c.allowlist);
+    s.finish();
+    if (mode == "open") c.admission = Admission::open;
+    else if (mode == "allowlist") c.admission = Admission::allowlist;
+    else s.fail("mode", "must be \"open\" or \"allowlist\"");
+  }
+  {
+    Section s(root["model"].as_table(), "model");
+    s.get("path", c.model_path);
+    s.finish();
+  }
+  {
+    Section s(root["task"].as_table(), "task");
+    s.get("name", g.task.name);
+    s.get("digits", g.task.digits);
+    s.get("ops", g.task.ops);
+    s.get("numbers", g.task.numbers);
+    s.get("max_number", g.task.max_number);
+    s.get("format_weight", g.task.format_weight);
+    s.get("seed", g.task.seed);
+    s.get("held_out_percent", g.task.held_out_percent);
+    s.finish();
+  }
+  {
+    Section s(root["grpo"].as_table(), "grpo");
+    std::string loss = "dapo", scale = "group", importance = "token", codec = "fp8";
+    double eps_high = -1;
+    s.get("group_size", g.group_size);
+    s.get("lr", g.lr);
+    s.get("weight_decay", g.weight_decay);
+    s.get("adam_beta1", g.adam_beta1);
+    s.get("adam_beta2", g.adam_beta2);
+    s.get("adam_eps", g.adam_eps);
+    s.get("max_grad_norm", g.max_grad_norm);
+    s.get("loss", loss);
+    s.get("scale", scale);
+    s.get("importance", importance);
+    s.get("epsilon", g.loss.epsilon_low);
+    s.get("epsilon_high", eps_high);
+    s.get("beta", g.loss.beta);
+    s.get("micro_batch", g.micro_batch);
+    s.get("gradient_codec", codec);
+    s.get("max_update_norm", c.max_update_norm);
+    s.finish();
+    g.loss.loss = grpo::parse_loss_type(loss);
+    g.scale = grpo::parse_advantage_scale(scale);
+    g.loss.importance = grpo::parse_importance_level(importance);
+    g.loss.epsilon_high = eps_high >= 0 ? eps_high : g.loss.epsilon_low;
+    if (codec == "fp8") c.codec = GradientCodec::fp8;
+    else if (codec == "raw") c.codec = GradientCodec::raw;
+    else s.fail("gradient_codec", "must be \"fp8\" or \"raw\"");
+  }
+  {
+    Section s(root["sampling"].as_table(), "sampling");
+    s.get("temperature", g.sampling.temperature);
+    s.get("top_p", g.sampling.top_p);
+    s.get("top_k", g.sampling.top_k);
+    s.get("max_new_tokens", g.sampling.max_new_tokens);
+    s.finish();
+    g.loss.max_completion_length = g.sampling.max_new_tokens;
+  }
+  {
+    Section s(root["debug"].as_table(), "debug");
+    s.get("dump_gradients", c.dump_gradients);
+    s.finish();
+  }
+  c.validate();
+  return c;
+}
+
+void RoundConfig::validate() const {
+  auto bad = [](const std::string& m) { throw Error("round config: " + m); };
+  if (round_id.empty() || round_id.size() > 64) bad("[round] id must be 1 to 64 characters");
+  if (steps < 1) bad("[round] steps must be at least 1");
+  if (grpo.prompts_per_step < 1) bad("[round] prompts_per_step must be at least 1");
+  if (grpo.group_size < 2) bad("[grpo] group_size must be at least 2 (advantages are relative)");
+  if (lease_timeout_s <= 0) bad("[round] lease_timeout_s must be positive");
+  if (checkpoint_interval < 1) bad("[round] checkpoint_interval must be at least 1");
+  if (model_path.empty()) bad("[model] path is required (a folder with config.json + model.safetensors)");
+  if (grpo.scale == grpo::AdvantageScale::batch)
+    bad("[grpo] scale = \"batch\" needs the whole step's rewards on one peer; use \"group\" or \"none\"");
+  if (grpo.loss.beta != 0.0)
+    bad("[grpo] beta must be 0 in a decentralized round (peers hold no reference model yet)");
+  if (admission == Admission::allowlist && allowlist.empty())
+    bad("[admission] mode = \"allowlist\" needs at least one key in allowlist");
+  if (grpo.sampling.max_new_tokens < 1) bad("[sampling] max_new_tokens must be at least 1");
+}
+
+}  // namespace cohort::coordinator

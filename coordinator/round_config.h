@@ -1,0 +1,52 @@
+// A round's settings, read from TOML (docs/ROUND_CONFIG.md documents every key and default):
+// model, task, GRPO and sampling settings, admission, staleness bound, storage, schedule.
+//
+//   RoundConfig cfg = RoundConfig::load("round.toml");   // throws cohort::Error naming the key
+//   cfg.grpo.prompts_per_step; cfg.staleness_bound; cfg.data_dir;
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "grpo/trainer.h"
+
+namespace cohort::coordinator {
+
+enum class Admission { open, allowlist };
+enum class GradientCodec { fp8, raw };
+
+struct RoundConfig {
+  std::string round_id = "round";
+  int64_t steps = 20;
+  uint32_t staleness_bound = 1;        // S: updates on versions >= current - S are accepted
+  double lease_timeout_s = 120;        // a lease not returned by then is re-issued
+  double reconnect_grace_s = 10;       // a disconnected peer's lease waits this long for a resend
+  int64_t checkpoint_interval = 10;    // steps between checkpoints (the last step always)
+  int64_t eval_every = 0;              // held-out evaluation interval in steps (0: off)
+  int eval_n = 200;
+  std::string data_dir = "runs/round";
+  std::string listen = "127.0.0.1:7070";
+  std::string status_listen = "127.0.0.1:0";  // "" disables the HTTP status endpoint
+  std::string key_file;                // default: <data_dir>/coordinator.key (created if missing)
+  Admission admission = Admission::open;
+  std::vector<std::string> allowlist;  // hex Ed25519 public keys
+  std::string model_path;              // checkpoint folder (config.json + model.safetensors)
+  GradientCodec codec = GradientCodec::fp8;
+  double max_update_norm = 0;          // refuse updates whose mean-gradient norm exceeds (0: off)
+  bool dump_gradients = false;         // write the applied mean gradient of each step (tests)
+  int linger_s = 3;                    // after the last step, wait this long for nodes to leave
+  grpo::GrpoConfig grpo;               // task, sampling, loss, optimizer, prompts_per_step, seed
+
+  // Throws cohort::Error with the key and the reason for an unknown key or a bad value.
+  static RoundConfig load(const std::string& path);
+  static RoundConfig parse(const std::string& toml_text, const std::string& origin = "<string>");
+  // Rejects settings the distributed form cannot reproduce (batch-scaled advantages, beta != 0).
+  void validate() const;
+};
+
+// The per-prompt sampling seed of a round: depends only on the round seed and the prompt index,
+// so a group samples the same completions whichever peer draws it and however a step is split.
+uint64_t prompt_seed(uint64_t round_seed, uint64_t prompt_index);
+
+}  // namespace cohort::coordinator

@@ -1,0 +1,50 @@
+#include "node/commands.h"
+
+#include <CLI/CLI.hpp>
+
+#include <cstdlib>
+#include <memory>
+
+#include "common/check.h"
+#include "node/node.h"
+
+namespace cohort::node {
+
+void add_commands(CLI::App& app) {
+  auto* node = app.add_subcommand("node", "Peer node: contribute compute to a round");
+  node->require_subcommand(1);
+  auto o = std::make_shared<NodeOptions>();
+  auto addr = std::make_shared<std::string>();
+  auto* run = node->add_subcommand("run", "Join a coordinator and work leases until the round ends");
+  run->add_option("--coordinator", *addr, "Coordinator address HOST:PORT")->required();
+  run->add_option("--coordinator-key", o->coordinator_key, "Coordinator public key (64 hex characters)")
+      ->required();
+  run->add_option("--key", o->key_file, "This node's key file (created with mode 0600 when missing)")
+      ->required();
+  run->add_option("--name", o->name, "Display name")->capture_default_str();
+  run->add_option("--max-batch", o->max_batch, "Most prompts (groups) per lease (0: coordinator decides)")
+      ->capture_default_str();
+  run->add_option("--threads", o->threads, "CPU threads (default: all cores)");
+  run->add_option("--devices", o->devices, "Local workers (CPU threads now; GPUs later)")->capture_default_str();
+  run->add_option("--summary-out", o->summary_out, "Write a JSON summary here at exit");
+  run->add_option("--max-leases", o->max_leases, "Leave after this many accepted leases (0: never)")
+      ->capture_default_str();
+  run->add_option("--max-backoff", o->max_backoff_s, "Longest wait between reconnection attempts (s)")
+      ->capture_default_str();
+  run->add_option("--give-up-after", o->give_up_s, "Stop after this long without a coordinator (s, 0: never)")
+      ->capture_default_str();
+  // Fault injection for the fault tests; hidden from --help (group "").
+  run->add_option("--fault", o->fault, "Test only: false-reward | replay")->group("");
+  run->add_option("--delay-ms", o->delay_ms, "Test only: sleep before sending each update")->group("");
+  run->callback([o, addr] {
+    auto colon = addr->rfind(':');
+    if (colon == std::string::npos) throw Error("--coordinator must be HOST:PORT");
+    o->host = addr->substr(0, colon);
+    o->port = static_cast<uint16_t>(std::stoi(addr->substr(colon + 1)));
+    if (o->name.empty()) o->name = "node";
+    const int rc = run_node(*o);
+    if (rc != 0) std::exit(rc);
+  });
+}
+
+}  // namespace cohort::node

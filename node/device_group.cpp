@@ -1,0 +1,88 @@
+#include "node/device_group.h"
+
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <exception>
+#include <thread>
+
+#include "common/check.h"
+
+namespace cohort::node {
+namespace {
+
+class CpuDeviceGroup final : public DeviceGroup {
+ public:
+  CpuDeviceGroup(const grpo::ModelConfig& config, int workers) {
+    COHORT_CHECK(workers >= 1);
+    for (int i = 0; i < workers; ++i) replicas_.push_back(std::make_unique<grpo::Model>(config, 0));
+  }
+  int size() const override { return static_cast<int>(replicas_.size()); }
+
+  std::vector<wire::Device> describe() const override {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    const uint64_t mem = pages > 0 && page > 0 ? uint64_t(pages) * uint64_t(page) : 0;
+    std::vector<wire::Device> out;
+    for (int i = 0; i < size(); ++i) {
+      wire::Device d;
+      d.set_kind("cpu");
+      d.set_name("cpu:" + std::to_string(i));
+      d.set_memory_bytes(mem / replicas_.size());
+      d.set_fp8(false);
+      out.push_back(d);
+    }
+    return out;
+  }
+
+  void load(const std::string& name, std::span<const float> values) override {
+    at::NoGradGuard g;
+    for (auto& m : replicas_) {
+      at::Tensor* p = m->find(name);
+      if (!p) throw Error("no parameter " + name + " in the local model");
+      if (static_cast<size_t>(p->numel()) != values.size())
+        throw Error("parameter " + name + " has " + std::to_string(p->numel()) + " values, got " +
+                    std::to_string(values.size()));
+      p->copy_(at::from_blob(const_cast<float*>(values.data()), p->sizes(), at::kFloat));
+    }
+  }
+
+  void run(const std::function<void(int, grpo::Model&)>& fn) override {
+    if (size() == 1) {
+      fn(0, *replicas_[0]);
+      return;
+    }
+    std::vector<std::exception_ptr> errors(size());
+    std::vector<std::thread> threads;
+    for (int w = 0; w < size(); ++w)
+      threads.emplace_back([&, w] {
+        try {
+          fn(w, *replicas_[w]);
+        } catch (...) {
+          errors[w] = std::current_exception();
+        }
+      });
+    for (auto& t : threads) t.join();
+    for (auto& e : errors)
+      if (e) std::rethrow_exception(e);
+  }
+
+  void reduce_sum(std::span<float* const> buffers, size_t count) override {
+    COHORT_CHECK(static_cast<int>(buffers.size()) == size());
+    float* dst = buffers[0];
+    for (size_t b = 1; b < buffers.size(); ++b)
+      for (size_t i = 0; i < count; ++i) dst[i] += buffers[b][i];
+  }
+
+  grpo::Model& replica(int w) override { return *replicas_.at(w); }
+
+ private:
+  std::vector<std::unique_ptr<grpo::Model>> replicas_;
+};
+
+}  // namespace
+
+std::unique_ptr<DeviceGroup> make_cpu_device_group(const grpo::ModelConfig& config, int workers) {
+  return std::make_unique<CpuDeviceGroup>(config, workers);
+}
+
+}  // namespace cohort::node

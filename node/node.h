@@ -1,0 +1,36 @@
+// The peer node: joins a coordinator over the Noise channel, fetches and verifies the signed
+// weights (only tensors whose digest changed), works leases on its DeviceGroup (generate groups
+// with the lease's per-prompt seeds → rewards → GRPO gradient sums → reduce → encode → sign),
+// reconnects with exponential backoff and jitter, and leaves gracefully on SIGINT/SIGTERM.
+//
+//   NodeOptions o{.host = "127.0.0.1", .port = 7070, .coordinator_key = hex, .key_file = "node.key"};
+//   int rc = run_node(o);   // 0 when the round completes or the node was asked to leave
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace cohort::node {
+
+struct NodeOptions {
+  std::string host = "127.0.0.1";
+  uint16_t port = 7070;
+  std::string coordinator_key;   // hex Ed25519 public key (pinned)
+  std::string key_file;          // created (mode 0600) when missing
+  std::string name;              // display name
+  uint32_t max_batch = 0;        // most prompts (groups) per lease; 0: coordinator decides
+  int threads = 0;               // LibTorch/BLAS threads (0: all cores)
+  int devices = 1;               // workers (CPU threads now; GPUs with NCCL later)
+  std::string summary_out;       // JSON summary at exit (bench e2e)
+  int64_t max_leases = 0;        // leave after this many accepted leases (0: until the round ends)
+  double max_backoff_s = 30;
+  double give_up_s = 0;          // stop reconnecting after this long without a connection (0: never)
+  // Fault injection for the fault tests (docs/OPERATOR.md): "false-reward" | "replay" | "".
+  std::string fault;
+  int64_t delay_ms = 0;          // sleep after computing, before sending (slow / stale peer)
+};
+
+// Exit codes: 0 done (round complete / asked to leave), 2 not admitted, 1 other errors.
+int run_node(const NodeOptions& options);
+
+}  // namespace cohort::node
