@@ -175,6 +175,37 @@ TEST(Fp8Linear, ForwardAndBackwardWithinE4M3BoundOfFp32) {
   }
 }
 
+// The bound above is the right one, not a loose one: when every operand rounds the same way it
+// is nearly reached. v lies just below the midpoint of 1 and 1.125, so with scale 1 it rounds
+// to 1 (error 0.0615 = 0.93 u v). Scales are made exactly 1 by a 448 in every X tile (columns 0
+// and 128) and in both W blocks (row 0, which only carries them); the other rows of W are 0
+// where X holds 448, so the checked outputs y[:, 1:] are 198 products v v. Closed form: the FP8
+// result is exact in FP32 (products of 448s, 1s and 0s), its error is 198 (v² - 1) and the bound
+// 198 (2 v (u v + 2^-10) + (u v + 2^-10)²) (1 + 2^-20)² + tiny: ratio 0.86. An implementation
+// with errors twice the format's would exceed the bound.
+TEST(Fp8Linear, BoundIsNearlyReachedWhenEveryOperandRoundsTheSameWay) {
+  const int64_t m = 4, n = 3, kk = 200;
+  const float v = 1.0625f * (1 - 0x1p-10f);
+  auto x = torch::full({m, kk}, v), w = torch::full({n, kk}, v);
+  for (int64_t c : {0, 128}) {
+    x.select(1, c).fill_(448.0f);
+    w.select(1, c).fill_(0.0f);
+  }
+  w.select(0, 0).fill_(0.0f);
+  w.select(0, 0).select(0, 0).fill_(448.0f);
+  w.select(0, 0).select(0, 128).fill_(448.0f);
+  Grads g = run_fp8(x, w, {}, torch::ones({m, n}));
+  auto round_v = [](const Tensor& t) { return torch::where(t == 448.0f, t, (t != 0).to(at::kFloat)); };
+  Tensor exact_fp8 = at::mm(round_v(x).to(at::kDouble), round_v(w).to(at::kDouble).t());
+  EXPECT_TRUE(at::equal(g.y.to(at::kDouble), exact_fp8));
+  Tensor bound = gemm_bound(x, quant_error_bound(x, scale_bound(x, 1)), w,
+                            quant_error_bound(w, scale_bound(w, -1)));
+  Tensor err = (g.y.to(at::kDouble) - at::mm(x.to(at::kDouble), w.to(at::kDouble).t())).abs();
+  Tensor ratio = (err / bound).narrow(1, 1, n - 1);
+  EXPECT_LE(ratio.max().item<double>(), 1.0);
+  EXPECT_GE(ratio.min().item<double>(), 0.8) << ratio;
+}
+
 TEST(Fp8Linear, ThreeDimensionalInputIsFlattenedOverTokens) {
   const int64_t n = 3, t = 13, kk = 200, out = 72;  // 39 tokens
   torch::manual_seed(5);
@@ -235,11 +266,13 @@ double relative_rms(const Tensor& got, const Tensor& want) {
   return ((got - want).norm() / want.norm()).item<double>();
 }
 
-// A whole network has no tight closed-form bound; the yardstick is one GEMM's worst case,
-// 2u + u² = 0.129 relative. Rounding errors are independent across elements, so they add in
-// quadrature through the layers and the logits and gradients stay well inside it; an FP8 path
-// that lost a scale (saturating or flushing operands) or tiled along the wrong dimension
-// would not. The test also proves the model really ran FP8 (the outputs differ from FP32).
+// The per-GEMM tests above are the proofs; a whole network (norms, softmax, residuals) has no
+// tight closed-form bound. This is the end-to-end sanity check, stated as such: the logits'
+// relative RMS error must stay within one GEMM's worst case, 2u + u² = 0.129 (random rounding
+// errors partly cancel; measured here: 0.058), and the model must really run FP8 (the logits
+// differ from FP32). Backward through the model: every parameter's gradient must be finite
+// and carry more signal than error (relative RMS error < 1/2); a gradient routed to the wrong
+// operand, transposed or dropped fails that (error >= 1). Measured: 0.03 to 0.12.
 TEST(Fp8Linear, ModelAtFp8StaysCloseToFp32AndRoutesTheBlocksThroughFp8) {
   Model m(fp8_model_config(), 3);
   const int64_t n = 2, t = 24;
@@ -266,7 +299,8 @@ TEST(Fp8Linear, ModelAtFp8StaysCloseToFp32AndRoutesTheBlocksThroughFp8) {
   EXPECT_LT(logit_err, kOneGemm);
   const auto& names = m.named_parameters();
   for (size_t i = 0; i < names.size(); ++i) {
-    EXPECT_LT(relative_rms(g8[i], g32[i]), kOneGemm) << names[i].name;
+    EXPECT_TRUE(g8[i].isfinite().all().item<bool>()) << names[i].name;
+    EXPECT_LT(relative_rms(g8[i], g32[i]), 0.5) << names[i].name;
   }
   // Generation runs the FP8 forward under inference mode, KV cache included.
   torch::InferenceMode guard;
