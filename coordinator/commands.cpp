@@ -96,7 +96,8 @@ grpo::ModelConfig task_model_config() {
 
 struct DemoArgs {
   std::string dir = "runs/demo";
-  int steps = 40;
+  int steps = 60;
+  int staleness = 0;  // synchronous, as `cohort train` (see docs/RESULTS.md for S = 1)
   int prompts_per_step = 32;
   double lr = 3e-4;
   int threads = 0;
@@ -107,7 +108,7 @@ std::string demo_round_toml(const DemoArgs& a, const std::string& base, const st
   std::string t;
   t += "[round]\nid = \"demo\"\nsteps = " + std::to_string(a.steps) +
        "\nprompts_per_step = " + std::to_string(a.prompts_per_step) +
-       "\nstaleness_bound = 1\nlease_timeout_s = 120\nreconnect_grace_s = 5\ncheckpoint_interval = 10\n"
+       "\nstaleness_bound = " + std::to_string(a.staleness) + "\nlease_timeout_s = 120\nreconnect_grace_s = 5\ncheckpoint_interval = 10\n"
        "data_dir = \"" + data_dir + "\"\nseed = 1\nlinger_s = 3\n\n";
   t += "[network]\nlisten = \"127.0.0.1:0\"\nstatus_listen = \"127.0.0.1:0\"\n\n";
   t += "[admission]\nmode = \"open\"\n\n";
@@ -196,6 +197,7 @@ void add_demo(CLI::App& app) {
   cmd->add_option("--steps", a->steps, "GRPO steps")->capture_default_str();
   cmd->add_option("--prompts-per-step", a->prompts_per_step, "Prompts (groups) per step")->capture_default_str();
   cmd->add_option("--lr", a->lr, "AdamW learning rate")->capture_default_str();
+  cmd->add_option("--staleness", a->staleness, "Staleness bound S")->capture_default_str();
   cmd->add_option("--eval-n", a->eval_n, "Held-out prompts for before/after")->capture_default_str();
   cmd->add_option("--threads", a->threads, "CPU threads of this process (pretraining, evaluation)");
   cmd->callback([a] {

@@ -19,20 +19,7 @@ class CpuDeviceGroup final : public DeviceGroup {
   }
   int size() const override { return static_cast<int>(replicas_.size()); }
 
-  std::vector<wire::Device> describe() const override {
-    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-    const uint64_t mem = pages > 0 && page > 0 ? uint64_t(pages) * uint64_t(page) : 0;
-    std::vector<wire::Device> out;
-    for (int i = 0; i < size(); ++i) {
-      wire::Device d;
-      d.set_kind("cpu");
-      d.set_name("cpu:" + std::to_string(i));
-      d.set_memory_bytes(mem / replicas_.size());
-      d.set_fp8(false);
-      out.push_back(d);
-    }
-    return out;
-  }
+  std::vector<wire::Device> describe() const override { return describe_cpu_devices(size()); }
 
   void load(const std::string& name, std::span<const float> values) override {
     at::NoGradGuard g;
@@ -80,6 +67,21 @@ class CpuDeviceGroup final : public DeviceGroup {
 };
 
 }  // namespace
+
+std::vector<wire::Device> describe_cpu_devices(int workers) {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  const uint64_t mem = pages > 0 && page > 0 ? uint64_t(pages) * uint64_t(page) : 0;
+  std::vector<wire::Device> out;
+  for (int i = 0; i < workers; ++i) {
+    wire::Device d;
+    d.set_kind("cpu");
+    d.set_name("cpu:" + std::to_string(i));
+    d.set_memory_bytes(mem / static_cast<uint64_t>(workers));
+    d.set_fp8(false);
+    out.push_back(d);
+  }
+  return out;
+}
 
 std::unique_ptr<DeviceGroup> make_cpu_device_group(const grpo::ModelConfig& config, int workers) {
   return std::make_unique<CpuDeviceGroup>(config, workers);

@@ -38,6 +38,9 @@ class DeviceGroup {
   [[nodiscard]] virtual grpo::Model& replica(int worker) = 0;
 };
 
+// What `workers` CPU workers advertise (kind "cpu", a share of host memory, no FP8 GEMM).
+std::vector<wire::Device> describe_cpu_devices(int workers);
+
 // `workers` replicas of a model with `config`, each driven by its own thread.
 std::unique_ptr<DeviceGroup> make_cpu_device_group(const grpo::ModelConfig& config, int workers);
 

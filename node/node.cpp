@@ -1,5 +1,6 @@
 #include "node/node.h"
 
+#include <google/protobuf/util/message_differencer.h>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
@@ -168,8 +169,9 @@ class Node {
     auto* jr = join.mutable_join_request();
     jr->set_display_name(opt_.name);
     auto* caps = jr->mutable_capabilities();
-    if (devices_)
-      for (const auto& d : devices_->describe()) *caps->add_devices() = d;
+    for (const auto& d : devices_ ? devices_->describe() : describe_cpu_devices(opt_.devices))
+      *caps->add_devices() = d;
+    caps->set_host_memory_bytes(caps->devices_size() ? caps->devices(0).memory_bytes() * caps->devices_size() : 0);
     caps->set_software_version("cohort " COHORT_NODE_VERSION);
     caps->add_codecs(wire::CODEC_RAW);
     caps->add_codecs(wire::CODEC_FP8_E4M3_BLOCK);
@@ -257,12 +259,13 @@ class Node {
   }
 
   void setup(const wire::RoundSettings& s) {
-    const std::string fingerprint = s.SerializeAsString();
     if (devices_) {
-      if (settings_fingerprint_ != fingerprint) throw RoundOver{1, "the round's settings changed; restart the node"};
+      // Field by field (map order in serialized bytes is unspecified).
+      if (!google::protobuf::util::MessageDifferencer::Equals(settings_, s))
+        throw RoundOver{1, "the round's settings changed; restart the node"};
       return;
     }
-    settings_fingerprint_ = fingerprint;
+    settings_ = s;
     round_id_ = s.round_id();
     cfg_ = config_from(s);
     grpo::ModelConfig mc = grpo::ModelConfig::from_json(extra(s, "model_config"));
@@ -457,7 +460,8 @@ class Node {
   PeerId coordinator_;
   uint64_t envelope_id_ = 0, sequence_ = 0, version_ = 0;
   bool have_weights_ = false;
-  std::string settings_fingerprint_, round_id_;
+  wire::RoundSettings settings_;
+  std::string round_id_;
   grpo::GrpoConfig cfg_;
   std::unique_ptr<grpo::Task> task_;
   std::unique_ptr<grpo::Tokenizer> tok_;
