@@ -311,6 +311,10 @@ TEST_F(E2E, NodeKilledMidLeaseIsReissuedAndCountedOnce) {
   const std::string slow_hex = key_hex("slow");
   ASSERT_TRUE(wait_until("SELECT COUNT(*) FROM leases WHERE state = 'active' AND peer = '" + slow_hex + "'", 1))
       << log("coordinator");
+  // The live status endpoint answers while the round runs.
+  const std::string status = http_get(ep.host, ep.status_port, "/status");
+  EXPECT_NE(status.find("\"round_id\":\"e2e\""), std::string::npos) << status;
+  EXPECT_NE(status.find(slow_hex), std::string::npos) << status;
   start_node(ep, "steady");
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   slow.signal(SIGKILL);
