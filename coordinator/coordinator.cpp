@@ -289,7 +289,9 @@ struct Coordinator::Impl {
     while (published.size() > keep) published.pop_front();
   }
 
+  // 0 means the latest (ManifestRequest); else that version while it is still published.
   const Published& manifest_for(uint64_t v) const {
+    if (v == 0) return published.back();
     for (const auto& p : published)
       if (p.version == v) return p;
     return published.back();
@@ -822,6 +824,13 @@ struct Coordinator::Impl {
           co_await send_tensors(ch, env.tensor_request());
         } else if (env.has_work_request()) {
           peers[peer].working = true;
+          // A peer works one lease at a time (and resends a pending update before asking), so a
+          // lease it still holds when it asks again will never come: e.g. the lease was issued
+          // just before a coordinator crash and never reached it. Re-issue it now, not at its deadline.
+          std::vector<std::string> lost;
+          for (const auto& [id, l] : leases)
+            if (l.rec.peer == peer) lost.push_back(id);
+          for (const auto& id : lost) expire(id, "expired", "peer asked for new work without delivering it");
           std::optional<wire::WorkLease> lease;
           const double give_up = mono_s() + 1.0;
           while (!finished && !(lease = try_issue(peer, env.work_request().max_prompts())) &&
