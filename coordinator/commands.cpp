@@ -131,7 +131,7 @@ int run_demo(const DemoArgs& a) {
   auto task = grpo::make_task(spec);
   grpo::CharTokenizer tok;
   if (!fs::exists(base + "/config.json")) {
-    spdlog::info("demo: pretraining a weak base model into {}", base);
+    spdlog::info("demo: pretraining a weak base model into {} (once; about 2 minutes on 2 cores)", base);
     grpo::PretrainConfig p;
     p.task = spec;
     p.model = task_model_config();
