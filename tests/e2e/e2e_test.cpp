@@ -256,7 +256,9 @@ TEST_F(E2E, StepOneGradientEqualsSingleProcessGradient) {
   auto ep = start_coordinator(write_config(r));
   start_node(ep, "a", {"--max-batch", "1"});
   start_node(ep, "b", {"--max-batch", "2"});
-  start_node(ep, "c", {"--devices", "2"});
+  // Every node takes at most half a step, so each step aggregates at least two updates whatever
+  // the scheduling; node c also splits its leases across two local workers.
+  start_node(ep, "c", {"--devices", "2", "--max-batch", "3"});
   ASSERT_EQ(wait_coordinator(), 0) << log("coordinator");
   expect_each_group_counted_once(r);
 
@@ -294,9 +296,10 @@ TEST_F(E2E, StepOneGradientEqualsSingleProcessGradient) {
   EXPECT_GT(max_ref, 0);
   EXPECT_LE(max_diff, 1e-5 * std::max(1.0, max_ref)) << "max |applied - reference| " << max_diff;
 
-  // Several peers shared the work and the ledger says who did what.
+  // Each step was assembled from several updates (how they fell to peers is the scheduler's
+  // business and depends on timing), and the ledger refused none.
   Db db(ledger());
-  EXPECT_GE(db.count("SELECT COUNT(DISTINCT peer) FROM updates WHERE accepted = 1"), 2);
+  EXPECT_GE(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 1"), 2 * r.steps);
   EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 0"), 0);
 }
 
