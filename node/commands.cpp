@@ -26,6 +26,10 @@ void add_commands(CLI::App& app) {
       ->capture_default_str();
   run->add_option("--threads", o->threads, "CPU threads (default: all cores)");
   run->add_option("--devices", o->devices, "Local workers (CPU threads now; GPUs later)")->capture_default_str();
+  run->add_option("--precision", o->precision,
+                  "Linear layers: fp32 | bf16 | fp8 (FP8 GEMM operands, FP32 accumulation)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "bf16", "fp8"}));
   run->add_option("--summary-out", o->summary_out, "Write a JSON summary here at exit");
   run->add_option("--max-leases", o->max_leases, "Leave after this many accepted leases (0: never)")
       ->capture_default_str();

@@ -13,9 +13,12 @@ namespace {
 
 class CpuDeviceGroup final : public DeviceGroup {
  public:
-  CpuDeviceGroup(const grpo::ModelConfig& config, int workers) {
+  CpuDeviceGroup(const grpo::ModelConfig& config, int workers, grpo::Precision precision) {
     COHORT_CHECK(workers >= 1);
-    for (int i = 0; i < workers; ++i) replicas_.push_back(std::make_unique<grpo::Model>(config, 0));
+    for (int i = 0; i < workers; ++i) {
+      replicas_.push_back(std::make_unique<grpo::Model>(config, 0));
+      replicas_.back()->set_precision(precision);
+    }
   }
   int size() const override { return static_cast<int>(replicas_.size()); }
 
@@ -83,8 +86,9 @@ std::vector<wire::Device> describe_cpu_devices(int workers) {
   return out;
 }
 
-std::unique_ptr<DeviceGroup> make_cpu_device_group(const grpo::ModelConfig& config, int workers) {
-  return std::make_unique<CpuDeviceGroup>(config, workers);
+std::unique_ptr<DeviceGroup> make_cpu_device_group(const grpo::ModelConfig& config, int workers,
+                                                  grpo::Precision precision) {
+  return std::make_unique<CpuDeviceGroup>(config, workers, precision);
 }
 
 }  // namespace cohort::node

@@ -42,6 +42,8 @@ class DeviceGroup {
 std::vector<wire::Device> describe_cpu_devices(int workers);
 
 // `workers` replicas of a model with `config`, each driven by its own thread.
-std::unique_ptr<DeviceGroup> make_cpu_device_group(const grpo::ModelConfig& config, int workers);
+// `precision` selects how the workers' linear layers compute (fp32 | bf16 | fp8, grpo/model.h).
+std::unique_ptr<DeviceGroup> make_cpu_device_group(const grpo::ModelConfig& config, int workers,
+                                                  grpo::Precision precision = grpo::Precision::fp32);
 
 }  // namespace cohort::node

@@ -272,7 +272,7 @@ class Node {
     mc.validate();
     task_ = grpo::make_task(cfg_.task);
     tok_ = grpo::make_tokenizer(mc.tokenizer.empty() ? "chars" : mc.tokenizer);
-    devices_ = make_cpu_device_group(mc, opt_.devices);
+    devices_ = make_cpu_device_group(mc, opt_.devices, grpo::parse_precision(opt_.precision));
     layout_ = ParamLayout(devices_->replica(0));
     encoder_ = std::make_unique<GradientEncoder>(layout_, s.gradient_codec() == wire::CODEC_RAW
                                                               ? wire::CODEC_RAW

@@ -21,6 +21,7 @@ struct NodeOptions {
   uint32_t max_batch = 0;        // most prompts (groups) per lease; 0: coordinator decides
   int threads = 0;               // LibTorch/BLAS threads (0: all cores)
   int devices = 1;               // workers (CPU threads now; GPUs with NCCL later)
+  std::string precision = "fp32";  // linear layers: fp32 | bf16 | fp8 (grpo/model.h)
   std::string summary_out;       // JSON summary at exit (bench e2e)
   int64_t max_leases = 0;        // leave after this many accepted leases (0: until the round ends)
   double max_backoff_s = 30;

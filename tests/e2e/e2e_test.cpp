@@ -374,6 +374,23 @@ TEST_F(E2E, StaleUpdateIsRefusedWithReasonStale) {
   expect_each_group_counted_once(r);
 }
 
+// Peers choose their own precision: a node computing with FP8 linear layers (FP8Linear, the CPU
+// emulation here) does the whole round, and every update it sends is accepted.
+TEST_F(E2E, Fp8NodeCompletesARound) {
+  Round r;
+  r.steps = 2;
+  auto ep = start_coordinator(write_config(r));
+  start_node(ep, "fp8", {"--precision", "fp8"});
+  ASSERT_EQ(wait_coordinator(), 0) << log("coordinator") << log("fp8");
+  expect_each_group_counted_once(r);
+  Db db(ledger());
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 0"), 0);
+  EXPECT_GE(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 1 AND peer = '" +
+                     key_hex("fp8") + "'"),
+            r.steps)
+      << log("fp8");
+}
+
 // Misbehaving peers in one round under an allowlist: a false reward claim (bad_reward), a
 // replayed update (replayed) and an unlisted key (not_admitted). The honest work completes it.
 TEST_F(E2E, MisbehavingPeersEndInTheirLedgerReasons) {
