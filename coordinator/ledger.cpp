@@ -228,34 +228,10 @@ std::vector<UpdateRecord> Ledger::accepted_updates_after(int64_t step) const {
   return out;
 }
 
-std::vector<LeaseRecord> Ledger::leases_in_state(const std::string& state) const {
-  Stmt s(db_,
-         "SELECT lease_id,step,peer,prompts,policy_version,issued_ms,deadline_ms,state,reason "
-         "FROM leases WHERE state=? ORDER BY issued_ms");
-  s.bind(1, state);
-  std::vector<LeaseRecord> out;
-  while (s.step()) {
-    LeaseRecord l;
-    l.lease_id = s.text(0);
-    l.step = s.i64(1);
-    l.peer = s.text(2);
-    l.prompts = split_indices(s.text(3));
-    l.policy_version = static_cast<uint64_t>(s.i64(4));
-    l.issued_ms = s.i64(5);
-    l.deadline_ms = s.i64(6);
-    l.state = s.text(7);
-    l.reason = s.text(8);
-    out.push_back(std::move(l));
-  }
-  return out;
-}
+// The columns every lease query selects, read back by read_lease in this order.
+#define LEASE_COLUMNS "SELECT lease_id,step,peer,prompts,policy_version,issued_ms,deadline_ms,state,reason "
 
-std::optional<LeaseRecord> Ledger::lease(const std::string& id) const {
-  Stmt s(db_,
-         "SELECT lease_id,step,peer,prompts,policy_version,issued_ms,deadline_ms,state,reason "
-         "FROM leases WHERE lease_id=?");
-  s.bind(1, id);
-  if (!s.step()) return std::nullopt;
+static LeaseRecord read_lease(Stmt& s) {
   LeaseRecord l;
   l.lease_id = s.text(0);
   l.step = s.i64(1);
@@ -267,6 +243,23 @@ std::optional<LeaseRecord> Ledger::lease(const std::string& id) const {
   l.state = s.text(7);
   l.reason = s.text(8);
   return l;
+}
+
+std::vector<LeaseRecord> Ledger::leases_in_state(const std::string& state) const {
+  Stmt s(db_,
+         LEASE_COLUMNS "FROM leases WHERE state=? ORDER BY issued_ms");
+  s.bind(1, state);
+  std::vector<LeaseRecord> out;
+  while (s.step()) out.push_back(read_lease(s));
+  return out;
+}
+
+std::optional<LeaseRecord> Ledger::lease(const std::string& id) const {
+  Stmt s(db_,
+         LEASE_COLUMNS "FROM leases WHERE lease_id=?");
+  s.bind(1, id);
+  if (!s.step()) return std::nullopt;
+  return read_lease(s);
 }
 
 std::vector<Ledger::Seen> Ledger::accepted_digests() const {

@@ -44,20 +44,6 @@ std::optional<std::string> last_boxed(std::string_view s) {
   return std::nullopt;
 }
 
-std::optional<MathNumber> make(__int128 n, __int128 d) {
-  if (d == 0) return std::nullopt;
-  if (d < 0) n = -n, d = -d;
-  __int128 a = n < 0 ? -n : n, b = d;
-  while (b != 0) {
-    __int128 t = a % b;
-    a = b;
-    b = t;
-  }
-  if (a > 1) n /= a, d /= a;
-  constexpr __int128 lim = INT64_MAX;
-  if (n > lim || n < -lim || d > lim) return std::nullopt;
-  return MathNumber{static_cast<int64_t>(n), static_cast<int64_t>(d)};
-}
 
 // "1,234.50", "-.5", "+3": a decimal with optional well-formed thousands separators.
 std::optional<MathNumber> parse_decimal(std::string_view s) {
@@ -104,12 +90,12 @@ std::optional<MathNumber> parse_decimal(std::string_view s) {
   if (digits.empty() || digits.size() > 36) return std::nullopt;
   __int128 num = 0;
   for (char c : digits) num = num * 10 + (c - '0');  // ≤ 36 digits fit in 128 bits
-  return make(neg ? -num : num, den);
+  return make_rational(neg ? -num : num, den);
 }
 
 std::optional<MathNumber> divide(std::optional<MathNumber> a, std::optional<MathNumber> b) {
-  if (!a || !b || b->num == 0) return std::nullopt;
-  return make(static_cast<__int128>(a->num) * b->den, static_cast<__int128>(a->den) * b->num);
+  if (!a || !b) return std::nullopt;
+  return rational_op('/', *a, *b);
 }
 
 }  // namespace

@@ -12,6 +12,8 @@
 #include <string>
 #include <string_view>
 
+#include "grpo/rational.h"
+
 namespace cohort::grpo {
 
 // The final answer of a completion, by precedence: inside the last <answer>…</answer> when there
@@ -26,10 +28,7 @@ std::optional<std::string> extract_math_answer(std::string_view completion);
 std::string gsm8k_reference_answer(std::string_view solution);
 
 // An exact rational value: num/den in lowest terms, den > 0.
-struct MathNumber {
-  int64_t num = 0, den = 1;
-  bool operator==(const MathNumber&) const = default;
-};
+using MathNumber = Rational;
 
 // Parses a numeric answer after normalization: surrounding spaces, "$" and "\$", thousands
 // separators ("1,234"), a trailing "." , "%" or "\%", trailing zeros of decimals ("18.0",

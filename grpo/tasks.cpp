@@ -6,6 +6,7 @@
 #include <unordered_set>
 
 #include "common/check.h"
+#include "grpo/rational.h"
 #include "grpo/dataset.h"
 
 namespace cohort::grpo {
@@ -59,26 +60,6 @@ class Arith final : public Task {
   std::string solution(const Prompt& p) const override { return p.answer; }
 };
 
-// Exact rational arithmetic with overflow detection for the countdown verifier.
-struct Rational {
-  int64_t num = 0, den = 1;
-};
-
-std::optional<Rational> normalize(__int128 n, __int128 d) {
-  if (d == 0) return std::nullopt;
-  if (d < 0) n = -n, d = -d;
-  __int128 a = n < 0 ? -n : n, b = d;
-  while (b != 0) {
-    __int128 t = a % b;
-    a = b;
-    b = t;
-  }
-  if (a > 1) n /= a, d /= a;
-  constexpr __int128 lim = INT64_MAX;
-  if (n > lim || n < -lim || d > lim) return std::nullopt;
-  return Rational{static_cast<int64_t>(n), static_cast<int64_t>(d)};
-}
-
 class ExpressionParser {
  public:
   ExpressionParser(std::string_view text, std::vector<int64_t> available)
@@ -105,9 +86,7 @@ class ExpressionParser {
       char op = s_[pos_++];
       auto rhs = term(depth);
       if (!rhs) return std::nullopt;
-      __int128 n = op == '+' ? (__int128)lhs->num * rhs->den + (__int128)rhs->num * lhs->den
-                             : (__int128)lhs->num * rhs->den - (__int128)rhs->num * lhs->den;
-      lhs = normalize(n, (__int128)lhs->den * rhs->den);
+      lhs = rational_op(op, *lhs, *rhs);
     }
     return lhs;
   }
@@ -119,10 +98,7 @@ class ExpressionParser {
       char op = s_[pos_++];
       auto rhs = factor(depth);
       if (!rhs) return std::nullopt;
-      if (op == '*')
-        lhs = normalize((__int128)lhs->num * rhs->num, (__int128)lhs->den * rhs->den);
-      else
-        lhs = normalize((__int128)lhs->num * rhs->den, (__int128)lhs->den * rhs->num);
+      lhs = rational_op(op, *lhs, *rhs);
     }
     return lhs;
   }
@@ -229,11 +205,7 @@ class Countdown final : public Task {
         const auto a = items[i], b = items[j];
         for (char op : {'+', '-', '*', '/'}) {
           if ((op == '+' || op == '*') && i > j) continue;
-          std::optional<Rational> r;
-          if (op == '+') r = normalize((__int128)a.first.num * b.first.den + (__int128)b.first.num * a.first.den, (__int128)a.first.den * b.first.den);
-          if (op == '-') r = normalize((__int128)a.first.num * b.first.den - (__int128)b.first.num * a.first.den, (__int128)a.first.den * b.first.den);
-          if (op == '*') r = normalize((__int128)a.first.num * b.first.num, (__int128)a.first.den * b.first.den);
-          if (op == '/') r = normalize((__int128)a.first.num * b.first.den, (__int128)a.first.den * b.first.num);
+          const std::optional<Rational> r = rational_op(op, a.first, b.first);
           if (!r) continue;
           std::vector<std::pair<Rational, std::string>> next;
           for (size_t k = 0; k < n; ++k)
