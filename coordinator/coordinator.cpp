@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstring>
 #include <optional>
+#include <random>
 #include <cmath>
 #include <csignal>
 #include <deque>
@@ -23,6 +24,7 @@
 #include "common/check.h"
 #include "coordinator/gradient_wire.h"
 #include "coordinator/ledger.h"
+#include "coordinator/metrics.h"
 #include "grpo/checkpoint.h"
 #include "grpo/safetensors.h"
 #include "grpo/tokenizer.h"
@@ -92,6 +94,8 @@ struct StepState {
   std::vector<int> state;  // 0 pending, 1 leased, 2 done
   int done = 0;
   std::vector<float> grad;  // Σ of the accepted updates' gradient sums (flat)
+  // Robust rules only: each accepted update's own mean gradient (its sum / its units).
+  std::vector<std::vector<float>> update_means;
   double units = 0, tokens = 0, loss = 0, reward_sum = 0, accuracy_sum = 0;
   int64_t rows = 0, updates = 0;
   double aggregate_s = 0;
@@ -148,6 +152,10 @@ struct Coordinator::Impl {
   std::unique_ptr<protocol::Server> server;
   std::unique_ptr<asio::ip::tcp::acceptor> http;
   uint64_t lease_counter = 0;
+  std::mt19937_64 audit_rng{std::random_device{}()};  // which updates are recomputed: unpredictable
+  int64_t audits = 0;
+  std::map<std::string, int64_t> misbehaviour;  // refusals for misbehaviour per peer (hex)
+  std::set<std::string> banned;
 
   explicit Impl(RoundConfig c) : cfg(std::move(c)) {}
 
@@ -187,6 +195,10 @@ struct Coordinator::Impl {
       version = static_cast<uint64_t>(step);
       spdlog::info("coordinator: resumed from checkpoint {} (version {})", path, version);
     }
+    misbehaviour = ledger->misbehaviour_counts();
+    for (const auto& [p, n] : misbehaviour)
+      if (cfg.ban_after > 0 && n >= cfg.ban_after) banned.insert(p);
+    if (!banned.empty()) spdlog::info("coordinator: {} banned peer(s) in the ledger", banned.size());
     for (const auto& s : ledger->accepted_digests()) {
       auto pid = PeerId::parse(s.peer);
       protocol::Digest d{};
@@ -420,6 +432,17 @@ struct Coordinator::Impl {
     u.received_ms = now_ms();
     ledger->record_update(u);
     peers[peer].refused++;
+    static const std::set<std::string> kMisbehaviour = {"bad_reward", "bad_norm", "malformed", "bad_signature",
+                                                        "signer_mismatch", "recompute_mismatch"};
+    if (kMisbehaviour.count(u.reason) && ++misbehaviour[peer] >= cfg.ban_after && cfg.ban_after > 0 &&
+        banned.insert(peer).second) {
+      ledger->record_refusal(peer, "", "banned",
+                             fmt::format("{} updates refused for misbehaviour (ban_after = {})",
+                                         misbehaviour[peer], cfg.ban_after),
+                             now_ms());
+      spdlog::warn("coordinator: peer {} banned after {} misbehaving updates", peer.substr(0, 12),
+                   misbehaviour[peer]);
+    }
     spdlog::warn("coordinator: refused update {} from {} ({}): {}", h.sequence(), peer.substr(0, 12),
                  u.reason, r.detail);
   }
@@ -490,6 +513,11 @@ struct Coordinator::Impl {
         return fail(lease.rec.step, {wire::ACK_BAD_NORM, "mean-gradient norm " + std::to_string(norm) +
                                                              " exceeds " + std::to_string(cfg.max_update_norm)});
     }
+    // A sampled share of updates is recomputed in full (the peer cannot know which): the
+    // gradient of the reported completions under the weights they were sampled with.
+    if (cfg.recompute_fraction > 0 && vr.header.policy_version() == version &&
+        std::uniform_real_distribution<double>(0, 1)(audit_rng) < cfg.recompute_fraction)
+      if (auto r = recompute_check(full, lease, grad)) return fail(lease.rec.step, *r);
     // Durable before anything else: the Ack means the update is in the ledger.
     UpdateRecord u;
     u.peer = peer;
@@ -528,6 +556,56 @@ struct Coordinator::Impl {
     apply_ready_steps(false);
     ack.set_policy_version(version);
     return ack;
+  }
+
+  // Recomputes the lease's gradient sum from the reported completions on the current weights
+  // (ratio 1: the peer sampled with these weights) and compares its direction with the
+  // reported one. The codec (FP8 with error feedback) keeps an honest update's cosine near 1.
+  std::optional<Refusal> recompute_check(const wire::GradientUpdate& u, const Lease& lease,
+                                         const std::vector<float>& reported) {
+    const double t0 = mono_s();
+    const int g = cfg.grpo.group_size;
+    std::map<std::pair<uint64_t, uint32_t>, const wire::CompletionDigest*> by_key;
+    for (const auto& c : u.completions()) by_key[{c.prompt_index(), c.completion()}] = &c;
+    std::vector<std::vector<int64_t>> prompt_ids, completions;
+    std::vector<float> rewards;
+    for (uint64_t idx : lease.rec.prompts) {
+      prompt_ids.push_back(grpo::encode_prompt(*tok, task->train_prompt(idx)));
+      for (int c = 0; c < g; ++c) {
+        const auto* cd = by_key.at({idx, static_cast<uint32_t>(c)});  // check_completions saw all
+        completions.emplace_back(cd->token_ids().begin(), cd->token_ids().end());
+        rewards.push_back(cd->reward());
+      }
+    }
+    grpo::Rollout r = grpo::layout(prompt_ids, g, completions, cfg.grpo.sampling.max_new_tokens, tok->pad_id());
+    if (cfg.grpo.mask_truncated) grpo::mask_truncated_rows(r);
+    {
+      at::NoGradGuard no_grad;
+      r.logprobs = grpo::completion_logprobs(*model, r, cfg.grpo.sampling.temperature) * r.completion_mask;
+    }
+    const auto adv = grpo::group_advantages(rewards, g, cfg.grpo.scale);
+    opt->zero_grad();
+    grpo::accumulate_gradient(*model, nullptr, r, adv, cfg.grpo);
+    std::vector<float> ours(layout.total);
+    flatten_grads(*model, layout, ours);
+    opt->zero_grad();
+    double dot = 0, a2 = 0, b2 = 0;
+    for (size_t i = 0; i < ours.size(); ++i) {
+      dot += double(ours[i]) * reported[i];
+      a2 += double(ours[i]) * ours[i];
+      b2 += double(reported[i]) * reported[i];
+    }
+    const double cosine = (a2 == 0 && b2 == 0) ? 1.0 : dot / std::max(1e-300, std::sqrt(a2 * b2));
+    const double ratio = a2 > 0 ? std::sqrt(b2 / a2) : (b2 == 0 ? 1.0 : 1e300);
+    ++audits;
+    spdlog::info("coordinator: recomputed lease {} in {:.2f} s: cosine {:.4f}, norm ratio {:.3f}",
+                 lease.rec.lease_id, mono_s() - t0, cosine, ratio);
+    // The norm must agree too: a scaled honest gradient has cosine 1.
+    if (cosine < cfg.recompute_min_cosine || ratio > 1.5 || ratio < 1 / 1.5)
+      return Refusal{wire::ACK_RECOMPUTE_MISMATCH,
+                     fmt::format("recomputed gradient differs: cosine {:.4f} (min {:.2f}), norm ratio {:.3f}",
+                                 cosine, cfg.recompute_min_cosine, ratio)};
+    return std::nullopt;
   }
 
   double expected_units_for(const wire::GradientUpdate& u, double tokens) const {
@@ -602,6 +680,11 @@ struct Coordinator::Impl {
     StepState& st = step_state(lease.rec.step);
     if (st.grad.empty()) st.grad.assign(layout.total, 0.0f);
     for (size_t i = 0; i < grad.size(); ++i) st.grad[i] += grad[i];
+    if (cfg.aggregation.rule != AggregationRule::mean) {
+      const float inv = units > 0 ? static_cast<float>(1.0 / units) : 0.0f;
+      auto& m = st.update_means.emplace_back(grad.size());
+      for (size_t i = 0; i < grad.size(); ++i) m[i] = grad[i] * inv;
+    }
     for (int pos : lease.groups) {
       COHORT_CHECK(st.state[pos] != 2, "a prompt group counted twice");
       st.state[pos] = 2;
@@ -634,14 +717,30 @@ struct Coordinator::Impl {
   void apply_step(StepState& st, bool replaying) {
     const double t0 = mono_s();
     const double units = std::max(st.units, 1.0);
+    // The step's mean gradient: Σ sums / Σ units (exact), or a robust rule over the updates.
+    std::vector<float> mean(layout.total);
+    if (cfg.aggregation.rule == AggregationRule::mean) {
+      const float u = static_cast<float>(units);
+      for (size_t i = 0; i < mean.size(); ++i) mean[i] = st.grad[i] / u;
+    } else {
+      std::vector<const float*> xs;
+      for (const auto& m : st.update_means) xs.push_back(m.data());
+      const AggregationStats a = aggregate(cfg.aggregation, xs, layout.total, mean.data());
+      if (!replaying)
+        spdlog::info("step {}: {} of {} updates{}", st.step, aggregation_rule_name(cfg.aggregation.rule),
+                     a.updates,
+                     cfg.aggregation.rule == AggregationRule::centered_clip
+                         ? fmt::format(" ({} clipped at radius {:.3g})", a.clipped, a.radius)
+                         : std::string());
+    }
     auto params = model->parameters();
     opt->zero_grad();
     {
       at::NoGradGuard no_grad;
       for (size_t i = 0; i < params.size(); ++i) {
         const auto& slot = layout.slots[i];
-        auto g = at::from_blob(st.grad.data() + slot.offset, params[i].sizes(), at::kFloat).div(units);
-        params[i].mutable_grad() = g;
+        params[i].mutable_grad() =
+            at::from_blob(mean.data() + slot.offset, params[i].sizes(), at::kFloat).clone();
       }
     }
     if (cfg.dump_gradients && !replaying) {
@@ -851,6 +950,13 @@ struct Coordinator::Impl {
         } else if (env.has_update()) {
           *out.mutable_ack() = handle_update(env.update(), ch.peer());
           co_await ch.send(out);
+          if (banned.count(peer)) {
+            wire::Envelope bye;
+            bye.mutable_error()->set_code(wire::ACK_BANNED);
+            bye.mutable_error()->set_message("banned: too many updates refused for misbehaviour");
+            co_await ch.send(bye);
+            throw Error("banned");
+          }
         } else if (env.has_heartbeat()) {
           // Liveness only; TCP and lease deadlines do the rest.
         } else if (env.has_leave()) {
@@ -887,6 +993,10 @@ struct Coordinator::Impl {
     j["coordinator"] = identity.id().hex();
     j["uptime_s"] = mono_s() - started_mono;
     j["active_leases"] = leases.size();
+    j["connected"] = connected;
+    j["banned"] = banned.size();
+    j["audits"] = audits;
+    j["aggregation"] = aggregation_rule_name(cfg.aggregation.rule);
     json open = json::object();
     for (const auto& [s, st] : open_steps) open[std::to_string(s)] = {{"done", st.done}, {"of", step_groups()}};
     j["open_steps"] = open;
@@ -904,14 +1014,17 @@ struct Coordinator::Impl {
       auto n = co_await asio::async_read_until(sock, asio::dynamic_buffer(buf, 8192), "\r\n\r\n",
                                                asio::use_awaitable);
       std::string line = buf.substr(0, std::min(n, buf.find("\r\n")));
-      std::string body, status = "200 OK";
+      std::string body, status = "200 OK", type = "application/json";
       if (line.rfind("GET /status", 0) == 0 || line.rfind("GET / ", 0) == 0) {
         body = live_status();
+      } else if (line.rfind("GET /metrics", 0) == 0) {
+        body = prometheus_text(live_status());
+        type = "text/plain; version=0.0.4";
       } else {
         status = "404 Not Found";
-        body = R"({"error":"try GET /status"})";
+        body = R"({"error":"try GET /status or GET /metrics"})";
       }
-      std::string resp = "HTTP/1.1 " + status + "\r\nContent-Type: application/json\r\nContent-Length: " +
+      std::string resp = "HTTP/1.1 " + status + "\r\nContent-Type: " + type + "\r\nContent-Length: " +
                          std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
       co_await asio::async_write(sock, asio::buffer(resp), asio::use_awaitable);
     } catch (const std::exception&) {
@@ -955,14 +1068,17 @@ struct Coordinator::Impl {
     open();
     auto [host, port] = split_host_port(cfg.listen);
     protocol::ChannelOptions opts;
-    if (cfg.admission == Admission::allowlist) {
-      opts.admit = [this](const PeerId& id) {
-        if (allowed.count(id)) return true;
-        ledger->record_refusal(id.hex(), "", "not_admitted", "identity not on the allowlist", now_ms());
-        spdlog::warn("coordinator: refused peer {}: not on the allowlist", id.fingerprint());
+    opts.admit = [this](const PeerId& id) {
+      if (banned.count(id.hex())) {
+        ledger->record_refusal(id.hex(), "", "banned", "connection from a banned identity", now_ms());
+        spdlog::warn("coordinator: refused peer {}: banned", id.fingerprint());
         return false;
-      };
-    }
+      }
+      if (cfg.admission == Admission::open || allowed.count(id)) return true;
+      ledger->record_refusal(id.hex(), "", "not_admitted", "identity not on the allowlist", now_ms());
+      spdlog::warn("coordinator: refused peer {}: not on the allowlist", id.fingerprint());
+      return false;
+    };
     server = std::make_unique<protocol::Server>(
         io.get_executor(), asio::ip::tcp::endpoint(asio::ip::make_address(host), port), identity, opts,
         [this](Channel ch) { return session(std::move(ch)); });

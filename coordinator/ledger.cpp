@@ -91,7 +91,10 @@ CREATE TABLE IF NOT EXISTS evals(step INTEGER PRIMARY KEY, accuracy REAL, n INTE
 
 std::string join_indices(const std::vector<uint64_t>& v) {
   std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(v[i]);
+  }
   return s;
 }
 
@@ -266,6 +269,16 @@ std::vector<Ledger::Seen> Ledger::accepted_digests() const {
   Stmt s(db_, "SELECT peer,sequence,digest FROM updates WHERE accepted=1");
   std::vector<Seen> out;
   while (s.step()) out.push_back({s.text(0), static_cast<uint64_t>(s.i64(1)), s.text(2)});
+  return out;
+}
+
+std::map<std::string, int64_t> Ledger::misbehaviour_counts() const {
+  Stmt s(db_,
+         "SELECT peer, COUNT(*) FROM updates WHERE accepted=0 AND reason IN "
+         "('bad_reward','bad_norm','malformed','bad_signature','signer_mismatch','recompute_mismatch') "
+         "GROUP BY peer");
+  std::map<std::string, int64_t> out;
+  while (s.step()) out[s.text(0)] = s.i64(1);
   return out;
 }
 

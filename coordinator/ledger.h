@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -89,6 +90,9 @@ class Ledger {
   struct Seen { std::string peer; uint64_t sequence; std::string digest; };
   [[nodiscard]] std::vector<Seen> accepted_digests() const;
   [[nodiscard]] std::vector<StepRecord> steps() const;
+  // Refused updates per peer whose reason is misbehaviour (bad_reward, bad_norm, malformed,
+  // bad_signature, signer_mismatch, recompute_mismatch): what bans are counted from.
+  [[nodiscard]] std::map<std::string, int64_t> misbehaviour_counts() const;
 
   // Status JSON pieces, as JSON text (nlohmann stays out of this header).
   [[nodiscard]] std::string status_json() const;

@@ -94,7 +94,8 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
     throw Error("round config: " + os.str());
   }
   static const std::set<std::string> kSections = {"round", "network", "admission", "model",
-                                                  "task", "grpo", "sampling", "debug"};
+                                                  "task", "grpo", "sampling", "aggregation",
+                                                  "verification", "debug"};
   for (const auto& [k, v] : root) {
     if (!kSections.count(std::string(k.str())))
       throw Error("round config: unknown section [" + std::string(k.str()) + "]");
@@ -194,6 +195,27 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
     g.loss.max_completion_length = g.sampling.max_new_tokens;
   }
   {
+    Section s(root["aggregation"].as_table(), "aggregation");
+    std::string rule = "mean";
+    s.get("rule", rule);
+    s.get("trim_fraction", c.aggregation.trim_fraction);
+    s.get("clip_radius", c.aggregation.clip_radius);
+    s.get("clip_iterations", c.aggregation.clip_iterations);
+    s.finish();
+    try {
+      c.aggregation.rule = parse_aggregation_rule(rule);
+    } catch (const Error& e) {
+      s.fail("rule", e.what());
+    }
+  }
+  {
+    Section s(root["verification"].as_table(), "verification");
+    s.get("recompute_fraction", c.recompute_fraction);
+    s.get("recompute_min_cosine", c.recompute_min_cosine);
+    s.get("ban_after", c.ban_after);
+    s.finish();
+  }
+  {
     Section s(root["debug"].as_table(), "debug");
     s.get("dump_gradients", c.dump_gradients);
     s.finish();
@@ -218,6 +240,15 @@ void RoundConfig::validate() const {
   if (admission == Admission::allowlist && allowlist.empty())
     bad("[admission] mode = \"allowlist\" needs at least one key in allowlist");
   if (grpo.sampling.max_new_tokens < 1) bad("[sampling] max_new_tokens must be at least 1");
+  if (!(aggregation.trim_fraction >= 0 && aggregation.trim_fraction < 0.5))
+    bad("[aggregation] trim_fraction must be in [0, 0.5)");
+  if (aggregation.clip_radius < 0) bad("[aggregation] clip_radius must be >= 0 (0: automatic)");
+  if (aggregation.clip_iterations < 1) bad("[aggregation] clip_iterations must be at least 1");
+  if (!(recompute_fraction >= 0 && recompute_fraction <= 1))
+    bad("[verification] recompute_fraction must be in [0, 1]");
+  if (!(recompute_min_cosine >= -1 && recompute_min_cosine <= 1))
+    bad("[verification] recompute_min_cosine must be in [-1, 1]");
+  if (ban_after < 0) bad("[verification] ban_after must be >= 0 (0: never ban)");
 }
 
 }  // namespace cohort::coordinator

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "coordinator/aggregation.h"
 #include "grpo/trainer.h"
 
 namespace cohort::coordinator {
@@ -34,6 +35,13 @@ struct RoundConfig {
   std::string model_path;              // checkpoint folder (config.json + model.safetensors)
   GradientCodec codec = GradientCodec::fp8;
   double max_update_norm = 0;          // refuse updates whose mean-gradient norm exceeds (0: off)
+  AggregationConfig aggregation;       // how a step's updates combine ([aggregation])
+  // [verification]: the share of accepted-so-far updates whose gradient the coordinator
+  // recomputes in full from the reported completions, the cosine similarity the reported
+  // gradient must reach, and the misbehaviour refusals after which a peer is banned.
+  double recompute_fraction = 0;
+  double recompute_min_cosine = 0.9;
+  int ban_after = 3;
   bool dump_gradients = false;         // write the applied mean gradient of each step (tests)
   int linger_s = 3;                    // after the last step, wait this long for nodes to leave
   grpo::GrpoConfig grpo;               // task, sampling, loss, optimizer, prompts_per_step, seed

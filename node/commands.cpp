@@ -38,7 +38,7 @@ void add_commands(CLI::App& app) {
   run->add_option("--give-up-after", o->give_up_s, "Stop after this long without a coordinator (s, 0: never)")
       ->capture_default_str();
   // Fault injection for the fault tests; hidden from --help (group "").
-  run->add_option("--fault", o->fault, "Test only: false-reward | replay")->group("");
+  run->add_option("--fault", o->fault, "Test only: false-reward | replay | poison")->group("");
   run->add_option("--delay-ms", o->delay_ms, "Test only: sleep before sending each update")->group("");
   run->callback([o, addr] {
     auto colon = addr->rfind(':');

@@ -430,6 +430,11 @@ class Node {
     rs->set_min(rows ? rmin : 0);
     rs->set_max(rows ? rmax : 0);
     u.set_loss(loss);
+    if (opt_.fault == "poison") {  // honest rewards; the gradient reversed, scaled up and drowned in noise
+      std::mt19937 rng(static_cast<uint32_t>(sequence_));
+      std::normal_distribution<float> noise(0.0f, 10.0f);
+      for (float& x : results[0].grad) x = -20.0f * x + noise(rng);
+    }
     encoder_->encode(results[0].grad, *u.mutable_tensors());
     const double compute = mono_s() - t0;
     u.set_compute_seconds(compute);
