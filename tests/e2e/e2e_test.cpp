@@ -355,6 +355,11 @@ TEST_F(E2E, NodeKilledMidLeaseIsReissuedAndCountedOnce) {
   const std::string status = http_get(ep.host, ep.status_port, "/status");
   EXPECT_NE(status.find("\"round_id\":\"e2e\""), std::string::npos) << status;
   EXPECT_NE(status.find(slow_hex), std::string::npos) << status;
+  // And in the Prometheus text format.
+  const std::string metrics = http_get(ep.host, ep.status_port, "/metrics");
+  EXPECT_NE(metrics.find("# TYPE cohort_policy_version gauge"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("cohort_active_leases 1"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("peer=\"" + slow_hex.substr(0, 16) + "\""), std::string::npos) << metrics;
   start_node(ep, "steady");
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   slow.signal(SIGKILL);
