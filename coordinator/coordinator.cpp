@@ -19,6 +19,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <thread>
 #include <unordered_map>
 
 #include "common/check.h"
@@ -154,6 +155,8 @@ struct Coordinator::Impl {
   uint64_t lease_counter = 0;
   std::mt19937_64 audit_rng{std::random_device{}()};  // which updates are recomputed: unpredictable
   int64_t audits = 0;
+  std::vector<std::jthread> evals;  // held-out evaluations in flight (start_eval)
+  int evals_running = 0;
   std::map<std::string, int64_t> misbehaviour;  // refusals for misbehaviour per peer (hex)
   std::set<std::string> banned;
 
@@ -786,15 +789,42 @@ struct Coordinator::Impl {
     const bool last = st.step >= cfg.steps;
     // Replayed steps are checkpointed too: a crash may have come between a step and its checkpoint.
     if (st.step % cfg.checkpoint_interval == 0 || last) checkpoint(st.step);
-    if (!replaying && cfg.eval_every > 0 && (st.step % cfg.eval_every == 0 || last)) {
-      auto e = grpo::evaluate(*model, *tok, *task, cfg.eval_n, cfg.grpo.sampling.max_new_tokens);
-      ledger->record_eval(st.step, e.accuracy, cfg.eval_n, now_ms());
-      spdlog::info("step {}: held-out accuracy {:.3f} (n={})", st.step, e.accuracy, cfg.eval_n);
-    }
+    if (!replaying && cfg.eval_every > 0 && (st.step % cfg.eval_every == 0 || last)) start_eval(st.step);
     if (last) {
       finished = true;
       spdlog::info("coordinator: round {} complete ({} steps)", cfg.round_id, cfg.steps);
     }
+  }
+
+  // Held-out evaluation on a snapshot of the weights, on its own thread: the round goes on
+  // (peers keep getting leases and the next steps apply) while it runs. The result is recorded
+  // on the io thread; the coordinator does not exit before every evaluation has finished.
+  void start_eval(int64_t step) {
+    auto snap = std::make_shared<grpo::Model>(model->config(), 0);
+    {
+      at::NoGradGuard no_grad;
+      auto src = model->parameters(), dst = snap->parameters();
+      for (size_t i = 0; i < src.size(); ++i) dst[i].copy_(src[i]);
+    }
+    ++evals_running;
+    evals.emplace_back([this, snap, step] {
+      double accuracy = -1;
+      std::string error;
+      try {
+        accuracy = grpo::evaluate(*snap, *tok, *task, cfg.eval_n, cfg.grpo.sampling.max_new_tokens).accuracy;
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+      asio::post(io, [this, step, accuracy, error] {
+        --evals_running;
+        if (!error.empty()) {
+          spdlog::error("step {}: held-out evaluation failed: {}", step, error);
+          return;
+        }
+        ledger->record_eval(step, accuracy, cfg.eval_n, now_ms());
+        spdlog::info("step {}: held-out accuracy {:.3f} (n={})", step, accuracy, cfg.eval_n);
+      });
+    });
   }
 
   void checkpoint(int64_t step) {
@@ -1054,7 +1084,7 @@ struct Coordinator::Impl {
         spdlog::info("coordinator: signal {}, stopping (serve again to resume)", int(g_stop_signal));
         break;
       }
-      if (finished) {
+      if (finished && evals_running == 0) {
         if (finished_at < 0) finished_at = mono_s();
         if (connected == 0 || mono_s() - finished_at > cfg.linger_s) break;
       }
