@@ -27,9 +27,9 @@ void add_commands(CLI::App& app) {
   run->add_option("--threads", o->threads, "CPU threads (default: all cores)");
   run->add_option("--devices", o->devices,
                   "Local workers, one model replica each; the lease is split among them by measured "
-                  "throughput and their gradients are reduced before one signed update leaves. On this "
-                  "CPU build: a worker count. Planned for a CUDA build of LibTorch: --devices 0,1 picks "
-                  "GPUs (one worker each, reduced with NCCL, node/nccl_collective.h)")
+                  "throughput and their gradients are reduced before one signed update leaves. With a CPU "
+                  "LibTorch: the number of CPU workers. Planned for a CUDA build of LibTorch: --devices "
+                  "0,1 picks GPUs 0 and 1 (one worker each, reduced with NCCL; node/nccl_collective.h)")
       ->capture_default_str();
   run->add_option("--precision", o->precision,
                   "Linear layers: fp32 | bf16 | fp8 (FP8 GEMM operands, FP32 accumulation)")

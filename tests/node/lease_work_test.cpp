@@ -17,13 +17,57 @@ grpo::ModelConfig tiny() {
   grpo::ModelConfig c;
   grpo::CharTokenizer tok;
   c.vocab_size = tok.vocab_size();
-  c.hidden_size = 64;
-  c.intermediate_size = 128;
+  c.bos_token_id = tok.bos_id();
+  c.eos_token_id = tok.eos_id();
+  c.pad_token_id = tok.pad_id();
+  c.tokenizer = tok.name();
+  c.hidden_size = 32;
+  c.intermediate_size = 64;
   c.num_hidden_layers = 2;
   c.num_attention_heads = 4;
   c.num_key_value_heads = 2;
-  c.tokenizer = "chars";
+  c.max_position_embeddings = 64;
   return c;
+}
+
+grpo::TaskSpec one_digit_addition() {
+  grpo::TaskSpec t;
+  t.digits = 1;
+  return t;
+}
+
+// A weak base (as in tests/e2e): a short supervised warm-up, so that some completions are right
+// and rewards, advantages and gradients are not all zero.
+const std::vector<std::pair<std::string, std::vector<float>>>& base_weights() {
+  static const auto weights = [] {
+    grpo::PretrainConfig pc;
+    pc.task = one_digit_addition();
+    pc.model = tiny();
+    pc.steps = 400;
+    pc.batch_size = 32;
+    pc.lr = 3e-3;
+    pc.stop_at_accuracy = 0.3;
+    pc.eval_every = 50;
+    pc.eval_n = 10;
+    pc.max_new_tokens = 8;
+    grpo::CharTokenizer tok;
+    auto task = grpo::make_task(pc.task);
+    grpo::Model m(pc.model, 7);
+    grpo::pretrain(m, tok, *task, pc, false);
+    std::vector<std::pair<std::string, std::vector<float>>> out;
+    for (const auto& p : m.named_parameters()) {
+      const at::Tensor t = p.tensor.detach().contiguous();
+      out.emplace_back(p.name, std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + t.numel()));
+    }
+    return out;
+  }();
+  return weights;
+}
+
+std::unique_ptr<DeviceGroup> base_group(int workers) {
+  auto devices = make_cpu_device_group(tiny(), workers);
+  for (const auto& [name, values] : base_weights()) devices->load(name, values);
+  return devices;
 }
 
 struct Lease {
@@ -33,7 +77,7 @@ struct Lease {
 Lease make_lease(int groups) {
   Lease l;
   for (int i = 0; i < groups; ++i) {
-    l.indices.push_back(100 + 17 * i);
+    l.indices.push_back(3 + 11 * i);
     l.seeds.push_back(9000 + 31 * i);
   }
   return l;
@@ -52,9 +96,10 @@ std::vector<GroupRange> ranges(std::vector<int> sizes) {
 class LeaseWork : public ::testing::Test {
  protected:
   grpo::CharTokenizer tok;
-  std::unique_ptr<grpo::Task> task = grpo::make_task({});
+  std::unique_ptr<grpo::Task> task = grpo::make_task(one_digit_addition());
   grpo::GrpoConfig cfg = [] {
     grpo::GrpoConfig c;
+    c.task = one_digit_addition();
     c.group_size = 4;
     c.sampling.max_new_tokens = 8;
     c.loss.beta = 0;
@@ -62,7 +107,7 @@ class LeaseWork : public ::testing::Test {
   }();
 
   LeaseGradient work(int workers, const std::vector<int>& sizes, const Lease& lease, int fail = -1) {
-    auto devices = make_cpu_device_group(tiny(), workers);
+    auto devices = base_group(workers);
     coordinator::ParamLayout layout(devices->replica(0));
     LeaseContext ctx{*task, tok, cfg, layout, fail};
     return compute_lease(*devices, ctx, lease.indices, lease.seeds, ranges(sizes));
@@ -116,7 +161,7 @@ TEST_F(LeaseWork, WorkersOnUnevenSplitsEqualOneWorkerOnTheWholeLease) {
 TEST_F(LeaseWork, FailingWorkerReportsItsReasonAndTheNextLeaseWorks) {
   const Lease lease = make_lease(5);
   const LeaseGradient ref = work(1, {5}, lease);
-  auto devices = make_cpu_device_group(tiny(), 3);
+  auto devices = base_group(3);
   coordinator::ParamLayout layout(devices->replica(0));
   LeaseContext failing{*task, tok, cfg, layout, 1};
   try {
