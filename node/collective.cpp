@@ -46,8 +46,16 @@ void parallel_ranges(size_t count, int threads, const F& body) {
     if (e) std::rethrow_exception(e);
 }
 
-void add_into(float* __restrict dst, const float* __restrict src, size_t n) {
-  for (size_t i = 0; i < n; ++i) dst[i] += src[i];
+// dst += a (+ b (+ c)), left to right per element: one pass over dst for up to three shards.
+void add_into(float* __restrict dst, const float* __restrict a, size_t n) {
+  for (size_t i = 0; i < n; ++i) dst[i] += a[i];
+}
+void add_into(float* __restrict dst, const float* __restrict a, const float* __restrict b, size_t n) {
+  for (size_t i = 0; i < n; ++i) dst[i] = (dst[i] + a[i]) + b[i];
+}
+void add_into(float* __restrict dst, const float* __restrict a, const float* __restrict b,
+              const float* __restrict c, size_t n) {
+  for (size_t i = 0; i < n; ++i) dst[i] = ((dst[i] + a[i]) + b[i]) + c[i];
 }
 
 class CpuCollective final : public Collective {
@@ -80,8 +88,21 @@ class CpuCollective final : public Collective {
       for (size_t b = begin; b < end; b += chunk_) {
         const size_t n = std::min(chunk_, end - b);
         float* dst = shards[0].grad + b;
-        // The chunk of shard 0 stays in cache while each other shard is added to it, in order.
-        for (size_t s = 1; s < shards.size(); ++s) add_into(dst, shards[s].grad + b, n);
+        // The chunk of shard 0 stays in cache while the other shards are added to it, in order,
+        // up to three per pass.
+        for (size_t s = 1; s < shards.size();) {
+          const size_t left = shards.size() - s;
+          if (left >= 3) {
+            add_into(dst, shards[s].grad + b, shards[s + 1].grad + b, shards[s + 2].grad + b, n);
+            s += 3;
+          } else if (left == 2) {
+            add_into(dst, shards[s].grad + b, shards[s + 1].grad + b, n);
+            s += 2;
+          } else {
+            add_into(dst, shards[s].grad + b, n);
+            s += 1;
+          }
+        }
         if (to == ReduceTo::all)
           for (size_t s = 1; s < shards.size(); ++s) std::memcpy(shards[s].grad + b, dst, n * sizeof(float));
       }
