@@ -2,7 +2,9 @@
 // this machine's memcpy bandwidth, measured side by side (alternating, same thread count):
 //   - CPU twin: GB/s of gradient consumed (workers x bytes per second) and the ratio of its
 //     memory traffic ((workers + 1) x bytes: every shard read, shard 0 written) to memcpy's
-//     (2 x bytes) throughput; 1.0 means the reduction runs at memory speed;
+//     (2 x bytes) throughput; 1.0 means the reduction runs at memcpy's speed. It can exceed 1:
+//     memcpy's plain stores also read each destination line first (read for ownership), which
+//     the 2 x bytes does not count, while the reduction's destination is read anyway;
 //   - NCCL, where this build has it and GPUs are visible: reduce / all-reduce / broadcast time
 //     and bus bandwidth of a gradient on every visible GPU.
 // Also built standalone as `devices_bench devices` (node/CMakeLists.txt), without LibTorch.
