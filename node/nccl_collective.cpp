@@ -34,6 +34,19 @@ std::string nccl_message(ncclResult_t status, ncclComm_t comm) {
   return m;
 }
 
+// Restores the caller's current CUDA device: this file switches devices to address each
+// worker's default stream.
+class CurrentDeviceGuard {
+ public:
+  CurrentDeviceGuard() { cudaGetDevice(&device_); }
+  ~CurrentDeviceGuard() { cudaSetDevice(device_); }
+  CurrentDeviceGuard(const CurrentDeviceGuard&) = delete;
+  CurrentDeviceGuard& operator=(const CurrentDeviceGuard&) = delete;
+
+ private:
+  int device_ = 0;
+};
+
 // Host staging for one device's counts: pinned, so that the asynchronous copies back do not
 // block this thread (a pageable device-to-host copy waits for the stream, defeating the timeout).
 struct CountStaging {
@@ -84,6 +97,7 @@ class NcclCollective final : public Collective {
       COHORT_CHECK(shards[r].counts.size() == n_counts, "every shard has as many counts");
       if (count) check_device_pointer(shards[r].grad, static_cast<int>(r));
     }
+    CurrentDeviceGuard guard;
     init_comms();
     std::vector<cudaStream_t> streams(shards.size());
     for (size_t r = 0; r < shards.size(); ++r) streams[r] = static_cast<cudaStream_t>(shards[r].stream);
@@ -92,6 +106,7 @@ class NcclCollective final : public Collective {
     for (size_t r = 0; r < shards.size() && n_counts; ++r) {
       ensure_staging(static_cast<int>(r), n_counts);
       std::memcpy(staging_[r].host, shards[r].counts.data(), n_counts * sizeof(double));
+      check_cuda(cudaSetDevice(opt_.devices[r]), "cudaSetDevice(" + std::to_string(opt_.devices[r]) + ")");
       check_cuda(cudaMemcpyAsync(staging_[r].device, staging_[r].host, n_counts * sizeof(double),
                                  cudaMemcpyHostToDevice, streams[r]),
                  "cudaMemcpyAsync (counts to device " + std::to_string(opt_.devices[r]) + ")");
@@ -114,6 +129,7 @@ class NcclCollective final : public Collective {
     }
     for (size_t r = 0; r < shards.size() && n_counts; ++r) {
       if (to == ReduceTo::worker0 && r != 0) continue;
+      check_cuda(cudaSetDevice(opt_.devices[r]), "cudaSetDevice(" + std::to_string(opt_.devices[r]) + ")");
       check_cuda(cudaMemcpyAsync(staging_[r].host, staging_[r].device, n_counts * sizeof(double),
                                  cudaMemcpyDeviceToHost, streams[r]),
                  "cudaMemcpyAsync (counts from device " + std::to_string(opt_.devices[r]) + ")");
@@ -130,6 +146,7 @@ class NcclCollective final : public Collective {
     COHORT_CHECK(stream_list.empty() || stream_list.size() == buffers.size(), "one stream per worker or none");
     if (count == 0) return;
     for (size_t r = 0; r < buffers.size(); ++r) check_device_pointer(buffers[r], static_cast<int>(r));
+    CurrentDeviceGuard guard;
     init_comms();
     std::vector<cudaStream_t> streams(buffers.size(), nullptr);
     for (size_t r = 0; r < stream_list.size(); ++r) streams[r] = static_cast<cudaStream_t>(stream_list[r]);

@@ -432,9 +432,14 @@ class Node {
     samples_ += rows;
     groups_ += n;
     wire::SignedUpdate su = protocol::sign_update(std::move(u), id_);
-    spdlog::info("node {}: v{} lease {} {} groups {:.0f} tok/s reward {:.2f} ({:.2f} s)",
-                 opt_.name, version_, lease.lease_id(), n, double(generated) / std::max(compute, 1e-9),
-                 rows ? rsum / rows : 0.0, compute);
+    std::string shares;
+    for (const WorkerShare& share : g.shares) {
+      if (!shares.empty()) shares += '|';
+      shares += std::to_string(share.groups.size());
+    }
+    spdlog::info("node {}: v{} lease {} {} groups{} {:.0f} tok/s reward {:.2f} ({:.2f} s)", opt_.name, version_,
+                 lease.lease_id(), n, g.shares.size() > 1 ? " (workers " + shares + ")" : std::string(),
+                 double(generated) / std::max(compute, 1e-9), rows ? rsum / rows : 0.0, compute);
     return su;
   }
 
