@@ -9,7 +9,6 @@
 //     and bus bandwidth of a gradient on every visible GPU.
 // Also built standalone as `devices_bench devices` (node/CMakeLists.txt), without LibTorch.
 #include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -30,11 +29,11 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 struct Options {
-  int size_mb = 256;          // gradient per worker (FP32)
+  int size_mb = 256;  // gradient per worker (FP32)
   std::vector<int> workers = {2, 4};
-  int threads = 0;            // 0: the twin's default (hardware concurrency, at most 8)
+  int threads = 0;  // 0: the twin's default (hardware concurrency, at most 8)
   int trials = 7;
-  int nccl_mb = 1885;         // Qwen2.5-0.5B's FP32 gradient: 494,032,768 parameters x 4 bytes
+  int nccl_mb = 1885;  // Qwen2.5-0.5B's FP32 gradient: 494,032,768 parameters x 4 bytes
 };
 
 double seconds(const std::function<void()>& fn) {
@@ -58,14 +57,17 @@ void parallel_memcpy(float* dst, const float* src, size_t n, int threads) {
 }
 
 int run(const Options& opt) {
-  const int threads = opt.threads > 0 ? opt.threads
-                                      : static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
+  const int threads =
+      opt.threads > 0 ? opt.threads
+                      : static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
   const size_t count = size_t(opt.size_mb) * (1 << 20) / sizeof(float);
   const double bytes = double(count) * sizeof(float);
-  std::printf("cohort bench devices: CPU twin, %d MiB FP32 per worker, %d threads, median of %d alternating trials\n",
-              opt.size_mb, threads, opt.trials);
-  std::printf("  %-8s %12s %12s %14s %14s\n", "workers", "memcpy GB/s", "reduce GB/s", "traffic ratio",
-              "reduce ms");
+  std::printf(
+      "cohort bench devices: CPU twin, %d MiB FP32 per worker, %d threads, median of %d "
+      "alternating trials\n",
+      opt.size_mb, threads, opt.trials);
+  std::printf("  %-8s %12s %12s %14s %14s\n", "workers", "memcpy GB/s", "reduce GB/s",
+              "traffic ratio", "reduce ms");
   for (int w : opt.workers) {
     auto twin = node::make_cpu_collective(w, threads);
     std::vector<std::vector<float>> g(w, std::vector<float>(count));
@@ -85,7 +87,8 @@ int run(const Options& opt) {
     const double memcpy_gbps = bytes / median(t_copy) / 1e9;
     const double reduce_gbps = w * bytes / median(t_reduce) / 1e9;
     const double traffic = ((w + 1) * bytes / median(t_reduce)) / (2 * bytes / median(t_copy));
-    std::printf("  %-8d %12.2f %12.2f %14.2f %14.1f\n", w, memcpy_gbps, reduce_gbps, traffic, median(t_reduce) * 1e3);
+    std::printf("  %-8d %12.2f %12.2f %14.2f %14.1f\n", w, memcpy_gbps, reduce_gbps, traffic,
+                median(t_reduce) * 1e3);
   }
 
   std::string why;
@@ -103,10 +106,12 @@ int run(const Options& opt) {
   const double ring = gpus > 1 ? 2.0 * (gpus - 1) / gpus : 0.0;
   std::printf("\n  NCCL on %d GPU(s), %d MiB FP32 per GPU, buckets of %zu MiB\n", gpus, opt.nccl_mb,
               no.bucket_bytes >> 20);
-  std::printf("  reduce to worker 0   %9.2f ms  bus %7.1f GB/s\n", t.reduce_s * 1e3, nb / t.reduce_s / 1e9);
+  std::printf("  reduce to worker 0   %9.2f ms  bus %7.1f GB/s\n", t.reduce_s * 1e3,
+              nb / t.reduce_s / 1e9);
   std::printf("  all-reduce           %9.2f ms  bus %7.1f GB/s (x %.2f)\n", t.all_reduce_s * 1e3,
               ring * nb / t.all_reduce_s / 1e9, ring);
-  std::printf("  broadcast            %9.2f ms  bus %7.1f GB/s\n", t.broadcast_s * 1e3, nb / t.broadcast_s / 1e9);
+  std::printf("  broadcast            %9.2f ms  bus %7.1f GB/s\n", t.broadcast_s * 1e3,
+              nb / t.broadcast_s / 1e9);
   return 0;
 }
 
@@ -114,15 +119,21 @@ int run(const Options& opt) {
 
 void add_devices_bench(CLI::App& bench) {
   auto opt = std::make_shared<Options>();
-  auto* cmd = bench.add_subcommand("devices", "In-node gradient reduction: CPU twin vs memcpy, NCCL where present");
-  cmd->add_option("--size-mb", opt->size_mb, "FP32 gradient per worker (MiB)")->check(CLI::Range(1, 8192))
+  auto* cmd = bench.add_subcommand(
+      "devices", "In-node gradient reduction: CPU twin vs memcpy, NCCL where present");
+  cmd->add_option("--size-mb", opt->size_mb, "FP32 gradient per worker (MiB)")
+      ->check(CLI::Range(1, 8192))
       ->capture_default_str();
   cmd->add_option("--workers", opt->workers, "worker counts to measure")->capture_default_str();
-  cmd->add_option("--threads", opt->threads, "CPU threads (default: hardware concurrency, at most 8)");
-  cmd->add_option("--trials", opt->trials, "alternating trials (median reported)")->check(CLI::Range(1, 1000))
+  cmd->add_option("--threads", opt->threads,
+                  "CPU threads (default: hardware concurrency, at most 8)");
+  cmd->add_option("--trials", opt->trials, "alternating trials (median reported)")
+      ->check(CLI::Range(1, 1000))
       ->capture_default_str();
-  cmd->add_option("--nccl-mb", opt->nccl_mb, "FP32 gradient per GPU for NCCL (MiB; default Qwen2.5-0.5B)")
-      ->check(CLI::Range(1, 65536))->capture_default_str();
+  cmd->add_option("--nccl-mb", opt->nccl_mb,
+                  "FP32 gradient per GPU for NCCL (MiB; default Qwen2.5-0.5B)")
+      ->check(CLI::Range(1, 65536))
+      ->capture_default_str();
   cmd->callback([opt] {
     for (int w : opt->workers)
       if (w < 2) throw CLI::ValidationError("--workers", "each count must be at least 2");

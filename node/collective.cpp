@@ -10,10 +10,14 @@ namespace cohort::node {
 
 const char* collective_failure_name(CollectiveFailure f) {
   switch (f) {
-    case CollectiveFailure::timeout: return "timeout";
-    case CollectiveFailure::nccl: return "nccl";
-    case CollectiveFailure::cuda: return "cuda";
-    case CollectiveFailure::no_device: return "no device";
+    case CollectiveFailure::timeout:
+      return "timeout";
+    case CollectiveFailure::nccl:
+      return "nccl";
+    case CollectiveFailure::cuda:
+      return "cuda";
+    case CollectiveFailure::no_device:
+      return "no device";
   }
   return "unknown";
 }
@@ -50,7 +54,8 @@ void parallel_ranges(size_t count, int threads, const F& body) {
 void add_into(float* __restrict dst, const float* __restrict a, size_t n) {
   for (size_t i = 0; i < n; ++i) dst[i] += a[i];
 }
-void add_into(float* __restrict dst, const float* __restrict a, const float* __restrict b, size_t n) {
+void add_into(float* __restrict dst, const float* __restrict a, const float* __restrict b,
+              size_t n) {
   for (size_t i = 0; i < n; ++i) dst[i] = (dst[i] + a[i]) + b[i];
 }
 void add_into(float* __restrict dst, const float* __restrict a, const float* __restrict b,
@@ -64,7 +69,8 @@ class CpuCollective final : public Collective {
       : workers_(workers), threads_(threads), chunk_(chunk_floats) {
     COHORT_CHECK(workers >= 1);
     COHORT_CHECK(chunk_floats >= 1);
-    if (threads_ <= 0) threads_ = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
+    if (threads_ <= 0)
+      threads_ = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
   }
 
   int size() const override { return workers_; }
@@ -73,12 +79,15 @@ class CpuCollective final : public Collective {
     COHORT_CHECK(static_cast<int>(shards.size()) == workers_, "one shard per worker");
     for (size_t s = 0; s < shards.size(); ++s) {
       COHORT_CHECK(count == 0 || shards[s].grad != nullptr);
-      COHORT_CHECK(shards[s].counts.size() == shards[0].counts.size(), "every shard has as many counts");
-      for (size_t r = 0; r < s; ++r) COHORT_CHECK(count == 0 || shards[r].grad != shards[s].grad, "shards alias");
+      COHORT_CHECK(shards[s].counts.size() == shards[0].counts.size(),
+                   "every shard has as many counts");
+      for (size_t r = 0; r < s; ++r)
+        COHORT_CHECK(count == 0 || shards[r].grad != shards[s].grad, "shards alias");
     }
     // Counts: tiny, summed in double, worker order.
     for (size_t s = 1; s < shards.size(); ++s)
-      for (size_t k = 0; k < shards[0].counts.size(); ++k) shards[0].counts[k] += shards[s].counts[k];
+      for (size_t k = 0; k < shards[0].counts.size(); ++k)
+        shards[0].counts[k] += shards[s].counts[k];
     if (to == ReduceTo::all)
       for (size_t s = 1; s < shards.size(); ++s)
         std::copy(shards[0].counts.begin(), shards[0].counts.end(), shards[s].counts.begin());
@@ -104,7 +113,8 @@ class CpuCollective final : public Collective {
           }
         }
         if (to == ReduceTo::all)
-          for (size_t s = 1; s < shards.size(); ++s) std::memcpy(shards[s].grad + b, dst, n * sizeof(float));
+          for (size_t s = 1; s < shards.size(); ++s)
+            std::memcpy(shards[s].grad + b, dst, n * sizeof(float));
       }
     });
   }

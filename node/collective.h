@@ -20,9 +20,9 @@ namespace cohort::node {
 
 // Why a collective (or a worker) failed: the node logs it with the lease it gives back.
 enum class CollectiveFailure {
-  timeout,  // did not complete in time: communicators aborted, the node never hangs
-  nccl,     // NCCL reported an error (synchronous or asynchronous)
-  cuda,     // a CUDA runtime call failed
+  timeout,    // did not complete in time: communicators aborted, the node never hangs
+  nccl,       // NCCL reported an error (synchronous or asynchronous)
+  cuda,       // a CUDA runtime call failed
   no_device,  // no usable device, or a build without NCCL
 };
 const char* collective_failure_name(CollectiveFailure f);

@@ -19,8 +19,9 @@ std::vector<GradientShard> shards_of(std::span<const at::Tensor> flat) {
     const std::string who = "worker " + std::to_string(w) + "'s tensor";
     if (!t.defined() || t.scalar_type() != at::kFloat || !t.is_contiguous())
       throw Error(who + " must be a defined, contiguous float32 tensor");
-    if (t.numel() != flat[0].numel()) throw Error(who + " has " + std::to_string(t.numel()) + " values, worker 0's " +
-                                                  std::to_string(flat[0].numel()));
+    if (t.numel() != flat[0].numel())
+      throw Error(who + " has " + std::to_string(t.numel()) + " values, worker 0's " +
+                  std::to_string(flat[0].numel()));
     if (t.is_cuda() != flat[0].is_cuda()) throw Error("the tensors mix CPU and CUDA memory");
     GradientShard s{t.data_ptr<float>(), {}, nullptr};
     if (t.is_cuda()) {
@@ -62,7 +63,8 @@ void broadcast_tensors(Collective& collective, std::span<const at::Tensor> flat)
     streams.push_back(s.stream);
   }
   collective.broadcast(buffers, flat.empty() ? 0 : static_cast<size_t>(flat[0].numel()),
-                       flat.empty() || !flat[0].is_cuda() ? std::span<void* const>{} : std::span<void* const>(streams));
+                       flat.empty() || !flat[0].is_cuda() ? std::span<void* const>{}
+                                                          : std::span<void* const>(streams));
 }
 
 }  // namespace cohort::node

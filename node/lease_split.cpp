@@ -21,7 +21,8 @@ std::vector<GroupRange> split_lease(int groups, std::span<const double> weights)
   std::vector<double> remainder(n, 0);
   long long given = 0;
   for (size_t w = 0; w < n; ++w) {
-    const double quota = total > 0 ? double(groups) * weights[w] / total : double(groups) / double(n);
+    const double quota =
+        total > 0 ? double(groups) * weights[w] / total : double(groups) / double(n);
     share[w] = static_cast<long long>(std::floor(quota));
     remainder[w] = quota - double(share[w]);
     given += share[w];
@@ -37,7 +38,8 @@ std::vector<GroupRange> split_lease(int groups, std::span<const double> weights)
     remainder[pick] += 1;
     --given;
   }
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return remainder[a] > remainder[b]; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return remainder[a] > remainder[b]; });
   for (size_t i = 0; given < groups; ++i) {
     const size_t w = order[i % n];
     if (total > 0 && weights[w] == 0) continue;  // a zero-weight worker gets nothing

@@ -17,14 +17,15 @@ double mono_s() {
 }  // namespace
 
 LeaseGradient compute_lease(DeviceGroup& devices, const LeaseContext& ctx,
-                            std::span<const uint64_t> prompt_indices, std::span<const uint64_t> seeds,
-                            std::span<const GroupRange> split) {
+                            std::span<const uint64_t> prompt_indices,
+                            std::span<const uint64_t> seeds, std::span<const GroupRange> split) {
   const int n = static_cast<int>(prompt_indices.size());
   const int workers = devices.size();
   COHORT_CHECK(seeds.size() == prompt_indices.size());
   COHORT_CHECK(static_cast<int>(split.size()) == workers, "one range per worker");
   for (int w = 0, at = 0; w < workers; ++w) {
-    COHORT_CHECK(split[w].begin == at && split[w].end >= split[w].begin, "ranges must tile the lease in order");
+    COHORT_CHECK(split[w].begin == at && split[w].end >= split[w].begin,
+                 "ranges must tile the lease in order");
     at = split[w].end;
     if (w + 1 == workers) COHORT_CHECK(at == n, "ranges must cover the lease");
   }
@@ -55,7 +56,8 @@ LeaseGradient compute_lease(DeviceGroup& devices, const LeaseContext& ctx,
   // Advantages over the whole lease (identical to per-share ones for `group` scaling).
   std::vector<float> rewards;
   rewards.reserve(static_cast<size_t>(n) * G);
-  for (const auto& s : out.shares) rewards.insert(rewards.end(), s.batch.rewards.begin(), s.batch.rewards.end());
+  for (const auto& s : out.shares)
+    rewards.insert(rewards.end(), s.batch.rewards.begin(), s.batch.rewards.end());
   const std::vector<float> advantages = grpo::group_advantages(rewards, G, ctx.cfg.scale);
 
   // Phase 2: each worker's gradient sum, flattened; counts beside it.
@@ -74,8 +76,8 @@ LeaseGradient compute_lease(DeviceGroup& devices, const LeaseContext& ctx,
       for (auto& p : model.parameters())
         if (p.grad().defined()) p.grad().zero_();
     }
-    const grpo::LossSums sums =
-        grpo::accumulate_gradient(model, nullptr, share.batch.rollout, share.batch.advantages, ctx.cfg);
+    const grpo::LossSums sums = grpo::accumulate_gradient(model, nullptr, share.batch.rollout,
+                                                          share.batch.advantages, ctx.cfg);
     coordinator::flatten_grads(model, ctx.layout, grads[w]);
     counts[w] = {sums.units, sums.tokens, sums.loss_sum.item<double>()};
     share.seconds += mono_s() - t0;

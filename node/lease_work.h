@@ -35,8 +35,8 @@ struct WorkerShare {
 };
 
 struct LeaseGradient {
-  std::vector<WorkerShare> shares;   // one per worker, in worker (= lease) order
-  std::vector<float> grad;           // Σ of the workers' gradient sums, ParamLayout order
+  std::vector<WorkerShare> shares;         // one per worker, in worker (= lease) order
+  std::vector<float> grad;                 // Σ of the workers' gradient sums, ParamLayout order
   double units = 0, tokens = 0, loss = 0;  // Σ over workers (grpo::LossSums)
 };
 
@@ -44,7 +44,7 @@ struct LeaseGradient {
 // Throws WorkerError (device_group.h) when a worker fails, CollectiveError when the reduction
 // does; the device group stays usable for the next lease either way.
 LeaseGradient compute_lease(DeviceGroup& devices, const LeaseContext& ctx,
-                            std::span<const uint64_t> prompt_indices, std::span<const uint64_t> seeds,
-                            std::span<const GroupRange> split);
+                            std::span<const uint64_t> prompt_indices,
+                            std::span<const uint64_t> seeds, std::span<const GroupRange> split);
 
 }  // namespace cohort::node

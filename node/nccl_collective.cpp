@@ -8,9 +8,9 @@
 
 #include <algorithm>
 #include <array>
-#include <functional>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <set>
 #include <thread>
 
@@ -24,7 +24,8 @@ std::string cuda_message(cudaError_t status) {
 }
 
 void check_cuda(cudaError_t status, const std::string& what) {
-  if (status != cudaSuccess) throw CollectiveError(CollectiveFailure::cuda, what + " failed: " + cuda_message(status));
+  if (status != cudaSuccess)
+    throw CollectiveError(CollectiveFailure::cuda, what + " failed: " + cuda_message(status));
 }
 
 std::string nccl_message(ncclResult_t status, ncclComm_t comm) {
@@ -60,23 +61,28 @@ class NcclCollective final : public Collective {
   explicit NcclCollective(NcclOptions o) : opt_(std::move(o)) {
     std::string why;
     const int visible = cuda_device_count(&why);
-    if (opt_.devices.empty()) throw CollectiveError(CollectiveFailure::no_device, "NCCL collective: no devices given");
-    if (visible == 0) throw CollectiveError(CollectiveFailure::no_device, "NCCL collective: " + why);
+    if (opt_.devices.empty())
+      throw CollectiveError(CollectiveFailure::no_device, "NCCL collective: no devices given");
+    if (visible == 0)
+      throw CollectiveError(CollectiveFailure::no_device, "NCCL collective: " + why);
     std::set<int> seen;
     for (int d : opt_.devices) {
       if (d < 0 || d >= visible)
-        throw CollectiveError(CollectiveFailure::no_device, "CUDA device " + std::to_string(d) + " requested, " +
-                                                                std::to_string(visible) + " visible");
+        throw CollectiveError(CollectiveFailure::no_device,
+                              "CUDA device " + std::to_string(d) + " requested, " +
+                                  std::to_string(visible) + " visible");
       if (!seen.insert(d).second)
-        throw CollectiveError(CollectiveFailure::no_device, "CUDA device " + std::to_string(d) + " listed twice");
+        throw CollectiveError(CollectiveFailure::no_device,
+                              "CUDA device " + std::to_string(d) + " listed twice");
     }
     if (opt_.bucket_bytes < sizeof(float)) opt_.bucket_bytes = sizeof(float);
     staging_.resize(opt_.devices.size());
     init_comms();
     int version = 0;
     ncclGetVersion(&version);
-    spdlog::info("nccl: {} communicators (NCCL {}), buckets of {} MiB, timeout {:.0f} s", opt_.devices.size(),
-                 version, double(opt_.bucket_bytes) / (1 << 20), opt_.timeout_s);
+    spdlog::info("nccl: {} communicators (NCCL {}), buckets of {} MiB, timeout {:.0f} s",
+                 opt_.devices.size(), version, double(opt_.bucket_bytes) / (1 << 20),
+                 opt_.timeout_s);
   }
 
   ~NcclCollective() override {
@@ -100,13 +106,15 @@ class NcclCollective final : public Collective {
     CurrentDeviceGuard guard;
     init_comms();
     std::vector<cudaStream_t> streams(shards.size());
-    for (size_t r = 0; r < shards.size(); ++r) streams[r] = static_cast<cudaStream_t>(shards[r].stream);
+    for (size_t r = 0; r < shards.size(); ++r)
+      streams[r] = static_cast<cudaStream_t>(shards[r].stream);
 
     // Counts: host → pinned → device, on each worker's stream, before the reduction.
     for (size_t r = 0; r < shards.size() && n_counts; ++r) {
       ensure_staging(static_cast<int>(r), n_counts);
       std::memcpy(staging_[r].host, shards[r].counts.data(), n_counts * sizeof(double));
-      check_cuda(cudaSetDevice(opt_.devices[r]), "cudaSetDevice(" + std::to_string(opt_.devices[r]) + ")");
+      check_cuda(cudaSetDevice(opt_.devices[r]),
+                 "cudaSetDevice(" + std::to_string(opt_.devices[r]) + ")");
       check_cuda(cudaMemcpyAsync(staging_[r].device, staging_[r].host, n_counts * sizeof(double),
                                  cudaMemcpyHostToDevice, streams[r]),
                  "cudaMemcpyAsync (counts to device " + std::to_string(opt_.devices[r]) + ")");
@@ -116,20 +124,26 @@ class NcclCollective final : public Collective {
     for (size_t b = 0; b < buckets; ++b) {
       const size_t off = b * bucket, n = std::min(bucket, count - std::min(count, off));
       const bool last = b + 1 == buckets;
-      const std::string where = "bucket " + std::to_string(b + 1) + " of " + std::to_string(buckets);
-      group([&] {
-        std::string failure;
-        for (size_t r = 0; r < shards.size() && failure.empty(); ++r) {
-          if (n) failure = enqueue(to, shards[r].grad + off, n, ncclFloat, r, streams[r], where);
-          if (failure.empty() && last && n_counts)
-            failure = enqueue(to, staging_[r].device, n_counts, ncclDouble, r, streams[r], where + " (counts)");
-        }
-        return failure;
-      }, where);
+      const std::string where =
+          "bucket " + std::to_string(b + 1) + " of " + std::to_string(buckets);
+      group(
+          [&] {
+            std::string failure;
+            for (size_t r = 0; r < shards.size() && failure.empty(); ++r) {
+              if (n)
+                failure = enqueue(to, shards[r].grad + off, n, ncclFloat, r, streams[r], where);
+              if (failure.empty() && last && n_counts)
+                failure = enqueue(to, staging_[r].device, n_counts, ncclDouble, r, streams[r],
+                                  where + " (counts)");
+            }
+            return failure;
+          },
+          where);
     }
     for (size_t r = 0; r < shards.size() && n_counts; ++r) {
       if (to == ReduceTo::worker0 && r != 0) continue;
-      check_cuda(cudaSetDevice(opt_.devices[r]), "cudaSetDevice(" + std::to_string(opt_.devices[r]) + ")");
+      check_cuda(cudaSetDevice(opt_.devices[r]),
+                 "cudaSetDevice(" + std::to_string(opt_.devices[r]) + ")");
       check_cuda(cudaMemcpyAsync(staging_[r].host, staging_[r].device, n_counts * sizeof(double),
                                  cudaMemcpyDeviceToHost, streams[r]),
                  "cudaMemcpyAsync (counts from device " + std::to_string(opt_.devices[r]) + ")");
@@ -141,28 +155,35 @@ class NcclCollective final : public Collective {
     }
   }
 
-  void broadcast(std::span<float* const> buffers, size_t count, std::span<void* const> stream_list) override {
+  void broadcast(std::span<float* const> buffers, size_t count,
+                 std::span<void* const> stream_list) override {
     COHORT_CHECK(static_cast<int>(buffers.size()) == size(), "one buffer per worker");
-    COHORT_CHECK(stream_list.empty() || stream_list.size() == buffers.size(), "one stream per worker or none");
+    COHORT_CHECK(stream_list.empty() || stream_list.size() == buffers.size(),
+                 "one stream per worker or none");
     if (count == 0) return;
-    for (size_t r = 0; r < buffers.size(); ++r) check_device_pointer(buffers[r], static_cast<int>(r));
+    for (size_t r = 0; r < buffers.size(); ++r)
+      check_device_pointer(buffers[r], static_cast<int>(r));
     CurrentDeviceGuard guard;
     init_comms();
     std::vector<cudaStream_t> streams(buffers.size(), nullptr);
-    for (size_t r = 0; r < stream_list.size(); ++r) streams[r] = static_cast<cudaStream_t>(stream_list[r]);
+    for (size_t r = 0; r < stream_list.size(); ++r)
+      streams[r] = static_cast<cudaStream_t>(stream_list[r]);
     const size_t bucket = std::max<size_t>(1, opt_.bucket_bytes / sizeof(float));
     for (size_t off = 0; off < count; off += bucket) {
       const size_t n = std::min(bucket, count - off);
       const std::string where = "broadcast bucket at " + std::to_string(off);
-      group([&] {
-        for (size_t r = 0; r < buffers.size(); ++r) {
-          const ncclResult_t st = ncclBroadcast(buffers[r] + off, buffers[r] + off, n, ncclFloat, 0, comms_[r], streams[r]);
-          if (st != ncclSuccess && st != ncclInProgress)
-            return "ncclBroadcast (" + where + ", device " + std::to_string(opt_.devices[r]) + ") failed: " +
-                   nccl_message(st, comms_[r]);
-        }
-        return std::string();
-      }, where);
+      group(
+          [&] {
+            for (size_t r = 0; r < buffers.size(); ++r) {
+              const ncclResult_t st = ncclBroadcast(buffers[r] + off, buffers[r] + off, n,
+                                                    ncclFloat, 0, comms_[r], streams[r]);
+              if (st != ncclSuccess && st != ncclInProgress)
+                return "ncclBroadcast (" + where + ", device " + std::to_string(opt_.devices[r]) +
+                       ") failed: " + nccl_message(st, comms_[r]);
+            }
+            return std::string();
+          },
+          where);
     }
     wait(streams, "broadcast of " + std::to_string(count * sizeof(float)) + " bytes");
   }
@@ -174,8 +195,9 @@ class NcclCollective final : public Collective {
     const ncclResult_t st = ncclCommInitAll(comms_.data(), size(), opt_.devices.data());
     if (st != ncclSuccess) {
       comms_.clear();
-      throw CollectiveError(CollectiveFailure::nccl, "ncclCommInitAll over " + std::to_string(size()) +
-                                                         " devices failed: " + nccl_message(st, nullptr));
+      throw CollectiveError(CollectiveFailure::nccl,
+                            "ncclCommInitAll over " + std::to_string(size()) +
+                                " devices failed: " + nccl_message(st, nullptr));
     }
   }
 
@@ -185,17 +207,20 @@ class NcclCollective final : public Collective {
     for (ncclComm_t c : comms_) ncclCommAbort(c);
     comms_.clear();
     spdlog::error("nccl: {}; communicators aborted", message);
-    throw CollectiveError(f, message + " (NCCL communicators aborted; they are recreated on the next call)");
+    throw CollectiveError(
+        f, message + " (NCCL communicators aborted; they are recreated on the next call)");
   }
 
   // "" when enqueued, else what failed.
   std::string enqueue(ReduceTo to, void* p, size_t n, ncclDataType_t type, size_t r, cudaStream_t s,
                       const std::string& where) {
-    const ncclResult_t st = to == ReduceTo::all ? ncclAllReduce(p, p, n, type, ncclSum, comms_[r], s)
-                                                : ncclReduce(p, p, n, type, ncclSum, 0, comms_[r], s);
+    const ncclResult_t st = to == ReduceTo::all
+                                ? ncclAllReduce(p, p, n, type, ncclSum, comms_[r], s)
+                                : ncclReduce(p, p, n, type, ncclSum, 0, comms_[r], s);
     if (st == ncclSuccess || st == ncclInProgress) return {};
-    return std::string(to == ReduceTo::all ? "ncclAllReduce" : "ncclReduce") + " (" + where + ", device " +
-           std::to_string(opt_.devices[r]) + ") failed: " + nccl_message(st, comms_[r]);
+    return std::string(to == ReduceTo::all ? "ncclAllReduce" : "ncclReduce") + " (" + where +
+           ", device " + std::to_string(opt_.devices[r]) +
+           ") failed: " + nccl_message(st, comms_[r]);
   }
 
   // body() enqueues every rank's operation and returns the first failure ("" when none); the
@@ -203,12 +228,15 @@ class NcclCollective final : public Collective {
   template <class F>
   void group(const F& body, const std::string& where) {
     const ncclResult_t start = ncclGroupStart();
-    if (start != ncclSuccess) abort_and_throw(CollectiveFailure::nccl, "ncclGroupStart (" + where + ") failed: " + nccl_message(start, nullptr));
+    if (start != ncclSuccess)
+      abort_and_throw(CollectiveFailure::nccl,
+                      "ncclGroupStart (" + where + ") failed: " + nccl_message(start, nullptr));
     const std::string failure = body();
     const ncclResult_t end = ncclGroupEnd();
     if (!failure.empty()) abort_and_throw(CollectiveFailure::nccl, failure);
     if (end != ncclSuccess && end != ncclInProgress)
-      abort_and_throw(CollectiveFailure::nccl, "ncclGroupEnd (" + where + ") failed: " + nccl_message(end, nullptr));
+      abort_and_throw(CollectiveFailure::nccl,
+                      "ncclGroupEnd (" + where + ") failed: " + nccl_message(end, nullptr));
   }
 
   // Polls until every stream is done; an asynchronous NCCL error, a CUDA error or the timeout
@@ -222,10 +250,14 @@ class NcclCollective final : public Collective {
         const std::string dev = "device " + std::to_string(opt_.devices[r]);
         ncclResult_t async = ncclSuccess;
         const ncclResult_t st = ncclCommGetAsyncError(comms_[r], &async);
-        if (st != ncclSuccess) abort_and_throw(CollectiveFailure::nccl, "ncclCommGetAsyncError on " + dev + ": " + nccl_message(st, comms_[r]));
+        if (st != ncclSuccess)
+          abort_and_throw(CollectiveFailure::nccl,
+                          "ncclCommGetAsyncError on " + dev + ": " + nccl_message(st, comms_[r]));
         if (async != ncclSuccess && async != ncclInProgress)
-          abort_and_throw(CollectiveFailure::nccl, what + " on " + dev + ": " + nccl_message(async, comms_[r]));
-        if (cudaSetDevice(opt_.devices[r]) != cudaSuccess) abort_and_throw(CollectiveFailure::cuda, "cudaSetDevice(" + dev + ")");
+          abort_and_throw(CollectiveFailure::nccl,
+                          what + " on " + dev + ": " + nccl_message(async, comms_[r]));
+        if (cudaSetDevice(opt_.devices[r]) != cudaSuccess)
+          abort_and_throw(CollectiveFailure::cuda, "cudaSetDevice(" + dev + ")");
         const cudaError_t q = cudaStreamQuery(streams[r]);  // nullptr: this device's default stream
         if (q == cudaErrorNotReady) {
           done = false;
@@ -246,10 +278,13 @@ class NcclCollective final : public Collective {
 
   void check_device_pointer(const void* p, int r) {
     cudaPointerAttributes a{};
-    check_cuda(cudaPointerGetAttributes(&a, p), "cudaPointerGetAttributes (worker " + std::to_string(r) + ")");
-    if ((a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged) || a.device != opt_.devices[r])
-      throw CollectiveError(CollectiveFailure::cuda, "worker " + std::to_string(r) + "'s buffer is not in CUDA device " +
-                                                         std::to_string(opt_.devices[r]) + "'s memory");
+    check_cuda(cudaPointerGetAttributes(&a, p),
+               "cudaPointerGetAttributes (worker " + std::to_string(r) + ")");
+    if ((a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged) ||
+        a.device != opt_.devices[r])
+      throw CollectiveError(CollectiveFailure::cuda,
+                            "worker " + std::to_string(r) + "'s buffer is not in CUDA device " +
+                                std::to_string(opt_.devices[r]) + "'s memory");
   }
 
   void ensure_staging(int r, size_t n) {
@@ -259,8 +294,10 @@ class NcclCollective final : public Collective {
     if (s.device) cudaFree(s.device);
     if (s.host) cudaFreeHost(s.host);
     s = {};
-    check_cuda(cudaMalloc(reinterpret_cast<void**>(&s.device), n * sizeof(double)), "cudaMalloc (counts)");
-    check_cuda(cudaMallocHost(reinterpret_cast<void**>(&s.host), n * sizeof(double)), "cudaMallocHost (counts)");
+    check_cuda(cudaMalloc(reinterpret_cast<void**>(&s.device), n * sizeof(double)),
+               "cudaMalloc (counts)");
+    check_cuda(cudaMallocHost(reinterpret_cast<void**>(&s.host), n * sizeof(double)),
+               "cudaMallocHost (counts)");
     s.capacity = n;
   }
 
@@ -306,7 +343,9 @@ NcclTiming time_nccl_collective(const NcclOptions& options, size_t count, int re
   } free_all{bufs, options.devices};
   for (size_t r = 0; r < n; ++r) {
     check_cuda(cudaSetDevice(options.devices[r]), "cudaSetDevice");
-    check_cuda(cudaMalloc(reinterpret_cast<void**>(&bufs[r]), std::max<size_t>(1, count) * sizeof(float)), "cudaMalloc");
+    check_cuda(
+        cudaMalloc(reinterpret_cast<void**>(&bufs[r]), std::max<size_t>(1, count) * sizeof(float)),
+        "cudaMalloc");
     check_cuda(cudaMemset(bufs[r], 0, count * sizeof(float)), "cudaMemset");
   }
   std::vector<std::array<double, 1>> counts(n, {1.0});

@@ -25,9 +25,9 @@
 namespace cohort::node {
 
 struct NcclOptions {
-  std::vector<int> devices;                   // CUDA ordinals, one worker each, distinct
-  size_t bucket_bytes = size_t{64} << 20;     // gradient bytes per NCCL group
-  double timeout_s = 300;                     // longest wait for one reduce or broadcast
+  std::vector<int> devices;                // CUDA ordinals, one worker each, distinct
+  size_t bucket_bytes = size_t{64} << 20;  // gradient bytes per NCCL group
+  double timeout_s = 300;                  // longest wait for one reduce or broadcast
 };
 
 // True when this build has the NCCL collective (CUDA toolkit and NCCL found at build time).

@@ -1,13 +1,13 @@
 // The CPU twin of the in-node collective: its sums equal an independent left-to-right fold bit
 // for bit, whatever the threads and chunking, and a double-precision sum to float tolerance.
+#include "node/collective.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
-
-#include "node/collective.h"
 
 namespace cohort::node {
 namespace {
@@ -17,7 +17,8 @@ std::vector<std::vector<float>> random_shards(int workers, size_t count, uint32_
   std::normal_distribution<float> d(0.0f, 1.0f);
   std::vector<std::vector<float>> g(workers, std::vector<float>(count));
   for (auto& v : g)
-    for (auto& x : v) x = d(rng) * (rng() % 8 == 0 ? 1e4f : 1.0f);  // mixed magnitudes: order matters
+    for (auto& x : v)
+      x = d(rng) * (rng() % 8 == 0 ? 1e4f : 1.0f);  // mixed magnitudes: order matters
   return g;
 }
 
@@ -29,7 +30,8 @@ std::vector<float> fold(const std::vector<std::vector<float>>& g) {
   return out;
 }
 
-std::vector<GradientShard> shards_of(std::vector<std::vector<float>>& g, std::vector<std::vector<double>>& c) {
+std::vector<GradientShard> shards_of(std::vector<std::vector<float>>& g,
+                                     std::vector<std::vector<double>>& c) {
   std::vector<GradientShard> s(g.size());
   for (size_t w = 0; w < g.size(); ++w) s[w] = {g[w].data(), c[w]};
   return s;
@@ -71,7 +73,8 @@ TEST(CpuCollective, SumMatchesDoublePrecisionReference) {
   auto shards = shards_of(g, c);
   make_cpu_collective(4)->reduce_sum(shards, count);
   // Three float additions: each rounds by at most half an ulp of a partial sum.
-  for (size_t i = 0; i < count; ++i) ASSERT_NEAR(g[0][i], ref[i], 4 * 6e-8 * magnitude[i] + 1e-30) << i;
+  for (size_t i = 0; i < count; ++i)
+    ASSERT_NEAR(g[0][i], ref[i], 4 * 6e-8 * magnitude[i] + 1e-30) << i;
 }
 
 TEST(CpuCollective, OrderIsShardOrder) {

@@ -1,12 +1,12 @@
 // Splitting a lease among local workers: whole groups, every group once, contiguous, in
 // proportion to throughput with largest-remainder rounding; the throughput tracker's rules.
+#include "node/lease_split.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <numeric>
 #include <random>
-
-#include "node/lease_split.h"
 
 namespace cohort::node {
 namespace {
@@ -29,9 +29,12 @@ void expect_tiles(const std::vector<GroupRange>& r, int groups) {
 
 TEST(SplitLease, LargestRemainderRounding) {
   EXPECT_EQ(sizes(split_lease(10, std::vector<double>{1, 1, 1})), (std::vector<int>{4, 3, 3}));
-  EXPECT_EQ(sizes(split_lease(5, std::vector<double>{3, 1})), (std::vector<int>{4, 1}));       // 3.75 | 1.25
-  EXPECT_EQ(sizes(split_lease(7, std::vector<double>{1, 2, 4})), (std::vector<int>{1, 2, 4}));  // exact
-  EXPECT_EQ(sizes(split_lease(6, std::vector<double>{1, 1.5, 2.5})), (std::vector<int>{1, 2, 3}));  // 1.2 | 1.8 | 3
+  EXPECT_EQ(sizes(split_lease(5, std::vector<double>{3, 1})),
+            (std::vector<int>{4, 1}));  // 3.75 | 1.25
+  EXPECT_EQ(sizes(split_lease(7, std::vector<double>{1, 2, 4})),
+            (std::vector<int>{1, 2, 4}));  // exact
+  EXPECT_EQ(sizes(split_lease(6, std::vector<double>{1, 1.5, 2.5})),
+            (std::vector<int>{1, 2, 3}));  // 1.2 | 1.8 | 3
   // 2.6 | 2.6 | 2.8: floors 2+2+2; the two left over go to the largest remainders, the tie to
   // the lower worker.
   EXPECT_EQ(sizes(split_lease(8, std::vector<double>{2.6, 2.6, 2.8})), (std::vector<int>{3, 2, 3}));
@@ -42,7 +45,8 @@ TEST(SplitLease, WholeGroupsEveryGroupOnceProportional) {
   for (int trial = 0; trial < 2000; ++trial) {
     const int workers = 1 + int(rng() % 8), groups = int(rng() % 200);
     std::vector<double> w(workers);
-    for (auto& x : w) x = (rng() % 5 == 0) ? 0.0 : std::exp(std::uniform_real_distribution<double>(-3, 3)(rng));
+    for (auto& x : w)
+      x = (rng() % 5 == 0) ? 0.0 : std::exp(std::uniform_real_distribution<double>(-3, 3)(rng));
     const auto r = split_lease(groups, w);
     ASSERT_EQ(r.size(), size_t(workers));
     expect_tiles(r, groups);

@@ -2,13 +2,14 @@
 // gradient and unit counts as one worker on the whole lease (the real rollout, rewards and GRPO
 // gradient of a small model); a failing worker surfaces with its reason and the next lease on
 // the same device group is right again. The tensor adapter feeds CPU tensors to the twin.
+#include "node/lease_work.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <cmath>
 
 #include "node/collective_torch.h"
-#include "node/lease_work.h"
 
 namespace cohort::node {
 namespace {
@@ -57,7 +58,8 @@ const std::vector<std::pair<std::string, std::vector<float>>>& base_weights() {
     std::vector<std::pair<std::string, std::vector<float>>> out;
     for (const auto& p : m.named_parameters()) {
       const at::Tensor t = p.tensor.detach().contiguous();
-      out.emplace_back(p.name, std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + t.numel()));
+      out.emplace_back(p.name,
+                       std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + t.numel()));
     }
     return out;
   }();
@@ -106,14 +108,16 @@ class LeaseWork : public ::testing::Test {
     return c;
   }();
 
-  LeaseGradient work(int workers, const std::vector<int>& sizes, const Lease& lease, int fail = -1) {
+  LeaseGradient work(int workers, const std::vector<int>& sizes, const Lease& lease,
+                     int fail = -1) {
     auto devices = base_group(workers);
     coordinator::ParamLayout layout(devices->replica(0));
     LeaseContext ctx{*task, tok, cfg, layout, fail};
     return compute_lease(*devices, ctx, lease.indices, lease.seeds, ranges(sizes));
   }
 
-  static void expect_same(const LeaseGradient& got, const LeaseGradient& ref, const std::string& what) {
+  static void expect_same(const LeaseGradient& got, const LeaseGradient& ref,
+                          const std::string& what) {
     // The same completions: groups are sampled with their own seeds wherever they run.
     std::vector<std::vector<int64_t>> a, b;
     std::vector<float> ra, rb;
@@ -149,7 +153,8 @@ TEST_F(LeaseWork, WorkersOnUnevenSplitsEqualOneWorkerOnTheWholeLease) {
       cfg.loss.loss = loss;
       const LeaseGradient ref = work(1, {7}, lease);
       ASSERT_GT(ref.units, 0);
-      const std::string tag = "scale " + std::to_string(int(scale)) + " loss " + std::to_string(int(loss));
+      const std::string tag =
+          "scale " + std::to_string(int(scale)) + " loss " + std::to_string(int(loss));
       expect_same(work(2, {2, 5}, lease), ref, tag + " split 2|5");
       expect_same(work(2, {6, 1}, lease), ref, tag + " split 6|1");
       expect_same(work(3, {1, 4, 2}, lease), ref, tag + " split 1|4|2");
@@ -173,7 +178,8 @@ TEST_F(LeaseWork, FailingWorkerReportsItsReasonAndTheNextLeaseWorks) {
     EXPECT_NE(std::string(e.what()).find("worker 1 failed"), std::string::npos) << e.what();
   }
   LeaseContext ok{*task, tok, cfg, layout};
-  expect_same(compute_lease(*devices, ok, lease.indices, lease.seeds, ranges({2, 2, 1})), ref, "after the failure");
+  expect_same(compute_lease(*devices, ok, lease.indices, lease.seeds, ranges({2, 2, 1})), ref,
+              "after the failure");
 }
 
 TEST_F(LeaseWork, RunReportsTheLowestFailingWorkerAfterAllFinished) {
@@ -202,7 +208,8 @@ TEST(CollectiveTorch, CpuTensorsReduceThroughTheTwin) {
   reduce_tensors(*twin, flat, counts);
   EXPECT_TRUE(torch::equal(flat[0], expected));
   EXPECT_EQ(c[0][0], 7);
-  std::vector<at::Tensor> bad = {torch::zeros({10}), torch::zeros({10}, torch::kDouble), torch::zeros({10})};
+  std::vector<at::Tensor> bad = {torch::zeros({10}), torch::zeros({10}, torch::kDouble),
+                                 torch::zeros({10})};
   EXPECT_THROW(reduce_tensors(*twin, bad, counts), Error);
   broadcast_tensors(*twin, flat);
   EXPECT_TRUE(torch::equal(flat[2], expected));

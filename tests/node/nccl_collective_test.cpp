@@ -1,6 +1,8 @@
 // The NCCL collective on every visible GPU against the CPU twin's sum (NCCL's order differs, so
 // to float tolerance), counts and broadcast exactly; skipped with the reason where no GPU is
 // visible. Its refusal to start without devices runs everywhere.
+#include "node/nccl_collective.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,7 +11,6 @@
 #include <vector>
 
 #include "node/collective.h"
-#include "node/nccl_collective.h"
 
 #if COHORT_NODE_HAVE_NCCL
 #include <cuda_runtime.h>
@@ -20,7 +21,8 @@ namespace {
 
 TEST(NcclCollective, RefusesToStartWithoutDevicesWithAReason) {
   std::string why;
-  if (cuda_device_count(&why) > 0) GTEST_SKIP() << "GPUs are visible; this checks the no-device path";
+  if (cuda_device_count(&why) > 0)
+    GTEST_SKIP() << "GPUs are visible; this checks the no-device path";
   EXPECT_FALSE(why.empty());
   try {
     make_nccl_collective({.devices = {0}});
@@ -40,7 +42,8 @@ class NcclOnGpus : public ::testing::Test {
   void SetUp() override {
     std::string why;
     gpus_ = cuda_device_count(&why);
-    if (gpus_ == 0) GTEST_SKIP() << "no CUDA device (" << why << "); the NCCL collective is not exercised";
+    if (gpus_ == 0)
+      GTEST_SKIP() << "no CUDA device (" << why << "); the NCCL collective is not exercised";
     devices_.resize(gpus_);
     std::iota(devices_.begin(), devices_.end(), 0);
   }
@@ -68,7 +71,8 @@ class NcclOnGpus : public ::testing::Test {
   std::vector<float> download(int r, size_t count) {
     std::vector<float> out(count);
     cudaSetDevice(devices_[r]);
-    EXPECT_EQ(cudaMemcpy(out.data(), dev_[r], count * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(out.data(), dev_[r], count * sizeof(float), cudaMemcpyDeviceToHost),
+              cudaSuccess);
     return out;
   }
 
@@ -91,11 +95,13 @@ TEST_F(NcclOnGpus, ReduceMatchesCpuTwinSum) {
       cpu[r] = {host[r].data(), hc[r]};
     }
     make_cpu_collective(gpus_)->reduce_sum(cpu, count);
-    make_nccl_collective({.devices = devices_, .bucket_bytes = size_t{4} << 20})->reduce_sum(shards, count, to);
+    make_nccl_collective({.devices = devices_, .bucket_bytes = size_t{4} << 20})
+        ->reduce_sum(shards, count, to);
     for (int r = 0; r < (to == ReduceTo::all ? gpus_ : 1); ++r) {
       const auto got = download(r, count);
       for (size_t i = 0; i < count; ++i)
-        ASSERT_NEAR(got[i], host[0][i], 1e-5 * gpus_ * (1 + std::abs(host[0][i]))) << "rank " << r << " at " << i;
+        ASSERT_NEAR(got[i], host[0][i], 1e-5 * gpus_ * (1 + std::abs(host[0][i])))
+            << "rank " << r << " at " << i;
       EXPECT_EQ(c[r], hc[0]) << "counts on rank " << r;
     }
     release();
@@ -105,7 +111,8 @@ TEST_F(NcclOnGpus, ReduceMatchesCpuTwinSum) {
 TEST_F(NcclOnGpus, BroadcastCopiesDeviceZero) {
   const size_t count = (size_t{1} << 20) + 1;
   upload(count, 3);
-  make_nccl_collective({.devices = devices_, .bucket_bytes = size_t{1} << 20})->broadcast(dev_, count);
+  make_nccl_collective({.devices = devices_, .bucket_bytes = size_t{1} << 20})
+      ->broadcast(dev_, count);
   for (int r = 0; r < gpus_; ++r) EXPECT_EQ(download(r, count), host_[0]) << "rank " << r;
 }
 
