@@ -9,6 +9,7 @@ void add_commands(CLI::App& app) {
   add_grpo_bench(*bench);
   add_kernels_bench(*bench);
   add_protocol_bench(*bench);
+  add_devices_bench(*bench);
   add_e2e_bench(*bench);
 }
 

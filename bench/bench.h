@@ -1,4 +1,4 @@
-// `cohort bench [grpo|kernels|protocol|e2e]`: benchmarks that print ratios against a baseline
+// `cohort bench [grpo|kernels|protocol|devices|e2e]`: benchmarks that print ratios against a baseline
 // measured in the same run (these machines are shared and noisy; absolute timings mislead).
 #pragma once
 
@@ -13,6 +13,7 @@ void add_commands(CLI::App& app);
 void add_kernels_bench(CLI::App& bench);
 void add_protocol_bench(CLI::App& bench);
 void add_grpo_bench(CLI::App& bench);
+void add_devices_bench(CLI::App& bench);
 void add_e2e_bench(CLI::App& bench);
 
 }  // namespace cohort::bench

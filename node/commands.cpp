@@ -25,7 +25,12 @@ void add_commands(CLI::App& app) {
   run->add_option("--max-batch", o->max_batch, "Most prompts (groups) per lease (0: coordinator decides)")
       ->capture_default_str();
   run->add_option("--threads", o->threads, "CPU threads (default: all cores)");
-  run->add_option("--devices", o->devices, "Local workers (CPU threads now; GPUs later)")->capture_default_str();
+  run->add_option("--devices", o->devices,
+                  "Local workers, one model replica each; the lease is split among them by measured "
+                  "throughput and their gradients are reduced before one signed update leaves. With a CPU "
+                  "LibTorch: the number of CPU workers. Planned for a CUDA build of LibTorch: --devices "
+                  "0,1 picks GPUs 0 and 1 (one worker each, reduced with NCCL; node/nccl_collective.h)")
+      ->capture_default_str();
   run->add_option("--precision", o->precision,
                   "Linear layers: fp32 | bf16 | fp8 (FP8 GEMM operands, FP32 accumulation)")
       ->capture_default_str()
@@ -38,7 +43,7 @@ void add_commands(CLI::App& app) {
   run->add_option("--give-up-after", o->give_up_s, "Stop after this long without a coordinator (s, 0: never)")
       ->capture_default_str();
   // Fault injection for the fault tests; hidden from --help (group "").
-  run->add_option("--fault", o->fault, "Test only: false-reward | replay | poison")->group("");
+  run->add_option("--fault", o->fault, "Test only: false-reward | replay | poison | worker-throw")->group("");
   run->add_option("--delay-ms", o->delay_ms, "Test only: sleep before sending each update")->group("");
   run->callback([o, addr] {
     auto colon = addr->rfind(':');

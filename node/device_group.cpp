@@ -3,7 +3,6 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
-#include <exception>
 #include <thread>
 
 #include "common/check.h"
@@ -19,6 +18,7 @@ class CpuDeviceGroup final : public DeviceGroup {
       replicas_.push_back(std::make_unique<grpo::Model>(config, 0));
       replicas_.back()->set_precision(precision);
     }
+    collective_ = make_cpu_collective(workers);
   }
   int size() const override { return static_cast<int>(replicas_.size()); }
 
@@ -37,36 +37,35 @@ class CpuDeviceGroup final : public DeviceGroup {
   }
 
   void run(const std::function<void(int, grpo::Model&)>& fn) override {
+    std::vector<std::string> errors(size());
+    auto one = [&](int w) {
+      try {
+        fn(w, *replicas_[w]);
+      } catch (const std::exception& e) {
+        errors[w] = e.what();
+        if (errors[w].empty()) errors[w] = "unknown error";
+      } catch (...) {
+        errors[w] = "unknown exception";
+      }
+    };
     if (size() == 1) {
-      fn(0, *replicas_[0]);
-      return;
+      one(0);
+    } else {
+      std::vector<std::thread> threads;
+      for (int w = 0; w < size(); ++w) threads.emplace_back(one, w);
+      for (auto& t : threads) t.join();
     }
-    std::vector<std::exception_ptr> errors(size());
-    std::vector<std::thread> threads;
     for (int w = 0; w < size(); ++w)
-      threads.emplace_back([&, w] {
-        try {
-          fn(w, *replicas_[w]);
-        } catch (...) {
-          errors[w] = std::current_exception();
-        }
-      });
-    for (auto& t : threads) t.join();
-    for (auto& e : errors)
-      if (e) std::rethrow_exception(e);
+      if (!errors[w].empty()) throw WorkerError(w, errors[w]);
   }
 
-  void reduce_sum(std::span<float* const> buffers, size_t count) override {
-    COHORT_CHECK(static_cast<int>(buffers.size()) == size());
-    float* dst = buffers[0];
-    for (size_t b = 1; b < buffers.size(); ++b)
-      for (size_t i = 0; i < count; ++i) dst[i] += buffers[b][i];
-  }
+  Collective& collective() override { return *collective_; }
 
   grpo::Model& replica(int w) override { return *replicas_.at(w); }
 
  private:
   std::vector<std::unique_ptr<grpo::Model>> replicas_;
+  std::unique_ptr<Collective> collective_;
 };
 
 }  // namespace

@@ -1,13 +1,13 @@
 // The local devices of a peer node behind one interface: one worker per device, each with its
 // own model replica, running a share of a lease (whole prompt groups) in parallel; their
-// gradient sums are reduced inside the node in a fixed order so that one signed update leaves.
-// CpuDeviceGroup (threads) now; an NCCL implementation (one CUDA device per worker, all-reduce
-// over raw device buffers) fits the same calls.
+// gradient sums are reduced inside the node by the group's Collective (node/collective.h) so
+// that one signed update leaves. CpuDeviceGroup (threads + the CPU twin) now; a CUDA group (one
+// device per worker, node/nccl_collective.h) fits the same calls on a CUDA build of LibTorch.
 //
 //   auto devices = make_cpu_device_group(config, /*workers=*/2);
-//   devices->load(name_to_bytes);                            // same weights on every replica
+//   devices->load(name, values);                             // same weights on every replica
 //   devices->run([&](int w, grpo::Model& m) { ... per-worker work ... });
-//   devices->reduce_sum(buffers);                            // buffers[0] += buffers[1] + ...
+//   devices->collective().reduce_sum(shards, count);         // shards[0] = Σ shards
 #pragma once
 
 #include <functional>
@@ -17,9 +17,24 @@
 #include <vector>
 
 #include "grpo/model.h"
+#include "node/collective.h"
 #include "protocol/messages.pb.h"
 
 namespace cohort::node {
+
+// A worker's failure: which worker and why (its exception's message). The node gives the lease
+// back and carries on.
+class WorkerError : public Error {
+ public:
+  WorkerError(int worker, const std::string& reason)
+      : Error("worker " + std::to_string(worker) + " failed: " + reason), worker_(worker), reason_(reason) {}
+  [[nodiscard]] int worker() const { return worker_; }
+  [[nodiscard]] const std::string& reason() const { return reason_; }
+
+ private:
+  int worker_;
+  std::string reason_;
+};
 
 class DeviceGroup {
  public:
@@ -29,12 +44,11 @@ class DeviceGroup {
   [[nodiscard]] virtual std::vector<wire::Device> describe() const = 0;
   // Copies a tensor's little-endian F32 bytes into parameter `name` of every replica.
   virtual void load(const std::string& name, std::span<const float> values) = 0;
-  // Runs fn(worker, replica) on every worker concurrently and returns when all are done;
-  // rethrows the first worker's exception.
+  // Runs fn(worker, replica) on every worker concurrently and returns when all are done; when
+  // any worker threw, throws WorkerError for the lowest such worker (after all have finished).
   virtual void run(const std::function<void(int, grpo::Model&)>& fn) = 0;
-  // buffers[0] = buffers[0] + buffers[1] + ... + buffers[n-1], element-wise, in that order
-  // (deterministic); one buffer of `count` floats per worker, each in its worker's memory.
-  virtual void reduce_sum(std::span<float* const> buffers, size_t count) = 0;
+  // Reduction and broadcast between the workers' buffers (each in its worker's memory).
+  [[nodiscard]] virtual Collective& collective() = 0;
   [[nodiscard]] virtual grpo::Model& replica(int worker) = 0;
 };
 

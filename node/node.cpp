@@ -21,6 +21,8 @@
 #include "grpo/tokenizer.h"
 #include "grpo/trainer.h"
 #include "node/device_group.h"
+#include "node/lease_split.h"
+#include "node/lease_work.h"
 #include "protocol/channel.h"
 #include "protocol/signed_update.h"
 
@@ -86,12 +88,6 @@ grpo::GrpoConfig config_from(const wire::RoundSettings& s) {
   c.micro_batch = std::stoi(extra(s, "micro_batch"));
   return c;
 }
-
-struct WorkerResult {
-  grpo::ScoredBatch batch;
-  grpo::LossSums sums;
-  std::vector<float> grad;
-};
 
 class Node {
  public:
@@ -215,7 +211,9 @@ class Node {
       const wire::WorkLease lease = env.work_lease();
       if (first_lease_ < 0) first_lease_ = asked;
       ensure_weights(ch, lease.policy_version());
-      wire::SignedUpdate su = work(lease);
+      std::optional<wire::SignedUpdate> computed = work(lease);
+      if (!computed) continue;  // given back; asking for work again lets the coordinator re-issue it
+      wire::SignedUpdate su = std::move(*computed);
       if (opt_.delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(opt_.delay_ms));
       pending_ = su;
       pending_deadline_ = static_cast<int64_t>(lease.deadline_unix_ms());
@@ -344,43 +342,43 @@ class Node {
       spdlog::info("node: lease asked for version {}, coordinator published {}", wanted, version_);
   }
 
-  wire::SignedUpdate work(const wire::WorkLease& lease) {
+  // The lease's groups split across the local workers by measured throughput, rolled out,
+  // scored and reduced into one gradient sum. A failing worker (or reduction) gives the lease
+  // back: nullopt, and the coordinator re-issues the lease when this node asks for work again
+  // (it expires a lease its holder asks past).
+  std::optional<wire::SignedUpdate> work(const wire::WorkLease& lease) {
     const double t0 = mono_s();
     const int n = lease.prompt_indices_size();
     if (n == 0 || lease.seeds_size() != n || lease.group_size() != static_cast<uint32_t>(cfg_.group_size))
       throw Error("malformed lease");
-    const int workers = std::min(devices_->size(), n);
-    std::vector<WorkerResult> results(devices_->size());
-    devices_->run([&](int w, grpo::Model& model) {
-      if (w >= workers) return;
-      const int begin = w * n / workers, end = (w + 1) * n / workers;
-      auto& res = results[w];
-      std::vector<std::vector<int64_t>> ids;
-      grpo::SamplingParams sp = cfg_.sampling;
-      sp.stop_tokens = tok_->stop_ids();
-      for (int i = begin; i < end; ++i) {
-        res.batch.prompts.push_back(task_->train_prompt(lease.prompt_indices(i)));
-        ids.push_back(grpo::encode_prompt(*tok_, res.batch.prompts.back()));
-        sp.group_seeds.push_back(lease.seeds(i));
-      }
-      res.batch.rollout = grpo::generate(model, ids, cfg_.group_size, sp, tok_->pad_id());
-      grpo::score_rollout(*tok_, *task_, res.batch);
-      res.batch.advantages = grpo::group_advantages(res.batch.rewards, cfg_.group_size, cfg_.scale);
-      {
-        at::NoGradGuard g;
-        for (auto& p : model.parameters())
-          if (p.grad().defined()) p.grad().zero_();
-      }
-      res.sums = grpo::accumulate_gradient(model, nullptr, res.batch.rollout, res.batch.advantages, cfg_);
-      res.grad.assign(layout_.total, 0.0f);
-      coordinator::flatten_grads(model, layout_, res.grad);
-    });
-    std::vector<float*> buffers;
-    for (int w = 0; w < devices_->size(); ++w) {
-      if (results[w].grad.empty()) results[w].grad.assign(layout_.total, 0.0f);
-      buffers.push_back(results[w].grad.data());
+    if (!speed_) {
+      std::vector<double> memory;
+      for (const auto& d : devices_->describe()) memory.push_back(static_cast<double>(d.memory_bytes()));
+      speed_ = std::make_unique<WorkerThroughput>(memory);
     }
-    devices_->reduce_sum(buffers, layout_.total);
+    const std::vector<GroupRange> split = split_lease(n, speed_->weights());
+    LeaseContext ctx{*task_, *tok_, cfg_, layout_};
+    if (opt_.fault == "worker-throw" && !fault_fired_) {
+      ctx.fail_worker = devices_->size() - 1;
+      fault_fired_ = true;
+    }
+    LeaseGradient g;
+    try {
+      g = compute_lease(*devices_, ctx, {lease.prompt_indices().data(), static_cast<size_t>(n)},
+                        {lease.seeds().data(), static_cast<size_t>(n)}, split);
+    } catch (const WorkerError& e) {
+      spdlog::error("node {}: lease {} given back: {}", opt_.name, lease.lease_id(), e.what());
+      ++leases_failed_;
+      return std::nullopt;
+    } catch (const CollectiveError& e) {
+      spdlog::error("node {}: lease {} given back: reduction failed ({}): {}", opt_.name, lease.lease_id(),
+                    collective_failure_name(e.failure()), e.what());
+      ++leases_failed_;
+      return std::nullopt;
+    }
+    for (int w = 0; w < devices_->size(); ++w)
+      if (g.shares[w].groups.size() > 0)
+        speed_->record(w, static_cast<double>(g.shares[w].batch.rollout.generated_tokens), g.shares[w].seconds);
 
     wire::GradientUpdate u;
     u.set_round_id(round_id_);
@@ -390,18 +388,15 @@ class Node {
     u.set_sequence(sequence_);
     u.set_timestamp_unix_ms(static_cast<uint64_t>(now_ms()));
     u.set_recipient(coordinator_.bytes().data(), coordinator_.bytes().size());
-    double units = 0, tokens = 0, loss = 0, rsum = 0, rsq = 0, rmin = 1e300, rmax = -1e300;
+    double rsum = 0, rsq = 0, rmin = 1e300, rmax = -1e300;
     int64_t rows = 0, generated = 0;
-    for (int w = 0; w < workers; ++w) {
-      const auto& b = results[w].batch;
-      units += results[w].sums.units;
-      tokens += results[w].sums.tokens;
-      loss += results[w].sums.loss_sum.item<double>();
+    for (const WorkerShare& share : g.shares) {
+      const auto& b = share.batch;
       generated += b.rollout.generated_tokens;
       for (size_t r = 0; r < b.rewards.size(); ++r) {
         const int gi = static_cast<int>(r) / cfg_.group_size;
         auto* c = u.add_completions();
-        c->set_prompt_index(lease.prompt_indices(w * n / workers + gi));
+        c->set_prompt_index(lease.prompt_indices(share.groups.begin + gi));
         c->set_completion(static_cast<uint32_t>(r % cfg_.group_size));
         std::string le;
         for (int64_t t : b.rollout.completions[r]) {
@@ -420,31 +415,36 @@ class Node {
         ++rows;
       }
     }
-    u.set_units(static_cast<uint64_t>(std::llround(units)));
+    u.set_units(static_cast<uint64_t>(std::llround(g.units)));
     u.set_sequences(static_cast<uint64_t>(rows));
-    u.set_tokens(static_cast<uint64_t>(std::llround(tokens)));
+    u.set_tokens(static_cast<uint64_t>(std::llround(g.tokens)));
     auto* rs = u.mutable_rewards();
     rs->set_count(static_cast<uint64_t>(rows));
     rs->set_mean(rows ? rsum / rows : 0);
     rs->set_std(rows ? std::sqrt(std::max(0.0, rsq / rows - (rsum / rows) * (rsum / rows))) : 0);
     rs->set_min(rows ? rmin : 0);
     rs->set_max(rows ? rmax : 0);
-    u.set_loss(loss);
+    u.set_loss(g.loss);
     if (opt_.fault == "poison") {  // honest rewards; the gradient reversed, scaled up and drowned in noise
       std::mt19937 rng(static_cast<uint32_t>(sequence_));
       std::normal_distribution<float> noise(0.0f, 10.0f);
-      for (float& x : results[0].grad) x = -20.0f * x + noise(rng);
+      for (float& x : g.grad) x = -20.0f * x + noise(rng);
     }
-    encoder_->encode(results[0].grad, *u.mutable_tensors());
+    encoder_->encode(g.grad, *u.mutable_tensors());
     const double compute = mono_s() - t0;
     u.set_compute_seconds(compute);
     compute_s_ += compute;
     samples_ += rows;
     groups_ += n;
     wire::SignedUpdate su = protocol::sign_update(std::move(u), id_);
-    spdlog::info("node {}: v{} lease {} {} groups {:.0f} tok/s reward {:.2f} ({:.2f} s)",
-                 opt_.name, version_, lease.lease_id(), n, double(generated) / std::max(compute, 1e-9),
-                 rows ? rsum / rows : 0.0, compute);
+    std::string shares;
+    for (const WorkerShare& share : g.shares) {
+      if (!shares.empty()) shares += '|';
+      shares += std::to_string(share.groups.size());
+    }
+    spdlog::info("node {}: v{} lease {} {} groups{} {:.0f} tok/s reward {:.2f} ({:.2f} s)", opt_.name, version_,
+                 lease.lease_id(), n, g.shares.size() > 1 ? " (workers " + shares + ")" : std::string(),
+                 double(generated) / std::max(compute, 1e-9), rows ? rsum / rows : 0.0, compute);
     return su;
   }
 
@@ -454,7 +454,7 @@ class Node {
     json j = {{"name", opt_.name}, {"peer", id_.id().hex()}, {"leases", leases_done_},
               {"groups", groups_}, {"samples", samples_}, {"compute_s", compute_s_},
               {"wall_s", wall}, {"compute_fraction", wall > 0 ? compute_s_ / wall : 0.0},
-              {"updates_sent", updates_sent_},
+              {"updates_sent", updates_sent_}, {"leases_given_back", leases_failed_},
               {"bytes_per_update", updates_sent_ ? bytes_sent_ / updates_sent_ : 0.0},
               {"weights_fetched_bytes", fetched_bytes_}};
     std::ofstream(opt_.summary_out) << j.dump() << "\n";
@@ -471,12 +471,14 @@ class Node {
   std::unique_ptr<grpo::Task> task_;
   std::unique_ptr<grpo::Tokenizer> tok_;
   std::unique_ptr<DeviceGroup> devices_;
+  std::unique_ptr<WorkerThroughput> speed_;  // per worker, for splitting leases
+  bool fault_fired_ = false;
   ParamLayout layout_;
   std::unique_ptr<GradientEncoder> encoder_;
   std::map<std::string, std::string> held_;  // parameter → digest loaded
   std::optional<wire::SignedUpdate> pending_;
   int64_t pending_deadline_ = 0;
-  int64_t leases_done_ = 0, samples_ = 0, groups_ = 0, updates_sent_ = 0;
+  int64_t leases_done_ = 0, leases_failed_ = 0, samples_ = 0, groups_ = 0, updates_sent_ = 0;
   double compute_s_ = 0, bytes_sent_ = 0, fetched_bytes_ = 0;
   double first_lease_ = -1, last_ack_ = -1;
 };

@@ -437,6 +437,26 @@ TEST_F(E2E, Fp8NodeCompletesARound) {
       << log("fp8");
 }
 
+// A two-GPU-style node (two local workers) whose second worker throws on its first lease: the
+// node gives that lease back with the worker's reason, carries on, and completes the round
+// alone; the coordinator re-issued the lease and every group is counted once.
+TEST_F(E2E, FailingWorkerGivesTheLeaseBackAndTheNodeCarriesOn) {
+  Round r;
+  r.steps = 2;
+  auto ep = start_coordinator(write_config(r));
+  start_node(ep, "pair", {"--devices", "2", "--fault", "worker-throw"});
+  ASSERT_EQ(wait_coordinator(), 0) << log("coordinator") << log("pair");
+  expect_each_group_counted_once(r);
+  EXPECT_NE(log("pair").find("given back: worker 1 failed: injected fault"), std::string::npos) << log("pair");
+  Db db(ledger());
+  const std::string pair = key_hex("pair");
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM leases WHERE peer = '" + pair +
+                     "' AND state = 'expired' AND reason LIKE 'peer asked for new work%'"),
+            1);
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 0"), 0);
+  EXPECT_GE(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 1 AND peer = '" + pair + "'"), r.steps);
+}
+
 // Misbehaving peers in one round under an allowlist: a false reward claim (bad_reward), a
 // replayed update (replayed) and an unlisted key (not_admitted). The honest work completes it.
 TEST_F(E2E, MisbehavingPeersEndInTheirLedgerReasons) {

@@ -1,0 +1,96 @@
+#include "node/lease_work.h"
+
+#include <torch/torch.h>
+
+#include <array>
+#include <chrono>
+
+#include "common/check.h"
+
+namespace cohort::node {
+namespace {
+
+double mono_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+LeaseGradient compute_lease(DeviceGroup& devices, const LeaseContext& ctx,
+                            std::span<const uint64_t> prompt_indices,
+                            std::span<const uint64_t> seeds, std::span<const GroupRange> split) {
+  const int n = static_cast<int>(prompt_indices.size());
+  const int workers = devices.size();
+  COHORT_CHECK(seeds.size() == prompt_indices.size());
+  COHORT_CHECK(static_cast<int>(split.size()) == workers, "one range per worker");
+  for (int w = 0, at = 0; w < workers; ++w) {
+    COHORT_CHECK(split[w].begin == at && split[w].end >= split[w].begin,
+                 "ranges must tile the lease in order");
+    at = split[w].end;
+    if (w + 1 == workers) COHORT_CHECK(at == n, "ranges must cover the lease");
+  }
+  const int G = ctx.cfg.group_size;
+  LeaseGradient out;
+  out.shares.resize(workers);
+  for (int w = 0; w < workers; ++w) out.shares[w].groups = split[w];
+
+  // Phase 1: roll out and score each worker's groups.
+  devices.run([&](int w, grpo::Model& model) {
+    if (w == ctx.fail_worker) throw Error("injected fault (--fault worker-throw)");
+    WorkerShare& share = out.shares[w];
+    if (share.groups.size() == 0) return;
+    const double t0 = mono_s();
+    std::vector<std::vector<int64_t>> ids;
+    grpo::SamplingParams sp = ctx.cfg.sampling;
+    sp.stop_tokens = ctx.tok.stop_ids();
+    for (int i = share.groups.begin; i < share.groups.end; ++i) {
+      share.batch.prompts.push_back(ctx.task.train_prompt(prompt_indices[i]));
+      ids.push_back(grpo::encode_prompt(ctx.tok, share.batch.prompts.back()));
+      sp.group_seeds.push_back(seeds[i]);
+    }
+    share.batch.rollout = grpo::generate(model, ids, G, sp, ctx.tok.pad_id());
+    grpo::score_rollout(ctx.tok, ctx.task, share.batch);
+    share.seconds += mono_s() - t0;
+  });
+
+  // Advantages over the whole lease (identical to per-share ones for `group` scaling).
+  std::vector<float> rewards;
+  rewards.reserve(static_cast<size_t>(n) * G);
+  for (const auto& s : out.shares)
+    rewards.insert(rewards.end(), s.batch.rewards.begin(), s.batch.rewards.end());
+  const std::vector<float> advantages = grpo::group_advantages(rewards, G, ctx.cfg.scale);
+
+  // Phase 2: each worker's gradient sum, flattened; counts beside it.
+  std::vector<std::vector<float>> grads(workers);
+  std::vector<std::array<double, 3>> counts(workers, {0.0, 0.0, 0.0});  // units, tokens, loss
+  devices.run([&](int w, grpo::Model& model) {
+    WorkerShare& share = out.shares[w];
+    grads[w].assign(ctx.layout.total, 0.0f);
+    if (share.groups.size() == 0) return;
+    const double t0 = mono_s();
+    const size_t first = static_cast<size_t>(share.groups.begin) * G;
+    share.batch.advantages.assign(advantages.begin() + first,
+                                  advantages.begin() + first + share.batch.rewards.size());
+    {
+      at::NoGradGuard g;
+      for (auto& p : model.parameters())
+        if (p.grad().defined()) p.grad().zero_();
+    }
+    const grpo::LossSums sums = grpo::accumulate_gradient(model, nullptr, share.batch.rollout,
+                                                          share.batch.advantages, ctx.cfg);
+    coordinator::flatten_grads(model, ctx.layout, grads[w]);
+    counts[w] = {sums.units, sums.tokens, sums.loss_sum.item<double>()};
+    share.seconds += mono_s() - t0;
+  });
+
+  std::vector<GradientShard> shards(workers);
+  for (int w = 0; w < workers; ++w) shards[w] = {grads[w].data(), counts[w]};
+  devices.collective().reduce_sum(shards, ctx.layout.total);
+  out.grad = std::move(grads[0]);
+  out.units = counts[0][0];
+  out.tokens = counts[0][1];
+  out.loss = counts[0][2];
+  return out;
+}
+
+}  // namespace cohort::node
