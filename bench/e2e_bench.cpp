@@ -35,6 +35,7 @@ struct E2EArgs {
   int node_threads = 1;
   std::string model;  // default: a random-init model of the built-in shape
   std::string codec = "fp8";
+  std::string ledger_sync = "full";
   std::string dir;
 };
 
@@ -68,10 +69,11 @@ int run_e2e(const E2EArgs& a) {
   const std::string data = (dir / "round").string();
   std::string toml = fmt::format(
       "[round]\nid = \"bench\"\nsteps = {}\nprompts_per_step = {}\nstaleness_bound = {}\n"
-      "checkpoint_interval = 1000000\ndata_dir = \"{}\"\nlinger_s = 3\n"
+      "checkpoint_interval = 1000000\ndata_dir = \"{}\"\nlinger_s = 3\nledger_sync = \"{}\"\n"
       "[network]\nlisten = \"127.0.0.1:0\"\nstatus_listen = \"\"\n[model]\npath = \"{}\"\n"
       "[task]\nname = \"arith\"\n[grpo]\ngroup_size = {}\ngradient_codec = \"{}\"\n",
-      a.steps, a.prompts_per_step, a.staleness, data, fs::absolute(model).string(), a.group_size, a.codec);
+      a.steps, a.prompts_per_step, a.staleness, data, a.ledger_sync, fs::absolute(model).string(), a.group_size,
+      a.codec);
   const std::string config = (dir / "round.toml").string();
   std::ofstream(config) << toml;
   const std::string exe = coordinator::self_executable();
@@ -118,7 +120,7 @@ int run_e2e(const E2EArgs& a) {
   const double samples = double(a.steps) * a.prompts_per_step * a.group_size;
   const double frac = node_wall > 0 ? compute / node_wall : 0;
   json j = {{"nodes", a.nodes}, {"steps", a.steps}, {"prompts_per_step", a.prompts_per_step},
-            {"group_size", a.group_size}, {"staleness_bound", a.staleness}, {"codec", a.codec},
+            {"group_size", a.group_size}, {"staleness_bound", a.staleness}, {"codec", a.codec}, {"ledger_sync", a.ledger_sync},
             {"parameters", params}, {"samples", samples}, {"run_s", run_s}, {"wall_s", wall},
             {"samples_per_s", run_s > 0 ? samples / run_s : 0},
             {"node_compute_fraction", frac}, {"node_compute_fraction_min", fraction_min},
@@ -154,6 +156,7 @@ void add_e2e_bench(CLI::App& bench) {
   cmd->add_option("--node-threads", a->node_threads, "Threads per node")->capture_default_str();
   cmd->add_option("--model", a->model, "Model folder (default: random init of the built-in shape)");
   cmd->add_option("--codec", a->codec, "Gradient codec: fp8 | raw")->capture_default_str();
+  cmd->add_option("--ledger-sync", a->ledger_sync, "Ledger commits: full (fsync) | normal")->capture_default_str();
   cmd->add_option("--dir", a->dir, "Keep the run here (default: a temporary folder, removed)");
   cmd->callback([a] {
     const int rc = run_e2e(*a);

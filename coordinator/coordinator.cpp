@@ -180,7 +180,7 @@ struct Coordinator::Impl {
     }
     identity = protocol::Identity::load(key);
     for (const auto& hex : cfg.allowlist) allowed.insert(PeerId::parse(hex));
-    ledger = std::make_unique<Ledger>(ledger_path(cfg.data_dir));
+    ledger = std::make_unique<Ledger>(ledger_path(cfg.data_dir), cfg.ledger_sync);
     task = grpo::make_task(cfg.grpo.task);
     model = grpo::load_model(cfg.model_path);
     tok = grpo::make_tokenizer(model->config().tokenizer.empty() ? "chars" : model->config().tokenizer);

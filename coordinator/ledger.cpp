@@ -107,7 +107,7 @@ std::vector<uint64_t> split_indices(const std::string& s) {
   return v;
 }
 
-Ledger::Ledger(const std::string& path) {
+Ledger::Ledger(const std::string& path, LedgerSync sync) {
   if (sqlite3_open(path.c_str(), &db_) != SQLITE_OK) {
     std::string m = db_ ? sqlite3_errmsg(db_) : "out of memory";
     sqlite3_close(db_);
@@ -115,8 +115,10 @@ Ledger::Ledger(const std::string& path) {
   }
   sqlite3_busy_timeout(db_, 5000);
   exec(db_, "PRAGMA journal_mode=WAL;");
-  // FULL: a commit survives power loss, not only a process crash (an Ack means durable).
-  exec(db_, "PRAGMA synchronous=FULL;");
+  // FULL: every commit is fsynced, so an acknowledged update survives power loss too. NORMAL
+  // (WAL): a commit survives a process crash (kill -9) but not an OS crash or power cut, where
+  // the ledger rolls back to an earlier consistent state (the lost updates' leases are re-issued).
+  exec(db_, sync == LedgerSync::full ? "PRAGMA synchronous=FULL;" : "PRAGMA synchronous=NORMAL;");
   exec(db_, kSchema);
 }
 

@@ -18,6 +18,11 @@ struct sqlite3;
 
 namespace cohort::coordinator {
 
+// When a commit is durable: `full` fsyncs every commit (survives power loss); `normal` (WAL)
+// survives a process crash such as kill -9, and after a power cut rolls back to an earlier
+// consistent state.
+enum class LedgerSync { full, normal };
+
 struct LeaseRecord {
   std::string lease_id;
   int64_t step = 0;
@@ -60,7 +65,8 @@ struct StepRecord {
 
 class Ledger {
  public:
-  explicit Ledger(const std::string& path);  // opens or creates; throws cohort::Error
+  // Opens or creates; throws cohort::Error.
+  explicit Ledger(const std::string& path, LedgerSync sync = LedgerSync::full);
   ~Ledger();
   Ledger(const Ledger&) = delete;
   Ledger& operator=(const Ledger&) = delete;

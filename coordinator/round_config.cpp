@@ -120,7 +120,12 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
     s.get("data_dir", c.data_dir);
     s.get("seed", g.seed);
     s.get("linger_s", c.linger_s);
+    std::string sync = "full";
+    s.get("ledger_sync", sync);
     s.finish();
+    if (sync == "full") c.ledger_sync = LedgerSync::full;
+    else if (sync == "normal") c.ledger_sync = LedgerSync::normal;
+    else s.fail("ledger_sync", "must be \"full\" or \"normal\"");
   }
   {
     Section s(root["network"].as_table(), "network");

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "coordinator/aggregation.h"
+#include "coordinator/ledger.h"
 #include "grpo/trainer.h"
 
 namespace cohort::coordinator {
@@ -42,6 +43,7 @@ struct RoundConfig {
   double recompute_fraction = 0;
   double recompute_min_cosine = 0.9;
   int ban_after = 3;
+  LedgerSync ledger_sync = LedgerSync::full;  // [round] ledger_sync: "full" | "normal"
   bool dump_gradients = false;         // write the applied mean gradient of each step (tests)
   int linger_s = 3;                    // after the last step, wait this long for nodes to leave
   grpo::GrpoConfig grpo;               // task, sampling, loss, optimizer, prompts_per_step, seed
