@@ -1,4 +1,5 @@
-# Thin wrapper over scripts/bootstrap + CMake presets. `make demo`, `make test`, `make bench`.
+# Thin wrapper over scripts/bootstrap + CMake presets. `make demo`, `make test`, `make bench`,
+# `make gpu-check` (on a machine with NVIDIA GPUs; TORCH_DIR=/path/to/libtorch for a CUDA LibTorch).
 PRESET ?= default
 BUILD  := build
 JOBS   ?= 2
@@ -27,6 +28,13 @@ bench: build
 
 clean:
 	rm -rf $(BUILD)
+
+# Device checks in their own build folder (build-gpu, COHORT_CUDA=ON): see scripts/gpu-check.
+# With TORCH_DIR set, bootstrap leaves the distribution's CPU LibTorch out.
+.PHONY: gpu-check
+gpu-check:
+	@$(if $(TORCH_DIR),COHORT_SKIP_TORCH=1 )scripts/bootstrap
+	@scripts/gpu-check
 
 # libFuzzer targets (protocol frame reader, tensor decoder), built with clang in build-fuzz and
 # run for FUZZ_SECONDS each; new inputs go to build-fuzz/corpus, seeds stay in tests/.

@@ -73,18 +73,29 @@ double gbps(double bytes, double seconds) { return bytes / seconds / 1e9; }
 void run_cuda(const Options& opt, int64_t rows, int64_t cols) {
   const auto t = k::cuda::time_cuda_kernels(rows, cols, 4096, 4096, 4096, opt.reps);
   const double elems = double(rows) * double(cols), moved = elems * (5.0 + 4.0 / 128);
-  std::printf("\n  CUDA on %s, theoretical DRAM bandwidth %.0f GB/s\n", k::fp8_device().name.c_str(),
-              t.peak_bandwidth_gbps);
+  const k::GpuPeaks sheet = k::known_gpu_peaks(k::fp8_device().name);
+  std::printf("\n  CUDA on %s, theoretical DRAM bandwidth %.0f GB/s (memory clock x bus width)",
+              k::fp8_device().name.c_str(), t.peak_bandwidth_gbps);
+  if (sheet.hbm_gbps > 0) std::printf(", datasheet %.0f GB/s", sheet.hbm_gbps);
+  std::printf("\n");
   auto line = [&](const char* what, double s) {
-    std::printf("  %-36s %8.1f GB/s of FP32  %7.1f us  %.2f of DRAM peak\n", what, gbps(4 * elems, s), s * 1e6,
-                gbps(moved, s) / t.peak_bandwidth_gbps);
+    std::printf("  %-36s %8.1f GB/s of FP32  %7.1f us  %.2f of DRAM peak", what, gbps(4 * elems, s),
+                s * 1e6, gbps(moved, s) / t.peak_bandwidth_gbps);
+    if (sheet.hbm_gbps > 0) std::printf(" (%.2f of datasheet)", gbps(moved, s) / sheet.hbm_gbps);
+    std::printf("\n");
   };
   line("cuda quantize_e4m3_tile128", t.quantize_tile128_s);
   line("cuda quantize_e4m3_block128", t.quantize_block128_s);
   line("cuda dequantize_e4m3_tile128", t.dequantize_tile128_s);
   if (t.gemm_e4m3_s > 0) {
-    std::printf("  %-36s %8.1f TFLOP/s  %7.1f us  (m=n=k=4096, FP32 out)\n", "cuBLASLt block-scaled E4M3 GEMM",
-                2.0 * 4096 * 4096 * 4096 / t.gemm_e4m3_s / 1e12, t.gemm_e4m3_s * 1e6);
+    const double tflops = 2.0 * 4096 * 4096 * 4096 / t.gemm_e4m3_s / 1e12;
+    std::printf("  %-36s %8.1f TFLOP/s  %7.1f us  (m=n=k=4096, FP32 out)",
+                "cuBLASLt block-scaled E4M3 GEMM", tflops, t.gemm_e4m3_s * 1e6);
+    if (t.peak_fp8_tflops > 0) {
+      std::printf("  %.2f of FP8 dense peak %.0f TFLOP/s [%s]", tflops / t.peak_fp8_tflops,
+                  t.peak_fp8_tflops, t.peak_fp8_source.c_str());
+    }
+    std::printf("\n");
   }
 }
 

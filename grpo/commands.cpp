@@ -82,6 +82,12 @@ void add_threads_option(CLI::App* cmd, int& threads) {
   cmd->add_option("--threads", threads, "CPU threads (default: all cores)");
 }
 
+void add_device_option(CLI::App* cmd, std::string& device) {
+  cmd->add_option("--device", device,
+                  "Where the model computes: cpu | cuda | cuda:N (needs a CUDA build of LibTorch)")
+      ->capture_default_str();
+}
+
 void apply_threads(int threads) {
   if (threads > 0) set_num_threads(threads);
 }
@@ -164,7 +170,7 @@ void add_pretrain(CLI::App& app) {
 struct TrainArgs {
   GrpoConfig cfg;
   std::string model, out, metrics_out, loss = "dapo", scale = "group", importance = "token";
-  std::string precision = "fp32", dtype = "f32";
+  std::string precision = "fp32", dtype = "f32", device = "cpu";
   int steps = 100, eval_every = 20, eval_n = 200, threads = 0;
   bool quiet = false;
   PromptOptions prompt;
@@ -201,6 +207,7 @@ void add_grpo_options(CLI::App* cmd, TrainArgs& a) {
   add_prompt_options(cmd, a.prompt);
   cmd->add_option("--seed", c.seed, "Sampling seed")->capture_default_str();
   cmd->add_option("--precision", a.precision, "Linear layers: fp32 | bf16 | fp8")->capture_default_str();
+  add_device_option(cmd, a.device);
 }
 
 void finalize(TrainArgs& a, CLI::App* cmd) {
@@ -233,9 +240,11 @@ struct TrainSummary {
 
 TrainSummary run_train(TrainArgs& a) {
   auto task = make_task(a.cfg.task);
+  const at::Device device = parse_device(a.device);  // fails before any loading
   auto model = load_model(a.model);
   auto tok = tokenizer_for(a.model, model->config(), a.prompt);
   model->set_precision(parse_precision(a.precision));
+  model->to(device);
   std::ofstream metrics;
   if (!a.metrics_out.empty()) {
     if (auto dir = fs::path(a.metrics_out).parent_path(); !dir.empty()) fs::create_directories(dir);
@@ -250,8 +259,9 @@ TrainSummary run_train(TrainArgs& a) {
   EvalResult base = evaluate(*model, *tok, *task, a.eval_n, max_new);
   sum.base = sum.final = base.accuracy;
   emit({{"step", 0}, {"eval_accuracy", base.accuracy}, {"elapsed_s", 0.0}});
-  spdlog::info("train: {} params, precision {}, base held-out accuracy {:.3f} (n={})",
-               model->config().parameter_count(), a.precision, base.accuracy, a.eval_n);
+  spdlog::info("train: {} params, precision {}, device {}, base held-out accuracy {:.3f} (n={})",
+               model->config().parameter_count(), a.precision, device.str(), base.accuracy,
+               a.eval_n);
 
   GrpoTrainer trainer(*model, *tok, *task, a.cfg);
   Progress bar("train", a.steps);
@@ -330,7 +340,7 @@ void add_eval(CLI::App& app) {
     std::string model;
     TaskSpec task;
     int n = 500, max_new_tokens = 16, threads = 0;
-    std::string precision = "fp32";
+    std::string precision = "fp32", device = "cpu";
     PromptOptions prompt;
   };
   auto a = std::make_shared<Args>();
@@ -341,13 +351,16 @@ void add_eval(CLI::App& app) {
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "Completion length limit")
       ->capture_default_str();
   cmd->add_option("--precision", a->precision, "Linear layers: fp32 | bf16 | fp8")->capture_default_str();
+  add_device_option(cmd, a->device);
   add_prompt_options(cmd, a->prompt);
   add_threads_option(cmd, a->threads);
   cmd->callback([a] {
     apply_threads(a->threads);
+    const at::Device device = parse_device(a->device);
     auto task = make_task(a->task);
     auto model = load_model(a->model);
     model->set_precision(parse_precision(a->precision));
+    model->to(device);
     auto tok = tokenizer_for(a->model, model->config(), a->prompt);
     EvalResult e = evaluate(*model, *tok, *task, a->n, a->max_new_tokens);
     json j = eval_json(e);

@@ -1,5 +1,7 @@
 #include "grpo/fp8_linear.h"
 
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/torch.h>
 
 #include <string>
@@ -19,10 +21,17 @@ using torch::autograd::tensor_list;
 // row), along columns (128x1, the reduction runs down the columns), or in 128x128 blocks.
 enum class Tiling { rows, cols, blocks };
 
-// Device path: kernels' CUDA quantize + dequantize on the tensor's storage. Streams: the
-// kernels run on the legacy default stream (nullptr), which is LibTorch's default stream too.
+// Device path: kernels' CUDA quantize + dequantize on the tensor's storage, on the tensor's
+// GPU (the guard makes it current: kernels launch on the current device). Streams: the kernels
+// run on the legacy default stream (nullptr), which is LibTorch's default stream too; a caller
+// that made another stream current would race with them, so that is refused.
 Tensor fake_quantize_cuda(const Tensor& t, Tiling tiling) {
   namespace kc = kernels::cuda;
+  const c10::DeviceGuard guard(t.device());
+  if (c10::impl::VirtualGuardImpl(t.device().type()).getStream(t.device()).id() != 0)
+    throw Error(
+        "fp8_linear: the FP8 CUDA kernels run on the default stream; a non-default "
+        "current CUDA stream is not supported");
   // Column tiles of t are row tiles of tᵀ: quantize the contiguous transpose, hand back a view.
   const Tensor src = (tiling == Tiling::cols ? t.t() : t).contiguous();
   const int64_t rows = src.size(0), cols = src.size(1);

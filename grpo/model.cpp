@@ -71,6 +71,40 @@ const char* precision_name(Precision p) {
   return "?";
 }
 
+at::Device parse_device(const std::string& s) {
+  at::Device device = at::kCPU;
+  try {
+    device = at::Device(s);
+  } catch (const std::exception&) {
+    throw Error("unknown device '" + s + "' (expected cpu, cuda or cuda:N)");
+  }
+  if (device.is_cpu()) return device;
+  if (!device.is_cuda())
+    throw Error("unsupported device '" + s + "' (expected cpu, cuda or cuda:N)");
+  // A CPU-only LibTorch has no CUDA runtime behind its hooks: versionCUDART() throws there.
+  bool cuda_build = at::hasCUDA();
+  if (!cuda_build) {
+    try {
+      (void)at::detail::getCUDAHooks().versionCUDART();
+      cuda_build = true;
+    } catch (const std::exception&) {
+    }
+  }
+  if (!cuda_build)
+    throw Error("--device " + s +
+                ": this LibTorch has no CUDA support (it is a CPU-only build); "
+                "build against a CUDA build of LibTorch (CMAKE_PREFIX_PATH=/path/to/libtorch, "
+                "see docs/PEER.md) or use --device cpu");
+  const int64_t count = static_cast<int64_t>(torch::cuda::device_count());
+  if (count == 0)
+    throw Error("--device " + s +
+                ": LibTorch has CUDA support but sees no GPU (driver, "
+                "CUDA_VISIBLE_DEVICES, or container started without --gpus?)");
+  if (device.has_index() && device.index() >= count)
+    throw Error("--device " + s + ": only " + std::to_string(count) + " GPU(s) visible (cuda:0.." +
+                "cuda:" + std::to_string(count - 1) + ")");
+  return device;
+}
 
 Tensor Model::add(const std::string& name, std::vector<int64_t> shape, bool is_norm) {
   auto t = is_norm ? at::ones(shape) : at::zeros(shape);
@@ -135,6 +169,14 @@ void Model::copy_from(const Model& other) {
   for (size_t i = 0; i < params_.size(); ++i) params_[i].tensor.copy_(other.params_[i].tensor);
 }
 
+void Model::to(at::Device device) {
+  at::NoGradGuard no_grad;
+  // set_data swaps the storage under the same TensorImpl, as torch::nn::Module::to does, so the
+  // Layer fields and a tied head_ (same impl as embed_) move with params_.
+  for (auto& p : params_) p.tensor.set_data(p.tensor.to(device));
+  inv_freq_ = inv_freq_.to(device);
+}
+
 Tensor Model::linear(const Tensor& x, const Tensor& w, const Tensor& b) const {
   LinearFn fn = linear_table()[static_cast<int>(precision_)];
   if (fn == nullptr)
@@ -188,14 +230,18 @@ Tensor Model::block(const Layer& L, const FusedBlockWeights& f, const Tensor& x,
   return hmid + mlp;
 }
 
-Tensor Model::hidden(const Tensor& tokens, const Tensor& positions,
-                     const Tensor& key_valid) const {
+Tensor Model::hidden(const Tensor& tokens_in, const Tensor& positions_in,
+                     const Tensor& key_valid_in) const {
+  // Inputs follow the model (no copy when they are already there).
+  const Tensor tokens = tokens_in.to(device()), positions = positions_in.to(device());
+  const Tensor key_valid = key_valid_in.to(device());
   const int64_t t = tokens.size(1);
+  const auto on = at::TensorOptions().device(device());
   // allowed(i, j) = (j <= i and key j is real) or j == i; the diagonal keeps padding rows finite.
-  auto causal = at::ones({t, t}, at::kBool).tril();
+  auto causal = at::ones({t, t}, on.dtype(at::kBool)).tril();
   auto allowed = causal & key_valid.unsqueeze(1);  // [N, T, T]
-  allowed = allowed | at::eye(t, at::kBool);
-  auto bias = at::zeros(allowed.sizes(), at::kFloat)
+  allowed = allowed | at::eye(t, on.dtype(at::kBool));
+  auto bias = at::zeros(allowed.sizes(), on.dtype(at::kFloat))
                   .masked_fill_(allowed.logical_not(), -std::numeric_limits<float>::infinity())
                   .view({tokens.size(0), 1, 1, t, t});
   auto [cos, sin] = rope_tables(positions);
@@ -216,32 +262,37 @@ Tensor Model::forward(const Tensor& tokens, const Tensor& positions,
 KVCache Model::make_cache(int64_t n, int64_t max_len) const {
   KVCache cache;
   const auto& c = config_;
+  const auto on = at::TensorOptions().device(device()).dtype(at::kFloat);
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    cache.k.push_back(at::empty({n, c.num_key_value_heads, max_len, c.dim_head()}));
-    cache.v.push_back(at::empty({n, c.num_key_value_heads, max_len, c.dim_head()}));
+    cache.k.push_back(at::empty({n, c.num_key_value_heads, max_len, c.dim_head()}, on));
+    cache.v.push_back(at::empty({n, c.num_key_value_heads, max_len, c.dim_head()}, on));
   }
-  cache.key_bias = at::full({n, 1, 1, max_len}, -std::numeric_limits<float>::infinity());
+  cache.key_bias = at::full({n, 1, 1, max_len}, -std::numeric_limits<float>::infinity(), on);
   at::NoGradGuard no_grad;
   for (const auto& layer : layers_) cache.fused.push_back(fuse(layer));
   cache.max_len = max_len;
   return cache;
 }
 
-Tensor Model::forward_cached(const Tensor& tokens, const Tensor& positions,
-                             const Tensor& key_valid, KVCache& cache,
-                             bool all_positions) const {
+Tensor Model::forward_cached(const Tensor& tokens_in, const Tensor& positions_in,
+                             const Tensor& key_valid_in, KVCache& cache, bool all_positions) const {
+  const Tensor tokens = tokens_in.to(device()), positions = positions_in.to(device());
+  const Tensor key_valid = key_valid_in.to(device());
   const int64_t n = tokens.size(0), t = tokens.size(1), start = cache.length;
   if (start + t > cache.max_len)
     throw Error("KV cache overflow: " + std::to_string(start + t) + " positions, capacity " +
                 std::to_string(cache.max_len));
   const float neg_inf = -std::numeric_limits<float>::infinity();
+  const auto on = at::TensorOptions().device(device());
   cache.key_bias.narrow(3, start, t)
-      .copy_(at::zeros({n, t}).masked_fill_(key_valid.logical_not(), neg_inf).view({n, 1, 1, t}));
+      .copy_(at::zeros({n, t}, on.dtype(at::kFloat))
+                 .masked_fill_(key_valid.logical_not(), neg_inf)
+                 .view({n, 1, 1, t}));
   // Row i of the new block sees cached keys, new keys up to itself, and always itself.
   auto keys = cache.key_bias.narrow(3, 0, start + t).unsqueeze(3);  // [N, 1, 1, 1, S]
-  auto block_mask = at::zeros({t, start + t});
+  auto block_mask = at::zeros({t, start + t}, on.dtype(at::kFloat));
   if (t > 1) {
-    auto future = at::ones({t, t}, at::kBool).triu(1);
+    auto future = at::ones({t, t}, on.dtype(at::kBool)).triu(1);
     block_mask.narrow(1, start, t).masked_fill_(future, neg_inf);
   }
   auto bias = keys + block_mask;  // [N, 1, 1, T, S]

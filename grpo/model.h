@@ -24,6 +24,10 @@ enum class Precision { fp32, bf16, fp8 };
 Precision parse_precision(const std::string& s);  // throws cohort::Error
 const char* precision_name(Precision p);
 
+// Where a model computes: "cpu", "cuda" (the current GPU) or "cuda:N". Throws cohort::Error
+// that says what is missing: a CPU-only LibTorch, no visible GPU, or N out of range.
+at::Device parse_device(const std::string& s);
+
 // Linear layer implementation for the block projections: y = x·wᵀ + b (b may be undefined).
 using LinearFn = at::Tensor (*)(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 
@@ -63,8 +67,15 @@ class Model {
   void set_precision(Precision p) { precision_ = p; }
   Precision precision() const { return precision_; }
 
+  // Moves every parameter (in place: handles held elsewhere, an optimizer's included, follow)
+  // and the model's constant tables to `device`. Initialization always runs on the CPU, so a
+  // seed gives the same weights on every device. Every tensor the model creates lives there.
+  void to(at::Device device);
+  at::Device device() const { return embed_.device(); }
+
   // Full forward. tokens, positions: [N, T] int64; key_valid: [N, T] bool (false = padding).
-  // Attention is causal and never attends to padding keys. Returns logits [N, T, V].
+  // Attention is causal and never attends to padding keys. Returns logits [N, T, V] on the
+  // model's device; inputs on another device are copied to it.
   at::Tensor forward(const at::Tensor& tokens, const at::Tensor& positions,
                      const at::Tensor& key_valid) const;
   // Hidden states after the final norm, [N, T, hidden]; forward() = lm_head(hidden).

@@ -13,6 +13,17 @@ namespace cohort::grpo {
 
 using at::Tensor;
 
+namespace {
+// CPU: the seeded CPU generator (the reference stream). A GPU samples on the device with its own
+// generator kind, seeded the same way: reproducible per device, not bit-identical across them.
+at::Generator make_generator(uint64_t seed, at::Device device) {
+  if (device.is_cpu()) return at::detail::createCPUGenerator(seed);
+  at::Generator g = at::globalContext().defaultGenerator(device).clone();
+  g.set_current_seed(seed);
+  return g;
+}
+}  // namespace
+
 at::Tensor filter_logits(const Tensor& scaled, int top_k, double top_p) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   Tensor out = scaled;
@@ -109,12 +120,13 @@ Rollout generate(const Model& model, const std::vector<std::vector<int64_t>>& pr
   std::vector<int64_t> prompt_len(n);
   for (int64_t i = 0; i < n; ++i) prompt_len[i] = static_cast<int64_t>(prompts[i / g].size());
 
-  auto gen = at::detail::createCPUGenerator(sp.seed);
+  const at::Device device = model.device();
+  auto gen = make_generator(sp.seed, device);
   std::vector<at::Generator> group_gens;
   if (!sp.group_seeds.empty()) {
     if (static_cast<int64_t>(sp.group_seeds.size()) != b)
       throw Error("generate: group_seeds needs one seed per prompt");
-    for (uint64_t s : sp.group_seeds) group_gens.push_back(at::detail::createCPUGenerator(s));
+    for (uint64_t s : sp.group_seeds) group_gens.push_back(make_generator(s, device));
   }
   std::vector<std::vector<int64_t>> completions(n);
   std::vector<std::vector<float>> logps(n);
@@ -179,15 +191,17 @@ Rollout generate(const Model& model, const std::vector<std::vector<int64_t>>& pr
         if (group_gens.empty()) {
           next = at::multinomial(probs, 1, /*replacement=*/false, gen);
         } else {
-          next = at::empty({n, 1}, at::kLong);
+          next = at::empty({n, 1}, at::TensorOptions().dtype(at::kLong).device(device));
           for (int64_t gi = 0; gi < b; ++gi)
             next.narrow(0, gi * g, g)
                 .copy_(at::multinomial(probs.narrow(0, gi * g, g), 1, false, group_gens[gi]));
         }
         next_logp = lp.gather(-1, next);
       }
-      auto nt = next.accessor<int64_t, 2>();
-      auto nl = next_logp.accessor<float, 2>();
+      // The host reads the sampled ids (stop checks, decoding); no copy on the CPU.
+      const Tensor next_host = next.cpu(), next_logp_host = next_logp.cpu();
+      auto nt = next_host.accessor<int64_t, 2>();
+      auto nl = next_logp_host.accessor<float, 2>();
       auto st = step_tok.accessor<int64_t, 2>();
       auto sps = step_pos.accessor<int64_t, 2>();
       auto sv = step_valid.accessor<bool, 2>();

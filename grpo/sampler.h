@@ -36,7 +36,8 @@ struct SamplingParams {
 };
 
 // A batch of N = B·G sequences laid out as [left-padded prompt | right-padded completion].
-// Row r holds completion r % G of prompt r / G.
+// Row r holds completion r % G of prompt r / G. The tensors live on the CPU whatever the model's
+// device (the host decodes and scores them); Model and the loss copy what they read.
 struct Rollout {
   at::Tensor tokens;           // [N, P + C] int64
   at::Tensor positions;        // [N, P + C] int64 (RoPE positions; pads repeat 0)

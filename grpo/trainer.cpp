@@ -85,7 +85,7 @@ Tensor completion_logprobs(const Model& model, const Rollout& r, double temperat
                .narrow(1, p - 1, c);
   auto logits = model.lm_head(h);
   if (temperature > 0 && temperature != 1.0) logits = logits / temperature;
-  auto targets = r.tokens.narrow(1, p, c).unsqueeze(-1);
+  auto targets = r.tokens.narrow(1, p, c).unsqueeze(-1).to(logits.device());
   return logits.log_softmax(-1).gather(-1, targets).squeeze(-1);
 }
 
@@ -96,7 +96,10 @@ LossSums accumulate_gradient(const Model& policy, const Model* reference, const 
   const int64_t mb = cfg.micro_batch > 0 ? cfg.micro_batch : n;
   LossConfig lc = cfg.loss;
   if (lc.max_completion_length <= 0) lc.max_completion_length = cfg.sampling.max_new_tokens;
-  auto adv_all = at::from_blob(const_cast<float*>(advantages.data()), {n}, at::kFloat).clone();
+  // Rollouts live on the host; what the loss reads follows the policy to its device.
+  const at::Device device = policy.device();
+  auto adv_all = at::from_blob(const_cast<float*>(advantages.data()), {n}, at::kFloat)
+                     .to(device, /*non_blocking=*/false, /*copy=*/true);
   LossSums total;
   double loss_value = 0;
   for (int64_t begin = 0; begin < n; begin += mb) {
@@ -109,8 +112,9 @@ LossSums accumulate_gradient(const Model& policy, const Model* reference, const 
       ref = completion_logprobs(*reference, rows, cfg.sampling.temperature);
     }
     auto logps = completion_logprobs(policy, rows, cfg.sampling.temperature);
-    auto sums = grpo_loss_sums(logps, rows.logprobs, ref, adv_all.narrow(0, begin, count),
-                               rows.completion_mask, lc);
+    auto sums =
+        grpo_loss_sums(logps, rows.logprobs.to(device), ref, adv_all.narrow(0, begin, count),
+                       rows.completion_mask.to(device), lc);
     sums.loss_sum.backward();
     loss_value += sums.loss_sum.item<double>();
     total.units += sums.units;
@@ -167,6 +171,7 @@ GrpoTrainer::GrpoTrainer(Model& policy, const Tokenizer& tok, const Task& task, 
   if (cfg_.prompts_per_step < 1) throw Error("prompts per step must be at least 1");
   if (cfg_.loss.beta != 0.0) {
     reference_ = std::make_unique<Model>(policy.config(), 0);
+    reference_->to(policy.device());
     reference_->copy_from(policy);
     reference_->set_precision(policy.precision());
   }
@@ -296,7 +301,8 @@ PretrainResult pretrain(Model& model, const Tokenizer& tok, const Task& task,
     Rollout r = layout(prompts, 1, completions, cfg.max_new_tokens, tok.pad_id());
     opt.zero_grad();
     auto logps = completion_logprobs(model, r, 1.0);
-    auto loss = -(logps * r.completion_mask).sum() / r.completion_mask.sum();
+    const Tensor mask = r.completion_mask.to(logps.device());
+    auto loss = -(logps * mask).sum() / mask.sum();
     loss.backward();
     opt.step();
     result.steps = step;

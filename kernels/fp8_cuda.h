@@ -37,6 +37,16 @@ const char* fp8_backend_name(Fp8Backend backend);
 
 enum class GemmOutput { kF32, kBF16 };
 
+// Peak figures of a GPU for the benchmark's ratios. A lookup by device name in a table of
+// datasheet values (H100 SXM/PCIe/NVL, H200 SXM/NVL, GH200, L40S, L4; FP8 tensor TFLOP/s dense,
+// i.e. the datasheet's sparse figure halved); zeros and an empty source for other names.
+struct GpuPeaks {
+  double hbm_gbps = 0;
+  double fp8_dense_tflops = 0;
+  std::string source;
+};
+GpuPeaks known_gpu_peaks(const std::string& device_name);
+
 namespace cuda {
 
 // Same contracts as the CPU functions of the same names in quantize.h, on device pointers.
@@ -65,9 +75,14 @@ void gemm_e4m3_xwt(const uint8_t* xq, const float* x_scales, const uint8_t* wq,
 // Timings for `cohort bench kernels` on a GPU: the kernels above on device buffers of
 // rows x cols (random data), and the GEMM on m x n x k, each the median of `reps` runs timed
 // with CUDA events. peak_bandwidth_gbps is the device's theoretical DRAM bandwidth (memory
-// clock x bus width x 2), the yardstick for the memory-bound quantization kernels.
+// clock x bus width x 2), the yardstick for the memory-bound quantization kernels;
+// peak_fp8_tflops the dense FP8 tensor peak: known_gpu_peaks() by name, else for sm_90 an
+// estimate of SMs x boost clock x 8192 FLOP/clock/SM (Hopper's dense FP8 rate; peak_fp8_source
+// says which).
 struct CudaKernelTimes {
   double peak_bandwidth_gbps = 0;
+  double peak_fp8_tflops = 0;
+  std::string peak_fp8_source;
   double quantize_tile128_s = 0, quantize_block128_s = 0, dequantize_tile128_s = 0;
   double gemm_e4m3_s = 0;  // 0 when the device has no block-scaled FP8 GEMM
 };

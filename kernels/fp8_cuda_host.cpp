@@ -256,6 +256,20 @@ CudaKernelTimes time_cuda_kernels(int64_t rows, int64_t cols, int64_t m, int64_t
   detail::check_cuda(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, dev.device), "cudaDeviceGetAttribute");
   detail::check_cuda(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, dev.device), "cudaDeviceGetAttribute");
   t.peak_bandwidth_gbps = 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e9;
+  const GpuPeaks known = known_gpu_peaks(dev.name);
+  if (known.fp8_dense_tflops > 0) {
+    t.peak_fp8_tflops = known.fp8_dense_tflops;
+    t.peak_fp8_source = known.source;
+  } else if (dev.cc_major == 9) {
+    int sms = 0, sm_clock_khz = 0;
+    detail::check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev.device),
+                       "cudaDeviceGetAttribute");
+    detail::check_cuda(cudaDeviceGetAttribute(&sm_clock_khz, cudaDevAttrClockRate, dev.device),
+                       "cudaDeviceGetAttribute");
+    t.peak_fp8_tflops = double(sms) * sm_clock_khz * 1e3 * 8192 / 1e12;
+    t.peak_fp8_source = "estimate: " + std::to_string(sms) + " SMs x " +
+                        std::to_string(sm_clock_khz / 1000) + " MHz x 8192 FLOP/clock";
+  }
 
   const size_t count = static_cast<size_t>(rows * cols);
   DeviceArray<float> x(count), y(count);
