@@ -25,11 +25,12 @@ void add_commands(CLI::App& app) {
   run->add_option("--max-batch", o->max_batch, "Most prompts (groups) per lease (0: coordinator decides)")
       ->capture_default_str();
   run->add_option("--threads", o->threads, "CPU threads (default: all cores)");
-  run->add_option("--devices", o->devices,
+  auto devices = std::make_shared<std::string>("1");
+  run->add_option("--devices", *devices,
                   "Local workers, one model replica each; the lease is split among them by measured "
-                  "throughput and their gradients are reduced before one signed update leaves. With a CPU "
-                  "LibTorch: the number of CPU workers. Planned for a CUDA build of LibTorch: --devices "
-                  "0,1 picks GPUs 0 and 1 (one worker each, reduced with NCCL; node/nccl_collective.h)")
+                  "throughput and their gradients are reduced before one signed update leaves. N: N CPU "
+                  "workers. cuda: one worker per visible GPU; cuda:0,1: GPUs 0 and 1 (needs a CUDA build "
+                  "of LibTorch; several GPUs are reduced with NCCL, node/nccl_collective.h)")
       ->capture_default_str();
   run->add_option("--precision", o->precision,
                   "Linear layers: fp32 | bf16 | fp8 (FP8 GEMM operands, FP32 accumulation)")
@@ -45,7 +46,16 @@ void add_commands(CLI::App& app) {
   // Fault injection for the fault tests; hidden from --help (group "").
   run->add_option("--fault", o->fault, "Test only: false-reward | replay | poison | worker-throw")->group("");
   run->add_option("--delay-ms", o->delay_ms, "Test only: sleep before sending each update")->group("");
-  run->callback([o, addr] {
+  run->callback([o, addr, devices] {
+    if (devices->rfind("cuda", 0) == 0) {
+      o->gpus = parse_gpu_list(*devices);
+      o->devices = static_cast<int>(o->gpus.size());
+    } else {
+      const std::string& d = *devices;
+      if (d.empty() || d.size() > 3 || d.find_first_not_of("0123456789") != std::string::npos)
+        throw Error("--devices must be a number of CPU workers, \"cuda\" or \"cuda:0,1,...\" (got '" + d + "')");
+      o->devices = std::stoi(d);
+    }
     auto colon = addr->rfind(':');
     if (colon == std::string::npos) throw Error("--coordinator must be HOST:PORT");
     o->host = addr->substr(0, colon);

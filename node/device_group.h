@@ -1,8 +1,8 @@
 // The local devices of a peer node behind one interface: one worker per device, each with its
 // own model replica, running a share of a lease (whole prompt groups) in parallel; their
 // gradient sums are reduced inside the node by the group's Collective (node/collective.h) so
-// that one signed update leaves. CpuDeviceGroup (threads + the CPU twin) now; a CUDA group (one
-// device per worker, node/nccl_collective.h) fits the same calls on a CUDA build of LibTorch.
+// that one signed update leaves. CPU workers (threads + the CPU twin) or GPU workers (one CUDA
+// device each, NCCL: node/nccl_collective.h; needs a CUDA build of LibTorch).
 //
 //   auto devices = make_cpu_device_group(config, /*workers=*/2);
 //   devices->load(name, values);                             // same weights on every replica
@@ -54,10 +54,21 @@ class DeviceGroup {
 
 // What `workers` CPU workers advertise (kind "cpu", a share of host memory, no FP8 GEMM).
 std::vector<wire::Device> describe_cpu_devices(int workers);
+// What GPU workers advertise (kind "cuda", name, device memory, FP8 from compute capability 8.9).
+std::vector<wire::Device> describe_gpu_devices(const std::vector<int>& gpus);
 
 // `workers` replicas of a model with `config`, each driven by its own thread.
 // `precision` selects how the workers' linear layers compute (fp32 | bf16 | fp8, grpo/model.h).
 std::unique_ptr<DeviceGroup> make_cpu_device_group(const grpo::ModelConfig& config, int workers,
                                                   grpo::Precision precision = grpo::Precision::fp32);
+
+// One replica per listed GPU (CUDA ordinals), reduced with NCCL when there are several. Needs a
+// CUDA build of LibTorch and, for more than one GPU, the NCCL collective; throws cohort::Error
+// saying which is missing.
+std::unique_ptr<DeviceGroup> make_gpu_device_group(const grpo::ModelConfig& config, const std::vector<int>& gpus,
+                                                  grpo::Precision precision = grpo::Precision::fp32);
+
+// `--devices` for GPUs: "cuda" (every visible GPU) or "cuda:0,1,..."; throws cohort::Error.
+std::vector<int> parse_gpu_list(const std::string& spec);
 
 }  // namespace cohort::node

@@ -6,12 +6,28 @@
 #include <chrono>
 
 #include "common/check.h"
+#include "node/collective_torch.h"
 
 namespace cohort::node {
 namespace {
 
 double mono_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// A GPU replica's gradients in ParamLayout order as one float32 tensor on its device (zeros
+// where a parameter has no gradient): what the NCCL collective reduces.
+at::Tensor flat_gradient(const grpo::Model& model, const coordinator::ParamLayout& layout) {
+  const auto& ps = model.named_parameters();
+  COHORT_CHECK(ps.size() == layout.slots.size());
+  std::vector<at::Tensor> parts;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const auto& g = ps[i].tensor.grad();
+    parts.push_back(g.defined() ? g.detach().to(at::kFloat).reshape({-1})
+                                : at::zeros({static_cast<int64_t>(layout.slots[i].numel)},
+                                            ps[i].tensor.options().dtype(at::kFloat)));
+  }
+  return at::cat(parts);
 }
 
 }  // namespace
@@ -60,12 +76,19 @@ LeaseGradient compute_lease(DeviceGroup& devices, const LeaseContext& ctx,
     rewards.insert(rewards.end(), s.batch.rewards.begin(), s.batch.rewards.end());
   const std::vector<float> advantages = grpo::group_advantages(rewards, G, ctx.cfg.scale);
 
-  // Phase 2: each worker's gradient sum, flattened; counts beside it.
+  // Phase 2: each worker's gradient sum, flattened in its worker's memory (host vectors for CPU
+  // workers, a tensor on the worker's GPU otherwise); counts beside it.
+  const bool on_gpu = devices.replica(0).device().is_cuda();
   std::vector<std::vector<float>> grads(workers);
+  std::vector<at::Tensor> flats(workers);
   std::vector<std::array<double, 3>> counts(workers, {0.0, 0.0, 0.0});  // units, tokens, loss
   devices.run([&](int w, grpo::Model& model) {
     WorkerShare& share = out.shares[w];
-    grads[w].assign(ctx.layout.total, 0.0f);
+    if (on_gpu) {
+      flats[w] = at::zeros({static_cast<int64_t>(ctx.layout.total)}, model.parameters()[0].options());
+    } else {
+      grads[w].assign(ctx.layout.total, 0.0f);
+    }
     if (share.groups.size() == 0) return;
     const double t0 = mono_s();
     const size_t first = static_cast<size_t>(share.groups.begin) * G;
@@ -78,15 +101,27 @@ LeaseGradient compute_lease(DeviceGroup& devices, const LeaseContext& ctx,
     }
     const grpo::LossSums sums = grpo::accumulate_gradient(model, nullptr, share.batch.rollout,
                                                           share.batch.advantages, ctx.cfg);
-    coordinator::flatten_grads(model, ctx.layout, grads[w]);
+    if (on_gpu) {
+      flats[w] = flat_gradient(model, ctx.layout);
+    } else {
+      coordinator::flatten_grads(model, ctx.layout, grads[w]);
+    }
     counts[w] = {sums.units, sums.tokens, sums.loss_sum.item<double>()};
     share.seconds += mono_s() - t0;
   });
 
-  std::vector<GradientShard> shards(workers);
-  for (int w = 0; w < workers; ++w) shards[w] = {grads[w].data(), counts[w]};
-  devices.collective().reduce_sum(shards, ctx.layout.total);
-  out.grad = std::move(grads[0]);
+  if (on_gpu) {
+    std::vector<std::span<double>> cs;
+    for (auto& c : counts) cs.push_back(c);
+    reduce_tensors(devices.collective(), flats, cs);  // NCCL on the workers' streams
+    const at::Tensor host = flats[0].to(at::kCPU).contiguous();
+    out.grad.assign(host.data_ptr<float>(), host.data_ptr<float>() + ctx.layout.total);
+  } else {
+    std::vector<GradientShard> shards(workers);
+    for (int w = 0; w < workers; ++w) shards[w] = {grads[w].data(), counts[w]};
+    devices.collective().reduce_sum(shards, ctx.layout.total);
+    out.grad = std::move(grads[0]);
+  }
   out.units = counts[0][0];
   out.tokens = counts[0][1];
   out.loss = counts[0][2];

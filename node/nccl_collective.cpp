@@ -322,6 +322,12 @@ int cuda_device_count(std::string* why) {
   return n;
 }
 
+CudaDeviceInfo cuda_device_info(int device) {
+  cudaDeviceProp p{};
+  check_cuda(cudaGetDeviceProperties(&p, device), "cudaGetDeviceProperties(" + std::to_string(device) + ")");
+  return {p.name, p.totalGlobalMem, p.major, p.minor};
+}
+
 std::unique_ptr<Collective> make_nccl_collective(const NcclOptions& options) {
   return std::make_unique<NcclCollective>(options);
 }

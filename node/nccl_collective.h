@@ -36,6 +36,15 @@ bool nccl_built();
 // Visible CUDA devices; 0 with `why` set when there is no driver, no device or no CUDA build.
 int cuda_device_count(std::string* why = nullptr);
 
+// What a GPU worker advertises: name, memory, compute capability (FP8 GEMMs need 8.9+).
+struct CudaDeviceInfo {
+  std::string name;
+  size_t memory_bytes = 0;
+  int major = 0, minor = 0;
+};
+// Throws CollectiveError (no_device or cuda) when the device cannot be queried.
+CudaDeviceInfo cuda_device_info(int device);
+
 // Throws CollectiveError (no_device, cuda or nccl) with a reason when it cannot start.
 std::unique_ptr<Collective> make_nccl_collective(const NcclOptions& options);
 

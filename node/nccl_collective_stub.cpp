@@ -13,6 +13,10 @@ int cuda_device_count(std::string* why) {
   return 0;
 }
 
+CudaDeviceInfo cuda_device_info(int) {
+  throw CollectiveError(CollectiveFailure::no_device, "this build of cohort has no CUDA support");
+}
+
 std::unique_ptr<Collective> make_nccl_collective(const NcclOptions&) {
   throw CollectiveError(
       CollectiveFailure::no_device,

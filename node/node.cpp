@@ -165,7 +165,9 @@ class Node {
     auto* jr = join.mutable_join_request();
     jr->set_display_name(opt_.name);
     auto* caps = jr->mutable_capabilities();
-    for (const auto& d : devices_ ? devices_->describe() : describe_cpu_devices(opt_.devices))
+    for (const auto& d : devices_           ? devices_->describe()
+                         : opt_.gpus.empty() ? describe_cpu_devices(opt_.devices)
+                                             : describe_gpu_devices(opt_.gpus))
       *caps->add_devices() = d;
     caps->set_host_memory_bytes(caps->devices_size() ? caps->devices(0).memory_bytes() * caps->devices_size() : 0);
     caps->set_software_version("cohort " COHORT_NODE_VERSION);
@@ -270,7 +272,9 @@ class Node {
     mc.validate();
     task_ = grpo::make_task(cfg_.task);
     tok_ = grpo::make_tokenizer(mc.tokenizer.empty() ? "chars" : mc.tokenizer);
-    devices_ = make_cpu_device_group(mc, opt_.devices, grpo::parse_precision(opt_.precision));
+    devices_ = opt_.gpus.empty()
+                   ? make_cpu_device_group(mc, opt_.devices, grpo::parse_precision(opt_.precision))
+                   : make_gpu_device_group(mc, opt_.gpus, grpo::parse_precision(opt_.precision));
     layout_ = ParamLayout(devices_->replica(0));
     encoder_ = std::make_unique<GradientEncoder>(layout_, s.gradient_codec() == wire::CODEC_RAW
                                                               ? wire::CODEC_RAW

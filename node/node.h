@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace cohort::node {
 
@@ -20,13 +21,15 @@ struct NodeOptions {
   std::string name;              // display name
   uint32_t max_batch = 0;        // most prompts (groups) per lease; 0: coordinator decides
   int threads = 0;               // LibTorch/BLAS threads (0: all cores)
-  int devices = 1;               // workers (CPU threads; GPUs with NCCL on a CUDA build, planned)
+  int devices = 1;               // CPU workers (threads), when `gpus` is empty
+  std::vector<int> gpus;         // GPU workers (CUDA ordinals), one each, reduced with NCCL
   std::string precision = "fp32";  // linear layers: fp32 | bf16 | fp8 (grpo/model.h)
   std::string summary_out;       // JSON summary at exit (bench e2e)
   int64_t max_leases = 0;        // leave after this many accepted leases (0: until the round ends)
   double max_backoff_s = 30;
   double give_up_s = 0;          // stop reconnecting after this long without a connection (0: never)
   // Fault injection for the fault tests (docs/OPERATOR.md): "false-reward" | "replay" |
+  // "poison" (honest rewards, a reversed, scaled, noisy gradient) |
   // "worker-throw" (the last worker throws on the first lease, which is given back) | "".
   std::string fault;
   int64_t delay_ms = 0;          // sleep after computing, before sending (slow / stale peer)

@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "node/collective_torch.h"
+#include "node/nccl_collective.h"
 
 namespace cohort::node {
 namespace {
@@ -196,6 +197,76 @@ TEST_F(LeaseWork, RunReportsTheLowestFailingWorkerAfterAllFinished) {
     EXPECT_EQ(e.reason(), "device 1 lost");
   }
   EXPECT_EQ(ran, (std::vector<int>{1, 1, 1}));
+}
+
+// GPU workers: the same lease on every visible GPU (one worker each, NCCL between them) against
+// one CPU worker on the whole lease. Sampling on a GPU draws from CUDA's generator, so the
+// completions differ from the CPU's; what must agree is the gradient of the completions the GPU
+// workers sampled, recomputed on the CPU. Skips (saying why) without a CUDA LibTorch and a GPU.
+TEST_F(LeaseWork, GpuWorkersEqualTheCpuGradientOfTheirCompletions) {
+  std::string why;
+  const int n = cuda_device_count(&why);
+  if (!torch::cuda::is_available() || n == 0)
+    GTEST_SKIP() << "needs a CUDA build of LibTorch and a GPU: " << (torch::cuda::is_available() ? why : "CPU-only LibTorch");
+  std::vector<int> gpus;
+  for (int i = 0; i < n; ++i) gpus.push_back(i);
+  auto gpu = make_gpu_device_group(tiny(), gpus);
+  for (const auto& [name, values] : base_weights()) gpu->load(name, values);
+  coordinator::ParamLayout layout(gpu->replica(0));
+  LeaseContext ctx{*task, tok, cfg, layout};
+  const Lease lease = make_lease(2 * n + 1);
+  std::vector<int> sizes(n, 2);
+  sizes.back() += 1;
+  const LeaseGradient got = compute_lease(*gpu, ctx, lease.indices, lease.seeds, ranges(sizes));
+
+  // The CPU reference: one worker, the GPU workers' completions laid out and differentiated.
+  auto cpu = base_group(1);
+  grpo::Model& m = cpu->replica(0);
+  std::vector<std::vector<int64_t>> prompts, completions;
+  std::vector<float> rewards;
+  for (const auto& share : got.shares) {
+    for (const auto& p : share.batch.prompts) prompts.push_back(grpo::encode_prompt(tok, p));
+    completions.insert(completions.end(), share.batch.rollout.completions.begin(), share.batch.rollout.completions.end());
+    rewards.insert(rewards.end(), share.batch.rewards.begin(), share.batch.rewards.end());
+  }
+  grpo::Rollout r = grpo::layout(prompts, cfg.group_size, completions, cfg.sampling.max_new_tokens, tok.pad_id());
+  // The sampling policy's log-probs as the GPU workers recorded them (zero-padded per share).
+  r.logprobs = torch::zeros(r.logprobs.sizes());
+  int64_t row = 0;
+  for (const auto& share : got.shares) {
+    const at::Tensor lp = share.batch.rollout.logprobs.to(at::kCPU);
+    if (lp.numel() == 0) continue;
+    r.logprobs.narrow(0, row, lp.size(0)).narrow(1, 0, lp.size(1)).copy_(lp);
+    row += lp.size(0);
+  }
+  const auto adv = grpo::group_advantages(rewards, cfg.group_size, cfg.scale);
+  const grpo::LossSums sums = grpo::accumulate_gradient(m, nullptr, r, adv, cfg);
+  std::vector<float> ref(layout.total);
+  coordinator::flatten_grads(m, layout, ref);
+  EXPECT_DOUBLE_EQ(got.units, sums.units);
+  double max_ref = 0, max_diff = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    max_ref = std::max(max_ref, double(std::abs(ref[i])));
+    max_diff = std::max(max_diff, double(std::abs(got.grad[i] - ref[i])));
+  }
+  EXPECT_GT(max_ref, 0);
+  EXPECT_LE(max_diff, 1e-3 * max_ref) << "GPU (TF32 off, FP32) against CPU";
+}
+
+TEST(GpuDevices, ListsParseAndMistakesAreNamed) {
+  EXPECT_EQ(parse_gpu_list("cuda:0,2"), (std::vector<int>{0, 2}));
+  EXPECT_EQ(parse_gpu_list("cuda:3"), (std::vector<int>{3}));
+  for (const char* bad : {"cuda:", "cuda:a", "cuda:0,0", "cuda:0,,1", "gpu:0", "cuda0"})
+    EXPECT_THROW(parse_gpu_list(bad), Error) << bad;
+  if (!torch::cuda::is_available()) {
+    // A CPU-only LibTorch: asking for GPU workers says so instead of crashing.
+    try {
+      make_gpu_device_group(tiny(), {0});
+      FAIL() << "expected cohort::Error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("CUDA"), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(CollectiveTorch, CpuTensorsReduceThroughTheTwin) {
