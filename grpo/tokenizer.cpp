@@ -74,4 +74,27 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name) {
   throw Error("unknown tokenizer '" + name + "'");
 }
 
+const char* const kR1SystemPrompt =
+    "A conversation between User and Assistant. The user asks a question, and the Assistant "
+    "solves it. The assistant first thinks about the reasoning process in the mind and then "
+    "provides the user with the answer. The reasoning process and answer are enclosed within "
+    "<think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning process "
+    "here </think> <answer> answer here </answer>.";
+
+std::unique_ptr<Tokenizer> tokenizer_for_model(const std::string& dir, const ModelConfig& cfg,
+                                               const std::string& system_prompt) {
+  if (!std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json"))
+    return make_tokenizer(cfg.tokenizer.empty() ? "chars" : cfg.tokenizer);
+  auto tok = BpeTokenizer::from_folder(dir);
+  if (system_prompt == "r1")
+    tok->set_system_prompt(kR1SystemPrompt);
+  else if (system_prompt != "default")
+    tok->set_system_prompt(system_prompt);
+  if (tok->vocab_size() > cfg.vocab_size)
+    throw Error(dir + ": tokenizer has " + std::to_string(tok->vocab_size()) +
+                " tokens but the model only " + std::to_string(cfg.vocab_size));
+  tok->add_stop_ids(cfg.all_eos_token_ids());
+  return tok;
+}
+
 }  // namespace cohort::grpo

@@ -22,6 +22,10 @@ struct NodeOptions {
   int threads = 0;               // LibTorch/BLAS threads (0: all cores)
   int devices = 1;               // workers (CPU threads now; GPUs with NCCL later)
   std::string precision = "fp32";  // linear layers: fp32 | bf16 | fp8 (grpo/model.h)
+  // Local copies of the files a round may name; the coordinator advertises their BLAKE2b-256 and
+  // the node refuses to work (exit 3) when a file is missing or differs.
+  std::string dataset;           // the round's JSONL dataset ([task] dataset)
+  std::string tokenizer_dir;     // a Hugging Face model's folder (tokenizer.json, tokenizer_config.json)
   std::string summary_out;       // JSON summary at exit (bench e2e)
   int64_t max_leases = 0;        // leave after this many accepted leases (0: until the round ends)
   double max_backoff_s = 30;
@@ -31,7 +35,8 @@ struct NodeOptions {
   int64_t delay_ms = 0;          // sleep after computing, before sending (slow / stale peer)
 };
 
-// Exit codes: 0 done (round complete / asked to leave), 2 not admitted, 1 other errors.
+// Exit codes: 0 done (round complete / asked to leave), 2 not admitted, 3 the node lacks a file
+// the round names or holds a different one (dataset, tokenizer), 1 other errors.
 int run_node(const NodeOptions& options);
 
 }  // namespace cohort::node

@@ -83,6 +83,7 @@ struct Round {
   bool dump = false;
   std::string listen = "127.0.0.1:0";
   std::vector<std::string> allowlist;
+  bool mask_truncated = false;
 };
 
 grpo::ModelConfig tiny_config() {
@@ -160,16 +161,18 @@ class E2E : public ::testing::Test {
     }
     t << "[model]\npath = \"" << base_ << "\"\n[task]\nname = \"arith\"\ndigits = 1\n";
     t << "[grpo]\ngroup_size = " << r.group << "\nlr = " << r.lr << "\ngradient_codec = \"" << r.codec
-      << "\"\n[sampling]\nmax_new_tokens = 8\n";
+      << "\"\nmask_truncated = " << (r.mask_truncated ? "true" : "false")
+      << "\n[sampling]\nmax_new_tokens = 8\n";
     if (r.dump) t << "[debug]\ndump_gradients = true\n";
     const std::string path = (dir_ / "round.toml").string();
     std::ofstream(path) << t.str();
     return path;
   }
 
-  Endpoint start_coordinator(const std::string& config) {
-    coord_ = Subprocess::spawn({COHORT_BIN, "coordinator", "serve", "--config", config, "--threads", "1"},
-                               (dir_ / "coordinator.log").string());
+  Endpoint start_coordinator(const std::string& config, std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {COHORT_BIN, "coordinator", "serve", "--config", config, "--threads", "1"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    coord_ = Subprocess::spawn(argv, (dir_ / "coordinator.log").string());
     return wait_for_endpoint(data(), 120, coord_.pid());
   }
 
@@ -414,6 +417,57 @@ TEST_F(E2E, MisbehavingPeersEndInTheirLedgerReasons) {
   EXPECT_GE(db.count("SELECT COUNT(*) FROM updates WHERE reason = 'replayed' AND peer = '" + key_hex("replayer") + "'"), 1);
   EXPECT_GE(db.count("SELECT COUNT(*) FROM refusals WHERE reason = 'not_admitted' AND peer = '" + key_hex("stranger") + "'"), 1);
   EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 1 AND peer = '" + key_hex("liar") + "'"), 0);
+}
+
+// A round on a JSONL dataset with the math reward, given on the coordinator's command line as
+// `cohort train` takes it: leases name indices into the dataset's shuffled training split, the
+// coordinator recomputes every reward with the math verifier, and truncated completions are
+// masked on both sides (the token units agree). Nodes must hold the same file: one without it
+// and one with a file that differs in one record leave with exit code 3 and the documented reason.
+TEST_F(E2E, DatasetRoundCompletesAndRefusesNodesWithAnotherFile) {
+  // 1-digit sums as {"prompt", "answer"} records: what the base model was warmed up on, so some
+  // completions earn the reward.
+  const std::string good = (dir_ / "sums.jsonl").string(), other = (dir_ / "other" / "sums.jsonl").string();
+  fs::create_directories(dir_ / "other");
+  {
+    std::ofstream g(good), o(other);
+    for (int a = 0; a < 10; ++a)
+      for (int b = 0; b < 10; ++b) {
+        const std::string line = "{\"prompt\": \"" + std::to_string(a) + "+" + std::to_string(b) +
+                                 "=\", \"answer\": \"" + std::to_string(a + b) + "\"}\n";
+        g << line;
+        o << (a == 9 && b == 9 ? "{\"prompt\": \"9+9=\", \"answer\": \"19\"}\n" : line);
+      }
+  }
+  Round r;
+  r.steps = 2;
+  r.mask_truncated = true;
+  auto ep = start_coordinator(write_config(r), {"--dataset", good, "--reward", "math"});
+
+  Subprocess& missing = start_node(ep, "missing");
+  EXPECT_EQ(missing.wait(60).value_or(-1), 3) << log("missing");
+  EXPECT_NE(log("missing").find("the round uses dataset sums.jsonl; give this node its copy with --dataset"),
+            std::string::npos)
+      << log("missing");
+  Subprocess& differs = start_node(ep, "differs", {"--dataset", other});
+  EXPECT_EQ(differs.wait(60).value_or(-1), 3) << log("differs");
+  EXPECT_NE(log("differs").find("dataset sums.jsonl mismatch: " + other + " has BLAKE2b-256"), std::string::npos)
+      << log("differs");
+
+  start_node(ep, "good", {"--dataset", good});
+  ASSERT_EQ(wait_coordinator(), 0) << log("coordinator") << log("good");
+  expect_each_group_counted_once(r);
+  Db db(ledger());
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 0"), 0) << log("coordinator");
+  EXPECT_GE(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 1 AND peer = '" + key_hex("good") + "'"),
+            r.steps);
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM leases WHERE peer IN ('" + key_hex("missing") + "', '" +
+                     key_hex("differs") + "')"),
+            0);
+  // The rewards the coordinator recomputed (and accepted) include correct answers.
+  EXPECT_GT(std::stod(db.rows("SELECT SUM(accuracy) FROM updates WHERE accepted = 1")[0][0]), 0.0)
+      << log("coordinator");
+  EXPECT_NE(log("good").find("task " + good), std::string::npos) << log("good");
 }
 
 }  // namespace
