@@ -1,6 +1,7 @@
 // The byte-level BPE tokenizer and chat templates against the reference: the real
 // tokenizer.json files of Qwen3 (= Qwen2.5's vocabulary, merges and split regex) and Llama 3,
-// encoded and decoded by @lenml/tokenizers, a JavaScript port of Hugging Face tokenizers. The
+// encoded and decoded by @lenml/tokenizers, a JavaScript port of Hugging Face tokenizers, and by
+// Hugging Face's Rust tokenizers (its Node binding), plus a SmolLM2-shaped tokenizer.json. The
 // packages are installed at pinned versions into the build folder on first use; without npm
 // or the registry the tests skip and say why.
 #include <gtest/gtest.h>
@@ -214,7 +215,9 @@ json smollm2_shaped_tokenizer() {
   vocab["<|im_end|>"] = 2;
   for (int b = 0; b < 256; ++b) vocab[gpt2_byte_char(b)] = 3 + b;
   const std::vector<std::pair<std::string, std::string>> merges = {
-      {"\u0120", "t"}, {"h", "e"}, {"\u0120t", "he"}, {"1", "2"}, {"\u0120", "1"}, {"t", "he"}};
+      {"\u0120", "t"}, {"h", "e"}, {"\u0120t", "he"}, {"1", "2"}, {"\u0120", "1"}, {"t", "he"},
+      // "²" and "³" are the bytes C2 B2 and C2 B3, byte-level "Â²" and "Â³".
+      {"\u00C2", "\u00B2"}, {"\u00C2", "\u00B3"}, {"\u00C2\u00B2", "\u00C2\u00B3"}};
   json m = json::array();
   int next = 259;
   for (const auto& [a, b] : merges) {
@@ -256,10 +259,10 @@ TEST(SmolLM2Tokenizer, DigitsAndByteLevelSequenceByHand) {
   EXPECT_EQ(tok->encode("<|im_start|>user\n12<|im_end|>"),
             (std::vector<int64_t>{1, byte_id('u'), byte_id('s'), byte_id('e'), byte_id('r'),
                                   byte_id('\n'), byte_id('1'), byte_id('2'), 2}));
-  // Unicode digits are digits too (Rust's char::is_numeric): "x²³" → "x", "²", "³".
-  EXPECT_EQ(tok->encode("x\xC2\xB2\xC2\xB3"),
-            (std::vector<int64_t>{byte_id('x'), byte_id('\xC2'), byte_id('\xB2'), byte_id('\xC2'),
-                                  byte_id('\xB3')}));
+  // Unicode digits are digits too (Rust's char::is_numeric): "x²³" → "x", "²", "³", so the
+  // merge of "²³" never applies.
+  const int64_t sup2 = 265, sup3 = 266, sup23 = 267;
+  EXPECT_EQ(tok->encode("x\xC2\xB2\xC2\xB3"), (std::vector<int64_t>{byte_id('x'), sup2, sup3}));
   EXPECT_EQ(tok->decode_all(tok->encode("the the 12")), "the the 12");
 
   // The same file without Digits is plain GPT-2: " 12" merges to "Ġ", "12" (rank 3 < rank 4).
@@ -267,7 +270,28 @@ TEST(SmolLM2Tokenizer, DigitsAndByteLevelSequenceByHand) {
   gpt2["pre_tokenizer"] = tj["pre_tokenizer"]["pretokenizers"][1];
   auto plain = BpeTokenizer::from_json(gpt2.dump());
   EXPECT_EQ(plain->encode("the the 12"), (std::vector<int64_t>{the, G_the, byte_id(' '), twelve}));
+  EXPECT_EQ(plain->encode("x\xC2\xB2\xC2\xB3"), (std::vector<int64_t>{byte_id('x'), sup23}));
   (void)G_1;
+}
+
+// The real Qwen3 and Llama 3 files through Hugging Face's own Rust implementation as well.
+TEST_F(ReferenceTokenizer, Qwen3AndLlama3IdsMatchRustTokenizers) {
+  for (const std::string family : {"qwen3", "llama3"}) {
+    auto tok = BpeTokenizer::from_folder(package_dir(family));
+    json request = {{"engine", "rust"}, {"tokenizer_json", package_dir(family) + "/tokenizer.json"},
+                    {"texts_hex", json::array()}, {"decode", json::array()}};
+    std::vector<std::vector<int64_t>> ours;
+    for (const auto& smp : corpus()) {
+      request["texts_hex"].push_back(hex(smp.bytes));
+      ours.push_back(tok->encode(smp.bytes));
+      request["decode"].push_back(ours.back());
+    }
+    const json ref = reference(request);
+    for (size_t i = 0; i < corpus().size(); ++i) {
+      EXPECT_EQ(ours[i], ref["ids"][i].get<std::vector<int64_t>>()) << family << " sample " << i;
+      EXPECT_EQ(tok->decode_all(ours[i]), ref["decoded"][i].get<std::string>()) << family << " sample " << i;
+    }
+  }
 }
 
 TEST_F(ReferenceTokenizer, SmolLM2ShapedIdsMatchRustTokenizers) {
@@ -280,7 +304,8 @@ TEST_F(ReferenceTokenizer, SmolLM2ShapedIdsMatchRustTokenizers) {
   json request = {{"engine", "rust"}, {"tokenizer_json", path.string()}, {"texts_hex", json::array()},
                   {"decode", json::array()}};
   std::vector<Sample> samples = corpus();
-  samples.push_back({"x\xC2\xB2 + \xD9\xA3\xD9\xA4 = \xEF\xBC\x91\xEF\xBC\x92 \xE2\x85\xA7", true});
+  // Unicode numerics: x²³, Arabic-Indic ٣٤, full-width １２, Roman numeral Ⅷ.
+  samples.push_back({"x\xC2\xB2\xC2\xB3 + \xD9\xA3\xD9\xA4 = \xEF\xBC\x91\xEF\xBC\x92 \xE2\x85\xA7", true});
   std::vector<std::vector<int64_t>> ours;
   for (const auto& smp : samples) {
     request["texts_hex"].push_back(hex(smp.bytes));
