@@ -84,6 +84,7 @@ struct Round {
   std::string listen = "127.0.0.1:0";
   std::vector<std::string> allowlist;
   bool mask_truncated = false;
+  int max_new_tokens = 8;
 };
 
 grpo::ModelConfig tiny_config() {
@@ -162,7 +163,7 @@ class E2E : public ::testing::Test {
     t << "[model]\npath = \"" << base_ << "\"\n[task]\nname = \"arith\"\ndigits = 1\n";
     t << "[grpo]\ngroup_size = " << r.group << "\nlr = " << r.lr << "\ngradient_codec = \"" << r.codec
       << "\"\nmask_truncated = " << (r.mask_truncated ? "true" : "false")
-      << "\n[sampling]\nmax_new_tokens = 8\n";
+      << "\n[sampling]\nmax_new_tokens = " << r.max_new_tokens << "\n";
     if (r.dump) t << "[debug]\ndump_gradients = true\n";
     const std::string path = (dir_ / "round.toml").string();
     std::ofstream(path) << t.str();
@@ -442,6 +443,9 @@ TEST_F(E2E, DatasetRoundCompletesAndRefusesNodesWithAnotherFile) {
   Round r;
   r.steps = 2;
   r.mask_truncated = true;
+  // "<answer>", two digits, "</answer>", EOS: sums of 10 and more are cut at 4 tokens, so
+  // truncated completions occur and the coordinator's unit count must leave them out.
+  r.max_new_tokens = 4;
   auto ep = start_coordinator(write_config(r), {"--dataset", good, "--reward", "math"});
 
   Subprocess& missing = start_node(ep, "missing");
