@@ -83,8 +83,14 @@ const char* const kR1SystemPrompt =
 
 std::unique_ptr<Tokenizer> tokenizer_for_model(const std::string& dir, const ModelConfig& cfg,
                                                const std::string& system_prompt) {
-  if (!std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json"))
-    return make_tokenizer(cfg.tokenizer.empty() ? "chars" : cfg.tokenizer);
+  if (!std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json")) {
+    // Guessing would silently mis-tokenize a real model whose tokenizer files were left behind.
+    if (cfg.tokenizer.empty())
+      throw Error(dir + ": no tokenizer.json, and config.json names no built-in tokenizer "
+                        "(cohort_tokenizer); copy the model's tokenizer.json and "
+                        "tokenizer_config.json beside its config.json");
+    return make_tokenizer(cfg.tokenizer);
+  }
   auto tok = BpeTokenizer::from_folder(dir);
   if (system_prompt == "r1")
     tok->set_system_prompt(kR1SystemPrompt);

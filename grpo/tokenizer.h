@@ -65,7 +65,8 @@ extern const char* const kR1SystemPrompt;
 // when it has one (Hugging Face models), else the built-in tokenizer config.json names.
 // system_prompt, for chat models: "r1" (kR1SystemPrompt), "default" (the chat template's own) or
 // any text. Every EOS id config.json lists also ends completions. Throws cohort::Error when the
-// tokenizer has more tokens than the model's vocabulary.
+// tokenizer has more tokens than the model's vocabulary, or when the folder has no tokenizer.json
+// and config.json names no built-in one.
 std::unique_ptr<Tokenizer> tokenizer_for_model(const std::string& dir, const ModelConfig& cfg,
                                                const std::string& system_prompt = "r1");
 

@@ -6,6 +6,7 @@
 // or the registry the tests skip and say why.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -292,6 +293,31 @@ TEST_F(ReferenceTokenizer, Qwen3AndLlama3IdsMatchRustTokenizers) {
       EXPECT_EQ(tok->decode_all(ours[i]), ref["decoded"][i].get<std::string>()) << family << " sample " << i;
     }
   }
+}
+
+// The tokenizer of a model folder: tokenizer.json when present, with every EOS id of
+// config.json ending completions; a folder without one must name a built-in tokenizer.
+TEST(ModelTokenizer, FolderTokenizerAndEosList) {
+  const fs::path dir = fs::temp_directory_path() / ("cohort_modeltok_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  ModelConfig cfg;
+  cfg.vocab_size = 300;
+  cfg.eos_token_id = 2;
+  cfg.eos_token_ids = {2, 0, 1};
+  EXPECT_THROW(tokenizer_for_model(dir.string(), cfg), Error);  // nothing to read, nothing named
+  cfg.tokenizer = "chars";
+  EXPECT_EQ(tokenizer_for_model(dir.string(), cfg)->name(), "chars");
+  std::ofstream(dir / "tokenizer.json") << smollm2_shaped_tokenizer().dump();
+  std::ofstream(dir / "tokenizer_config.json") << R"({"eos_token": "<|im_end|>"})";
+  auto tok = tokenizer_for_model(dir.string(), cfg);
+  EXPECT_EQ(tok->name(), "bpe");
+  auto stops = tok->stop_ids();
+  std::sort(stops.begin(), stops.end());
+  EXPECT_EQ(stops, (std::vector<int64_t>{0, 1, 2}));  // <|im_start|> only because config.json says so
+  cfg.vocab_size = 100;  // fewer rows than the tokenizer has tokens
+  EXPECT_THROW(tokenizer_for_model(dir.string(), cfg), Error);
+  fs::remove_all(dir);
 }
 
 TEST_F(ReferenceTokenizer, SmolLM2ShapedIdsMatchRustTokenizers) {
