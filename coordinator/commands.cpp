@@ -26,14 +26,30 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 void add_serve(CLI::App& parent) {
-  auto config = std::make_shared<std::string>();
-  auto threads = std::make_shared<int>(0);
+  struct Args {
+    std::string config, model, dataset, eval_dataset, reward, system_prompt;
+    int threads = 0;
+  };
+  auto a = std::make_shared<Args>();
   auto* cmd = parent.add_subcommand("serve", "Run (or resume) the round described by a TOML file");
-  cmd->add_option("--config", *config, "Round config (docs/ROUND_CONFIG.md)")->required();
-  cmd->add_option("--threads", *threads, "CPU threads for the optimizer and evaluation");
-  cmd->callback([config, threads] {
-    if (*threads > 0) set_num_threads(*threads);
-    RoundConfig cfg = RoundConfig::load(*config);
+  cmd->add_option("--config", a->config, "Round config (docs/ROUND_CONFIG.md)")->required();
+  cmd->add_option("--threads", a->threads, "CPU threads for the optimizer and evaluation");
+  // The same names as `cohort train`; each replaces the config's key.
+  cmd->add_option("--model", a->model, "Model folder ([model] path): a Hugging Face folder or a cohort checkpoint");
+  cmd->add_option("--dataset", a->dataset, "JSONL dataset ([task] dataset); peers need the same file");
+  cmd->add_option("--eval-dataset", a->eval_dataset, "JSONL held-out set ([task] eval_dataset)");
+  cmd->add_option("--reward", a->reward, "Dataset reward ([task] reward): math");
+  cmd->add_option("--system-prompt", a->system_prompt,
+                  "Chat models ([model] system_prompt): r1 | default | text");
+  cmd->callback([a] {
+    if (a->threads > 0) set_num_threads(a->threads);
+    RoundConfig cfg = RoundConfig::load(a->config, /*check=*/false);
+    if (!a->model.empty()) cfg.model_path = a->model;
+    if (!a->dataset.empty()) cfg.grpo.task.dataset = a->dataset;
+    if (!a->eval_dataset.empty()) cfg.grpo.task.eval_dataset = a->eval_dataset;
+    if (!a->reward.empty()) cfg.grpo.task.reward = a->reward;
+    if (!a->system_prompt.empty()) cfg.system_prompt = a->system_prompt;
+    cfg.validate();
     Coordinator c(cfg);
     const int rc = c.serve();
     if (rc != 0) std::exit(rc);

@@ -30,6 +30,7 @@
 #include "grpo/safetensors.h"
 #include "grpo/tokenizer.h"
 #include "protocol/channel.h"
+#include "protocol/digest.h"
 #include "protocol/signed_update.h"
 #include "protocol/tensor_codec.h"
 
@@ -162,6 +163,22 @@ struct Coordinator::Impl {
 
   explicit Impl(RoundConfig c) : cfg(std::move(c)) {}
 
+  // Files every peer must hold byte for byte, by settings key: the JSONL dataset and a Hugging
+  // Face model's tokenizer files (their BLAKE2b-256, hex).
+  std::map<std::string, std::string> file_digests;
+
+  void shared_files() {
+    auto digest = [](const std::string& path) {
+      const protocol::Digest d = protocol::blake2b_256_file(path);
+      return protocol::to_hex(protocol::ByteView(d.data(), d.size()));
+    };
+    if (!cfg.grpo.task.dataset.empty()) file_digests["task.dataset.blake2b"] = digest(cfg.grpo.task.dataset);
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
+      const fs::path p = fs::path(cfg.model_path) / f;
+      if (fs::exists(p)) file_digests[std::string(f) + ".blake2b"] = digest(p.string());
+    }
+  }
+
   int64_t step_groups() const { return cfg.grpo.prompts_per_step; }
   uint64_t prompt_index(int64_t step, int pos) const {
     return static_cast<uint64_t>(step - 1) * cfg.grpo.prompts_per_step + pos;
@@ -183,7 +200,15 @@ struct Coordinator::Impl {
     ledger = std::make_unique<Ledger>(ledger_path(cfg.data_dir), cfg.ledger_sync);
     task = grpo::make_task(cfg.grpo.task);
     model = grpo::load_model(cfg.model_path);
-    tok = grpo::make_tokenizer(model->config().tokenizer.empty() ? "chars" : model->config().tokenizer);
+    tok = grpo::tokenizer_for_model(cfg.model_path, model->config(), cfg.system_prompt);
+    shared_files();
+    // Problems a peer would only meet mid-round are reported now.
+    try {
+      (void)grpo::encode_prompt(*tok, task->train_prompt(0));
+    } catch (const Error& e) {
+      throw Error(std::string("the first training prompt cannot be tokenized by the model's tokenizer: ") + e.what());
+    }
+    if (cfg.eval_every > 0) (void)task->eval_prompts(cfg.eval_n);
     layout = ParamLayout(*model);
     torch::optim::AdamWOptions o(cfg.grpo.lr);
     o.betas({cfg.grpo.adam_beta1, cfg.grpo.adam_beta2})
@@ -495,9 +520,10 @@ struct Coordinator::Impl {
       return fail(lease.rec.step, {wire::ACK_MALFORMED, e.what()});
     }
     // Every completion of every leased group, once, with a reward we recompute ourselves.
-    double reward_mean = 0, accuracy = 0, tokens = 0;
-    if (auto r = check_completions(full, lease, reward_mean, accuracy, tokens)) return fail(lease.rec.step, *r);
-    const double expected_units = expected_units_for(full, tokens);
+    double reward_mean = 0, accuracy = 0, tokens = 0, loss_tokens = 0;
+    if (auto r = check_completions(full, lease, reward_mean, accuracy, tokens, loss_tokens))
+      return fail(lease.rec.step, *r);
+    const double expected_units = expected_units_for(full, loss_tokens);
     if (std::abs(full.units() - expected_units) > 0.5)
       return fail(lease.rec.step, {wire::ACK_MALFORMED, "units " + std::to_string(full.units()) +
                                                             " do not match the completions (" +
@@ -581,7 +607,6 @@ struct Coordinator::Impl {
       }
     }
     grpo::Rollout r = grpo::layout(prompt_ids, g, completions, cfg.grpo.sampling.max_new_tokens, tok->pad_id());
-    if (cfg.grpo.mask_truncated) grpo::mask_truncated_rows(r);
     {
       at::NoGradGuard no_grad;
       r.logprobs = grpo::completion_logprobs(*model, r, cfg.grpo.sampling.temperature) * r.completion_mask;
@@ -611,18 +636,21 @@ struct Coordinator::Impl {
     return std::nullopt;
   }
 
-  double expected_units_for(const wire::GradientUpdate& u, double tokens) const {
+  // Token-level aggregations count only the tokens that carry loss: with mask_truncated, those of
+  // completions that ended with a stop token before max_new_tokens.
+  double expected_units_for(const wire::GradientUpdate& u, double loss_tokens) const {
     switch (cfg.grpo.loss.loss) {
       case grpo::LossType::grpo:
       case grpo::LossType::dr_grpo: return double(u.completions_size());
       case grpo::LossType::bnpo:
-      case grpo::LossType::dapo: return tokens;
+      case grpo::LossType::dapo: return loss_tokens;
     }
     return 0;
   }
 
   std::optional<Refusal> check_completions(const wire::GradientUpdate& u, const Lease& lease,
-                                           double& reward_mean, double& accuracy, double& tokens) {
+                                           double& reward_mean, double& accuracy, double& tokens,
+                                           double& loss_tokens) {
     const int g = cfg.grpo.group_size;
     std::map<uint64_t, std::vector<bool>> seen;
     for (uint64_t idx : lease.rec.prompts) seen[idx].assign(g, false);
@@ -632,6 +660,8 @@ struct Coordinator::Impl {
     std::map<uint64_t, grpo::Prompt> prompts;
     double rsum = 0, asum = 0;
     tokens = 0;
+    loss_tokens = 0;
+    const std::vector<int64_t> stops = tok->stop_ids();
     for (const auto& c : u.completions()) {
       auto s = seen.find(c.prompt_index());
       if (s == seen.end() || c.completion() >= static_cast<uint32_t>(g) || s->second[c.completion()])
@@ -670,6 +700,10 @@ struct Coordinator::Impl {
       rsum += reward;
       asum += r.accuracy;
       tokens += double(ids.size());
+      // The sampler flags a completion truncated when it reached max_new_tokens without a stop.
+      const bool truncated = static_cast<int>(ids.size()) == cfg.grpo.sampling.max_new_tokens &&
+                             std::find(stops.begin(), stops.end(), ids.back()) == stops.end();
+      if (!(cfg.grpo.mask_truncated && truncated)) loss_tokens += double(ids.size());
     }
     const double n = std::max(1, u.completions_size());
     reward_mean = rsum / n;
@@ -884,6 +918,16 @@ struct Coordinator::Impl {
     x["advantage_scale"] = g.scale == grpo::AdvantageScale::none ? "none" : "group";
     x["importance"] = g.loss.importance == grpo::ImportanceLevel::sequence ? "sequence" : "token";
     x["micro_batch"] = std::to_string(g.micro_batch);
+    x["mask_truncated"] = g.mask_truncated ? "1" : "0";
+    if (!g.task.dataset.empty()) {
+      // Peers index the same shuffled training split: it depends on the file, the task seed and
+      // whether a held-out share is cut from it (no eval file) or not.
+      x["task.dataset"] = fs::path(g.task.dataset).filename().string();
+      x["task.dataset.split"] = g.task.eval_dataset.empty() ? "held_out" : "whole";
+      x["task.reward"] = g.task.reward;
+    }
+    if (file_digests.count("tokenizer.json.blake2b")) x["prompt.system"] = cfg.system_prompt;
+    for (const auto& [key, hex] : file_digests) x[key] = hex;
     return s;
   }
 

@@ -76,15 +76,15 @@ uint64_t prompt_seed(uint64_t round_seed, uint64_t index) {
   return z ^ (z >> 31);
 }
 
-RoundConfig RoundConfig::load(const std::string& path) {
+RoundConfig RoundConfig::load(const std::string& path, bool check) {
   std::ifstream in(path);
   if (!in) throw Error("cannot read round config " + path);
   std::stringstream ss;
   ss << in.rdbuf();
-  return parse(ss.str(), path);
+  return parse(ss.str(), path, check);
 }
 
-RoundConfig RoundConfig::parse(const std::string& text, const std::string& origin) {
+RoundConfig RoundConfig::parse(const std::string& text, const std::string& origin, bool check) {
   toml::table root;
   try {
     root = toml::parse(text, origin);
@@ -147,6 +147,7 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
   {
     Section s(root["model"].as_table(), "model");
     s.get("path", c.model_path);
+    s.get("system_prompt", c.system_prompt);
     s.finish();
   }
   {
@@ -159,6 +160,9 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
     s.get("format_weight", g.task.format_weight);
     s.get("seed", g.task.seed);
     s.get("held_out_percent", g.task.held_out_percent);
+    s.get("dataset", g.task.dataset);
+    s.get("eval_dataset", g.task.eval_dataset);
+    s.get("reward", g.task.reward);
     s.finish();
   }
   {
@@ -181,6 +185,7 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
     s.get("micro_batch", g.micro_batch);
     s.get("gradient_codec", codec);
     s.get("max_update_norm", c.max_update_norm);
+    s.get("mask_truncated", g.mask_truncated);
     s.finish();
     g.loss.loss = grpo::parse_loss_type(loss);
     g.scale = grpo::parse_advantage_scale(scale);
@@ -225,7 +230,7 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
     s.get("dump_gradients", c.dump_gradients);
     s.finish();
   }
-  c.validate();
+  if (check) c.validate();
   return c;
 }
 
@@ -254,6 +259,11 @@ void RoundConfig::validate() const {
   if (!(recompute_min_cosine >= -1 && recompute_min_cosine <= 1))
     bad("[verification] recompute_min_cosine must be in [-1, 1]");
   if (ban_after < 0) bad("[verification] ban_after must be >= 0 (0: never ban)");
+  if (grpo.task.dataset.empty() && !grpo.task.eval_dataset.empty())
+    bad("[task] eval_dataset needs dataset");
+  if (!grpo.task.dataset.empty() && grpo.task.reward != "math")
+    bad("[task] reward '" + grpo.task.reward + "' is not supported (supported: math)");
+  if (system_prompt.empty()) bad("[model] system_prompt must not be empty (\"r1\", \"default\" or a text)");
 }
 
 }  // namespace cohort::coordinator

@@ -34,6 +34,7 @@ struct RoundConfig {
   Admission admission = Admission::open;
   std::vector<std::string> allowlist;  // hex Ed25519 public keys
   std::string model_path;              // checkpoint folder (config.json + model.safetensors)
+  std::string system_prompt = "r1";    // chat models: "r1" | "default" (the template's) | text
   GradientCodec codec = GradientCodec::fp8;
   double max_update_norm = 0;          // refuse updates whose mean-gradient norm exceeds (0: off)
   AggregationConfig aggregation;       // how a step's updates combine ([aggregation])
@@ -46,11 +47,14 @@ struct RoundConfig {
   LedgerSync ledger_sync = LedgerSync::full;  // [round] ledger_sync: "full" | "normal"
   bool dump_gradients = false;         // write the applied mean gradient of each step (tests)
   int linger_s = 3;                    // after the last step, wait this long for nodes to leave
-  grpo::GrpoConfig grpo;               // task, sampling, loss, optimizer, prompts_per_step, seed
+  grpo::GrpoConfig grpo;               // task (built-in or JSONL dataset + reward), sampling,
+                                       // loss, optimizer, prompts_per_step, mask_truncated, seed
 
   // Throws cohort::Error with the key and the reason for an unknown key or a bad value.
-  static RoundConfig load(const std::string& path);
-  static RoundConfig parse(const std::string& toml_text, const std::string& origin = "<string>");
+  // check = false leaves validate() to the caller (command-line overrides come first).
+  static RoundConfig load(const std::string& path, bool check = true);
+  static RoundConfig parse(const std::string& toml_text, const std::string& origin = "<string>",
+                           bool check = true);
   // Rejects settings the distributed form cannot reproduce (batch-scaled advantages, beta != 0).
   void validate() const;
 };

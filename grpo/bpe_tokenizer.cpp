@@ -2,6 +2,7 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <unicode/uchar.h>
 #include <unicode/unorm2.h>
 #include <unicode/ustring.h>
 
@@ -70,6 +71,11 @@ uint32_t next_code_point(std::string_view s, size_t& i) {
   for (int k = 1; k < n && i + k < s.size(); ++k) cp = (cp << 6) | (s[i + k] & 0x3F);
   i += n;
   return cp;
+}
+
+bool is_numeric(uint32_t cp) {
+  const int8_t t = u_charType(static_cast<UChar32>(cp));
+  return t == U_DECIMAL_DIGIT_NUMBER || t == U_LETTER_NUMBER || t == U_OTHER_NUMBER;
 }
 
 std::string nfc(const std::string& s) {
@@ -313,18 +319,20 @@ struct BpeTokenizer::Impl {
             break;
           }
           case PreTokenizerStep::digits: {
-            size_t s = 0;
-            for (size_t k = 0; k <= p.size(); ++k) {
-              const bool end = k == p.size();
-              const bool digit = !end && p[k] >= '0' && p[k] <= '9';
-              const bool prev_digit = k > 0 && p[k - 1] >= '0' && p[k - 1] <= '9';
-              const bool boundary =
-                  end || (k > s && (digit != prev_digit || (digit && step.individual_digits)));
-              if (boundary && k > s) {
-                next.push_back(p.substr(s, k - s));
-                s = k;
+            // The reference's Digits: char::is_numeric (Unicode Nd, Nl, No, so "²" and "٣"
+            // too), each digit alone (individual_digits) or in runs, isolated from the rest.
+            size_t s = 0, k = 0;
+            bool prev_numeric = false;
+            while (k < p.size()) {
+              const size_t at = k;
+              const bool numeric = is_numeric(next_code_point(p, k));
+              if (at > s && (numeric != prev_numeric || (numeric && step.individual_digits))) {
+                next.push_back(p.substr(s, at - s));
+                s = at;
               }
+              prev_numeric = numeric;
             }
+            if (p.size() > s) next.push_back(p.substr(s));
             break;
           }
         }
@@ -626,7 +634,13 @@ std::vector<int64_t> BpeTokenizer::stop_ids() const {
   for (const char* t : {"<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"})
     if (auto id = token_id(t); id && std::find(ids.begin(), ids.end(), *id) == ids.end())
       ids.push_back(*id);
+  for (int64_t id : extra_stops_)
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
   return ids;
+}
+
+void BpeTokenizer::add_stop_ids(const std::vector<int64_t>& ids) {
+  extra_stops_.insert(extra_stops_.end(), ids.begin(), ids.end());
 }
 
 const std::vector<AddedToken>& BpeTokenizer::added_tokens() const { return impl_->added; }

@@ -63,6 +63,8 @@ class BpeTokenizer final : public Tokenizer {
   // EOS plus the family's end-of-turn tokens present in the vocabulary (<|im_end|>,
   // <|endoftext|>, <|eot_id|>, <|eom_id|>, <|end_of_text|>).
   std::vector<int64_t> stop_ids() const override;
+  // More ids that end a completion (config.json's eos_token_id list).
+  void add_stop_ids(const std::vector<int64_t>& ids);
 
   // The system turn of every prompt; nullopt: the template's default (Qwen2.5: "You are Qwen…").
   void set_system_prompt(std::optional<std::string> system) { system_ = std::move(system); }
@@ -78,6 +80,7 @@ class BpeTokenizer final : public Tokenizer {
   struct Impl;
   std::unique_ptr<Impl> impl_;
   int64_t pad_id_ = -1, bos_id_ = -1, eos_id_ = -1;
+  std::vector<int64_t> extra_stops_;
   ChatFormat chat_;
   std::optional<std::string> system_;
 };

@@ -42,14 +42,6 @@ void add_task_options(CLI::App* cmd, TaskSpec& t) {
   cmd->add_option("--reward", t.reward, "Dataset reward: math")->capture_default_str();
 }
 
-// The R1-Zero instruction: reason in <think>, answer in <answer> (what r1_format_reward checks).
-constexpr const char* kR1SystemPrompt =
-    "A conversation between User and Assistant. The user asks a question, and the Assistant "
-    "solves it. The assistant first thinks about the reasoning process in the mind and then "
-    "provides the user with the answer. The reasoning process and answer are enclosed within "
-    "<think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning process "
-    "here </think> <answer> answer here </answer>.";
-
 struct PromptOptions {
   std::string system_prompt = "r1";  // "r1" | "default" (the template's) | any text
 };
@@ -60,22 +52,9 @@ void add_prompt_options(CLI::App* cmd, PromptOptions& p) {
       ->capture_default_str();
 }
 
-// The tokenizer a model folder was trained with: its tokenizer.json when it has one (Hugging Face
-// models), else the built-in tokenizer named in config.json.
 std::unique_ptr<Tokenizer> tokenizer_for(const std::string& dir, const ModelConfig& cfg,
                                          const PromptOptions& p) {
-  if (fs::exists(fs::path(dir) / "tokenizer.json")) {
-    auto tok = BpeTokenizer::from_folder(dir);
-    if (p.system_prompt == "r1")
-      tok->set_system_prompt(kR1SystemPrompt);
-    else if (p.system_prompt != "default")
-      tok->set_system_prompt(p.system_prompt);
-    if (tok->vocab_size() > cfg.vocab_size)
-      throw Error(dir + ": tokenizer has " + std::to_string(tok->vocab_size()) +
-                  " tokens but the model only " + std::to_string(cfg.vocab_size));
-    return tok;
-  }
-  return make_tokenizer(cfg.tokenizer.empty() ? "chars" : cfg.tokenizer);
+  return tokenizer_for_model(dir, cfg, p.system_prompt);
 }
 
 void add_threads_option(CLI::App* cmd, int& threads) {

@@ -139,7 +139,7 @@ std::unique_ptr<Task> make_dataset_task(const TaskSpec& spec) {
   std::vector<DatasetExample> all = read_jsonl_dataset(spec.dataset);
   std::vector<DatasetExample> eval;
   if (!spec.eval_dataset.empty()) {
-    eval = read_jsonl_dataset(spec.eval_dataset);
+    if (spec.load_eval) eval = read_jsonl_dataset(spec.eval_dataset);
   } else {
     // The held-out part is a seeded sample of the file: the same for every peer of a round.
     shuffle(all, spec.seed);

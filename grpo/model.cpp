@@ -146,8 +146,9 @@ Model::Model(ModelConfig config, uint64_t seed) : config_(std::move(config)) {
     if (t.dim() == 2) t.normal_(0.0, 0.02, gen);
     t.set_requires_grad(true);
   }
-  inv_freq_ = 1.0 / at::pow(c.rope_theta, at::arange(0, hd, 2, at::kDouble) / double(hd));
-  inv_freq_ = inv_freq_.to(at::kFloat);
+  // θ^(-2i/d) with config.json's rope_scaling applied (linear, llama3), as transformers does.
+  const std::vector<double> inv_freq = c.rope_inv_freq();
+  inv_freq_ = at::tensor(at::ArrayRef<double>(inv_freq), at::kDouble).to(at::kFloat);
 }
 
 std::vector<Tensor> Model::parameters() const {

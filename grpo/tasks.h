@@ -29,6 +29,9 @@ struct TaskSpec {
   // given, else on a held-out share of `dataset` (held_out_percent, after a seeded shuffle).
   std::string dataset, eval_dataset;
   std::string reward = "math";  // dataset reward: "math" (grpo/math_reward.h)
+  // false: do not read eval_dataset (peers of a round only draw training prompts; the training
+  // split does not depend on the eval file's content).
+  bool load_eval = true;
 };
 
 struct Prompt {

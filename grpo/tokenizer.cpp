@@ -74,4 +74,33 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name) {
   throw Error("unknown tokenizer '" + name + "'");
 }
 
+const char* const kR1SystemPrompt =
+    "A conversation between User and Assistant. The user asks a question, and the Assistant "
+    "solves it. The assistant first thinks about the reasoning process in the mind and then "
+    "provides the user with the answer. The reasoning process and answer are enclosed within "
+    "<think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning process "
+    "here </think> <answer> answer here </answer>.";
+
+std::unique_ptr<Tokenizer> tokenizer_for_model(const std::string& dir, const ModelConfig& cfg,
+                                               const std::string& system_prompt) {
+  if (!std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json")) {
+    // Guessing would silently mis-tokenize a real model whose tokenizer files were left behind.
+    if (cfg.tokenizer.empty())
+      throw Error(dir + ": no tokenizer.json, and config.json names no built-in tokenizer "
+                        "(cohort_tokenizer); copy the model's tokenizer.json and "
+                        "tokenizer_config.json beside its config.json");
+    return make_tokenizer(cfg.tokenizer);
+  }
+  auto tok = BpeTokenizer::from_folder(dir);
+  if (system_prompt == "r1")
+    tok->set_system_prompt(kR1SystemPrompt);
+  else if (system_prompt != "default")
+    tok->set_system_prompt(system_prompt);
+  if (tok->vocab_size() > cfg.vocab_size)
+    throw Error(dir + ": tokenizer has " + std::to_string(tok->vocab_size()) +
+                " tokens but the model only " + std::to_string(cfg.vocab_size));
+  tok->add_stop_ids(cfg.all_eos_token_ids());
+  return tok;
+}
+
 }  // namespace cohort::grpo

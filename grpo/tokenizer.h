@@ -13,6 +13,8 @@
 #include <string_view>
 #include <vector>
 
+#include "grpo/config.h"
+
 namespace cohort::grpo {
 
 class Tokenizer {
@@ -55,5 +57,17 @@ class CharTokenizer final : public Tokenizer {
 // "chars" → CharTokenizer; a folder holding tokenizer.json → BpeTokenizer.
 // Throws cohort::Error for an unknown name.
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name);
+
+// The R1-Zero instruction: reason in <think>, answer in <answer> (what r1_format_reward checks).
+extern const char* const kR1SystemPrompt;
+
+// The tokenizer a model folder was trained with: dir/tokenizer.json (+ tokenizer_config.json)
+// when it has one (Hugging Face models), else the built-in tokenizer config.json names.
+// system_prompt, for chat models: "r1" (kR1SystemPrompt), "default" (the chat template's own) or
+// any text. Every EOS id config.json lists also ends completions. Throws cohort::Error when the
+// tokenizer has more tokens than the model's vocabulary, or when the folder has no tokenizer.json
+// and config.json names no built-in one.
+std::unique_ptr<Tokenizer> tokenizer_for_model(const std::string& dir, const ModelConfig& cfg,
+                                               const std::string& system_prompt = "r1");
 
 }  // namespace cohort::grpo

@@ -112,9 +112,17 @@ LossSums accumulate_gradient(const Model& policy, const Model* reference, const 
       ref = completion_logprobs(*reference, rows, cfg.sampling.temperature);
     }
     auto logps = completion_logprobs(policy, rows, cfg.sampling.temperature);
-    auto sums =
-        grpo_loss_sums(logps, rows.logprobs.to(device), ref, adv_all.narrow(0, begin, count),
-                       rows.completion_mask.to(device), lc);
+    // Applied here too (on a copy: rows are views of the caller's rollout) so that callers that
+    // sample on their own, as the node does with per-lease seeds, get the same loss.
+    Tensor mask = rows.completion_mask;
+    if (cfg.mask_truncated) {
+      mask = mask.clone();
+      for (int64_t i = 0; i < count; ++i)
+        if (static_cast<size_t>(i) < rows.truncated.size() && rows.truncated[static_cast<size_t>(i)])
+          mask[i].zero_();
+    }
+    auto sums = grpo_loss_sums(logps, rows.logprobs.to(device), ref, adv_all.narrow(0, begin, count),
+                               mask.to(device), lc);
     sums.loss_sum.backward();
     loss_value += sums.loss_sum.item<double>();
     total.units += sums.units;

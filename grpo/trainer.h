@@ -72,7 +72,8 @@ at::Tensor completion_logprobs(const Model& model, const Rollout& rows, double t
 Rollout slice_rows(const Rollout& r, int64_t begin, int64_t count);
 
 // Adds the gradient of Σ-form loss over the batch to the parameters' .grad (without zeroing
-// it first) and returns the sums. Dividing the accumulated gradient by Σ units over any set of
+// it first) and returns the sums. With cfg.mask_truncated, truncated rows add no loss (whether
+// or not the rollout's mask was already zeroed by rollout_and_score). Dividing the accumulated gradient by Σ units over any set of
 // shards gives the gradient of the loss of their union.
 LossSums accumulate_gradient(const Model& policy, const Model* reference, const Rollout& rollout,
                              std::span<const float> advantages, const GrpoConfig& cfg);

@@ -36,6 +36,10 @@ void add_commands(CLI::App& app) {
                   "Linear layers: fp32 | bf16 | fp8 (FP8 GEMM operands, FP32 accumulation)")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "bf16", "fp8"}));
+  run->add_option("--dataset", o->dataset,
+                  "The round's JSONL dataset (must be byte-identical to the coordinator's)");
+  run->add_option("--tokenizer", o->tokenizer_dir,
+                  "Folder with the round's model tokenizer.json / tokenizer_config.json (Hugging Face models)");
   run->add_option("--summary-out", o->summary_out, "Write a JSON summary here at exit");
   run->add_option("--max-leases", o->max_leases, "Leave after this many accepted leases (0: never)")
       ->capture_default_str();

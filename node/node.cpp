@@ -24,6 +24,7 @@
 #include "node/lease_split.h"
 #include "node/lease_work.h"
 #include "protocol/channel.h"
+#include "protocol/digest.h"
 #include "protocol/signed_update.h"
 
 namespace cohort::node {
@@ -60,6 +61,26 @@ std::string extra(const wire::RoundSettings& s, const std::string& key) {
   if (it == s.extra().end()) throw Error("round settings lack '" + key + "'");
   return it->second;
 }
+std::string extra_or(const wire::RoundSettings& s, const std::string& key, const std::string& fallback) {
+  auto it = s.extra().find(key);
+  return it == s.extra().end() ? fallback : it->second;
+}
+
+// A local file the round names must be the coordinator's byte for byte; else the node would
+// draw other prompts (dataset) or other token ids (tokenizer) than the round's.
+void require_same_file(const wire::RoundSettings& s, const std::string& key, const std::string& path,
+                       const std::string& what, const std::string& option) {
+  const std::string want = extra_or(s, key, "");
+  if (want.empty()) return;
+  if (path.empty())
+    throw RoundOver{3, "the round uses " + what + "; give this node its copy with " + option};
+  if (!fs::exists(path)) throw RoundOver{3, what + " " + path + " does not exist"};
+  const protocol::Digest d = protocol::blake2b_256_file(path);
+  const std::string have = protocol::to_hex(protocol::ByteView(d.data(), d.size()));
+  if (have != want)
+    throw RoundOver{3, what + " mismatch: " + path + " has BLAKE2b-256 " + have +
+                           " but the round's is " + want + "; use the coordinator's file"};
+}
 
 grpo::GrpoConfig config_from(const wire::RoundSettings& s) {
   grpo::GrpoConfig c;
@@ -86,6 +107,17 @@ grpo::GrpoConfig config_from(const wire::RoundSettings& s) {
   c.scale = grpo::parse_advantage_scale(extra(s, "advantage_scale"));
   c.loss.importance = grpo::parse_importance_level(extra(s, "importance"));
   c.micro_batch = std::stoi(extra(s, "micro_batch"));
+  c.mask_truncated = extra_or(s, "mask_truncated", "0") == "1";
+  if (s.extra().count("task.dataset")) {
+    c.task.reward = extra(s, "task.reward");
+    const std::string split = extra(s, "task.dataset.split");
+    if (split != "held_out" && split != "whole") throw Error("unknown dataset split '" + split + "'");
+    // "whole": the coordinator evaluates on a separate file the node never reads.
+    if (split == "whole") {
+      c.task.eval_dataset = "(coordinator's)";
+      c.task.load_eval = false;
+    }
+  }
   return c;
 }
 
@@ -270,8 +302,23 @@ class Node {
     cfg_ = config_from(s);
     grpo::ModelConfig mc = grpo::ModelConfig::from_json(extra(s, "model_config"));
     mc.validate();
+    if (s.extra().count("task.dataset")) {
+      require_same_file(s, "task.dataset.blake2b", opt_.dataset, "dataset " + extra(s, "task.dataset"),
+                        "--dataset");
+      cfg_.task.dataset = opt_.dataset;
+    }
     task_ = grpo::make_task(cfg_.task);
-    tok_ = grpo::make_tokenizer(mc.tokenizer.empty() ? "chars" : mc.tokenizer);
+    if (s.extra().count("tokenizer.json.blake2b")) {
+      // A Hugging Face model: its tokenizer files come from the node's own copy of the folder.
+      const fs::path dir = opt_.tokenizer_dir;
+      require_same_file(s, "tokenizer.json.blake2b", opt_.tokenizer_dir.empty() ? "" : (dir / "tokenizer.json").string(),
+                        "the model's tokenizer.json", "--tokenizer");
+      require_same_file(s, "tokenizer_config.json.blake2b", (dir / "tokenizer_config.json").string(),
+                        "the model's tokenizer_config.json", "--tokenizer");
+      tok_ = grpo::tokenizer_for_model(opt_.tokenizer_dir, mc, extra(s, "prompt.system"));
+    } else {
+      tok_ = grpo::make_tokenizer(mc.tokenizer.empty() ? "chars" : mc.tokenizer);
+    }
     devices_ = opt_.gpus.empty()
                    ? make_cpu_device_group(mc, opt_.devices, grpo::parse_precision(opt_.precision))
                    : make_gpu_device_group(mc, opt_.gpus, grpo::parse_precision(opt_.precision));
@@ -279,8 +326,9 @@ class Node {
     encoder_ = std::make_unique<GradientEncoder>(layout_, s.gradient_codec() == wire::CODEC_RAW
                                                               ? wire::CODEC_RAW
                                                               : wire::CODEC_FP8_E4M3_BLOCK);
-    spdlog::info("node: round {} task {} G={} model {} parameters", round_id_, cfg_.task.name,
-                 cfg_.group_size, mc.parameter_count());
+    spdlog::info("node: round {} task {} G={} model {} parameters", round_id_,
+                 cfg_.task.dataset.empty() ? cfg_.task.name : cfg_.task.dataset, cfg_.group_size,
+                 mc.parameter_count());
   }
 
   // Fetches the manifest, then only the tensors whose digest differs from what the replicas

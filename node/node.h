@@ -24,6 +24,10 @@ struct NodeOptions {
   int devices = 1;               // CPU workers (threads), when `gpus` is empty
   std::vector<int> gpus;         // GPU workers (CUDA ordinals), one each, reduced with NCCL
   std::string precision = "fp32";  // linear layers: fp32 | bf16 | fp8 (grpo/model.h)
+  // Local copies of the files a round may name; the coordinator advertises their BLAKE2b-256 and
+  // the node refuses to work (exit 3) when a file is missing or differs.
+  std::string dataset;           // the round's JSONL dataset ([task] dataset)
+  std::string tokenizer_dir;     // a Hugging Face model's folder (tokenizer.json, tokenizer_config.json)
   std::string summary_out;       // JSON summary at exit (bench e2e)
   int64_t max_leases = 0;        // leave after this many accepted leases (0: until the round ends)
   double max_backoff_s = 30;
@@ -35,7 +39,8 @@ struct NodeOptions {
   int64_t delay_ms = 0;          // sleep after computing, before sending (slow / stale peer)
 };
 
-// Exit codes: 0 done (round complete / asked to leave), 2 not admitted, 1 other errors.
+// Exit codes: 0 done (round complete / asked to leave), 2 not admitted, 3 the node lacks a file
+// the round names or holds a different one (dataset, tokenizer), 1 other errors.
 int run_node(const NodeOptions& options);
 
 }  // namespace cohort::node

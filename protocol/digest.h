@@ -5,6 +5,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 #include "protocol/bytes.h"
@@ -19,6 +20,9 @@ inline constexpr std::string_view kUpdateDomain = "cohort/signed-update/v1";
 inline constexpr std::string_view kManifestDomain = "cohort/weight-manifest/v1";
 
 [[nodiscard]] Digest blake2b_256(ByteView data);
+// BLAKE2b-256 of a file's bytes, read in blocks; throws cohort::Error when it cannot be read.
+// Peers compare the files a round names (datasets, tokenizers) by it.
+[[nodiscard]] Digest blake2b_256_file(const std::string& path);
 // BLAKE2b-256(domain || 0x00 || body): what a detached signature covers.
 [[nodiscard]] Digest signing_digest(std::string_view domain, ByteView body);
 

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
 
@@ -90,6 +91,7 @@ struct Round {
   int eval_every = 0;
   int eval_n = 10;
   int digits = 1;
+  bool mask_truncated = false;
   int max_new_tokens = 8;
 };
 
@@ -169,7 +171,8 @@ class E2E : public ::testing::Test {
     }
     t << "[model]\npath = \"" << base_ << "\"\n[task]\nname = \"arith\"\ndigits = " << r.digits << "\n";
     t << "[grpo]\ngroup_size = " << r.group << "\nlr = " << r.lr << "\ngradient_codec = \"" << r.codec
-      << "\"\n[sampling]\nmax_new_tokens = " << r.max_new_tokens << "\n";
+      << "\"\nmask_truncated = " << (r.mask_truncated ? "true" : "false")
+      << "\n[sampling]\nmax_new_tokens = " << r.max_new_tokens << "\n";
     t << "[aggregation]\nrule = \"" << r.aggregation << "\"\n";
     t << "[verification]\nrecompute_fraction = " << r.recompute_fraction << "\nban_after = " << r.ban_after << "\n";
     if (r.dump) t << "[debug]\ndump_gradients = true\n";
@@ -178,9 +181,10 @@ class E2E : public ::testing::Test {
     return path;
   }
 
-  Endpoint start_coordinator(const std::string& config) {
-    coord_ = Subprocess::spawn({COHORT_BIN, "coordinator", "serve", "--config", config, "--threads", "1"},
-                               (dir_ / "coordinator.log").string());
+  Endpoint start_coordinator(const std::string& config, std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {COHORT_BIN, "coordinator", "serve", "--config", config, "--threads", "1"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    coord_ = Subprocess::spawn(argv, (dir_ / "coordinator.log").string());
     return wait_for_endpoint(data(), 120, coord_.pid());
   }
 
@@ -613,6 +617,133 @@ TEST_F(E2ELearning, DecentralizedAccuracyRises) {
               last, base_heldout, final_heldout);
   EXPECT_GT(last, first + 0.05);
   EXPECT_GT(final_heldout, base_heldout);
+}
+
+// A round on a JSONL dataset with the math reward, given on the coordinator's command line as
+// `cohort train` takes it: leases name indices into the dataset's shuffled training split, the
+// coordinator recomputes every reward with the math verifier, and truncated completions are
+// masked on both sides (the token units agree). Nodes must hold the same file: one without it
+// and one with a file that differs in one record leave with exit code 3 and the documented reason.
+TEST_F(E2E, DatasetRoundCompletesAndRefusesNodesWithAnotherFile) {
+  // 1-digit sums as {"prompt", "answer"} records: what the base model was warmed up on, so some
+  // completions earn the reward.
+  const std::string good = (dir_ / "sums.jsonl").string(), other = (dir_ / "other" / "sums.jsonl").string();
+  fs::create_directories(dir_ / "other");
+  {
+    std::ofstream g(good), o(other);
+    for (int a = 0; a < 10; ++a)
+      for (int b = 0; b < 10; ++b) {
+        const std::string line = "{\"prompt\": \"" + std::to_string(a) + "+" + std::to_string(b) +
+                                 "=\", \"answer\": \"" + std::to_string(a + b) + "\"}\n";
+        g << line;
+        o << (a == 9 && b == 9 ? "{\"prompt\": \"9+9=\", \"answer\": \"19\"}\n" : line);
+      }
+  }
+  Round r;
+  r.steps = 2;
+  r.mask_truncated = true;
+  // "<answer>", two digits, "</answer>", EOS: sums of 10 and more are cut at 4 tokens, so
+  // truncated completions occur and the coordinator's unit count must leave them out.
+  r.max_new_tokens = 4;
+  auto ep = start_coordinator(write_config(r), {"--dataset", good, "--reward", "math"});
+
+  Subprocess& missing = start_node(ep, "missing");
+  EXPECT_EQ(missing.wait(60).value_or(-1), 3) << log("missing");
+  EXPECT_NE(log("missing").find("the round uses dataset sums.jsonl; give this node its copy with --dataset"),
+            std::string::npos)
+      << log("missing");
+  Subprocess& differs = start_node(ep, "differs", {"--dataset", other});
+  EXPECT_EQ(differs.wait(60).value_or(-1), 3) << log("differs");
+  EXPECT_NE(log("differs").find("dataset sums.jsonl mismatch: " + other + " has BLAKE2b-256"), std::string::npos)
+      << log("differs");
+
+  start_node(ep, "good", {"--dataset", good});
+  ASSERT_EQ(wait_coordinator(), 0) << log("coordinator") << log("good");
+  expect_each_group_counted_once(r);
+  Db db(ledger());
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 0"), 0) << log("coordinator");
+  EXPECT_GE(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 1 AND peer = '" + key_hex("good") + "'"),
+            r.steps);
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM leases WHERE peer IN ('" + key_hex("missing") + "', '" +
+                     key_hex("differs") + "')"),
+            0);
+  // The rewards the coordinator recomputed (and accepted) include correct answers.
+  EXPECT_GT(std::stod(db.rows("SELECT SUM(accuracy) FROM updates WHERE accepted = 1")[0][0]), 0.0)
+      << log("coordinator");
+  EXPECT_NE(log("good").find("task " + good), std::string::npos) << log("good");
+}
+
+// A Hugging Face model folder (config.json + model.safetensors + tokenizer.json) given with
+// `--model`: the coordinator prompts and scores with its byte-level BPE tokenizer, and nodes read
+// the tokenizer from their own copy of the folder (`--tokenizer`), checked by digest.
+TEST_F(E2E, HuggingFaceModelRoundChecksTheNodesTokenizer) {
+  // A byte-level BPE without merges: the 256 GPT-2 byte characters, then <|endoftext|> (EOS).
+  nlohmann::json vocab = nlohmann::json::object();
+  int shifted = 0;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
+    const uint32_t cp = printable ? static_cast<uint32_t>(b) : 256u + static_cast<uint32_t>(shifted++);
+    std::string ch;
+    if (cp < 0x80) {
+      ch += static_cast<char>(cp);
+    } else {
+      ch += static_cast<char>(0xC0 | (cp >> 6));
+      ch += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+    vocab[ch] = b;
+  }
+  vocab["<|endoftext|>"] = 256;
+  const nlohmann::json tokenizer = {
+      {"added_tokens", {{{"id", 256}, {"content", "<|endoftext|>"}, {"special", true}}}},
+      {"normalizer", nullptr},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+      {"decoder", {{"type", "ByteLevel"}}},
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+  const nlohmann::json tokenizer_config = {{"eos_token", "<|endoftext|>"}};
+  grpo::ModelConfig mc = tiny_config();
+  mc.tokenizer.clear();
+  mc.vocab_size = 260;
+  mc.bos_token_id = -1;
+  mc.eos_token_id = 256;
+  mc.pad_token_id = 256;
+  const fs::path model = dir_ / "hf-model", copy = dir_ / "node-copy", other = dir_ / "node-other";
+  grpo::save_model(model.string(), grpo::Model(mc, 3));
+  for (const fs::path& d : {model, copy, other}) {
+    fs::create_directories(d);
+    std::ofstream(d / "tokenizer.json") << tokenizer.dump();
+    std::ofstream(d / "tokenizer_config.json")
+        << (d == other ? nlohmann::json{{"eos_token", "<|endoftext|>"}, {"pad_token", "<|endoftext|>"}}
+                       : tokenizer_config)
+               .dump();
+  }
+  ASSERT_EQ(grpo::tokenizer_for_model(model.string(), mc)->name(), "bpe");
+  const std::string data_file = (dir_ / "q.jsonl").string();
+  {
+    std::ofstream q(data_file);
+    for (int i = 0; i < 20; ++i)
+      q << "{\"question\": \"What is " << i << " plus one?\", \"answer\": \"Add one. #### " << i + 1 << "\"}\n";
+  }
+  Round r;
+  r.steps = 1;
+  r.prompts = 4;
+  r.max_new_tokens = 4;
+  auto ep = start_coordinator(write_config(r), {"--model", model.string(), "--dataset", data_file});
+
+  Subprocess& no_tokenizer = start_node(ep, "no-tokenizer", {"--dataset", data_file});
+  EXPECT_EQ(no_tokenizer.wait(60).value_or(-1), 3) << log("no-tokenizer");
+  EXPECT_NE(log("no-tokenizer").find("the round uses the model's tokenizer.json; give this node its copy with --tokenizer"),
+            std::string::npos)
+      << log("no-tokenizer");
+  Subprocess& differs = start_node(ep, "differs", {"--dataset", data_file, "--tokenizer", other.string()});
+  EXPECT_EQ(differs.wait(60).value_or(-1), 3) << log("differs");
+  EXPECT_NE(log("differs").find("the model's tokenizer_config.json mismatch"), std::string::npos) << log("differs");
+
+  start_node(ep, "good", {"--dataset", data_file, "--tokenizer", copy.string()});
+  ASSERT_EQ(wait_coordinator(), 0) << log("coordinator") << log("good");
+  expect_each_group_counted_once(r);
+  Db db(ledger());
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 0"), 0) << log("coordinator");
+  EXPECT_GE(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 1 AND peer = '" + key_hex("good") + "'"), 1);
 }
 
 }  // namespace

@@ -1,10 +1,12 @@
 // The byte-level BPE tokenizer and chat templates against the reference: the real
 // tokenizer.json files of Qwen3 (= Qwen2.5's vocabulary, merges and split regex) and Llama 3,
-// encoded and decoded by @lenml/tokenizers, a JavaScript port of Hugging Face tokenizers. The
+// encoded and decoded by @lenml/tokenizers, a JavaScript port of Hugging Face tokenizers, and by
+// Hugging Face's Rust tokenizers (its Node binding), plus a SmolLM2-shaped tokenizer.json. The
 // packages are installed at pinned versions into the build folder on first use; without npm
 // or the registry the tests skip and say why.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -184,6 +186,165 @@ class ReferenceTokenizer : public ::testing::Test {
 
 TEST_F(ReferenceTokenizer, Qwen3IdsMatchReference) { compare_family("qwen3"); }
 TEST_F(ReferenceTokenizer, Llama3IdsMatchReference) { compare_family("llama3"); }
+
+// No npm package ships SmolLM2's tokenizer.json (docs/MODELS.md), so its shape is built here:
+// GPT-2's byte map, SmolLM2's special tokens at ids 0-2, and its pre-tokenizer, a Sequence of
+// Digits (individual_digits) and ByteLevel (GPT-2 regex). A few merges make the effect of each
+// step visible in hand-derived ids; Hugging Face's Rust tokenizers then checks the whole corpus.
+std::string gpt2_byte_char(int b) {
+  // bytes_to_unicode(): printable Latin-1 maps to itself, the other bytes to U+0100.. in order.
+  int shift = 0;
+  for (int x = 0; x < b; ++x)
+    if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || x >= 174)) ++shift;
+  const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
+  const uint32_t cp = printable ? static_cast<uint32_t>(b) : 256u + static_cast<uint32_t>(shift);
+  std::string out;
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else {
+    out += static_cast<char>(0xC0 | (cp >> 6));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+  return out;
+}
+
+// ids: 0-2 specials, 3 + b for byte b, then the merged tokens in merge order.
+json smollm2_shaped_tokenizer() {
+  json vocab = json::object();
+  vocab["<|endoftext|>"] = 0;
+  vocab["<|im_start|>"] = 1;
+  vocab["<|im_end|>"] = 2;
+  for (int b = 0; b < 256; ++b) vocab[gpt2_byte_char(b)] = 3 + b;
+  const std::vector<std::pair<std::string, std::string>> merges = {
+      {"\u0120", "t"}, {"h", "e"}, {"\u0120t", "he"}, {"1", "2"}, {"\u0120", "1"}, {"t", "he"},
+      // "²" and "³" are the bytes C2 B2 and C2 B3, byte-level "Â²" and "Â³".
+      {"\u00C2", "\u00B2"}, {"\u00C2", "\u00B3"}, {"\u00C2\u00B2", "\u00C2\u00B3"}};
+  json m = json::array();
+  int next = 259;
+  for (const auto& [a, b] : merges) {
+    m.push_back(a + " " + b);
+    vocab[a + b] = next++;
+  }
+  json added = json::array();
+  for (int i = 0; i < 3; ++i)
+    added.push_back({{"id", i}, {"content", i == 0 ? "<|endoftext|>" : i == 1 ? "<|im_start|>" : "<|im_end|>"},
+                     {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+                     {"normalized", false}, {"special", true}});
+  return {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr},
+          {"added_tokens", added}, {"normalizer", nullptr},
+          {"pre_tokenizer", {{"type", "Sequence"}, {"pretokenizers", json::array({
+              {{"type", "Digits"}, {"individual_digits", true}},
+              {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}})}}},
+          {"post_processor", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}}},
+          {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
+          {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr},
+                     {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr},
+                     {"fuse_unk", false}, {"byte_fallback", false}, {"vocab", vocab}, {"merges", m}}}};
+}
+
+int64_t byte_id(char c) { return 3 + static_cast<unsigned char>(c); }
+
+TEST(SmolLM2Tokenizer, DigitsAndByteLevelSequenceByHand) {
+  const json tj = smollm2_shaped_tokenizer();
+  auto tok = BpeTokenizer::from_json(tj.dump());
+  const int64_t G_t = 259, he = 260, G_the = 261, twelve = 262, G_1 = 263, the = 264;
+  // Digits first: "the the 12" → "the the ", "1", "2"; the GPT-2 regex then splits the first
+  // piece into "the", " the", " ". So "12" and " 1" are never merged although both are merges.
+  EXPECT_EQ(tok->encode("the the 12"),
+            (std::vector<int64_t>{the, G_the, byte_id(' '), byte_id('1'), byte_id('2')}));
+  // "Ġt" + "he" beats "t" + "he": rank 0 ("Ġ t") applies before rank 1 ("h e").
+  EXPECT_EQ(tok->encode(" the"), (std::vector<int64_t>{G_the}));
+  EXPECT_EQ(tok->encode(" thx"), (std::vector<int64_t>{G_t, byte_id('h'), byte_id('x')}));
+  EXPECT_EQ(tok->encode("hehe"), (std::vector<int64_t>{he, he}));
+  // Special tokens split out first; "\n" is its own piece (byte-level Ċ).
+  EXPECT_EQ(tok->encode("<|im_start|>user\n12<|im_end|>"),
+            (std::vector<int64_t>{1, byte_id('u'), byte_id('s'), byte_id('e'), byte_id('r'),
+                                  byte_id('\n'), byte_id('1'), byte_id('2'), 2}));
+  // Unicode digits are digits too (Rust's char::is_numeric): "x²³" → "x", "²", "³", so the
+  // merge of "²³" never applies.
+  const int64_t sup2 = 265, sup3 = 266, sup23 = 267;
+  EXPECT_EQ(tok->encode("x\xC2\xB2\xC2\xB3"), (std::vector<int64_t>{byte_id('x'), sup2, sup3}));
+  EXPECT_EQ(tok->decode_all(tok->encode("the the 12")), "the the 12");
+
+  // The same file without Digits is plain GPT-2: " 12" merges to "Ġ", "12" (rank 3 < rank 4).
+  json gpt2 = tj;
+  gpt2["pre_tokenizer"] = tj["pre_tokenizer"]["pretokenizers"][1];
+  auto plain = BpeTokenizer::from_json(gpt2.dump());
+  EXPECT_EQ(plain->encode("the the 12"), (std::vector<int64_t>{the, G_the, byte_id(' '), twelve}));
+  EXPECT_EQ(plain->encode("x\xC2\xB2\xC2\xB3"), (std::vector<int64_t>{byte_id('x'), sup23}));
+  (void)G_1;
+}
+
+// The real Qwen3 and Llama 3 files through Hugging Face's own Rust implementation as well.
+TEST_F(ReferenceTokenizer, Qwen3AndLlama3IdsMatchRustTokenizers) {
+  for (const std::string family : {"qwen3", "llama3"}) {
+    auto tok = BpeTokenizer::from_folder(package_dir(family));
+    json request = {{"engine", "rust"}, {"tokenizer_json", package_dir(family) + "/tokenizer.json"},
+                    {"texts_hex", json::array()}, {"decode", json::array()}};
+    std::vector<std::vector<int64_t>> ours;
+    for (const auto& smp : corpus()) {
+      request["texts_hex"].push_back(hex(smp.bytes));
+      ours.push_back(tok->encode(smp.bytes));
+      request["decode"].push_back(ours.back());
+    }
+    const json ref = reference(request);
+    for (size_t i = 0; i < corpus().size(); ++i) {
+      EXPECT_EQ(ours[i], ref["ids"][i].get<std::vector<int64_t>>()) << family << " sample " << i;
+      EXPECT_EQ(tok->decode_all(ours[i]), ref["decoded"][i].get<std::string>()) << family << " sample " << i;
+    }
+  }
+}
+
+// The tokenizer of a model folder: tokenizer.json when present, with every EOS id of
+// config.json ending completions; a folder without one must name a built-in tokenizer.
+TEST(ModelTokenizer, FolderTokenizerAndEosList) {
+  const fs::path dir = fs::temp_directory_path() / ("cohort_modeltok_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  ModelConfig cfg;
+  cfg.vocab_size = 300;
+  cfg.eos_token_id = 2;
+  cfg.eos_token_ids = {2, 0, 1};
+  EXPECT_THROW(tokenizer_for_model(dir.string(), cfg), Error);  // nothing to read, nothing named
+  cfg.tokenizer = "chars";
+  EXPECT_EQ(tokenizer_for_model(dir.string(), cfg)->name(), "chars");
+  std::ofstream(dir / "tokenizer.json") << smollm2_shaped_tokenizer().dump();
+  std::ofstream(dir / "tokenizer_config.json") << R"({"eos_token": "<|im_end|>"})";
+  auto tok = tokenizer_for_model(dir.string(), cfg);
+  EXPECT_EQ(tok->name(), "bpe");
+  auto stops = tok->stop_ids();
+  std::sort(stops.begin(), stops.end());
+  EXPECT_EQ(stops, (std::vector<int64_t>{0, 1, 2}));  // <|im_start|> only because config.json says so
+  cfg.vocab_size = 100;  // fewer rows than the tokenizer has tokens
+  EXPECT_THROW(tokenizer_for_model(dir.string(), cfg), Error);
+  fs::remove_all(dir);
+}
+
+TEST_F(ReferenceTokenizer, SmolLM2ShapedIdsMatchRustTokenizers) {
+  const fs::path dir = fs::temp_directory_path() / ("cohort_smol_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const fs::path path = dir / "tokenizer.json";
+  const json tj = smollm2_shaped_tokenizer();
+  std::ofstream(path) << tj.dump();
+  auto tok = BpeTokenizer::from_json(tj.dump());
+  json request = {{"engine", "rust"}, {"tokenizer_json", path.string()}, {"texts_hex", json::array()},
+                  {"decode", json::array()}};
+  std::vector<Sample> samples = corpus();
+  // Unicode numerics: x²³, Arabic-Indic ٣٤, full-width １２, Roman numeral Ⅷ.
+  samples.push_back({"x\xC2\xB2\xC2\xB3 + \xD9\xA3\xD9\xA4 = \xEF\xBC\x91\xEF\xBC\x92 \xE2\x85\xA7", true});
+  std::vector<std::vector<int64_t>> ours;
+  for (const auto& smp : samples) {
+    request["texts_hex"].push_back(hex(smp.bytes));
+    ours.push_back(tok->encode(smp.bytes));
+    request["decode"].push_back(ours.back());
+  }
+  const json ref = reference(request);
+  fs::remove_all(dir);
+  for (size_t i = 0; i < samples.size(); ++i) {
+    EXPECT_EQ(ours[i], ref["ids"][i].get<std::vector<int64_t>>()) << "sample " << i << ": " << samples[i].bytes;
+    EXPECT_EQ(tok->decode_all(ours[i]), ref["decoded"][i].get<std::string>()) << "sample " << i;
+  }
+}
 
 TEST_F(ReferenceTokenizer, SpecialTokensAndPromptsFromConfig) {
   auto qwen = BpeTokenizer::from_folder(package_dir("qwen3"));

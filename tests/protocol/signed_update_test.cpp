@@ -3,8 +3,13 @@
 #include <gtest/gtest.h>
 #include <sodium.h>
 
+#include <filesystem>
+#include <fstream>
 #include <string>
+#include <unistd.h>
 
+#include "common/check.h"
+#include "protocol/digest.h"
 #include "protocol/error.h"
 #include "protocol/signed_update.h"
 #include "protocol/tensor_codec.h"
@@ -196,6 +201,27 @@ TEST_F(SignedUpdate, WeightManifestSignatureIsCheckedAgainstThePinnedCoordinator
   as_update.set_signer(sm.signer());
   as_update.set_signature(sm.signature());
   EXPECT_EQ(verify_update(as_update, policy()).verdict, UpdateVerdict::kBadSignature);
+}
+
+// Files a round names (datasets, tokenizers) are compared by BLAKE2b-256 of their bytes, read in
+// 1 MiB blocks: the empty file gives RFC 7693's unkeyed BLAKE2b-256 of "", and a file of several
+// blocks gives what libsodium computes over the bytes in one call.
+TEST(FileDigest, EqualsBlake2bOfTheFileBytes) {
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("cohort_digest_" + std::to_string(::getpid()))).string();
+  std::ofstream(path, std::ios::binary | std::ios::trunc).flush();
+  EXPECT_EQ(to_hex(blake2b_256_file(path)),
+            "0e5751c026e543b2e8ab2eb06099daa1d1e5df47778f7787faab45cdf12fe3a8");
+  std::string bytes((5u << 20) / 2 + 17, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>((i * 2654435761u) >> 13);
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+  std::uint8_t want[32];
+  crypto_generichash(want, sizeof want, reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(),
+                     nullptr, 0);
+  const Digest got = blake2b_256_file(path);
+  EXPECT_EQ(to_hex(got), to_hex(ByteView(want, sizeof want)));
+  std::filesystem::remove(path);
+  EXPECT_THROW((void)blake2b_256_file(path), Error);
 }
 
 }  // namespace
