@@ -870,6 +870,9 @@ struct Coordinator::Impl {
     fs::remove_all(tmp);
     fs::create_directories(tmp);
     grpo::save_model(tmp.string(), *model);
+    // A checkpoint opens like the model folder it came from (as `cohort train --out` writes it).
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"})
+      if (fs::exists(fs::path(cfg.model_path) / f)) fs::copy_file(fs::path(cfg.model_path) / f, tmp / f);
     torch::save(*opt, (tmp / "optimizer.pt").string());
     json state = {{"round_id", cfg.round_id}, {"step", step}, {"version", version},
                   {"lr", cfg.grpo.lr}, {"scheduler", "constant"}};

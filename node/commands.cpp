@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "common/check.h"
+#include "node/device_group.h"
 #include "node/node.h"
 
 namespace cohort::node {

