@@ -91,6 +91,34 @@ double generate_tokens_per_s(const grpo::Model& m, const Shape& s, bool cache, i
   return double(tokens) / best;
 }
 
+struct DecodeAB {
+  double fused = 0, general = 0;  // median tokens/s
+  int runs = 0;                   // per path
+};
+
+// The fused one-token decode step against the general tensor-op path, runs alternating in one
+// process (the machine's load drifts; alternation spreads it over both), medians.
+DecodeAB fused_vs_general_decode(grpo::Model& m, const Shape& s, int runs) {
+  grpo::SamplingParams sp;
+  sp.max_new_tokens = s.new_tokens;
+  auto prompts = random_prompts(s);
+  std::vector<double> fused, general;
+  for (int i = 0; i < 2 * runs; ++i) {
+    const bool fast = i % 2 == 0;
+    m.set_fast_decode(fast);
+    sp.seed = i / 2;
+    const double t0 = now_s();
+    auto r = grpo::generate(m, prompts, s.group, sp, 0);
+    (fast ? fused : general).push_back(double(r.generated_tokens) / (now_s() - t0));
+  }
+  m.set_fast_decode(true);
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+  };
+  return {median(fused), median(general), runs};
+}
+
 // Time of the decode step's GEMMs replayed alone (same shapes, same threads), per token.
 double decode_matmul_seconds_per_token(const ModelConfig& c, int rows) {
   torch::NoGradGuard g;
@@ -144,7 +172,8 @@ TrainResult train_step_rate(grpo::Model& m, const Shape& s, int reps) {
   return {tokens / best, flops / best, best, flops};
 }
 
-int run(bool quick, int no_cache_tokens, grpo::Precision precision, const std::string& only) {
+int run(bool quick, int no_cache_tokens, grpo::Precision precision, const std::string& only,
+        bool generation_only) {
   const BlasInfo blas = blas_info();
   std::printf("BLAS: %s\n  config: %s\n  threads: torch %d, BLAS %d, OMP_WAIT_POLICY=%s\n",
               blas.library.c_str(), blas.config.empty() ? "(not OpenBLAS)" : blas.config.c_str(),
@@ -170,6 +199,17 @@ int run(bool quick, int no_cache_tokens, grpo::Precision precision, const std::s
     const double gen_plain =
         no_cache_tokens > 0 ? generate_tokens_per_s(m, nc, false, 1) : 0.0;
     const double mm_share = decode_matmul_seconds_per_token(cfg, s.prompts * s.group) * gen_cache;
+    const DecodeAB ab = fused_vs_general_decode(m, s, quick ? 3 : 5);
+    if (generation_only) {
+      std::printf("[%s] generation, KV cache: %.0f tokens/s (matmuls %.0f%% of the time)\n", name,
+                  gen_cache, 100 * mm_share);
+      std::printf("  fused vs general decode step, %d alternating runs each: median %.0f vs %.0f "
+                  "tokens/s (x%.2f)\n\n",
+                  ab.runs, ab.fused, ab.general, ab.fused / ab.general);
+      out[name] = {{"gen_tokens_per_s_cache", gen_cache}, {"gen_matmul_share", mm_share},
+                   {"gen_fused_median", ab.fused}, {"gen_general_median", ab.general}};
+      continue;
+    }
     // The MFU denominator is re-measured right before and after the step and the larger value
     // kept: on a shared machine the load drifts within a run, and a stale, low peak would
     // inflate MFU.
@@ -190,6 +230,9 @@ int run(bool quick, int no_cache_tokens, grpo::Precision precision, const std::s
                 s.new_tokens);
     std::printf("  generation, KV cache : %8.0f tokens/s (matmuls %.0f%% of the time)\n", gen_cache,
                 100 * mm_share);
+    std::printf("  fused vs general decode step, %d alternating runs each: median %.0f vs %.0f "
+                "tokens/s (x%.2f)\n",
+                ab.runs, ab.fused, ab.general, ab.fused / ab.general);
     if (gen_plain > 0)
       std::printf("  generation, no cache : %8.0f tokens/s (%d new tokens)  cache speed-up %.1fx\n",
                   gen_plain, nc.new_tokens, gen_cache / gen_plain);
@@ -209,6 +252,8 @@ int run(bool quick, int no_cache_tokens, grpo::Precision precision, const std::s
                  {"no_cache_new_tokens", nc.new_tokens},
                  {"cache_speedup", gen_plain > 0 ? gen_cache / gen_plain : 0.0},
                  {"gen_matmul_share", mm_share},
+                 {"gen_fused_median", ab.fused},
+                 {"gen_general_median", ab.general},
                  {"train_tokens_per_s", tr.tokens_per_s},
                  {"train_step_s", tr.step_s},
                  {"train_gflops_per_s", tr.flops_per_s / 1e9},
@@ -229,10 +274,12 @@ void add_grpo_bench(CLI::App& bench) {
     int no_cache_tokens = 128;
     std::string precision = "fp32";
     std::string only;
+    bool generation_only = false;
   };
   auto a = std::make_shared<Args>();
   auto run_it = [a] {
-    run(a->quick, a->no_cache_tokens, grpo::parse_precision(a->precision), a->only);
+    run(a->quick, a->no_cache_tokens, grpo::parse_precision(a->precision), a->only,
+        a->generation_only);
   };
   auto* cmd = bench.add_subcommand("grpo", "Generation and training throughput, MFU");
   for (CLI::App* c : {cmd, &bench}) {
@@ -242,6 +289,8 @@ void add_grpo_bench(CLI::App& bench) {
     c->add_option("--precision", a->precision, "Block projections: fp32 | bf16 | fp8")
         ->capture_default_str();
     c->add_option("--only", a->only, "Run one model: demo | bench");
+    c->add_flag("--generation-only", a->generation_only,
+                "Generation figures only (no training step)");
   }
   cmd->callback(run_it);
   // `cohort bench` with no subcommand runs this one.

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "common/check.h"
+#include "grpo/decode_cpu.h"
 #include "grpo/fp8_linear.h"
 
 namespace cohort::grpo {
@@ -283,6 +284,10 @@ Tensor Model::forward_cached(const Tensor& tokens_in, const Tensor& positions_in
   if (start + t > cache.max_len)
     throw Error("KV cache overflow: " + std::to_string(start + t) + " positions, capacity " +
                 std::to_string(cache.max_len));
+  if (t == 1 && takes_fast_decode(tokens, cache)) {
+    auto logits = decode_step(tokens, positions, key_valid, cache);
+    return all_positions ? logits.unsqueeze(1) : logits;
+  }
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const auto on = at::TensorOptions().device(device());
   cache.key_bias.narrow(3, start, t)
@@ -306,6 +311,70 @@ Tensor Model::forward_cached(const Tensor& tokens_in, const Tensor& positions_in
   cache.length = start + t;
   if (!all_positions) x = x.select(1, t - 1);
   return lm_head(rms_norm(x, final_norm_, config_.rms_norm_eps));
+}
+
+bool Model::takes_fast_decode(const Tensor& tokens, const KVCache& cache) const {
+  if (!fast_decode_ || precision_ != Precision::fp32 || at::GradMode::is_enabled()) return false;
+  if (!tokens.device().is_cpu() || !embed_.device().is_cpu() ||
+      embed_.scalar_type() != at::kFloat || !cache.key_bias.is_contiguous())
+    return false;
+  for (size_t i = 0; i < cache.k.size(); ++i)
+    if (!cache.k[i].device().is_cpu() || cache.k[i].scalar_type() != at::kFloat ||
+        !cache.k[i].is_contiguous() || !cache.v[i].is_contiguous())
+      return false;
+  return true;
+}
+
+// forward_cached() for one new position per row, with the same arithmetic as block() up to the
+// order of summation: RMSNorm, RoPE + cache write + attention and SiLU·up are single kernels,
+// the residual adds ride on the GEMMs (addmm), and the bias row is written in place.
+Tensor Model::decode_step(const Tensor& tokens, const Tensor& positions, const Tensor& key_valid,
+                          KVCache& cache) const {
+  const auto& c = config_;
+  const int64_t n = tokens.size(0), start = cache.length, d = c.hidden_size;
+  const int64_t hd = c.dim_head(), h = c.num_attention_heads, kvh = c.num_key_value_heads;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+
+  auto valid = key_valid.reshape({n}).to(at::kBool).contiguous();
+  const bool* vp = valid.data_ptr<bool>();
+  float* key_bias = cache.key_bias.data_ptr<float>();
+  for (int64_t r = 0; r < n; ++r)
+    key_bias[r * cache.max_len + start] = vp[r] ? 0.0f : -std::numeric_limits<float>::infinity();
+
+  auto [cos, sin] = rope_tables(positions);  // [N, 1, 1, D], contiguous
+  cos = cos.contiguous();
+  sin = sin.contiguous();
+  decode_cpu::AttentionShape shape;
+  shape.rows = n;
+  shape.heads = h;
+  shape.kv_heads = kvh;
+  shape.head_dim = hd;
+  shape.max_len = cache.max_len;
+  shape.start = start;
+  shape.scale = static_cast<float>(1.0 / std::sqrt(double(hd)));
+
+  auto ptr = [](const Tensor& t) { return t.data_ptr<float>(); };
+  Tensor x = at::embedding(embed_, tokens.reshape({n}));  // [N, d]
+  Tensor xn = at::empty({n, d});
+  Tensor attn = at::empty({n, h * hd});
+  Tensor act = at::empty({n, c.intermediate_size});
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& L = layers_[i];
+    const FusedBlockWeights& f = cache.fused[i];
+    decode_cpu::rms_norm(ptr(x), ptr(L.input_norm.contiguous()), eps, n, d, ptr(xn));
+    Tensor qkv = f.qkv_b.defined() ? at::addmm(f.qkv_b, xn, f.qkv_w.t()) : at::mm(xn, f.qkv_w.t());
+    decode_cpu::attention(shape, ptr(qkv), ptr(cos), ptr(sin), key_bias, ptr(cache.k[i]),
+                          ptr(cache.v[i]), ptr(attn));
+    Tensor hmid = at::addmm(x, attn, L.o_w.t());
+    if (L.o_b.defined()) hmid.add_(L.o_b);
+    decode_cpu::rms_norm(ptr(hmid), ptr(L.post_norm.contiguous()), eps, n, d, ptr(xn));
+    Tensor gate_up = at::mm(xn, f.gate_up_w.t());
+    decode_cpu::silu_mul(ptr(gate_up), n, c.intermediate_size, ptr(act));
+    x = at::addmm(hmid, act, L.down_w.t());
+  }
+  cache.length = start + 1;
+  decode_cpu::rms_norm(ptr(x), ptr(final_norm_.contiguous()), eps, n, d, ptr(xn));
+  return at::mm(xn, head_.t());
 }
 
 }  // namespace cohort::grpo

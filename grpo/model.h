@@ -73,6 +73,12 @@ class Model {
   void to(at::Device device);
   at::Device device() const { return embed_.device(); }
 
+  // One-token steps of forward_cached() on the CPU in FP32 without autograd run fused kernels
+  // (grpo/decode_cpu.h). Off: every step takes the general tensor-op path (tests compare them).
+  void set_fast_decode(bool on) { fast_decode_ = on; }
+  // Whether a one-token step on these tokens and this cache takes the fused kernels now.
+  bool takes_fast_decode(const at::Tensor& tokens, const KVCache& cache) const;
+
   // Full forward. tokens, positions: [N, T] int64; key_valid: [N, T] bool (false = padding).
   // Attention is causal and never attends to padding keys. Returns logits [N, T, V] on the
   // model's device; inputs on another device are copied to it.
@@ -103,10 +109,13 @@ class Model {
                    KVCache* cache, size_t layer_index) const;
   FusedBlockWeights fuse(const Layer& layer) const;
   std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& positions) const;
+  at::Tensor decode_step(const at::Tensor& tokens, const at::Tensor& positions,
+                         const at::Tensor& key_valid, KVCache& cache) const;
   at::Tensor add(const std::string& name, std::vector<int64_t> shape, bool is_norm);
 
   ModelConfig config_;
   Precision precision_ = Precision::fp32;
+  bool fast_decode_ = true;
   std::vector<NamedTensor> params_;
   at::Tensor embed_, final_norm_, head_;  // head_ aliases embed_ when tied
   std::vector<Layer> layers_;

@@ -107,6 +107,75 @@ TEST(Model, GqaEqualsExplicitlyRepeatedHeads) {
   EXPECT_TRUE(torch::allclose(a.forward(tokens, pos, valid), b.forward(tokens, pos, valid), 1e-4, 1e-5));
 }
 
+// The fused one-token decode step (CPU, FP32, no autograd) against the general tensor-op path on
+// the same inputs: logits and cache contents step by step, with padding scattered through prompt
+// and steps. They differ only in summation order, so 1e-5 relative + 1e-5 absolute.
+TEST(Model, FastDecodeMatchesGeneralPath) {
+  struct Case {
+    const char* type;
+    int64_t hidden, heads, kv_heads;
+  };
+  // head_dim 16 runs the AVX2 attention loops where the CPU has them, head_dim 12 the scalar
+  // ones; qwen2 adds the QKV bias; 4 heads on 1 KV head is GQA with g = 4.
+  for (Case k : {Case{"llama", 64, 4, 2}, Case{"qwen2", 64, 4, 2}, Case{"llama", 48, 4, 1}}) {
+    ModelConfig cfg = small_config(k.type);
+    cfg.hidden_size = k.hidden;
+    cfg.num_attention_heads = k.heads;
+    cfg.num_key_value_heads = k.kv_heads;
+    Model m(cfg, 8);
+    randomize(m, 9);
+    torch::InferenceMode guard;
+    const int64_t n = 5, p = 6, steps = 24, len = p + steps;
+    auto tokens = torch::randint(0, 32, {n, len}, torch::kLong);
+    auto pos = torch::arange(len, torch::kLong).repeat({n, 1});
+    auto valid = torch::rand({n, len}) > 0.25;
+    KVCache fast = m.make_cache(n, len), general = m.make_cache(n, len);
+    ASSERT_TRUE(m.takes_fast_decode(tokens.narrow(1, 0, 1), fast));
+    // Prefill (t > 1) takes the general path in both.
+    m.forward_cached(tokens.narrow(1, 0, p), pos.narrow(1, 0, p), valid.narrow(1, 0, p), fast);
+    m.forward_cached(tokens.narrow(1, 0, p), pos.narrow(1, 0, p), valid.narrow(1, 0, p), general);
+    for (int64_t s = p; s < len; ++s) {
+      auto tok = tokens.narrow(1, s, 1), ps = pos.narrow(1, s, 1), ok = valid.narrow(1, s, 1);
+      m.set_fast_decode(true);
+      auto a = m.forward_cached(tok, ps, ok, fast);
+      m.set_fast_decode(false);
+      auto b = m.forward_cached(tok, ps, ok, general);
+      ASSERT_EQ(a.sizes(), b.sizes());
+      EXPECT_TRUE(torch::allclose(a, b, 1e-5, 1e-5))
+          << k.type << " hidden " << k.hidden << " step " << s << ": max |diff| "
+          << (a - b).abs().max().item<float>();
+    }
+    m.set_fast_decode(true);
+    EXPECT_EQ(fast.length, general.length);
+    EXPECT_TRUE(torch::equal(fast.key_bias, general.key_bias));
+    for (size_t l = 0; l < fast.k.size(); ++l) {
+      EXPECT_TRUE(torch::allclose(fast.k[l], general.k[l], 1e-5, 1e-5)) << k.type << " layer " << l;
+      EXPECT_TRUE(torch::allclose(fast.v[l], general.v[l], 1e-5, 1e-5)) << k.type << " layer " << l;
+    }
+    // all_positions keeps the [N, T, V] shape of the general path.
+    KVCache one = m.make_cache(n, 2);
+    m.forward_cached(tokens.narrow(1, 0, 1), pos.narrow(1, 0, 1), valid.narrow(1, 0, 1), one);
+    EXPECT_EQ(m.forward_cached(tokens.narrow(1, 1, 1), pos.narrow(1, 1, 1), valid.narrow(1, 1, 1),
+                               one, /*all_positions=*/true)
+                  .sizes(),
+              (std::vector<int64_t>{n, 1, 32}));
+  }
+}
+
+TEST(Model, FastDecodeOnlyWithoutAutogradInFp32) {
+  Model m(small_config(), 10);
+  KVCache cache = m.make_cache(2, 4);
+  auto tok = torch::zeros({2, 1}, torch::kLong);
+  EXPECT_FALSE(m.takes_fast_decode(tok, cache));  // grad mode on
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(m.takes_fast_decode(tok, cache));
+  m.set_precision(Precision::bf16);
+  EXPECT_FALSE(m.takes_fast_decode(tok, cache));
+  m.set_precision(Precision::fp32);
+  m.set_fast_decode(false);
+  EXPECT_FALSE(m.takes_fast_decode(tok, cache));
+}
+
 TEST(Model, RejectsInvalidConfig) {
   ModelConfig c = small_config();
   c.num_key_value_heads = 3;
