@@ -17,6 +17,7 @@
 #include "coordinator/coordinator.h"
 #include "coordinator/local_cluster.h"
 #include "grpo/checkpoint.h"
+#include "grpo/commands.h"
 #include "grpo/tokenizer.h"
 
 namespace cohort::bench {
@@ -56,14 +57,7 @@ int run_e2e(const E2EArgs& a) {
   std::string model = a.model;
   if (model.empty()) {
     model = (dir / "base").string();
-    grpo::ModelConfig c;
-    grpo::CharTokenizer tok;
-    c.vocab_size = tok.vocab_size();
-    c.bos_token_id = tok.bos_id();
-    c.eos_token_id = tok.eos_id();
-    c.pad_token_id = tok.pad_id();
-    c.tokenizer = tok.name();
-    grpo::Model m(c, 1);
+    grpo::Model m(grpo::task_model_config(), 1);
     grpo::save_model(model, m);
   }
   const std::string data = (dir / "round").string();

@@ -16,6 +16,7 @@
 #include "coordinator/coordinator.h"
 #include "coordinator/local_cluster.h"
 #include "grpo/checkpoint.h"
+#include "grpo/commands.h"
 #include "grpo/tokenizer.h"
 #include "grpo/trainer.h"
 
@@ -99,17 +100,6 @@ void add_status(CLI::App& parent) {
 // -------------------------------------------------------------------------------------------
 // `cohort demo`
 
-grpo::ModelConfig task_model_config() {
-  grpo::ModelConfig c;
-  grpo::CharTokenizer tok;
-  c.vocab_size = tok.vocab_size();
-  c.bos_token_id = tok.bos_id();
-  c.eos_token_id = tok.eos_id();
-  c.pad_token_id = tok.pad_id();
-  c.tokenizer = tok.name();
-  return c;
-}
-
 struct DemoArgs {
   std::string dir = "runs/demo";
   int steps = 60;
@@ -150,7 +140,7 @@ int run_demo(const DemoArgs& a) {
     spdlog::info("demo: pretraining a weak base model into {} (once; about 2 minutes on 2 cores)", base);
     grpo::PretrainConfig p;
     p.task = spec;
-    p.model = task_model_config();
+    p.model = grpo::task_model_config();
     p.stop_at_accuracy = 0.25;
     p.eval_every = 50;
     grpo::Model model(p.model, p.seed);

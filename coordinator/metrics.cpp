@@ -3,6 +3,8 @@
 #include <nlohmann/json.hpp>
 
 #include <sstream>
+#include <utility>
+#include <vector>
 
 #include "common/check.h"
 
@@ -103,18 +105,19 @@ std::string prometheus_text(const std::string& status_json) {
     }
   }
   if (auto p = j.find("peers"); p != j.end() && p->is_object()) {
+    // A family's samples stay together, so each peer's labels are built once and used twice.
+    std::vector<std::pair<std::string, const json*>> peers;
+    for (const auto& [id, v] : p->items())
+      peers.emplace_back("peer=\"" + label_value(id.substr(0, 16)) + "\",name=\"" +
+                             label_value(v.value("name", std::string())) + "\"",
+                         &v);
     w.family("peer_updates_total", "counter", "Updates per peer by result.");
-    for (const auto& [id, v] : p->items()) {
-      const std::string l = "peer=\"" + label_value(id.substr(0, 16)) + "\",name=\"" +
-                            label_value(v.value("name", std::string())) + "\"";
-      w.sample("peer_updates_total", num(v, "accepted"), l + ",result=\"accepted\"");
-      w.sample("peer_updates_total", num(v, "refused"), l + ",result=\"refused\"");
+    for (const auto& [l, v] : peers) {
+      w.sample("peer_updates_total", num(*v, "accepted"), l + ",result=\"accepted\"");
+      w.sample("peer_updates_total", num(*v, "refused"), l + ",result=\"refused\"");
     }
     w.family("peer_throughput_groups_per_second", "gauge", "Measured throughput per peer (EMA).");
-    for (const auto& [id, v] : p->items())
-      w.sample("peer_throughput_groups_per_second", num(v, "throughput_groups_per_s"),
-               "peer=\"" + label_value(id.substr(0, 16)) + "\",name=\"" + label_value(v.value("name", std::string())) +
-                   "\"");
+    for (const auto& [l, v] : peers) w.sample("peer_throughput_groups_per_second", num(*v, "throughput_groups_per_s"), l);
   }
   return w.str();
 }

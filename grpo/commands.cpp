@@ -90,17 +90,6 @@ at::ScalarType parse_dtype(const std::string& s) {
   throw Error("unknown checkpoint dtype '" + s + "' (expected f32, bf16 or f16)");
 }
 
-ModelConfig task_model_config(const ModelConfig& shape) {
-  ModelConfig c = shape;
-  CharTokenizer tok;
-  c.vocab_size = tok.vocab_size();
-  c.bos_token_id = tok.bos_id();
-  c.eos_token_id = tok.eos_id();
-  c.pad_token_id = tok.pad_id();
-  c.tokenizer = tok.name();
-  return c;
-}
-
 EvalResult run_pretrain(const PretrainArgs& a) {
   auto task = make_task(a.cfg.task);
   CharTokenizer tok;
@@ -350,6 +339,18 @@ void add_eval(CLI::App& app) {
 }
 
 }  // namespace
+
+ModelConfig task_model_config(const ModelConfig& shape) {
+  ModelConfig c = shape;
+  CharTokenizer tok;
+  c.vocab_size = tok.vocab_size();
+  c.bos_token_id = tok.bos_id();
+  c.eos_token_id = tok.eos_id();
+  c.pad_token_id = tok.pad_id();
+  c.tokenizer = tok.name();
+  return c;
+}
+
 
 void add_commands(CLI::App& app) {
   add_pretrain(app);

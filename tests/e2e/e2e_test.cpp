@@ -24,6 +24,7 @@
 #include "coordinator/local_cluster.h"
 #include "coordinator/round_config.h"
 #include "grpo/checkpoint.h"
+#include "grpo/commands.h"
 #include "grpo/safetensors.h"
 #include "grpo/tokenizer.h"
 #include "grpo/trainer.h"
@@ -96,13 +97,7 @@ struct Round {
 };
 
 grpo::ModelConfig tiny_config() {
-  grpo::ModelConfig c;
-  grpo::CharTokenizer tok;
-  c.vocab_size = tok.vocab_size();
-  c.bos_token_id = tok.bos_id();
-  c.eos_token_id = tok.eos_id();
-  c.pad_token_id = tok.pad_id();
-  c.tokenizer = tok.name();
+  grpo::ModelConfig c = grpo::task_model_config();
   c.hidden_size = 32;
   c.intermediate_size = 64;
   c.num_hidden_layers = 2;
@@ -486,7 +481,7 @@ TEST_F(E2E, MisbehavingPeersEndInTheirLedgerReasons) {
   EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 1 AND peer = '" + key_hex("liar") + "'"), 0);
 }
 
-// A peer that reports honest rewards but sends a gradient pointing the other way (×−20): the
+// A peer that reports honest rewards but sends a poisoned gradient (reversed, ×20, plus noise): the
 // coordinator recomputes every update here (recompute_fraction = 1), refuses it with
 // `recompute_mismatch`, bans the peer at once (ban_after = 1) and refuses its next connection;
 // the honest peer's updates all pass the same audit.

@@ -11,6 +11,7 @@
 #include <cstdio>
 
 #include "common/check.h"
+#include "grpo/commands.h"
 #include "grpo/fp8_linear.h"
 #include "grpo/trainer.h"
 
@@ -36,19 +37,13 @@ constexpr double kFp8GradRel = 1e-2, kFp8LogpAbs = 1e-3;
 constexpr double kRatioBound = 2.0;
 
 ModelConfig gpu_config() {
-  ModelConfig c;
-  CharTokenizer tok;
+  ModelConfig c = task_model_config();
   c.model_type = "qwen2";  // q/k/v biases: FP8Linear's FP32 bias path too
-  c.vocab_size = tok.vocab_size();
   c.hidden_size = 256;        // whole 128-wide FP8 tiles and blocks, plus
   c.intermediate_size = 320;  // a ragged last tile (320 = 2 x 128 + 64)
   c.num_hidden_layers = 2;
   c.num_attention_heads = 4;
   c.num_key_value_heads = 2;
-  c.tokenizer = tok.name();
-  c.bos_token_id = tok.bos_id();
-  c.eos_token_id = tok.eos_id();
-  c.pad_token_id = tok.pad_id();
   return c;
 }
 

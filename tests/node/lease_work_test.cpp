@@ -9,6 +9,7 @@
 
 #include <cmath>
 
+#include "grpo/commands.h"
 #include "node/collective_torch.h"
 #include "node/nccl_collective.h"
 
@@ -16,13 +17,7 @@ namespace cohort::node {
 namespace {
 
 grpo::ModelConfig tiny() {
-  grpo::ModelConfig c;
-  grpo::CharTokenizer tok;
-  c.vocab_size = tok.vocab_size();
-  c.bos_token_id = tok.bos_id();
-  c.eos_token_id = tok.eos_id();
-  c.pad_token_id = tok.pad_id();
-  c.tokenizer = tok.name();
+  grpo::ModelConfig c = grpo::task_model_config();
   c.hidden_size = 32;
   c.intermediate_size = 64;
   c.num_hidden_layers = 2;
