@@ -95,7 +95,7 @@ struct StepState {
   int64_t step = 0;
   std::vector<int> state;  // 0 pending, 1 leased, 2 done
   int done = 0;
-  std::vector<float> grad;  // Σ of the accepted updates' gradient sums (flat)
+  std::vector<float> grad;  // `mean` only: Σ of the accepted updates' gradient sums (flat)
   // Robust rules only: each accepted update's own mean gradient (its sum / its units).
   std::vector<std::vector<float>> update_means;
   double units = 0, tokens = 0, loss = 0, reward_sum = 0, accuracy_sum = 0;
@@ -715,9 +715,11 @@ struct Coordinator::Impl {
               double accuracy, const std::vector<float>& grad, double decode_s) {
     const double t0 = mono_s();
     StepState& st = step_state(lease.rec.step);
-    if (st.grad.empty()) st.grad.assign(layout.total, 0.0f);
-    for (size_t i = 0; i < grad.size(); ++i) st.grad[i] += grad[i];
-    if (cfg.aggregation.rule != AggregationRule::mean) {
+    // `mean` keeps the running sum; a robust rule needs each update's own mean instead.
+    if (cfg.aggregation.rule == AggregationRule::mean) {
+      if (st.grad.empty()) st.grad.assign(layout.total, 0.0f);
+      for (size_t i = 0; i < grad.size(); ++i) st.grad[i] += grad[i];
+    } else {
       const float inv = units > 0 ? static_cast<float>(1.0 / units) : 0.0f;
       auto& m = st.update_means.emplace_back(grad.size());
       for (size_t i = 0; i < grad.size(); ++i) m[i] = grad[i] * inv;
