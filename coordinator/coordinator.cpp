@@ -109,6 +109,7 @@ struct PeerState {
   double advertised = 0;   // completions per second from the join request
   int sessions = 0;
   bool working = false;    // has asked for work
+  double last_delivery = 0;  // mono_s() of its last accepted update: a pipelined peer starts its next lease then
   int64_t accepted = 0, refused = 0;
 };
 
@@ -357,6 +358,23 @@ struct Coordinator::Impl {
     return estimate(it->second) / total;
   }
 
+  // Guided self-scheduling: a peer gets its throughput share of the groups still pending in the
+  // step, so leases shrink as the step's pool drains and the peers finish it together instead of
+  // waiting on one that took a large lease late. Bounds: at most its share of a whole step, at
+  // least half of that (every lease costs one full-size update on the wire), and while its
+  // throughput is unmeasured a probe of at most an eighth of a step: the first peer to join does
+  // not take a whole step alone while the others are still starting.
+  int64_t lease_size(const std::string& peer, int64_t pending, uint32_t max_prompts) const {
+    const double share = share_of(peer);
+    const int64_t full = std::max<int64_t>(1, std::llround(double(step_groups()) * share));
+    const int64_t least = std::max<int64_t>(1, (full + 1) / 2);
+    int64_t size = std::clamp<int64_t>(static_cast<int64_t>(std::ceil(double(pending) * share)), least, full);
+    if (auto it = peers.find(peer); it == peers.end() || it->second.throughput <= 0)
+      size = std::min<int64_t>(size, std::max<int64_t>(1, (step_groups() + 7) / 8));
+    if (max_prompts > 0) size = std::min<int64_t>(size, max_prompts);
+    return std::min(size, pending);
+  }
+
   std::optional<wire::WorkLease> try_issue(const std::string& peer, uint32_t max_prompts) {
     if (finished) return std::nullopt;
     const int64_t last = std::min<int64_t>(cfg.steps, static_cast<int64_t>(version) + 1 + cfg.staleness_bound);
@@ -366,10 +384,7 @@ struct Coordinator::Impl {
       for (int i = 0; i < step_groups(); ++i)
         if (st.state[i] == 0) pending.push_back(i);
       if (pending.empty()) continue;
-      int64_t size = std::llround(double(step_groups()) * share_of(peer));
-      size = std::max<int64_t>(1, size);
-      if (max_prompts > 0) size = std::min<int64_t>(size, max_prompts);
-      size = std::min<int64_t>(size, static_cast<int64_t>(pending.size()));
+      const int64_t size = lease_size(peer, static_cast<int64_t>(pending.size()), max_prompts);
       Lease l;
       uint8_t rnd[6];
       randombytes_buf(rnd, sizeof rnd);
@@ -574,16 +589,20 @@ struct Coordinator::Impl {
 
     auto& ps = peers[peer];
     ps.accepted++;
-    const double elapsed = std::max(1e-3, mono_s() - lease.issued_mono);
+    // A peer that asks ahead holds a lease before it starts on it: time it from the later of the
+    // lease's issue and the peer's previous delivery.
+    const double elapsed = std::max(1e-3, mono_s() - std::max(lease.issued_mono, ps.last_delivery));
     const double thr = double(lease.groups.size()) / elapsed;
     ps.throughput = ps.throughput > 0 ? 0.5 * ps.throughput + 0.5 * thr : thr;
+    ps.last_delivery = mono_s();
 
     Lease done = std::move(lease);
     leases.erase(it);
     absorb(done, u.units, tokens, full.loss(), reward_mean, accuracy, grad, mono_s() - t0);
     ack.set_reason(wire::ACK_OK);
-    apply_ready_steps(false);
-    ack.set_policy_version(version);
+    // The update is durable (committed above); the step it may complete is applied after the
+    // Ack is on its way, so the peer goes on working while the optimizer runs.
+    asio::post(io, [this] { apply_ready_steps(false); });
     return ack;
   }
 
@@ -1002,17 +1021,19 @@ struct Coordinator::Impl {
           co_await send_tensors(ch, env.tensor_request());
         } else if (env.has_work_request()) {
           peers[peer].working = true;
-          // A peer works one lease at a time (and resends a pending update before asking), so a
-          // lease it still holds when it asks again will never come: e.g. the lease was issued
-          // just before a coordinator crash and never reached it. Re-issue it now, not at its deadline.
+          // A peer names the leases it is still computing (it resends a pending update before
+          // asking), so any other lease it holds will never come: e.g. one issued just before a
+          // coordinator crash that never reached it. Re-issue those now, not at their deadline.
+          const auto& wr = env.work_request();
+          const std::set<std::string> holding(wr.holding().begin(), wr.holding().end());
           std::vector<std::string> lost;
           for (const auto& [id, l] : leases)
-            if (l.rec.peer == peer) lost.push_back(id);
+            if (l.rec.peer == peer && !holding.count(id)) lost.push_back(id);
           for (const auto& id : lost) expire(id, "expired", "peer asked for new work without delivering it");
+          // A peer asking ahead gets an answer at once: its update waits behind this reply.
           std::optional<wire::WorkLease> lease;
-          const double give_up = mono_s() + 1.0;
-          while (!finished && !(lease = try_issue(peer, env.work_request().max_prompts())) &&
-                 mono_s() < give_up) {
+          const double give_up = mono_s() + (holding.empty() ? 1.0 : 0.0);
+          while (!finished && !(lease = try_issue(peer, wr.max_prompts())) && mono_s() < give_up) {
             timer.expires_after(std::chrono::milliseconds(3));
             co_await timer.async_wait(asio::use_awaitable);
           }

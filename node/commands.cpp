@@ -44,6 +44,9 @@ void add_commands(CLI::App& app) {
   run->add_option("--summary-out", o->summary_out, "Write a JSON summary here at exit");
   run->add_option("--max-leases", o->max_leases, "Leave after this many accepted leases (0: never)")
       ->capture_default_str();
+  run->add_flag("--ask-ahead,!--no-ask-ahead", o->ask_ahead,
+               "Ask for the next lease and fetch its weights while computing the current one "
+               "(default on; off: one lease at a time)");
   run->add_option("--max-backoff", o->max_backoff_s, "Longest wait between reconnection attempts (s)")
       ->capture_default_str();
   run->add_option("--give-up-after", o->give_up_s, "Stop after this long without a coordinator (s, 0: never)")

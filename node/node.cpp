@@ -5,11 +5,15 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <cstring>
+#include <deque>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -191,6 +195,28 @@ class Node {
  private:
   uint64_t next_id() { return ++envelope_id_; }
 
+  // The tensors of one policy version that differ from what the replicas hold, fetched and
+  // checked against their signed digests but not yet loaded.
+  struct StagedWeights {
+    uint64_t version = 0;
+    struct Tensor {
+      std::string digest;
+      std::vector<std::string> names;  // parameters with these bytes (tied weights share one)
+      std::vector<float> values;
+    };
+    std::vector<Tensor> tensors;
+  };
+
+  // A lease asked for ahead (or "none yet"), with the weights of its version fetched but not
+  // loaded: the replicas are still computing with the current ones.
+  struct Ahead {
+    std::optional<wire::WorkLease> lease;
+    std::optional<StagedWeights> weights;
+    bool round_over = false;
+    std::string round_over_reason;
+  };
+
+
   void session(BlockingChannel& ch) {
     wire::Envelope join;
     join.set_id(next_id());
@@ -213,51 +239,102 @@ class Node {
     if (!rep.admitted()) throw RoundOver{2, "not admitted: " + rep.message()};
     setup(rep.settings());
 
-    if (pending_) {
-      if (now_ms() < pending_deadline_) {
-        spdlog::info("node: delivering the update computed before the link dropped");
-        send_update(ch, *pending_);
-      } else {
-        spdlog::warn("node: dropping the update of an expired lease (computed before the link dropped)");
-      }
-      pending_.reset();
+    if (!pending_.empty()) {
+      spdlog::info("node: delivering {} update(s) computed before the link dropped", pending_.size());
+      deliver_pending(ch, /*drop_expired=*/true);
     }
 
+    // Pipelined: while lease i is computed here, another thread delivers update i-1 (and waits
+    // for its Ack), asks for lease i+1 and fetches its weights. The channel is used by one
+    // thread at a time: the future's get() orders them.
+    std::optional<Ahead> next;  // the lease asked for ahead, with its weights staged
     for (;;) {
-      if (g_stop) {
-        leave(ch, "signal");
-        throw RoundOver{0, "left the round (signal)"};
+      const bool at_limit =
+          opt_.max_leases > 0 && leases_done_ + static_cast<int64_t>(pending_.size()) >= opt_.max_leases;
+      if (g_stop || at_limit || (next && next->round_over)) {
+        const double t0 = mono_s();
+        deliver_pending(ch);
+        ack_wait_s_ += mono_s() - t0;
+        if (g_stop) {
+          leave(ch, "signal");  // also returns a lease asked for ahead
+          throw RoundOver{0, "left the round (signal)"};
+        }
+        if (next && next->round_over) throw RoundOver{0, next->round_over_reason};
+        if (leases_done_ >= opt_.max_leases) {
+          leave(ch, "lease limit reached");
+          throw RoundOver{0, "left the round (lease limit)"};
+        }
       }
-      if (opt_.max_leases > 0 && leases_done_ >= opt_.max_leases) {
-        leave(ch, "lease limit reached");
-        throw RoundOver{0, "left the round (lease limit)"};
+      if (!next || !next->lease) {
+        next.reset();
+        const double t0 = mono_s();
+        deliver_pending(ch);
+        const double asked = mono_s();
+        ack_wait_s_ += asked - t0;
+        std::optional<wire::WorkLease> got = ask_for_work(ch, {});
+        lease_wait_s_ += mono_s() - asked;
+        spdlog::debug("node {}: waited {:.3f} s for work at v{}", opt_.name, mono_s() - asked, version_);
+        if (!got) continue;  // no work yet; ask again
+        if (first_lease_ < 0) first_lease_ = asked;
+        next = Ahead{.lease = std::move(got)};
       }
-      wire::Envelope req;
-      req.set_id(next_id());
-      req.mutable_work_request()->set_max_prompts(opt_.max_batch);
-      req.mutable_work_request()->set_policy_version(version_);
-      const double asked = mono_s();
-      ch.send(req);
-      wire::Envelope env = ch.receive();
-      if (env.has_leave()) throw RoundOver{0, "round over: " + env.leave().reason()};
-      if (env.has_ack()) continue;  // no work yet; ask again
-      if (!env.has_work_lease()) throw Error("expected a lease");
-      const wire::WorkLease lease = env.work_lease();
-      if (first_lease_ < 0) first_lease_ = asked;
+      const wire::WorkLease lease = std::move(*next->lease);
+      std::optional<StagedWeights> staged = std::move(next->weights);
+      next.reset();
+      const double fetch0 = mono_s();
+      if (staged) load(*staged);
       ensure_weights(ch, lease.policy_version());
-      std::optional<wire::SignedUpdate> computed = work(lease);
-      if (!computed) continue;  // given back; asking for work again lets the coordinator re-issue it
-      wire::SignedUpdate su = std::move(*computed);
-      if (opt_.delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(opt_.delay_ms));
-      pending_ = su;
-      pending_deadline_ = static_cast<int64_t>(lease.deadline_unix_ms());
-      const wire::AckReason r = send_update(ch, su);
-      pending_.reset();
-      if (r == wire::ACK_OK && opt_.fault == "replay") {
-        spdlog::warn("node: [fault] sending the same update again");
-        send_update(ch, su);
+      weights_s_ += mono_s() - fetch0;
+
+      // The next lease is asked for just in time, shortly before this one should be done (by this
+      // node's measured seconds per group): a lease held unstarted behind another is work the
+      // other peers cannot take, and the step it belongs to waits for it.
+      std::future<Ahead> link;
+      AheadClock clock;
+      const bool last = opt_.max_leases > 0 &&
+                        leases_done_ + static_cast<int64_t>(pending_.size()) + 1 >= opt_.max_leases;
+      if (opt_.ask_ahead && !last) {
+        const double expected = seconds_per_group_ * lease.prompt_indices_size();
+        const double lead = std::max(0.05, 2.0 * link_seconds_);
+        clock.ask_at = std::chrono::steady_clock::now() +
+                       std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                           std::chrono::duration<double>(std::max(0.0, expected - lead)));
+        link = std::async(std::launch::async, [&] {
+          deliver_pending(ch);
+          clock.wait();
+          const double t0 = mono_s();
+          Ahead a = ask_ahead(ch, lease.lease_id());
+          link_seconds_ = link_seconds_ > 0 ? 0.7 * link_seconds_ + 0.3 * (mono_s() - t0) : mono_s() - t0;
+          return a;
+        });
       }
-      last_ack_ = mono_s();
+      std::optional<wire::SignedUpdate> computed;
+      const double compute0 = mono_s();
+      try {
+        computed = work(lease);
+      } catch (...) {
+        clock.done();
+        if (link.valid()) link.wait();
+        throw;
+      }
+      clock.done();
+      if (computed) {
+        const double spg = (mono_s() - compute0) / std::max(1, lease.prompt_indices_size());
+        seconds_per_group_ = seconds_per_group_ > 0 ? 0.7 * seconds_per_group_ + 0.3 * spg : spg;
+      }
+      if (computed && opt_.delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(opt_.delay_ms));
+      if (link.valid()) {
+        const double t0 = mono_s();
+        try {
+          next = link.get();
+        } catch (...) {  // the link dropped: keep what was computed for the next session
+          if (computed) pending_.push_back({std::move(*computed), lease.deadline_unix_ms(), lease.lease_id()});
+          throw;
+        }
+        ahead_wait_s_ += mono_s() - t0;
+      }
+      // A lease given back (nullopt) is re-issued when this node asks for work again.
+      if (computed) pending_.push_back({std::move(*computed), lease.deadline_unix_ms(), lease.lease_id()});
     }
   }
 
@@ -268,6 +345,27 @@ class Node {
     try {
       ch.send(e);
     } catch (const std::exception&) {
+    }
+  }
+
+  // Sends the computed updates in order, each removed once its Ack is in. After a lost link, an
+  // update whose lease has expired meanwhile is dropped (its prompts went to another peer);
+  // otherwise the coordinator's clock decides, and says why it refuses a late one.
+  void deliver_pending(BlockingChannel& ch, bool drop_expired = false) {
+    while (!pending_.empty()) {
+      const Pending& p = pending_.front();
+      if (drop_expired && static_cast<uint64_t>(now_ms()) >= p.deadline_unix_ms) {
+        spdlog::warn("node: dropping the update of lease {}: the lease expired before it could be delivered",
+                     p.update_lease_id);
+      } else {
+        const wire::AckReason r = send_update(ch, p.update);
+        if (r == wire::ACK_OK && opt_.fault == "replay") {
+          spdlog::warn("node: [fault] sending the same update again");
+          send_update(ch, p.update);
+        }
+        last_ack_ = mono_s();
+      }
+      pending_.pop_front();
     }
   }
 
@@ -288,6 +386,54 @@ class Node {
                    ack.message());
     }
     return ack.reason();
+  }
+
+  // When the link thread asks ahead: at `ask_at`, or as soon as the compute is done if earlier.
+  struct AheadClock {
+    std::chrono::steady_clock::time_point ask_at;
+    std::mutex m;
+    std::condition_variable cv;
+    bool finished = false;
+    void wait() {
+      std::unique_lock lk(m);
+      cv.wait_until(lk, ask_at, [&] { return finished; });
+    }
+    void done() {
+      {
+        std::lock_guard lk(m);
+        finished = true;
+      }
+      cv.notify_all();
+    }
+  };
+
+  // nullopt: no work yet (the coordinator answered "ask again").
+  std::optional<wire::WorkLease> ask_for_work(BlockingChannel& ch, const std::string& holding) {
+    wire::Envelope req;
+    req.set_id(next_id());
+    req.mutable_work_request()->set_max_prompts(opt_.max_batch);
+    req.mutable_work_request()->set_policy_version(version_);
+    if (!holding.empty()) req.mutable_work_request()->add_holding(holding);
+    ch.send(req);
+    wire::Envelope env = ch.receive();
+    if (env.has_leave()) throw RoundOver{0, "round over: " + env.leave().reason()};
+    if (env.has_ack()) return std::nullopt;
+    if (!env.has_work_lease()) throw Error("expected a lease");
+    return env.work_lease();
+  }
+
+  Ahead ask_ahead(BlockingChannel& ch, const std::string& holding) {
+    Ahead a;
+    try {
+      a.lease = ask_for_work(ch, holding);
+    } catch (const RoundOver& r) {
+      a.round_over = true;  // reported after the current lease is delivered
+      a.round_over_reason = r.why;
+      return a;
+    }
+    if (a.lease && !(have_weights_ && version_ == a.lease->policy_version()))
+      a.weights = fetch_weights(ch, a.lease->policy_version());
+    return a;
   }
 
   void setup(const wire::RoundSettings& s) {
@@ -331,10 +477,27 @@ class Node {
                  mc.parameter_count());
   }
 
-  // Fetches the manifest, then only the tensors whose digest differs from what the replicas
-  // hold; every tensor is checked against its signed digest before it is loaded.
   void ensure_weights(BlockingChannel& ch, uint64_t wanted) {
     if (have_weights_ && version_ == wanted) return;
+    load(fetch_weights(ch, wanted));
+    if (version_ != wanted)
+      spdlog::info("node: lease asked for version {}, coordinator published {}", wanted, version_);
+  }
+
+  void load(const StagedWeights& w) {
+    for (const auto& t : w.tensors)
+      for (const auto& name : t.names) {
+        devices_->load(name, t.values);
+        held_[name] = t.digest;
+      }
+    version_ = w.version;
+    have_weights_ = true;
+  }
+
+  // Fetches the manifest, then only the tensors whose digest differs from what the replicas
+  // hold; every tensor is checked against its signed digest before it is kept. Reads held_,
+  // which only load() writes: safe beside a computing lease.
+  StagedWeights fetch_weights(BlockingChannel& ch, uint64_t wanted) {
     wire::Envelope req;
     req.set_id(next_id());
     req.mutable_manifest_request()->set_policy_version(wanted);
@@ -345,7 +508,6 @@ class Node {
     if (m.round_id() != round_id_) throw Error("manifest of another round");
     if (static_cast<size_t>(m.tensors_size()) != layout_.slots.size())
       throw Error("manifest does not match the model");
-    std::map<std::string, const wire::ManifestEntry*> need;  // digest → entry
     std::map<std::string, std::vector<const wire::ManifestEntry*>> by_digest;
     for (size_t i = 0; i < layout_.slots.size(); ++i) {
       const auto& e = m.tensors(static_cast<int>(i));
@@ -354,44 +516,42 @@ class Node {
       if (e.name() != slot.name || e.dtype() != wire::DTYPE_F32 || shape != slot.shape ||
           e.size_bytes() != slot.numel * sizeof(float) || e.blake2b().size() != protocol::kDigestLen)
         throw Error("manifest entry " + e.name() + " does not match the model");
-      if (held_[e.name()] != e.blake2b()) by_digest[e.blake2b()].push_back(&e);
+      auto held = held_.find(e.name());
+      if (held == held_.end() || held->second != e.blake2b()) by_digest[e.blake2b()].push_back(&e);
     }
-    if (!by_digest.empty()) {
-      wire::Envelope treq;
-      treq.set_id(next_id());
-      for (const auto& [d, es] : by_digest) treq.mutable_tensor_request()->add_blake2b(d);
-      ch.send(treq);
-      for (const auto& [d, es] : by_digest) {
-        const uint64_t size = es.front()->size_bytes();
-        std::vector<float> values(size / sizeof(float));
-        uint64_t got = 0;
-        while (got < size || (size == 0 && got == 0)) {
-          wire::Envelope c = ch.receive();
-          if (c.has_error()) throw Error("coordinator: " + c.error().message());
-          if (!c.has_tensor_chunk()) throw Error("expected a tensor chunk");
-          const auto& chunk = c.tensor_chunk();
-          if (chunk.blake2b() != d || chunk.total_bytes() != size || chunk.offset() != got ||
-              chunk.data().size() > size - got)
-            throw Error("tensor chunk out of order or out of bounds");
-          std::memcpy(reinterpret_cast<char*>(values.data()) + got, chunk.data().data(), chunk.data().size());
-          got += chunk.data().size();
-          if (size == 0) break;
-        }
-        protocol::Digest actual = protocol::blake2b_256(
-            protocol::ByteView(reinterpret_cast<const uint8_t*>(values.data()), size));
-        if (std::string(reinterpret_cast<const char*>(actual.data()), actual.size()) != d)
-          throw Error("tensor " + es.front()->name() + " does not match its signed digest");
-        for (const auto* e : es) {
-          devices_->load(e->name(), values);
-          held_[e->name()] = d;
-        }
-        fetched_bytes_ += static_cast<double>(size);
+    StagedWeights out;
+    out.version = m.policy_version();
+    if (by_digest.empty()) return out;
+    wire::Envelope treq;
+    treq.set_id(next_id());
+    for (const auto& [d, es] : by_digest) treq.mutable_tensor_request()->add_blake2b(d);
+    ch.send(treq);
+    for (const auto& [d, es] : by_digest) {
+      const uint64_t size = es.front()->size_bytes();
+      std::vector<float> values(size / sizeof(float));
+      uint64_t got = 0;
+      while (got < size || (size == 0 && got == 0)) {
+        wire::Envelope c = ch.receive();
+        if (c.has_error()) throw Error("coordinator: " + c.error().message());
+        if (!c.has_tensor_chunk()) throw Error("expected a tensor chunk");
+        const auto& chunk = c.tensor_chunk();
+        if (chunk.blake2b() != d || chunk.total_bytes() != size || chunk.offset() != got ||
+            chunk.data().size() > size - got)
+          throw Error("tensor chunk out of order or out of bounds");
+        std::memcpy(reinterpret_cast<char*>(values.data()) + got, chunk.data().data(), chunk.data().size());
+        got += chunk.data().size();
+        if (size == 0) break;
       }
+      protocol::Digest actual = protocol::blake2b_256(
+          protocol::ByteView(reinterpret_cast<const uint8_t*>(values.data()), size));
+      if (std::string(reinterpret_cast<const char*>(actual.data()), actual.size()) != d)
+        throw Error("tensor " + es.front()->name() + " does not match its signed digest");
+      StagedWeights::Tensor t{.digest = d, .names = {}, .values = std::move(values)};
+      for (const auto* e : es) t.names.push_back(e->name());
+      out.tensors.push_back(std::move(t));
+      fetched_bytes_ += static_cast<double>(size);
     }
-    version_ = m.policy_version();
-    have_weights_ = true;
-    if (version_ != wanted)
-      spdlog::info("node: lease asked for version {}, coordinator published {}", wanted, version_);
+    return out;
   }
 
   // The lease's groups split across the local workers by measured throughput, rolled out,
@@ -508,7 +668,8 @@ class Node {
               {"wall_s", wall}, {"compute_fraction", wall > 0 ? compute_s_ / wall : 0.0},
               {"updates_sent", updates_sent_}, {"leases_given_back", leases_failed_},
               {"bytes_per_update", updates_sent_ ? bytes_sent_ / updates_sent_ : 0.0},
-              {"weights_fetched_bytes", fetched_bytes_}};
+              {"weights_fetched_bytes", fetched_bytes_}, {"lease_wait_s", lease_wait_s_},
+              {"weights_s", weights_s_}, {"ack_wait_s", ack_wait_s_}, {"ahead_wait_s", ahead_wait_s_}};
     std::ofstream(opt_.summary_out) << j.dump() << "\n";
   }
 
@@ -528,10 +689,21 @@ class Node {
   ParamLayout layout_;
   std::unique_ptr<GradientEncoder> encoder_;
   std::map<std::string, std::string> held_;  // parameter → digest loaded
-  std::optional<wire::SignedUpdate> pending_;
-  int64_t pending_deadline_ = 0;
+  // Computed updates not yet acknowledged, in order; kept across a lost link.
+  struct Pending {
+    wire::SignedUpdate update;
+    uint64_t deadline_unix_ms = 0;
+    std::string update_lease_id;
+  };
+  std::deque<Pending> pending_;
   int64_t leases_done_ = 0, leases_failed_ = 0, samples_ = 0, groups_ = 0, updates_sent_ = 0;
   double compute_s_ = 0, bytes_sent_ = 0, fetched_bytes_ = 0;
+  // Where the time outside compute goes: waiting for a lease, fetching or loading weights, for
+  // an Ack, and for the link's ask-ahead after a lease was computed.
+  double lease_wait_s_ = 0, weights_s_ = 0, ack_wait_s_ = 0, ahead_wait_s_ = 0;
+  // For asking ahead just in time: this node's compute seconds per group and the link's seconds
+  // to ask for a lease and fetch its weights (moving averages; 0 until measured).
+  double seconds_per_group_ = 0, link_seconds_ = 0;
   double first_lease_ = -1, last_ack_ = -1;
 };
 

@@ -37,6 +37,9 @@ struct NodeOptions {
   // "worker-throw" (the last worker throws on the first lease, which is given back) | "".
   std::string fault;
   int64_t delay_ms = 0;          // sleep after computing, before sending (slow / stale peer)
+  // Ask for the next lease and fetch its weights while computing the current one, so the link's
+  // round trips and downloads overlap with compute (docs/PEER.md). Off: one lease at a time.
+  bool ask_ahead = true;
 };
 
 // Exit codes: 0 done (round complete / asked to leave), 2 not admitted, 3 the node lacks a file
