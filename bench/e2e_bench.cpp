@@ -37,6 +37,7 @@ struct E2EArgs {
   std::string model;  // default: a random-init model of the built-in shape
   std::string codec = "fp8";
   std::string ledger_sync = "full";
+  bool ask_ahead = true;  // nodes pipeline the link with compute (node run --ask-ahead)
   std::string dir;
 };
 
@@ -63,10 +64,10 @@ int run_e2e(const E2EArgs& a) {
   const std::string data = (dir / "round").string();
   std::string toml = fmt::format(
       "[round]\nid = \"bench\"\nsteps = {}\nprompts_per_step = {}\nstaleness_bound = {}\n"
-      "checkpoint_interval = 1000000\ndata_dir = \"{}\"\nlinger_s = 3\nledger_sync = \"{}\"\n"
+      "checkpoint_interval = 1000000\nmin_peers = {}\ndata_dir = \"{}\"\nlinger_s = 3\nledger_sync = \"{}\"\n"
       "[network]\nlisten = \"127.0.0.1:0\"\nstatus_listen = \"\"\n[model]\npath = \"{}\"\n"
       "[task]\nname = \"arith\"\n[grpo]\ngroup_size = {}\ngradient_codec = \"{}\"\n",
-      a.steps, a.prompts_per_step, a.staleness, data, a.ledger_sync, fs::absolute(model).string(), a.group_size,
+      a.steps, a.prompts_per_step, a.staleness, a.nodes, data, a.ledger_sync, fs::absolute(model).string(), a.group_size,
       a.codec);
   const std::string config = (dir / "round.toml").string();
   std::ofstream(config) << toml;
@@ -81,7 +82,8 @@ int run_e2e(const E2EArgs& a) {
         {exe, "node", "run", "--coordinator", ep.host + ":" + std::to_string(ep.port), "--coordinator-key",
          ep.coordinator_key, "--key", (dir / fmt::format("node{}.key", i)).string(), "--name",
          fmt::format("node{}", i), "--threads", std::to_string(a.node_threads), "--summary-out",
-         (dir / fmt::format("node{}.json", i)).string(), "--give-up-after", "30"},
+         (dir / fmt::format("node{}.json", i)).string(), "--give-up-after", "30",
+         a.ask_ahead ? "--ask-ahead" : "--no-ask-ahead"},
         (dir / fmt::format("node{}.log", i)).string()));
   const int rc = coord.wait().value_or(1);
   for (auto& n : nodes) n.wait(30);
@@ -91,6 +93,9 @@ int run_e2e(const E2EArgs& a) {
     return 1;
   }
   double compute = 0, node_wall = 0, fraction_min = 1;
+  // The nodes' time outside compute, summed over nodes: waiting for a lease, fetching or loading
+  // weights, for Acks, and for the link's ask-ahead after computing.
+  double lease_wait = 0, weights = 0, ack_wait = 0, ahead_wait = 0;
   for (int i = 0; i < a.nodes; ++i) {
     std::ifstream in(dir / fmt::format("node{}.json", i));
     if (!in) continue;
@@ -98,6 +103,10 @@ int run_e2e(const E2EArgs& a) {
     compute += j.value("compute_s", 0.0);
     node_wall += j.value("wall_s", 0.0);
     fraction_min = std::min(fraction_min, j.value("compute_fraction", 0.0));
+    lease_wait += j.value("lease_wait_s", 0.0);
+    weights += j.value("weights_s", 0.0);
+    ack_wait += j.value("ack_wait_s", 0.0);
+    ahead_wait += j.value("ahead_wait_s", 0.0);
   }
   sqlite3* db = nullptr;
   sqlite3_open_v2(coordinator::ledger_path(data).c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
@@ -115,18 +124,28 @@ int run_e2e(const E2EArgs& a) {
   const double frac = node_wall > 0 ? compute / node_wall : 0;
   json j = {{"nodes", a.nodes}, {"steps", a.steps}, {"prompts_per_step", a.prompts_per_step},
             {"group_size", a.group_size}, {"staleness_bound", a.staleness}, {"codec", a.codec}, {"ledger_sync", a.ledger_sync},
+            {"ask_ahead", a.ask_ahead},
             {"parameters", params}, {"samples", samples}, {"run_s", run_s}, {"wall_s", wall},
             {"samples_per_s", run_s > 0 ? samples / run_s : 0},
             {"node_compute_fraction", frac}, {"node_compute_fraction_min", fraction_min},
+            {"node_lease_wait_fraction", node_wall > 0 ? lease_wait / node_wall : 0},
+            {"node_weights_fraction", node_wall > 0 ? weights / node_wall : 0},
+            {"node_ack_wait_fraction", node_wall > 0 ? ack_wait / node_wall : 0},
+            {"node_ahead_wait_fraction", node_wall > 0 ? ahead_wait / node_wall : 0},
             {"coordinator_step_s", coord_step_s}, {"aggregate_s", agg_s}, {"optimizer_s", opt_s},
             {"publish_s", pub_s}, {"updates", updates}, {"bytes_per_update", bytes},
             {"bytes_per_param", params > 0 ? bytes / params : 0}};
-  std::printf("e2e: %d nodes, %d steps x %d prompts x G=%d, %.0f params, codec %s\n", a.nodes, a.steps,
-              a.prompts_per_step, a.group_size, params, a.codec.c_str());
+  std::printf("e2e: %d nodes, %d steps x %d prompts x G=%d, S=%d, %.0f params, codec %s, %s\n", a.nodes,
+              a.steps, a.prompts_per_step, a.group_size, a.staleness, params, a.codec.c_str(),
+              a.ask_ahead ? "nodes ask ahead" : "one lease at a time");
   std::printf("  samples/s                    %.1f  (%.0f samples in %.1f s from first lease to last step)\n",
               j["samples_per_s"].get<double>(), samples, run_s);
   std::printf("  node compute fraction        %.1f%%  (min over nodes %.1f%%; target >= 95%%)\n", 100 * frac,
               100 * fraction_min);
+  if (node_wall > 0)
+    std::printf("  node time outside compute    lease wait %.1f%%, weights %.1f%%, acks %.1f%%, link %.1f%%\n",
+                100 * lease_wait / node_wall, 100 * weights / node_wall, 100 * ack_wait / node_wall,
+                100 * ahead_wait / node_wall);
   std::printf("  coordinator per step         %.1f ms  (aggregate %.1f + optimizer %.1f + publish %.1f)\n",
               1e3 * coord_step_s, 1e3 * agg_s, 1e3 * opt_s, 1e3 * pub_s);
   std::printf("  bytes per update             %.0f  (%.3f bytes/param, %.0f updates)\n", bytes,
@@ -151,6 +170,9 @@ void add_e2e_bench(CLI::App& bench) {
   cmd->add_option("--model", a->model, "Model folder (default: random init of the built-in shape)");
   cmd->add_option("--codec", a->codec, "Gradient codec: fp8 | raw")->capture_default_str();
   cmd->add_option("--ledger-sync", a->ledger_sync, "Ledger commits: full (fsync) | normal")->capture_default_str();
+  cmd->add_flag("--ask-ahead,!--no-ask-ahead", a->ask_ahead,
+               "Nodes ask for the next lease while computing (off: one lease at a time)")
+      ->capture_default_str();
   cmd->add_option("--dir", a->dir, "Keep the run here (default: a temporary folder, removed)");
   cmd->callback([a] {
     const int rc = run_e2e(*a);

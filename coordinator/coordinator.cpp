@@ -149,6 +149,7 @@ struct Coordinator::Impl {
   std::deque<Published> published;
   std::set<PeerId> allowed;
   bool finished = false;
+  bool started = false;  // min_peers reached once: leases are issued from then on
   int connected = 0;
   double started_mono = mono_s();
   asio::io_context io;
@@ -377,6 +378,11 @@ struct Coordinator::Impl {
 
   std::optional<wire::WorkLease> try_issue(const std::string& peer, uint32_t max_prompts) {
     if (finished) return std::nullopt;
+    if (!started) {
+      if (connected < cfg.min_peers) return std::nullopt;
+      started = true;
+      spdlog::info("coordinator: {} peers connected (min_peers {}): leases start", connected, cfg.min_peers);
+    }
     const int64_t last = std::min<int64_t>(cfg.steps, static_cast<int64_t>(version) + 1 + cfg.staleness_bound);
     for (int64_t s = static_cast<int64_t>(version) + 1; s <= last; ++s) {
       StepState& st = step_state(s);

@@ -114,6 +114,7 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
     s.get("staleness_bound", c.staleness_bound);
     s.get("lease_timeout_s", c.lease_timeout_s);
     s.get("reconnect_grace_s", c.reconnect_grace_s);
+    s.get("min_peers", c.min_peers);
     s.get("checkpoint_interval", c.checkpoint_interval);
     s.get("eval_every", c.eval_every);
     s.get("eval_n", c.eval_n);
@@ -242,6 +243,7 @@ void RoundConfig::validate() const {
   if (grpo.group_size < 2) bad("[grpo] group_size must be at least 2 (advantages are relative)");
   if (lease_timeout_s <= 0) bad("[round] lease_timeout_s must be positive");
   if (checkpoint_interval < 1) bad("[round] checkpoint_interval must be at least 1");
+  if (min_peers < 1) bad("[round] min_peers must be at least 1");
   if (model_path.empty()) bad("[model] path is required (a folder with config.json + model.safetensors)");
   if (grpo.scale == grpo::AdvantageScale::batch)
     bad("[grpo] scale = \"batch\" needs the whole step's rewards on one peer; use \"group\" or \"none\"");

@@ -295,7 +295,9 @@ class Node {
                         leases_done_ + static_cast<int64_t>(pending_.size()) + 1 >= opt_.max_leases;
       if (opt_.ask_ahead && !last) {
         const double expected = seconds_per_group_ * lease.prompt_indices_size();
-        const double lead = std::max(0.05, 2.0 * link_seconds_);
+        // Lead time: twice the link's usual round (ask + weights), and a third of the expected
+        // compute, which varies with completion lengths and with what else runs on the machine.
+        const double lead = std::max({0.05, 2.0 * link_seconds_, expected / 3});
         clock.ask_at = std::chrono::steady_clock::now() +
                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                            std::chrono::duration<double>(std::max(0.0, expected - lead)));
