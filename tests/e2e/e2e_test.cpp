@@ -94,6 +94,7 @@ struct Round {
   int digits = 1;
   bool mask_truncated = false;
   int max_new_tokens = 8;
+  int min_peers = 1;
 };
 
 grpo::ModelConfig tiny_config() {
@@ -157,7 +158,7 @@ class E2E : public ::testing::Test {
       << "\nstaleness_bound = " << r.staleness << "\nlease_timeout_s = " << r.lease_timeout
       << "\nreconnect_grace_s = " << r.grace << "\ncheckpoint_interval = " << r.checkpoint_interval
       << "\ndata_dir = \"" << data() << "\"\nseed = 5\nlinger_s = " << r.linger
-      << "\neval_every = " << r.eval_every << "\neval_n = " << r.eval_n << "\n";
+      << "\neval_every = " << r.eval_every << "\neval_n = " << r.eval_n << "\nmin_peers = " << r.min_peers << "\n";
     t << "[network]\nlisten = \"" << r.listen << "\"\nstatus_listen = \"127.0.0.1:0\"\n";
     if (!r.allowlist.empty()) {
       t << "[admission]\nmode = \"allowlist\"\nallowlist = [";
@@ -372,6 +373,26 @@ TEST_F(E2E, NodeKilledMidLeaseIsReissuedAndCountedOnce) {
   Db db(ledger());
   EXPECT_GE(db.count("SELECT COUNT(*) FROM leases WHERE peer = '" + slow_hex + "' AND state = 'expired'"), 2);
   EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 1 AND peer = '" + slow_hex + "'"), 0);
+}
+
+// `min_peers = 2`: the first node to join gets no lease until the second one is connected; then
+// both work and the round completes.
+TEST_F(E2E, LeasesStartOnceMinPeersAreConnected) {
+  Round r;
+  r.steps = 2;
+  r.min_peers = 2;
+  auto ep = start_coordinator(write_config(r));
+  start_node(ep, "first");
+  ASSERT_TRUE(wait_until("SELECT COUNT(*) FROM peers", 1)) << log("coordinator");
+  // The first node keeps asking ("no work yet") for a while, and no lease exists.
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  EXPECT_EQ(Db(ledger()).count("SELECT COUNT(*) FROM leases"), 0) << log("coordinator");
+  start_node(ep, "second");
+  ASSERT_EQ(wait_coordinator(), 0) << log("coordinator");
+  expect_each_group_counted_once(r);
+  Db db(ledger());
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM leases WHERE issued_ms < (SELECT MAX(first_seen_ms) FROM peers)"), 0);
+  EXPECT_NE(log("coordinator").find("2 peers connected (min_peers 2): leases start"), std::string::npos);
 }
 
 // kill -9 of the coordinator mid-run, then `serve` again on the same data directory: the run

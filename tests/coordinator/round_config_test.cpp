@@ -1,0 +1,92 @@
+// The round config (coordinator/round_config.h) against its documentation: the example in
+// docs/ROUND_CONFIG.md parses and states the code's defaults, and bad input is refused with the
+// key's name.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "common/check.h"
+#include "coordinator/round_config.h"
+
+namespace cohort::coordinator {
+namespace {
+
+// The first ```toml block of docs/ROUND_CONFIG.md.
+std::string documented_example() {
+  std::ifstream in(std::string(COHORT_SOURCE_DIR) + "/docs/ROUND_CONFIG.md");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string doc = ss.str();
+  const auto begin = doc.find("```toml\n");
+  const auto end = doc.find("```", begin + 8);
+  if (begin == std::string::npos || end == std::string::npos) return "";
+  return doc.substr(begin + 8, end - begin - 8);
+}
+
+std::string refusal(const std::string& toml) {
+  try {
+    RoundConfig::parse("[model]\npath = \"m\"\n" + toml);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(RoundConfig, DocumentedExampleStatesTheDefaults) {
+  const std::string example = documented_example();
+  ASSERT_FALSE(example.empty());
+  const RoundConfig doc = RoundConfig::parse(example, "docs/ROUND_CONFIG.md");
+  const RoundConfig def = RoundConfig::parse("[model]\npath = \"runs/demo/base\"\n");
+  // [round] and [network], except the example's own id and data_dir.
+  EXPECT_EQ(doc.steps, def.steps);
+  EXPECT_EQ(doc.grpo.prompts_per_step, def.grpo.prompts_per_step);
+  EXPECT_EQ(doc.staleness_bound, def.staleness_bound);
+  EXPECT_EQ(doc.lease_timeout_s, def.lease_timeout_s);
+  EXPECT_EQ(doc.reconnect_grace_s, def.reconnect_grace_s);
+  EXPECT_EQ(doc.min_peers, def.min_peers);
+  EXPECT_EQ(doc.checkpoint_interval, def.checkpoint_interval);
+  EXPECT_EQ(doc.eval_every, def.eval_every);
+  EXPECT_EQ(doc.eval_n, def.eval_n);
+  EXPECT_EQ(doc.linger_s, def.linger_s);
+  EXPECT_EQ(doc.ledger_sync, def.ledger_sync);
+  EXPECT_EQ(doc.listen, def.listen);
+  EXPECT_EQ(doc.status_listen, def.status_listen);
+  EXPECT_EQ(doc.admission, def.admission);
+  EXPECT_EQ(doc.codec, def.codec);
+  EXPECT_EQ(doc.max_update_norm, def.max_update_norm);
+  // [aggregation] and [verification].
+  EXPECT_EQ(doc.aggregation.rule, def.aggregation.rule);
+  EXPECT_EQ(doc.aggregation.trim_fraction, def.aggregation.trim_fraction);
+  EXPECT_EQ(doc.aggregation.clip_radius, def.aggregation.clip_radius);
+  EXPECT_EQ(doc.aggregation.clip_iterations, def.aggregation.clip_iterations);
+  EXPECT_EQ(doc.recompute_fraction, def.recompute_fraction);
+  EXPECT_EQ(doc.recompute_min_cosine, def.recompute_min_cosine);
+  EXPECT_EQ(doc.ban_after, def.ban_after);
+  EXPECT_EQ(doc.dump_gradients, def.dump_gradients);
+  // [grpo] and [sampling].
+  EXPECT_EQ(doc.grpo.group_size, def.grpo.group_size);
+  EXPECT_EQ(doc.grpo.lr, def.grpo.lr);
+  EXPECT_EQ(doc.grpo.max_grad_norm, def.grpo.max_grad_norm);
+  EXPECT_EQ(doc.grpo.micro_batch, def.grpo.micro_batch);
+  EXPECT_EQ(doc.grpo.mask_truncated, def.grpo.mask_truncated);
+  EXPECT_EQ(doc.grpo.sampling.temperature, def.grpo.sampling.temperature);
+  EXPECT_EQ(doc.grpo.sampling.top_p, def.grpo.sampling.top_p);
+  EXPECT_EQ(doc.grpo.sampling.top_k, def.grpo.sampling.top_k);
+  EXPECT_EQ(doc.grpo.sampling.max_new_tokens, def.grpo.sampling.max_new_tokens);
+}
+
+TEST(RoundConfig, RefusesUnknownKeysAndBadValuesByName) {
+  EXPECT_NE(refusal("[round]\nmin_peer = 2\n").find("unknown key [round] min_peer"), std::string::npos);
+  EXPECT_NE(refusal("[round]\nmin_peers = 0\n").find("min_peers must be at least 1"), std::string::npos);
+  EXPECT_NE(refusal("[round]\nmin_peers = \"3\"\n").find("[round] min_peers has the wrong type"),
+            std::string::npos);
+  EXPECT_NE(refusal("[round]\nledger_sync = \"sometimes\"\n").find("ledger_sync"), std::string::npos);
+  EXPECT_NE(refusal("[rounds]\n").find("unknown section [rounds]"), std::string::npos);
+  EXPECT_EQ(refusal("[round]\nmin_peers = 3\n"), "");
+  EXPECT_EQ(RoundConfig::parse("[model]\npath = \"m\"\n[round]\nmin_peers = 3\n").min_peers, 3);
+}
+
+}  // namespace
+}  // namespace cohort::coordinator
