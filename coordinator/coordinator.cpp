@@ -117,6 +117,7 @@ struct Published {
   uint64_t version = 0;
   wire::SignedManifest manifest;
   std::map<protocol::Digest, std::shared_ptr<const std::string>> tensors;
+  std::vector<std::pair<std::string, protocol::Digest>> names;  // parameter → its bytes' digest
 };
 
 constexpr size_t kChunkBytes = 1 << 20;
@@ -139,6 +140,9 @@ struct Coordinator::Impl {
   std::unique_ptr<grpo::Task> task;
   std::unique_ptr<grpo::Tokenizer> tok;
   std::unique_ptr<grpo::Model> model;
+  // Audits of updates sampled on an older, still published version run on a copy of it.
+  std::unique_ptr<grpo::Model> audit_model;
+  uint64_t audit_version = UINT64_MAX;
   std::unique_ptr<torch::optim::AdamW> opt;
   ParamLayout layout;
   uint64_t version = 0;
@@ -324,6 +328,7 @@ struct Coordinator::Impl {
       e->set_blake2b(d.data(), d.size());
       e->set_size_bytes(bytes->size());
       p.tensors[d] = bytes;
+      p.names.emplace_back(nt.name, d);
     }
     p.manifest = protocol::sign_manifest(m, identity);
     published.push_back(std::move(p));
@@ -565,9 +570,10 @@ struct Coordinator::Impl {
     }
     // A sampled share of updates is recomputed in full (the peer cannot know which): the
     // gradient of the reported completions under the weights they were sampled with.
-    if (cfg.recompute_fraction > 0 && vr.header.policy_version() == version &&
+    if (cfg.recompute_fraction > 0 &&
         std::uniform_real_distribution<double>(0, 1)(audit_rng) < cfg.recompute_fraction)
-      if (auto r = recompute_check(full, lease, grad)) return fail(lease.rec.step, *r);
+      if (grpo::Model* sampled = weights_of(vr.header.policy_version()))
+        if (auto r = recompute_check(*sampled, full, lease, grad)) return fail(lease.rec.step, *r);
     // Durable before anything else: the Ack means the update is in the ledger.
     UpdateRecord u;
     u.peer = peer;
@@ -612,10 +618,33 @@ struct Coordinator::Impl {
     return ack;
   }
 
-  // Recomputes the lease's gradient sum from the reported completions on the current weights
-  // (ratio 1: the peer sampled with these weights) and compares its direction with the
-  // reported one. The codec (FP8 with error feedback) keeps an honest update's cosine near 1.
-  std::optional<Refusal> recompute_check(const wire::GradientUpdate& u, const Lease& lease,
+  // The weights of policy version v: the live model for the current version, else a copy loaded
+  // from the published tensors (kept for S + 2 versions, so every update that passed the
+  // staleness check has them); nullptr if v is no longer published.
+  grpo::Model* weights_of(uint64_t v) {
+    if (v == version) return model.get();
+    const Published* p = nullptr;
+    for (const auto& q : published)
+      if (q.version == v) p = &q;
+    if (!p) return nullptr;
+    if (!audit_model) audit_model = std::make_unique<grpo::Model>(model->config(), 1);
+    if (audit_version != v) {
+      at::NoGradGuard no_grad;
+      for (const auto& [name, digest] : p->names) {
+        at::Tensor* t = audit_model->find(name);
+        const auto& bytes = *p->tensors.at(digest);
+        COHORT_CHECK(t && static_cast<size_t>(t->numel()) * sizeof(float) == bytes.size());
+        t->copy_(at::from_blob(const_cast<char*>(bytes.data()), t->sizes(), at::kFloat));
+      }
+      audit_version = v;
+    }
+    return audit_model.get();
+  }
+
+  // Recomputes the lease's gradient sum from the reported completions on the weights they were
+  // sampled with (ratio 1) and compares its direction with the reported one. The codec (FP8 with
+  // error feedback) keeps an honest update's cosine near 1.
+  std::optional<Refusal> recompute_check(grpo::Model& sampled, const wire::GradientUpdate& u, const Lease& lease,
                                          const std::vector<float>& reported) {
     const double t0 = mono_s();
     const int g = cfg.grpo.group_size;
@@ -634,14 +663,17 @@ struct Coordinator::Impl {
     grpo::Rollout r = grpo::layout(prompt_ids, g, completions, cfg.grpo.sampling.max_new_tokens, tok->pad_id());
     {
       at::NoGradGuard no_grad;
-      r.logprobs = grpo::completion_logprobs(*model, r, cfg.grpo.sampling.temperature) * r.completion_mask;
+      r.logprobs = grpo::completion_logprobs(sampled, r, cfg.grpo.sampling.temperature) * r.completion_mask;
     }
     const auto adv = grpo::group_advantages(rewards, g, cfg.grpo.scale);
-    opt->zero_grad();
-    grpo::accumulate_gradient(*model, nullptr, r, adv, cfg.grpo);
+    auto clear_grads = [&] {
+      for (auto p : sampled.parameters()) p.mutable_grad().reset();
+    };
+    clear_grads();
+    grpo::accumulate_gradient(sampled, nullptr, r, adv, cfg.grpo);
     std::vector<float> ours(layout.total);
-    flatten_grads(*model, layout, ours);
-    opt->zero_grad();
+    flatten_grads(sampled, layout, ours);
+    clear_grads();
     double dot = 0, a2 = 0, b2 = 0;
     for (size_t i = 0; i < ours.size(); ++i) {
       dot += double(ours[i]) * reported[i];
@@ -651,8 +683,8 @@ struct Coordinator::Impl {
     const double cosine = (a2 == 0 && b2 == 0) ? 1.0 : dot / std::max(1e-300, std::sqrt(a2 * b2));
     const double ratio = a2 > 0 ? std::sqrt(b2 / a2) : (b2 == 0 ? 1.0 : 1e300);
     ++audits;
-    spdlog::info("coordinator: recomputed lease {} in {:.2f} s: cosine {:.4f}, norm ratio {:.3f}",
-                 lease.rec.lease_id, mono_s() - t0, cosine, ratio);
+    spdlog::info("coordinator: recomputed lease {} on v{} (current v{}) in {:.2f} s: cosine {:.6f}, norm ratio {:.6f}",
+                 lease.rec.lease_id, u.policy_version(), version, mono_s() - t0, cosine, ratio);
     // The norm must agree too: a scaled honest gradient has cosine 1.
     if (cosine < cfg.recompute_min_cosine || ratio > 1.5 || ratio < 1 / 1.5)
       return Refusal{wire::ACK_RECOMPUTE_MISMATCH,

@@ -532,6 +532,45 @@ TEST_F(E2E, PoisonedGradientIsCaughtByRecomputationAndThePeerBanned) {
   EXPECT_NE(log("coordinator").find("recomputed lease"), std::string::npos);
 }
 
+// With S = 1 updates may arrive sampled on the version before the current one; audits rebuild
+// that version from its published tensors. One node alone takes whole steps and asks for the
+// next step's lease while computing this one, so from step 2 on each of its updates was sampled
+// on the version before the one current when it arrives. Every update is audited, and an honest
+// one must reproduce exactly (wrong weights fail the cosine and norm checks below).
+TEST_F(E2E, AuditsRecomputeUpdatesOnTheVersionTheyWereSampledOn) {
+  Round r;
+  r.steps = 4;
+  r.staleness = 1;
+  r.recompute_fraction = 1.0;
+  auto ep = start_coordinator(write_config(r));
+  start_node(ep, "alone");
+  ASSERT_EQ(wait_coordinator(), 0) << log("coordinator");
+  expect_each_group_counted_once(r);
+  Db db(ledger());
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 0"), 0) << log("coordinator");
+  const int64_t accepted = db.count("SELECT COUNT(*) FROM updates WHERE accepted = 1");
+  // The raw codec: an audit on the right weights reproduces the reported sum up to float
+  // summation order; one version off (lr 1e-3) drifts by more than that.
+  const std::string coord = log("coordinator");
+  int64_t audits = 0, on_older = 0;
+  double min_cosine = 1, max_ratio_error = 0;
+  for (size_t at = coord.find("recomputed lease"); at != std::string::npos; at = coord.find("recomputed lease", at + 1)) {
+    ++audits;
+    const size_t v = coord.find(" on v", at), cur = coord.find("(current v", at);
+    const size_t c = coord.find("cosine ", at), n = coord.find("norm ratio ", at);
+    ASSERT_TRUE(v != std::string::npos && cur != std::string::npos && c != std::string::npos && n != std::string::npos);
+    if (std::stoll(coord.substr(v + 5, 12)) < std::stoll(coord.substr(cur + 10, 12))) ++on_older;
+    min_cosine = std::min(min_cosine, std::stod(coord.substr(c + 7, 12)));
+    max_ratio_error = std::max(max_ratio_error, std::abs(std::stod(coord.substr(n + 11, 12)) - 1));
+  }
+  EXPECT_EQ(audits, accepted) << coord;
+  EXPECT_GE(on_older, 1) << coord;
+  std::printf("audits: %lld (%lld on an older version), min cosine %.6f, max |norm ratio - 1| %.6f\n",
+              static_cast<long long>(audits), static_cast<long long>(on_older), min_cosine, max_ratio_error);
+  EXPECT_GE(min_cosine, 0.99999) << coord;
+  EXPECT_LE(max_ratio_error, 1e-4) << coord;
+}
+
 // Without recomputation a poisoned update (its gradient reversed, ×20, plus N(0, 10) noise per
 // coordinate) is accepted. A robust rule keeps the applied gradient pointing where the honest
 // full-batch gradient points; the plain mean does not (cosine 0.24 in the run recorded in
