@@ -1046,6 +1046,7 @@ struct Coordinator::Impl {
         rep->set_admitted(true);
         *rep->mutable_settings() = settings();
         rep->set_policy_version(version);
+        rep->set_heartbeat_interval_ms(static_cast<uint32_t>(cfg.idle_timeout_s * 1000 / 4));
         co_await ch.send(r);
       }
       for (;;) {
@@ -1206,6 +1207,7 @@ struct Coordinator::Impl {
     open();
     auto [host, port] = split_host_port(cfg.listen);
     protocol::ChannelOptions opts;
+    opts.limits.idle_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg.idle_timeout_s * 1000));
     opts.admit = [this](const PeerId& id) {
       if (banned.count(id.hex())) {
         ledger->record_refusal(id.hex(), "", "banned", "connection from a banned identity", now_ms());

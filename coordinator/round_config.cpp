@@ -132,6 +132,7 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
     Section s(root["network"].as_table(), "network");
     s.get("listen", c.listen);
     s.get("status_listen", c.status_listen);
+    s.get("idle_timeout_s", c.idle_timeout_s);
     s.get("key", c.key_file);
     s.finish();
   }
@@ -244,6 +245,7 @@ void RoundConfig::validate() const {
   if (lease_timeout_s <= 0) bad("[round] lease_timeout_s must be positive");
   if (checkpoint_interval < 1) bad("[round] checkpoint_interval must be at least 1");
   if (min_peers < 1) bad("[round] min_peers must be at least 1");
+  if (!(idle_timeout_s >= 1)) bad("[network] idle_timeout_s must be at least 1");
   if (model_path.empty()) bad("[model] path is required (a folder with config.json + model.safetensors)");
   if (grpo.scale == grpo::AdvantageScale::batch)
     bad("[grpo] scale = \"batch\" needs the whole step's rewards on one peer; use \"group\" or \"none\"");

@@ -31,6 +31,9 @@ struct RoundConfig {
   std::string data_dir = "runs/round";
   std::string listen = "127.0.0.1:7070";
   std::string status_listen = "127.0.0.1:0";  // "" disables the HTTP status endpoint
+  // A peer connection silent this long is closed (its leases then wait reconnect_grace_s); peers
+  // are asked to send a heartbeat every quarter of it while they compute.
+  double idle_timeout_s = 120;
   std::string key_file;                // default: <data_dir>/coordinator.key (created if missing)
   Admission admission = Admission::open;
   std::vector<std::string> allowlist;  // hex Ed25519 public keys

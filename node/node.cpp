@@ -238,14 +238,17 @@ class Node {
     const auto& rep = reply.join_reply();
     if (!rep.admitted()) throw RoundOver{2, "not admitted: " + rep.message()};
     setup(rep.settings());
+    // The coordinator closes a connection silent for four of these; older ones send none.
+    heartbeat_every_ = std::chrono::milliseconds(rep.heartbeat_interval_ms() ? rep.heartbeat_interval_ms() : 15'000);
 
     if (!pending_.empty()) {
       spdlog::info("node: delivering {} update(s) computed before the link dropped", pending_.size());
       deliver_pending(ch, /*drop_expired=*/true);
     }
 
-    // Pipelined: while lease i is computed here, another thread delivers update i-1 (and waits
-    // for its Ack), asks for lease i+1 and fetches its weights. The channel is used by one
+    // Pipelined: while lease i is computed here, another thread (the link) delivers update i-1
+    // (and waits for its Ack), asks for lease i+1 and fetches its weights, and keeps the
+    // connection alive with heartbeats however long the lease takes. The channel is used by one
     // thread at a time: the future's get() orders them.
     std::optional<Ahead> next;  // the lease asked for ahead, with its weights staged
     for (;;) {
@@ -289,11 +292,11 @@ class Node {
       // The next lease is asked for just in time, shortly before this one should be done (by this
       // node's measured seconds per group): a lease held unstarted behind another is work the
       // other peers cannot take, and the step it belongs to waits for it.
-      std::future<Ahead> link;
-      AheadClock clock;
+      LinkClock clock;
       const bool last = opt_.max_leases > 0 &&
                         leases_done_ + static_cast<int64_t>(pending_.size()) + 1 >= opt_.max_leases;
-      if (opt_.ask_ahead && !last) {
+      clock.ask = opt_.ask_ahead && !last;
+      if (clock.ask) {
         const double expected = seconds_per_group_ * lease.prompt_indices_size();
         // Lead time: twice the link's usual round (ask + weights), and a third of the expected
         // compute, which varies with completion lengths and with what else runs on the machine.
@@ -301,40 +304,32 @@ class Node {
         clock.ask_at = std::chrono::steady_clock::now() +
                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                            std::chrono::duration<double>(std::max(0.0, expected - lead)));
-        link = std::async(std::launch::async, [&] {
-          deliver_pending(ch);
-          clock.wait();
-          const double t0 = mono_s();
-          Ahead a = ask_ahead(ch, lease.lease_id());
-          link_seconds_ = link_seconds_ > 0 ? 0.7 * link_seconds_ + 0.3 * (mono_s() - t0) : mono_s() - t0;
-          return a;
-        });
       }
+      std::future<Ahead> link = std::async(std::launch::async, [&] { return run_link(ch, clock, lease.lease_id()); });
       std::optional<wire::SignedUpdate> computed;
       const double compute0 = mono_s();
       try {
         computed = work(lease);
       } catch (...) {
-        clock.done();
-        if (link.valid()) link.wait();
+        clock.release();
+        link.wait();
         throw;
       }
-      clock.done();
+      if (computed) clock.computed();
       if (computed) {
         const double spg = (mono_s() - compute0) / std::max(1, lease.prompt_indices_size());
         seconds_per_group_ = seconds_per_group_ > 0 ? 0.7 * seconds_per_group_ + 0.3 * spg : spg;
       }
       if (computed && opt_.delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(opt_.delay_ms));
-      if (link.valid()) {
-        const double t0 = mono_s();
-        try {
-          next = link.get();
-        } catch (...) {  // the link dropped: keep what was computed for the next session
-          if (computed) pending_.push_back({std::move(*computed), lease.deadline_unix_ms(), lease.lease_id()});
-          throw;
-        }
-        ahead_wait_s_ += mono_s() - t0;
+      clock.release();
+      const double wait0 = mono_s();
+      try {
+        next = link.get();
+      } catch (...) {  // the link dropped: keep what was computed for the next session
+        if (computed) pending_.push_back({std::move(*computed), lease.deadline_unix_ms(), lease.lease_id()});
+        throw;
       }
+      ahead_wait_s_ += mono_s() - wait0;
       // A lease given back (nullopt) is re-issued when this node asks for work again.
       if (computed) pending_.push_back({std::move(*computed), lease.deadline_unix_ms(), lease.lease_id()});
     }
@@ -390,24 +385,65 @@ class Node {
     return ack.reason();
   }
 
-  // When the link thread asks ahead: at `ask_at`, or as soon as the compute is done if earlier.
-  struct AheadClock {
+  // What the link thread does while a lease is computed: ask ahead at `ask_at` (or as soon as
+  // the lease is computed, if earlier), send a heartbeat every heartbeat_every_, and return once
+  // the compute thread releases it.
+  struct LinkClock {
+    bool ask = false;
     std::chrono::steady_clock::time_point ask_at;
     std::mutex m;
     std::condition_variable cv;
-    bool finished = false;
-    void wait() {
-      std::unique_lock lk(m);
-      cv.wait_until(lk, ask_at, [&] { return finished; });
-    }
-    void done() {
+    bool is_computed = false, is_released = false;
+    void computed() { set(is_computed); }
+    void release() { set(is_released); }  // after computed(); alone: no lease asked ahead
+
+   private:
+    void set(bool& flag) {
       {
         std::lock_guard lk(m);
-        finished = true;
+        flag = true;
       }
       cv.notify_all();
     }
   };
+
+  Ahead run_link(BlockingChannel& ch, LinkClock& clock, const std::string& computing) {
+    deliver_pending(ch);
+    Ahead a;
+    bool asked = !clock.ask;
+    auto beat = std::chrono::steady_clock::now() + heartbeat_every_;
+    for (;;) {
+      std::unique_lock lk(clock.m);
+      const auto until = asked ? beat : std::min(beat, clock.ask_at);
+      clock.cv.wait_until(lk, until, [&] { return clock.is_released || (!asked && clock.is_computed); });
+      const bool ask_now = !asked && (clock.is_computed || std::chrono::steady_clock::now() >= clock.ask_at);
+      const bool released = clock.is_released;
+      lk.unlock();
+      if (ask_now) {
+        const double t0 = mono_s();
+        a = ask_ahead(ch, computing);
+        link_seconds_ = link_seconds_ > 0 ? 0.7 * link_seconds_ + 0.3 * (mono_s() - t0) : mono_s() - t0;
+        asked = true;
+        continue;
+      }
+      if (released) return a;
+      if (std::chrono::steady_clock::now() >= beat) {
+        send_heartbeat(ch);
+        beat += heartbeat_every_;
+      }
+    }
+  }
+
+  void send_heartbeat(BlockingChannel& ch) {
+    wire::Envelope e;
+    e.set_id(next_id());
+    auto* h = e.mutable_heartbeat();
+    h->set_sent_unix_ms(static_cast<uint64_t>(now_ms()));
+    h->set_policy_version(version_);
+    h->set_status("computing");
+    ch.send(e);
+    ++heartbeats_sent_;
+  }
 
   // nullopt: no work yet (the coordinator answered "ask again").
   std::optional<wire::WorkLease> ask_for_work(BlockingChannel& ch, const std::string& holding) {
@@ -671,7 +707,8 @@ class Node {
               {"updates_sent", updates_sent_}, {"leases_given_back", leases_failed_},
               {"bytes_per_update", updates_sent_ ? bytes_sent_ / updates_sent_ : 0.0},
               {"weights_fetched_bytes", fetched_bytes_}, {"lease_wait_s", lease_wait_s_},
-              {"weights_s", weights_s_}, {"ack_wait_s", ack_wait_s_}, {"ahead_wait_s", ahead_wait_s_}};
+              {"weights_s", weights_s_}, {"ack_wait_s", ack_wait_s_}, {"ahead_wait_s", ahead_wait_s_},
+              {"heartbeats_sent", heartbeats_sent_}};
     std::ofstream(opt_.summary_out) << j.dump() << "\n";
   }
 
@@ -706,6 +743,8 @@ class Node {
   // For asking ahead just in time: this node's compute seconds per group and the link's seconds
   // to ask for a lease and fetch its weights (moving averages; 0 until measured).
   double seconds_per_group_ = 0, link_seconds_ = 0;
+  std::chrono::milliseconds heartbeat_every_{15'000};
+  int64_t heartbeats_sent_ = 0;
   double first_lease_ = -1, last_ack_ = -1;
 };
 

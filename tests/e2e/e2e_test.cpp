@@ -95,6 +95,7 @@ struct Round {
   bool mask_truncated = false;
   int max_new_tokens = 8;
   int min_peers = 1;
+  double idle_timeout = 120;
 };
 
 grpo::ModelConfig tiny_config() {
@@ -159,7 +160,8 @@ class E2E : public ::testing::Test {
       << "\nreconnect_grace_s = " << r.grace << "\ncheckpoint_interval = " << r.checkpoint_interval
       << "\ndata_dir = \"" << data() << "\"\nseed = 5\nlinger_s = " << r.linger
       << "\neval_every = " << r.eval_every << "\neval_n = " << r.eval_n << "\nmin_peers = " << r.min_peers << "\n";
-    t << "[network]\nlisten = \"" << r.listen << "\"\nstatus_listen = \"127.0.0.1:0\"\n";
+    t << "[network]\nlisten = \"" << r.listen << "\"\nstatus_listen = \"127.0.0.1:0\"\nidle_timeout_s = "
+      << r.idle_timeout << "\n";
     if (!r.allowlist.empty()) {
       t << "[admission]\nmode = \"allowlist\"\nallowlist = [";
       for (size_t i = 0; i < r.allowlist.size(); ++i) t << (i ? ", " : "") << '"' << r.allowlist[i] << '"';
@@ -393,6 +395,23 @@ TEST_F(E2E, LeasesStartOnceMinPeersAreConnected) {
   Db db(ledger());
   EXPECT_EQ(db.count("SELECT COUNT(*) FROM leases WHERE issued_ms < (SELECT MAX(first_seen_ms) FROM peers)"), 0);
   EXPECT_NE(log("coordinator").find("2 peers connected (min_peers 2): leases start"), std::string::npos);
+}
+
+// A lease that takes longer than the coordinator's idle timeout (here 3 s of work against 2 s):
+// the node's heartbeats keep the connection open, so no lease is taken for lost and every update
+// is accepted.
+TEST_F(E2E, HeartbeatsKeepALongLeaseConnected) {
+  Round r;
+  r.steps = 2;
+  r.idle_timeout = 2;
+  auto ep = start_coordinator(write_config(r));
+  start_node(ep, "patient", {"--delay-ms", "3000"});
+  ASSERT_EQ(wait_coordinator(), 0) << log("coordinator");
+  expect_each_group_counted_once(r);
+  Db db(ledger());
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM leases WHERE state <> 'completed'"), 0) << log("coordinator");
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 0"), 0) << log("coordinator");
+  EXPECT_EQ(log("coordinator").find("timed out"), std::string::npos) << log("coordinator");
 }
 
 // kill -9 of the coordinator mid-run, then `serve` again on the same data directory: the run
