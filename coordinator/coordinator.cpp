@@ -79,6 +79,13 @@ void fsync_path(const fs::path& p, bool dir) {
 volatile std::sig_atomic_t g_stop_signal = 0;
 void on_signal(int sig) { g_stop_signal = sig; }
 
+// A peer's free-text reason, as stored in the ledger: printable ASCII, at most 256 bytes.
+std::string sanitize_reason(const std::string& s) {
+  std::string out;
+  for (char c : s.substr(0, 256)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
+  return out;
+}
+
 // A refusal: the Ack reason plus a sentence for people.
 struct Refusal {
   wire::AckReason reason;
@@ -1064,6 +1071,9 @@ struct Coordinator::Impl {
           // asking), so any other lease it holds will never come: e.g. one issued just before a
           // coordinator crash that never reached it. Re-issue those now, not at their deadline.
           const auto& wr = env.work_request();
+          for (const auto& r : wr.returned())
+            if (auto it = leases.find(r.lease_id()); it != leases.end() && it->second.rec.peer == peer)
+              expire(r.lease_id(), "returned", "given back: " + sanitize_reason(r.reason()));
           const std::set<std::string> holding(wr.holding().begin(), wr.holding().end());
           std::vector<std::string> lost;
           for (const auto& [id, l] : leases)

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
+#include <utility>
 
 #include "common/check.h"
 #include "common/runtime.h"
@@ -315,8 +316,8 @@ class Node {
         link.wait();
         throw;
       }
-      if (computed) clock.computed();
       if (computed) {
+        clock.computed();
         const double spg = (mono_s() - compute0) / std::max(1, lease.prompt_indices_size());
         seconds_per_group_ = seconds_per_group_ > 0 ? 0.7 * seconds_per_group_ + 0.3 * spg : spg;
       }
@@ -330,8 +331,10 @@ class Node {
         throw;
       }
       ahead_wait_s_ += mono_s() - wait0;
-      // A lease given back (nullopt) is re-issued when this node asks for work again.
-      if (computed) pending_.push_back({std::move(*computed), lease.deadline_unix_ms(), lease.lease_id()});
+      if (computed)
+        pending_.push_back({std::move(*computed), lease.deadline_unix_ms(), lease.lease_id()});
+      else  // given back: named in the next WorkRequest (the link thread, which reads the list, is done)
+        returned_.emplace_back(lease.lease_id(), std::exchange(given_back_, {}));
     }
   }
 
@@ -411,6 +414,9 @@ class Node {
     deliver_pending(ch);
     Ahead a;
     bool asked = !clock.ask;
+    // A lease given back goes back with the next WorkRequest: ask now, not just in time, so the
+    // coordinator re-issues it without waiting for this lease.
+    if (!asked && !returned_.empty()) clock.ask_at = std::chrono::steady_clock::now();
     auto beat = std::chrono::steady_clock::now() + heartbeat_every_;
     for (;;) {
       std::unique_lock lk(clock.m);
@@ -452,7 +458,13 @@ class Node {
     req.mutable_work_request()->set_max_prompts(opt_.max_batch);
     req.mutable_work_request()->set_policy_version(version_);
     if (!holding.empty()) req.mutable_work_request()->add_holding(holding);
+    for (const auto& [id, why] : returned_) {
+      auto* r = req.mutable_work_request()->add_returned();
+      r->set_lease_id(id);
+      r->set_reason(why);
+    }
     ch.send(req);
+    returned_.clear();
     wire::Envelope env = ch.receive();
     if (env.has_leave()) throw RoundOver{0, "round over: " + env.leave().reason()};
     if (env.has_ack()) return std::nullopt;
@@ -619,11 +631,13 @@ class Node {
     } catch (const WorkerError& e) {
       spdlog::error("node {}: lease {} given back: {}", opt_.name, lease.lease_id(), e.what());
       ++leases_failed_;
+      given_back_ = e.what();
       return std::nullopt;
     } catch (const CollectiveError& e) {
-      spdlog::error("node {}: lease {} given back: reduction failed ({}): {}", opt_.name, lease.lease_id(),
-                    collective_failure_name(e.failure()), e.what());
+      const std::string why = std::string("reduction failed (") + collective_failure_name(e.failure()) + "): " + e.what();
+      spdlog::error("node {}: lease {} given back: {}", opt_.name, lease.lease_id(), why);
       ++leases_failed_;
+      given_back_ = why;
       return std::nullopt;
     }
     for (int w = 0; w < devices_->size(); ++w)
@@ -735,6 +749,10 @@ class Node {
     std::string update_lease_id;
   };
   std::deque<Pending> pending_;
+  // Leases given back, with why: sent with the next WorkRequest. work() leaves its reason in
+  // given_back_ (the link thread may be reading returned_ meanwhile).
+  std::vector<std::pair<std::string, std::string>> returned_;
+  std::string given_back_;
   int64_t leases_done_ = 0, leases_failed_ = 0, samples_ = 0, groups_ = 0, updates_sent_ = 0;
   double compute_s_ = 0, bytes_sent_ = 0, fetched_bytes_ = 0;
   // Where the time outside compute goes: waiting for a lease, fetching or loading weights, for

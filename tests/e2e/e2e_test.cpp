@@ -495,8 +495,10 @@ TEST_F(E2E, FailingWorkerGivesTheLeaseBackAndTheNodeCarriesOn) {
   Db db(ledger());
   const std::string pair = key_hex("pair");
   EXPECT_EQ(db.count("SELECT COUNT(*) FROM leases WHERE peer = '" + pair +
-                     "' AND state = 'expired' AND reason LIKE 'peer asked for new work%'"),
-            1);
+                     "' AND state = 'returned' AND reason LIKE 'given back: worker 1 failed: injected fault%'"),
+            1)
+      << log("coordinator");
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM leases WHERE state = 'expired'"), 0);
   EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 0"), 0);
   EXPECT_GE(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 1 AND peer = '" + pair + "'"), r.steps);
 }
