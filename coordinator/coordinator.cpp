@@ -1143,6 +1143,8 @@ struct Coordinator::Impl {
     j["uptime_s"] = mono_s() - started_mono;
     j["active_leases"] = leases.size();
     j["connected"] = connected;
+    j["min_peers"] = cfg.min_peers;
+    j["leases_started"] = started;  // false: waiting for min_peers
     j["banned"] = banned.size();
     j["audits"] = audits;
     j["aggregation"] = aggregation_rule_name(cfg.aggregation.rule);

@@ -389,6 +389,9 @@ TEST_F(E2E, LeasesStartOnceMinPeersAreConnected) {
   // The first node keeps asking ("no work yet") for a while, and no lease exists.
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));
   EXPECT_EQ(Db(ledger()).count("SELECT COUNT(*) FROM leases"), 0) << log("coordinator");
+  const std::string waiting = http_get(ep.host, ep.status_port, "/status");
+  EXPECT_NE(waiting.find("\"leases_started\":false"), std::string::npos) << waiting;
+  EXPECT_NE(waiting.find("\"min_peers\":2"), std::string::npos) << waiting;
   start_node(ep, "second");
   ASSERT_EQ(wait_coordinator(), 0) << log("coordinator");
   expect_each_group_counted_once(r);
