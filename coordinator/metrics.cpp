@@ -69,6 +69,8 @@ std::string prometheus_text(const std::string& status_json) {
   w.sample("active_leases", num(j, "active_leases"));
   w.family("peers_connected", "gauge", "Peers with an open session.");
   w.sample("peers_connected", num(j, "connected"));
+  w.family("leases_started", "gauge", "1 once min_peers peers were connected and leases began.");
+  w.sample("leases_started", num(j, "leases_started"));
   w.family("banned_peers", "gauge", "Peers banned for misbehaviour.");
   w.sample("banned_peers", num(j, "banned"));
   w.family("audits_total", "counter", "Updates whose gradient the coordinator recomputed in full.");

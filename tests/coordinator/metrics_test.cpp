@@ -16,7 +16,7 @@ bool has_line(const std::string& text, const std::string& line) {
 TEST(Metrics, StatusBecomesPrometheusText) {
   const std::string status = R"({
     "version": 7, "steps_total": 20, "finished": false, "uptime_s": 12.5, "active_leases": 3,
-    "connected": 2, "banned": 1, "audits": 4,
+    "connected": 2, "banned": 1, "audits": 4, "leases_started": true,
     "steps": [{"step": 6, "reward_mean": 0.1}, {"step": 7, "reward_mean": 0.25, "accuracy": 0.5,
                "loss": -0.01, "grad_norm": 1.5, "updates": 3, "aggregate_s": 0.02,
                "optimizer_s": 0.003, "publish_s": 0.01}],
@@ -30,6 +30,7 @@ TEST(Metrics, StatusBecomesPrometheusText) {
   EXPECT_TRUE(has_line(t, "cohort_policy_version 7")) << t;
   EXPECT_TRUE(has_line(t, "cohort_round_finished 0")) << t;
   EXPECT_TRUE(has_line(t, "cohort_peers_connected 2")) << t;
+  EXPECT_TRUE(has_line(t, "cohort_leases_started 1")) << t;
   EXPECT_TRUE(has_line(t, "cohort_banned_peers 1")) << t;
   EXPECT_TRUE(has_line(t, "cohort_step_reward_mean 0.25")) << t;  // the last step, not the first
   EXPECT_TRUE(has_line(t, "cohort_step_seconds{phase=\"publish\"} 0.01")) << t;
