@@ -84,12 +84,13 @@ LeaseGradient compute_lease(DeviceGroup& devices, const LeaseContext& ctx,
   std::vector<std::array<double, 3>> counts(workers, {0.0, 0.0, 0.0});  // units, tokens, loss
   devices.run([&](int w, grpo::Model& model) {
     WorkerShare& share = out.shares[w];
-    if (on_gpu) {
-      flats[w] = at::zeros({static_cast<int64_t>(ctx.layout.total)}, model.parameters()[0].options());
-    } else {
-      grads[w].assign(ctx.layout.total, 0.0f);
+    if (share.groups.size() == 0) {  // nothing to add, but the reduction takes its zeros
+      if (on_gpu)
+        flats[w] = at::zeros({static_cast<int64_t>(ctx.layout.total)}, model.parameters()[0].options());
+      else
+        grads[w].assign(ctx.layout.total, 0.0f);
+      return;
     }
-    if (share.groups.size() == 0) return;
     const double t0 = mono_s();
     const size_t first = static_cast<size_t>(share.groups.begin) * G;
     share.batch.advantages.assign(advantages.begin() + first,
@@ -104,6 +105,7 @@ LeaseGradient compute_lease(DeviceGroup& devices, const LeaseContext& ctx,
     if (on_gpu) {
       flats[w] = flat_gradient(model, ctx.layout);
     } else {
+      grads[w].resize(ctx.layout.total);
       coordinator::flatten_grads(model, ctx.layout, grads[w]);
     }
     counts[w] = {sums.units, sums.tokens, sums.loss_sum.item<double>()};

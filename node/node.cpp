@@ -286,8 +286,11 @@ class Node {
       std::optional<StagedWeights> staged = std::move(next->weights);
       next.reset();
       const double fetch0 = mono_s();
-      if (staged) load(*staged);
-      ensure_weights(ch, lease.policy_version());
+      // Staged by the link for this lease's version (or what the coordinator published instead).
+      if (staged)
+        load(*staged);
+      else
+        ensure_weights(ch, lease.policy_version());
       weights_s_ += mono_s() - fetch0;
 
       // The next lease is asked for just in time, shortly before this one should be done (by this
@@ -530,8 +533,6 @@ class Node {
   void ensure_weights(BlockingChannel& ch, uint64_t wanted) {
     if (have_weights_ && version_ == wanted) return;
     load(fetch_weights(ch, wanted));
-    if (version_ != wanted)
-      spdlog::info("node: lease asked for version {}, coordinator published {}", wanted, version_);
   }
 
   void load(const StagedWeights& w) {
@@ -571,6 +572,8 @@ class Node {
     }
     StagedWeights out;
     out.version = m.policy_version();
+    if (out.version != wanted)
+      spdlog::info("node: lease asked for version {}, coordinator published {}", wanted, out.version);
     if (by_digest.empty()) return out;
     wire::Envelope treq;
     treq.set_id(next_id());

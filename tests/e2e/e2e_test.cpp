@@ -29,6 +29,7 @@
 #include "grpo/tokenizer.h"
 #include "grpo/trainer.h"
 #include "protocol/identity.h"
+#include "tests/support/tiny_base.h"
 
 namespace cohort::coordinator {
 namespace {
@@ -98,39 +99,14 @@ struct Round {
   double idle_timeout = 120;
 };
 
-grpo::ModelConfig tiny_config() {
-  grpo::ModelConfig c = grpo::task_model_config();
-  c.hidden_size = 32;
-  c.intermediate_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 64;
-  return c;
-}
-
 class E2E : public ::testing::Test {
  protected:
-  // One weak base for the whole suite: a short supervised warm-up on 1-digit addition, so that
-  // rewards (and therefore advantages and gradients) are not all zero.
+  // One weak base for the whole suite (tests/support/tiny_base.h).
   static void SetUpTestSuite() {
     shared_ = fs::temp_directory_path() / ("cohort-e2e-base-" + std::to_string(::getpid()));
     fs::remove_all(shared_);
-    grpo::PretrainConfig pc;
-    pc.task.name = "arith";
-    pc.task.digits = 1;
-    pc.model = tiny_config();
-    pc.steps = 400;
-    pc.batch_size = 32;
-    pc.lr = 3e-3;
-    pc.stop_at_accuracy = 0.3;
-    pc.eval_every = 50;
-    pc.eval_n = 10;  // 1-digit addition holds out 10 problems
-    pc.max_new_tokens = 8;
-    grpo::CharTokenizer tok;
-    auto task = grpo::make_task(pc.task);
-    grpo::Model m(pc.model, 7);
-    grpo::pretrain(m, tok, *task, pc, false);
+    grpo::Model m(test::tiny_model_config(), 7);
+    test::warm_up_tiny_base(m);
     grpo::save_model((shared_ / "base").string(), m);
   }
   static void TearDownTestSuite() { fs::remove_all(shared_); }
@@ -641,14 +617,7 @@ class E2ELearning : public E2E {
     grpo::PretrainConfig pc;
     pc.task.name = "arith";
     pc.task.digits = 2;
-    pc.model = tiny_config();
-    const grpo::ModelConfig shape;  // the built-in shape (docs/RESULTS.md: 791,680 parameters)
-    pc.model.hidden_size = shape.hidden_size;
-    pc.model.intermediate_size = shape.intermediate_size;
-    pc.model.num_hidden_layers = shape.num_hidden_layers;
-    pc.model.num_attention_heads = shape.num_attention_heads;
-    pc.model.num_key_value_heads = shape.num_key_value_heads;
-    pc.model.max_position_embeddings = shape.max_position_embeddings;
+    pc.model = grpo::task_model_config();  // the built-in shape (docs/RESULTS.md: 791,680 parameters)
     pc.stop_at_accuracy = 0.2;
     pc.eval_every = 25;
     pc.eval_n = 100;
@@ -784,7 +753,7 @@ TEST_F(E2E, HuggingFaceModelRoundChecksTheNodesTokenizer) {
       {"decoder", {{"type", "ByteLevel"}}},
       {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
   const nlohmann::json tokenizer_config = {{"eos_token", "<|endoftext|>"}};
-  grpo::ModelConfig mc = tiny_config();
+  grpo::ModelConfig mc = test::tiny_model_config();
   mc.tokenizer.clear();
   mc.vocab_size = 260;
   mc.bos_token_id = -1;

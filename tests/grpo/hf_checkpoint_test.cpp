@@ -12,12 +12,14 @@
 #include "common/check.h"
 #include "grpo/checkpoint.h"
 #include "grpo/safetensors.h"
+#include "tests/support/error_of.h"
 
 namespace cohort::grpo {
 namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using test::error_of;
 
 ModelConfig family(const std::string& type) {
   ModelConfig c;
@@ -63,15 +65,6 @@ class HfCheckpoint : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  std::string error_of(const std::function<void()>& f) {
-    try {
-      f();
-    } catch (const Error& e) {
-      return e.what();
-    }
-    ADD_FAILURE() << "no error";
-    return "";
-  }
   json read_json(const fs::path& p) {
     std::ifstream in(p);
     return json::parse(in);

@@ -15,6 +15,7 @@
 #include "grpo/checkpoint.h"
 #include "grpo/config.h"
 #include "grpo/model.h"
+#include "tests/support/error_of.h"
 
 namespace cohort::grpo {
 namespace {
@@ -62,15 +63,7 @@ json smollm2_360m_instruct() {
     "use_cache": true, "vocab_size": 49152})");
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no error";
-  return "";
-}
+using test::error_of;
 
 ModelConfig small_rope(double theta, const RopeScaling& r) {
   ModelConfig c;

@@ -12,45 +12,19 @@
 #include "grpo/commands.h"
 #include "node/collective_torch.h"
 #include "node/nccl_collective.h"
+#include "tests/support/tiny_base.h"
 
 namespace cohort::node {
 namespace {
 
-grpo::ModelConfig tiny() {
-  grpo::ModelConfig c = grpo::task_model_config();
-  c.hidden_size = 32;
-  c.intermediate_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 64;
-  return c;
-}
+using test::one_digit_addition;
+using test::tiny_model_config;
 
-grpo::TaskSpec one_digit_addition() {
-  grpo::TaskSpec t;
-  t.digits = 1;
-  return t;
-}
-
-// A weak base (as in tests/e2e): a short supervised warm-up, so that some completions are right
-// and rewards, advantages and gradients are not all zero.
+// The weak base of tests/support/tiny_base.h, as named flat tensors for DeviceGroup::load.
 const std::vector<std::pair<std::string, std::vector<float>>>& base_weights() {
   static const auto weights = [] {
-    grpo::PretrainConfig pc;
-    pc.task = one_digit_addition();
-    pc.model = tiny();
-    pc.steps = 400;
-    pc.batch_size = 32;
-    pc.lr = 3e-3;
-    pc.stop_at_accuracy = 0.3;
-    pc.eval_every = 50;
-    pc.eval_n = 10;
-    pc.max_new_tokens = 8;
-    grpo::CharTokenizer tok;
-    auto task = grpo::make_task(pc.task);
-    grpo::Model m(pc.model, 7);
-    grpo::pretrain(m, tok, *task, pc, false);
+    grpo::Model m(tiny_model_config(), 7);
+    test::warm_up_tiny_base(m);
     std::vector<std::pair<std::string, std::vector<float>>> out;
     for (const auto& p : m.named_parameters()) {
       const at::Tensor t = p.tensor.detach().contiguous();
@@ -63,7 +37,7 @@ const std::vector<std::pair<std::string, std::vector<float>>>& base_weights() {
 }
 
 std::unique_ptr<DeviceGroup> base_group(int workers) {
-  auto devices = make_cpu_device_group(tiny(), workers);
+  auto devices = make_cpu_device_group(tiny_model_config(), workers);
   for (const auto& [name, values] : base_weights()) devices->load(name, values);
   return devices;
 }
@@ -179,7 +153,7 @@ TEST_F(LeaseWork, FailingWorkerReportsItsReasonAndTheNextLeaseWorks) {
 }
 
 TEST_F(LeaseWork, RunReportsTheLowestFailingWorkerAfterAllFinished) {
-  auto devices = make_cpu_device_group(tiny(), 3);
+  auto devices = make_cpu_device_group(tiny_model_config(), 3);
   std::vector<int> ran(3, 0);
   try {
     devices->run([&](int w, grpo::Model&) {
@@ -205,7 +179,7 @@ TEST_F(LeaseWork, GpuWorkersEqualTheCpuGradientOfTheirCompletions) {
     GTEST_SKIP() << "needs a CUDA build of LibTorch and a GPU: " << (torch::cuda::is_available() ? why : "CPU-only LibTorch");
   std::vector<int> gpus;
   for (int i = 0; i < n; ++i) gpus.push_back(i);
-  auto gpu = make_gpu_device_group(tiny(), gpus);
+  auto gpu = make_gpu_device_group(tiny_model_config(), gpus);
   for (const auto& [name, values] : base_weights()) gpu->load(name, values);
   coordinator::ParamLayout layout(gpu->replica(0));
   LeaseContext ctx{*task, tok, cfg, layout};
@@ -256,7 +230,7 @@ TEST(GpuDevices, ListsParseAndMistakesAreNamed) {
   if (!torch::cuda::is_available()) {
     // A CPU-only LibTorch: asking for GPU workers says so instead of crashing.
     try {
-      make_gpu_device_group(tiny(), {0});
+      make_gpu_device_group(tiny_model_config(), {0});
       FAIL() << "expected cohort::Error";
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("CUDA"), std::string::npos) << e.what();
