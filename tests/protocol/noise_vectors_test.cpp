@@ -41,7 +41,7 @@ nlohmann::json load_vectors() {
   std::ifstream in(COHORT_NOISE_VECTORS);
   if (!in) {
     ADD_FAILURE() << "Noise test vectors not found at " << COHORT_NOISE_VECTORS
-                  << " (expected ../shared/vectors next to the source tree; override with "
+                  << " (expected tests/protocol/vectors in the source tree; override with "
                      "-DCOHORT_NOISE_VECTORS=/path/to/noise-25519-chachapoly-blake2b.json)";
     return {};
   }
