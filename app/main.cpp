@@ -37,6 +37,9 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const cohort::Error& e) {
     std::fprintf(stderr, "cohort: error: %s\n", e.what());
+    return e.exit_code();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "cohort: error: %s\n", e.what());
     return 1;
   }
   return 0;

@@ -177,8 +177,7 @@ void add_e2e_bench(CLI::App& bench) {
       ->capture_default_str();
   cmd->add_option("--dir", a->dir, "Keep the run here (default: a temporary folder, removed)");
   cmd->callback([a] {
-    const int rc = run_e2e(*a);
-    if (rc != 0) std::exit(rc);
+    if (const int rc = run_e2e(*a); rc != 0) throw Error("bench e2e failed (see the log above)", rc);
   });
 }
 

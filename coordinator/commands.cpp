@@ -52,8 +52,7 @@ void add_serve(CLI::App& parent) {
     if (!a->system_prompt.empty()) cfg.system_prompt = a->system_prompt;
     cfg.validate();
     Coordinator c(cfg);
-    const int rc = c.serve();
-    if (rc != 0) std::exit(rc);
+    c.serve();
   });
 }
 
@@ -207,8 +206,7 @@ void add_demo(CLI::App& app) {
   cmd->add_option("--eval-n", a->eval_n, "Held-out prompts for before/after")->capture_default_str();
   cmd->add_option("--threads", a->threads, "CPU threads of this process (pretraining, evaluation)");
   cmd->callback([a] {
-    const int rc = run_demo(*a);
-    if (rc != 0) std::exit(rc);
+    if (const int rc = run_demo(*a); rc != 0) throw Error("the demo failed (see the log above)", rc);
   });
 }
 

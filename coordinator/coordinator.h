@@ -6,7 +6,7 @@
 //
 //   RoundConfig cfg = RoundConfig::load("round.toml");
 //   Coordinator c(cfg);
-//   int rc = c.serve();            // returns when the round's last step is applied
+//   c.serve();                     // returns when the round's last step is applied
 //   std::string j = status_json_from_ledger(cfg.data_dir);
 #pragma once
 
@@ -17,9 +17,8 @@
 
 namespace cohort::coordinator {
 
-// Reasons recorded in the ledger (and sent as Ack reasons) for refused updates and connections:
-// ok, malformed, bad_signature, signer_mismatch, wrong_recipient, stale, replayed, bad_reward,
-// not_admitted, unknown_lease, lease_expired, bad_norm. docs/OPERATOR.md explains each.
+// Reasons recorded in the ledger (and sent as Ack reasons) for refused updates and connections
+// are exchange::reason_name of the Ack reason; docs/OPERATOR.md explains each.
 
 class Coordinator {
  public:
@@ -28,9 +27,10 @@ class Coordinator {
   Coordinator(const Coordinator&) = delete;
   Coordinator& operator=(const Coordinator&) = delete;
 
-  // Runs until the last step is applied (then lingers cfg.linger_s for peers to leave) or until
-  // SIGINT/SIGTERM. Returns a process exit code.
-  int serve();
+  // Runs until the last step is applied (then lingers cfg.linger_s for peers to leave). Throws
+  // cohort::Error when it cannot start or go on, and when stopped by SIGINT/SIGTERM before the
+  // round completes (exit code 130; `serve` on the same data directory resumes).
+  void serve();
 
   struct Impl;
 

@@ -8,6 +8,7 @@
 #include <variant>
 
 #include "common/check.h"
+#include "exchange/refusal.h"
 
 namespace cohort::coordinator {
 namespace {
@@ -124,8 +125,17 @@ Ledger::Ledger(const std::string& path, LedgerSync sync) {
 
 Ledger::~Ledger() { sqlite3_close(db_); }
 
-void Ledger::begin() { exec(db_, "BEGIN IMMEDIATE;"); }
-void Ledger::commit() { exec(db_, "COMMIT;"); }
+Ledger::Transaction::Transaction(Ledger& ledger) : ledger_(ledger) { exec(ledger_.db_, "BEGIN IMMEDIATE;"); }
+
+void Ledger::Transaction::commit() {
+  COHORT_CHECK(open_, "transaction committed twice");
+  exec(ledger_.db_, "COMMIT;");
+  open_ = false;
+}
+
+Ledger::Transaction::~Transaction() {
+  if (open_) sqlite3_exec(ledger_.db_, "ROLLBACK;", nullptr, nullptr, nullptr);  // never throws
+}
 
 void Ledger::record_peer(const std::string& peer, const std::string& name, const std::string& caps,
                          int64_t now) {
@@ -275,12 +285,11 @@ std::vector<Ledger::Seen> Ledger::accepted_digests() const {
 }
 
 std::map<std::string, int64_t> Ledger::misbehaviour_counts() const {
-  Stmt s(db_,
-         "SELECT peer, COUNT(*) FROM updates WHERE accepted=0 AND reason IN "
-         "('bad_reward','bad_norm','malformed','bad_signature','signer_mismatch','recompute_mismatch') "
-         "GROUP BY peer");
+  // The one definition of misbehaviour (exchange/refusal.h), applied to the recorded reasons.
+  Stmt s(db_, "SELECT peer, reason, COUNT(*) FROM updates WHERE accepted=0 GROUP BY peer, reason");
   std::map<std::string, int64_t> out;
-  while (s.step()) out[s.text(0)] = s.i64(1);
+  while (s.step())
+    if (exchange::is_misbehaviour(s.text(1))) out[s.text(0)] += s.i64(2);
   return out;
 }
 

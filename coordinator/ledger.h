@@ -71,8 +71,25 @@ class Ledger {
   Ledger(const Ledger&) = delete;
   Ledger& operator=(const Ledger&) = delete;
 
-  void begin();
-  void commit();
+  // A write transaction: BEGIN IMMEDIATE now, COMMIT by commit(), ROLLBACK when it leaves scope
+  // without one (an exception mid-update leaves the ledger as it was, and the next transaction
+  // starts cleanly).
+  //
+  //   Ledger::Transaction tx(ledger);
+  //   ledger.record_update(u); ledger.close_lease(...);
+  //   tx.commit();
+  class [[nodiscard]] Transaction {
+   public:
+    explicit Transaction(Ledger& ledger);
+    ~Transaction();
+    Transaction(const Transaction&) = delete;
+    Transaction& operator=(const Transaction&) = delete;
+    void commit();
+
+   private:
+    Ledger& ledger_;
+    bool open_ = true;
+  };
 
   void record_peer(const std::string& peer, const std::string& name, const std::string& caps,
                    int64_t now_ms);
@@ -96,8 +113,8 @@ class Ledger {
   struct Seen { std::string peer; uint64_t sequence; std::string digest; };
   [[nodiscard]] std::vector<Seen> accepted_digests() const;
   [[nodiscard]] std::vector<StepRecord> steps() const;
-  // Refused updates per peer whose reason is misbehaviour (bad_reward, bad_norm, malformed,
-  // bad_signature, signer_mismatch, recompute_mismatch): what bans are counted from.
+  // Refused updates per peer whose reason is misbehaviour (exchange::is_misbehaviour): what bans
+  // are counted from after a restart.
   [[nodiscard]] std::map<std::string, int64_t> misbehaviour_counts() const;
 
   // Status JSON pieces, as JSON text (nlohmann stays out of this header).

@@ -8,7 +8,7 @@
 #include <sstream>
 
 #include "common/check.h"
-#include "grpo/loss.h"
+#include "grpo/grpo_config.h"
 
 namespace cohort::coordinator {
 namespace {
@@ -67,14 +67,6 @@ class Section {
 };
 
 }  // namespace
-
-uint64_t prompt_seed(uint64_t round_seed, uint64_t index) {
-  // splitmix64 of (seed, index): well mixed, cheap, and the same on every peer.
-  uint64_t z = round_seed * 0x9E3779B97F4A7C15ull + index + 0x632BE59BD9B4E019ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 
 RoundConfig RoundConfig::load(const std::string& path, bool check) {
   std::ifstream in(path);

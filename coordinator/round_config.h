@@ -11,7 +11,7 @@
 
 #include "coordinator/aggregation.h"
 #include "coordinator/ledger.h"
-#include "grpo/trainer.h"
+#include "grpo/grpo_config.h"
 
 namespace cohort::coordinator {
 
@@ -63,8 +63,5 @@ struct RoundConfig {
   void validate() const;
 };
 
-// The per-prompt sampling seed of a round: depends only on the round seed and the prompt index,
-// so a group samples the same completions whichever peer draws it and however a step is split.
-uint64_t prompt_seed(uint64_t round_seed, uint64_t prompt_index);
 
 }  // namespace cohort::coordinator

@@ -10,27 +10,6 @@ namespace cohort::grpo {
 
 using at::Tensor;
 
-LossType parse_loss_type(const std::string& s) {
-  if (s == "grpo") return LossType::grpo;
-  if (s == "bnpo") return LossType::bnpo;
-  if (s == "dapo") return LossType::dapo;
-  if (s == "dr_grpo") return LossType::dr_grpo;
-  throw Error("unknown loss '" + s + "' (expected grpo, bnpo, dapo or dr_grpo)");
-}
-
-AdvantageScale parse_advantage_scale(const std::string& s) {
-  if (s == "group") return AdvantageScale::group;
-  if (s == "batch") return AdvantageScale::batch;
-  if (s == "none") return AdvantageScale::none;
-  throw Error("unknown advantage scale '" + s + "' (expected group, batch or none)");
-}
-
-ImportanceLevel parse_importance_level(const std::string& s) {
-  if (s == "token") return ImportanceLevel::token;
-  if (s == "sequence") return ImportanceLevel::sequence;
-  throw Error("unknown importance sampling level '" + s + "' (expected token or sequence)");
-}
-
 namespace {
 double unbiased_std(std::span<const float> x, double mean) {
   if (x.size() < 2) return 0.0;

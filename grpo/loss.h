@@ -17,25 +17,9 @@
 #include <string>
 #include <vector>
 
+#include "grpo/grpo_config.h"
+
 namespace cohort::grpo {
-
-enum class LossType { grpo, bnpo, dapo, dr_grpo };
-enum class AdvantageScale { group, batch, none };
-enum class ImportanceLevel { token, sequence };
-
-LossType parse_loss_type(const std::string& s);              // throws cohort::Error
-AdvantageScale parse_advantage_scale(const std::string& s);  // throws cohort::Error
-ImportanceLevel parse_importance_level(const std::string& s);
-
-// Defaults follow current TRL: loss dapo, β = 0, ε = 0.2 on both sides.
-struct LossConfig {
-  LossType loss = LossType::dapo;
-  double epsilon_low = 0.2;
-  double epsilon_high = 0.2;
-  double beta = 0.0;
-  ImportanceLevel importance = ImportanceLevel::token;
-  int64_t max_completion_length = 16;  // dr_grpo's constant L_max
-};
 
 // Advantages for rewards laid out group by group (rows g·G .. g·G+G−1 share a prompt). The std
 // is the unbiased one (as TRL's torch.std); eps keeps zero-variance groups at A = 0.

@@ -220,11 +220,13 @@ double r1_format_reward(std::string_view c) {
   };
   if (!consume("<think>")) return 0.0;
   const size_t close = s.find("</think>");
+  if (close == std::string_view::npos) return 0.0;  // "</think>" came before "<think>"
   s.remove_prefix(close);
   consume("</think>");
   s = trim(s);
   if (!consume("<answer>")) return 0.0;
   const size_t end = s.find("</answer>");
+  if (end == std::string_view::npos) return 0.0;  // "</answer>" came before "<answer>"
   if (trim(s.substr(0, end)).empty()) return 0.0;
   s.remove_prefix(end);
   consume("</answer>");

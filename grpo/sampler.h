@@ -12,28 +12,12 @@
 #include <string>
 #include <vector>
 
+#include "grpo/grpo_config.h"
+
 namespace cohort::grpo {
 
 class Model;
 class Tokenizer;
-
-struct SamplingParams {
-  double temperature = 1.0;  // 0 = greedy
-  double top_p = 1.0;        // nucleus: keep the smallest set whose mass reaches top_p
-  int top_k = 0;             // 0 = off
-  int max_new_tokens = 16;
-  std::vector<int64_t> stop_tokens;  // a completion ends after emitting one (it is kept)
-  // A completion also ends with the token whose text completes one of these strings (the token
-  // is kept); needs stop_decoder to turn ids into text.
-  std::vector<std::string> stop_strings;
-  const Tokenizer* stop_decoder = nullptr;
-  uint64_t seed = 0;
-  // Optional, one per prompt: group i samples from its own generator seeded with group_seeds[i]
-  // (`seed` is then unused), so a group's completions do not depend on which other prompts share
-  // the batch. A coordinator can split a step's prompts across peers in any way.
-  std::vector<uint64_t> group_seeds;
-  bool use_cache = true;  // false recomputes the whole prefix each step (benchmarks, tests)
-};
 
 // A batch of N = B·G sequences laid out as [left-padded prompt | right-padded completion].
 // Row r holds completion r % G of prompt r / G. The tensors live on the CPU whatever the model's

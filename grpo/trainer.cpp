@@ -19,21 +19,13 @@ double now_s() {
 }
 }  // namespace
 
-std::vector<int64_t> encode_prompt(const Tokenizer& tok, const Prompt& p) {
-  return tok.encode_prompt(p.text);
-}
-
 void score_rollout(const Tokenizer& tok, const Task& task, ScoredBatch& b) {
   const int64_t n = static_cast<int64_t>(b.rollout.completions.size());
   const int g = b.rollout.group_size;
   b.rewards.assign(n, 0.0f);
   b.parts.assign(n, {});
-  const std::vector<int64_t> stops = tok.stop_ids();
   for (int64_t i = 0; i < n; ++i) {
-    auto ids = b.rollout.completions[i];
-    auto eos = std::find_first_of(ids.begin(), ids.end(), stops.begin(), stops.end());
-    ids.erase(eos, ids.end());
-    b.parts[i] = task.score(b.prompts[i / g], tok.decode(ids));
+    b.parts[i] = score_completion(tok, task, b.prompts[i / g], b.rollout.completions[i]);
     b.rewards[i] = static_cast<float>(b.parts[i].total);
   }
 }

@@ -12,33 +12,17 @@
 #include <string>
 #include <vector>
 
+#include "grpo/grpo_config.h"
 #include "grpo/loss.h"
 #include "grpo/model.h"
 #include "grpo/sampler.h"
+#include "grpo/scoring.h"
 #include "grpo/tasks.h"
 #include "grpo/tokenizer.h"
 
 namespace torch::optim { class AdamW; }
 
 namespace cohort::grpo {
-
-struct GrpoConfig {
-  TaskSpec task;
-  SamplingParams sampling;  // stop_tokens default to the tokenizer's EOS
-  LossConfig loss;
-  AdvantageScale scale = AdvantageScale::group;
-  int prompts_per_step = 32;
-  int group_size = 8;
-  double lr = 1e-4;
-  double weight_decay = 0.0;
-  double adam_beta1 = 0.9;
-  double adam_beta2 = 0.99;
-  double adam_eps = 1e-8;
-  double max_grad_norm = 1.0;  // 0 disables clipping
-  int micro_batch = 0;         // rows per forward/backward (0: the whole step at once)
-  bool mask_truncated = false; // completions cut at max_new_tokens add no loss (DAPO overlong filter)
-  uint64_t seed = 1;
-};
 
 // The prompts of a step (or a lease), their completions and rewards.
 struct ScoredBatch {
@@ -48,10 +32,6 @@ struct ScoredBatch {
   std::vector<RewardBreakdown> parts;         // one per row
   std::vector<float> advantages;              // one per row
 };
-
-// Token ids of a prompt as the model sees it: Tokenizer::encode_prompt (<bos> + text, or the
-// chat template of a chat model).
-std::vector<int64_t> encode_prompt(const Tokenizer& tok, const Prompt& p);
 
 ScoredBatch rollout_and_score(const Model& policy, const Tokenizer& tok, const Task& task,
                               const std::vector<Prompt>& prompts, const GrpoConfig& cfg,

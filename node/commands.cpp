@@ -52,9 +52,11 @@ void add_commands(CLI::App& app) {
   run->add_option("--give-up-after", o->give_up_s, "Stop after this long without a coordinator (s, 0: never)")
       ->capture_default_str();
   // Fault injection for the fault tests; hidden from --help (group "").
-  run->add_option("--fault", o->fault, "Test only: false-reward | replay | poison | worker-throw")->group("");
+  auto fault = std::make_shared<std::string>();
+  run->add_option("--fault", *fault, "Test only: false-reward | replay | poison | worker-throw")->group("");
   run->add_option("--delay-ms", o->delay_ms, "Test only: sleep before sending each update")->group("");
-  run->callback([o, addr, devices] {
+  run->callback([o, addr, devices, fault] {
+    o->fault = parse_fault(*fault);
     if (devices->rfind("cuda", 0) == 0) {
       o->gpus = parse_gpu_list(*devices);
       o->devices = static_cast<int>(o->gpus.size());
@@ -69,8 +71,7 @@ void add_commands(CLI::App& app) {
     o->host = addr->substr(0, colon);
     o->port = static_cast<uint16_t>(std::stoi(addr->substr(colon + 1)));
     if (o->name.empty()) o->name = "node";
-    const int rc = run_node(*o);
-    if (rc != 0) std::exit(rc);
+    run_node(*o);
   });
 }
 

@@ -6,18 +6,15 @@
 #include <chrono>
 
 #include "common/check.h"
+#include "common/clock.h"
 #include "node/collective_torch.h"
 
 namespace cohort::node {
 namespace {
 
-double mono_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 // A GPU replica's gradients in ParamLayout order as one float32 tensor on its device (zeros
 // where a parameter has no gradient): what the NCCL collective reduces.
-at::Tensor flat_gradient(const grpo::Model& model, const coordinator::ParamLayout& layout) {
+at::Tensor flat_gradient(const grpo::Model& model, const exchange::ParamLayout& layout) {
   const auto& ps = model.named_parameters();
   COHORT_CHECK(ps.size() == layout.slots.size());
   std::vector<at::Tensor> parts;
@@ -106,7 +103,7 @@ LeaseGradient compute_lease(DeviceGroup& devices, const LeaseContext& ctx,
       flats[w] = flat_gradient(model, ctx.layout);
     } else {
       grads[w].resize(ctx.layout.total);
-      coordinator::flatten_grads(model, ctx.layout, grads[w]);
+      exchange::flatten_grads(model, ctx.layout, grads[w]);
     }
     counts[w] = {sums.units, sums.tokens, sums.loss_sum.item<double>()};
     share.seconds += mono_s() - t0;

@@ -13,7 +13,7 @@
 #include <span>
 #include <vector>
 
-#include "coordinator/gradient_wire.h"
+#include "exchange/gradient_wire.h"
 #include "grpo/trainer.h"
 #include "node/device_group.h"
 #include "node/lease_split.h"
@@ -24,7 +24,7 @@ struct LeaseContext {
   const grpo::Task& task;
   const grpo::Tokenizer& tok;
   const grpo::GrpoConfig& cfg;
-  const coordinator::ParamLayout& layout;
+  const exchange::ParamLayout& layout;
   int fail_worker = -1;  // fault injection (`--fault worker-throw`): this worker throws
 };
 

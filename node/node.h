@@ -4,7 +4,7 @@
 // reconnects with exponential backoff and jitter, and leaves gracefully on SIGINT/SIGTERM.
 //
 //   NodeOptions o{.host = "127.0.0.1", .port = 7070, .coordinator_key = hex, .key_file = "node.key"};
-//   int rc = run_node(o);   // 0 when the round completes or the node was asked to leave
+//   run_node(o);   // returns when the round completes; throws cohort::Error with an exit code
 #pragma once
 
 #include <cstdint>
@@ -12,6 +12,17 @@
 #include <vector>
 
 namespace cohort::node {
+
+// Misbehaviour a node can be told to show, for the fault tests (docs/OPERATOR.md).
+enum class Fault {
+  none,
+  false_reward,   // claims +1 on its first completion's reward
+  replay,         // sends every accepted update a second time
+  poison,         // honest rewards, a reversed, scaled, noisy gradient
+  worker_throw,   // the last local worker throws on the first lease, which is given back
+};
+// "false-reward" | "replay" | "poison" | "worker-throw" | "" (none); throws cohort::Error.
+Fault parse_fault(const std::string& name);
 
 struct NodeOptions {
   std::string host = "127.0.0.1";
@@ -32,18 +43,18 @@ struct NodeOptions {
   int64_t max_leases = 0;        // leave after this many accepted leases (0: until the round ends)
   double max_backoff_s = 30;
   double give_up_s = 0;          // stop reconnecting after this long without a connection (0: never)
-  // Fault injection for the fault tests (docs/OPERATOR.md): "false-reward" | "replay" |
-  // "poison" (honest rewards, a reversed, scaled, noisy gradient) |
-  // "worker-throw" (the last worker throws on the first lease, which is given back) | "".
-  std::string fault;
+  Fault fault = Fault::none;     // fault injection for the fault tests
   int64_t delay_ms = 0;          // sleep after computing, before sending (slow / stale peer)
   // Ask for the next lease and fetch its weights while computing the current one, so the link's
   // round trips and downloads overlap with compute (docs/PEER.md). Off: one lease at a time.
   bool ask_ahead = true;
 };
 
-// Exit codes: 0 done (round complete / asked to leave), 2 not admitted, 3 the node lacks a file
-// the round names or holds a different one (dataset, tokenizer), 1 other errors.
-int run_node(const NodeOptions& options);
+// Returns when the round is complete or the node was asked to leave (or was stopped by a
+// signal). Throws cohort::Error whose exit_code() says why it could not go on: 2 not admitted
+// or refused, 3 the node lacks a file the round names or holds a different one (dataset,
+// tokenizer), 1 anything else (e.g. round settings it cannot use, or no coordinator for
+// give_up_s).
+void run_node(const NodeOptions& options);
 
 }  // namespace cohort::node

@@ -3,10 +3,10 @@
 // bytes later. Verification returns a typed verdict the coordinator turns into an Ack.
 //
 //   wire::SignedUpdate su = sign_update(update, node_identity);          // node
-//   UpdateVerifier verifier({.recipient = me.id(), .current_version = v, .staleness_bound = 2});
-//   VerifiedUpdate r = verifier.verify(su, channel.peer());              // coordinator
-//   if (!r) ack.set_reason(to_ack_reason(r.verdict));
-//   else    aggregate(decode_update(su));
+//   VerifiedUpdate r = verify_update(su, {.recipient = me.id(), .current_version = v,
+//                                         .staleness_bound = 2}, channel.peer());  // coordinator
+//   if (!r || replays.seen(*r.signer, r.header.sequence(), r.digest)) refuse(...);
+//   else { ...accept...; replays.remember(*r.signer, r.header.sequence(), r.digest); }
 #pragma once
 
 #include <cstdint>
@@ -68,8 +68,10 @@ struct VerifiedUpdate {
 // check_tensor). Throws ProtocolError(kMalformed) when the body does not parse.
 [[nodiscard]] wire::GradientUpdate decode_update(const wire::SignedUpdate& signed_update);
 
-// Remembers every accepted (peer, sequence) and digest. The coordinator preloads it from its
-// ledger after a restart with remember().
+// Replay protection for accepted updates: a peer's sequence numbers strictly increase, so an
+// update is a replay when its sequence is not above the highest accepted from that peer, or when
+// its digest was accepted before (from anyone). Memory: one number per peer plus one digest per
+// accepted update. The coordinator preloads it from its ledger after a restart with remember().
 class ReplayGuard {
  public:
   [[nodiscard]] bool seen(const PeerId& peer, std::uint64_t sequence, const Digest& digest) const;
@@ -77,24 +79,10 @@ class ReplayGuard {
   [[nodiscard]] std::size_t size() const { return digests_.size(); }
 
  private:
-  std::unordered_map<PeerId, std::unordered_set<std::uint64_t>> sequences_;
+  std::unordered_map<PeerId, std::uint64_t> highest_;
   std::unordered_set<Digest, DigestHash> digests_;
 };
 
-// verify_update plus replay detection; an accepted update is remembered.
-class UpdateVerifier {
- public:
-  explicit UpdateVerifier(UpdatePolicy policy) : policy_(policy) {}
-  [[nodiscard]] VerifiedUpdate verify(const wire::SignedUpdate& signed_update,
-                                      const std::optional<PeerId>& expected_signer = std::nullopt);
-  void set_current_version(std::uint64_t version) { policy_.current_version = version; }
-  [[nodiscard]] const UpdatePolicy& policy() const { return policy_; }
-  [[nodiscard]] ReplayGuard& replay_guard() { return replays_; }
-
- private:
-  UpdatePolicy policy_;
-  ReplayGuard replays_;
-};
 
 // Weight manifests: same scheme, kManifestDomain.
 [[nodiscard]] wire::SignedManifest sign_manifest(const wire::WeightManifest& manifest, const Identity& signer);

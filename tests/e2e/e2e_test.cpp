@@ -23,6 +23,7 @@
 #include "coordinator/ledger.h"
 #include "coordinator/local_cluster.h"
 #include "coordinator/round_config.h"
+#include "exchange/seeds.h"
 #include "grpo/checkpoint.h"
 #include "grpo/commands.h"
 #include "grpo/safetensors.h"
@@ -240,7 +241,7 @@ class E2E : public ::testing::Test {
     for (int i = 0; i < r.prompts; ++i) {
       b.prompts.push_back(task->train_prompt(i));
       ids.push_back(grpo::encode_prompt(tok, b.prompts.back()));
-      sp.group_seeds.push_back(prompt_seed(cfg.grpo.seed, i));
+      sp.group_seeds.push_back(exchange::prompt_seed(cfg.grpo.seed, i));
     }
     b.rollout = grpo::generate(*model, ids, r.group, sp, tok.pad_id());
     grpo::score_rollout(tok, *task, b);
@@ -391,6 +392,46 @@ TEST_F(E2E, HeartbeatsKeepALongLeaseConnected) {
   EXPECT_EQ(db.count("SELECT COUNT(*) FROM leases WHERE state <> 'completed'"), 0) << log("coordinator");
   EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 0"), 0) << log("coordinator");
   EXPECT_EQ(log("coordinator").find("timed out"), std::string::npos) << log("coordinator");
+}
+
+// The step's compute made to last 5 s (COHORT_TEST_STEP_DELAY_MS, read by the coordinator's
+// executor) while the network thread goes on: GET /status answers during it, a second peer joins
+// during it, heartbeats and work requests are served, and nobody is disconnected.
+TEST_F(E2E, NetworkThreadAnswersWhileAStepComputesForSeconds) {
+  Round r;
+  r.steps = 2;
+  r.idle_timeout = 2;  // a blocked network thread would close silent peers
+  ::setenv("COHORT_TEST_STEP_DELAY_MS", "5000", 1);
+  auto ep = start_coordinator(write_config(r));
+  ::unsetenv("COHORT_TEST_STEP_DELAY_MS");
+  start_node(ep, "first");
+  auto applying = [&](const std::string& status) {
+    return nlohmann::json::parse(status).value("applying_step", 0);
+  };
+  // Wait until the executor is applying step 1.
+  std::string status;
+  const auto t0 = std::chrono::steady_clock::now();
+  do {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    status = http_get(ep.host, ep.status_port, "/status");
+    ASSERT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(120)) << log("coordinator");
+  } while (applying(status) != 1);
+  // While it does: a second peer joins and is counted, and /status keeps answering.
+  start_node(ep, "second");
+  bool joined_during_step = false;
+  for (int i = 0; i < 200 && !joined_during_step; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    const auto j = nlohmann::json::parse(http_get(ep.host, ep.status_port, "/status"));
+    if (j.value("applying_step", 0) != 1) break;
+    joined_during_step = j.value("connected", 0) == 2;
+  }
+  EXPECT_TRUE(joined_during_step) << log("coordinator");
+  ASSERT_EQ(wait_coordinator(), 0) << log("coordinator");
+  expect_each_group_counted_once(r);
+  const std::string coord = log("coordinator");
+  EXPECT_EQ(coord.find("timed out"), std::string::npos) << coord;
+  Db db(ledger());
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 0"), 0) << coord;
 }
 
 // kill -9 of the coordinator mid-run, then `serve` again on the same data directory: the run

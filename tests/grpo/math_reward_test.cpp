@@ -104,6 +104,7 @@ TEST(MathReward, R1Format) {
   EXPECT_EQ(r1_format_reward("<think>reason</think><answer>42</answer>"), 1.0);
   EXPECT_EQ(r1_format_reward("\n<think>\nreason\n</think>\n\n<answer>\n42\n</answer>\n"), 1.0);
   EXPECT_EQ(r1_format_reward("<answer>42</answer>"), 0.0);                       // no think
+  EXPECT_EQ(r1_format_reward("<think></answer>x</think><answer>42"), 0.0);  // closing tag first: no read past the end
   EXPECT_EQ(r1_format_reward("<think>r</think>"), 0.0);                          // no answer
   EXPECT_EQ(r1_format_reward("<think>r</think><answer> </answer>"), 0.0);        // empty answer
   EXPECT_EQ(r1_format_reward("<think>r</think>text<answer>4</answer>"), 0.0);    // text between

@@ -81,7 +81,7 @@ class LeaseWork : public ::testing::Test {
   LeaseGradient work(int workers, const std::vector<int>& sizes, const Lease& lease,
                      int fail = -1) {
     auto devices = base_group(workers);
-    coordinator::ParamLayout layout(devices->replica(0));
+    exchange::ParamLayout layout(devices->replica(0));
     LeaseContext ctx{*task, tok, cfg, layout, fail};
     return compute_lease(*devices, ctx, lease.indices, lease.seeds, ranges(sizes));
   }
@@ -137,7 +137,7 @@ TEST_F(LeaseWork, FailingWorkerReportsItsReasonAndTheNextLeaseWorks) {
   const Lease lease = make_lease(5);
   const LeaseGradient ref = work(1, {5}, lease);
   auto devices = base_group(3);
-  coordinator::ParamLayout layout(devices->replica(0));
+  exchange::ParamLayout layout(devices->replica(0));
   LeaseContext failing{*task, tok, cfg, layout, 1};
   try {
     compute_lease(*devices, failing, lease.indices, lease.seeds, ranges({2, 2, 1}));
@@ -181,7 +181,7 @@ TEST_F(LeaseWork, GpuWorkersEqualTheCpuGradientOfTheirCompletions) {
   for (int i = 0; i < n; ++i) gpus.push_back(i);
   auto gpu = make_gpu_device_group(tiny_model_config(), gpus);
   for (const auto& [name, values] : base_weights()) gpu->load(name, values);
-  coordinator::ParamLayout layout(gpu->replica(0));
+  exchange::ParamLayout layout(gpu->replica(0));
   LeaseContext ctx{*task, tok, cfg, layout};
   const Lease lease = make_lease(2 * n + 1);
   std::vector<int> sizes(n, 2);
@@ -211,7 +211,7 @@ TEST_F(LeaseWork, GpuWorkersEqualTheCpuGradientOfTheirCompletions) {
   const auto adv = grpo::group_advantages(rewards, cfg.group_size, cfg.scale);
   const grpo::LossSums sums = grpo::accumulate_gradient(m, nullptr, r, adv, cfg);
   std::vector<float> ref(layout.total);
-  coordinator::flatten_grads(m, layout, ref);
+  exchange::flatten_grads(m, layout, ref);
   EXPECT_DOUBLE_EQ(got.units, sums.units);
   double max_ref = 0, max_diff = 0;
   for (size_t i = 0; i < ref.size(); ++i) {

@@ -6,33 +6,26 @@
 //   ParamLayout layout(model);                       // offsets of each parameter in a flat buffer
 //   GradientEncoder enc(layout, wire::CODEC_FP8_E4M3_BLOCK);
 //   enc.encode(flat_grad, *update.mutable_tensors());
-//   std::string why; decode_gradient(update, layout, out, why);   // false + why on a bad tensor
+//   if (std::optional<Refusal> r = decode_gradient(update, layout, out)) ...  // a bad tensor
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
-#include "grpo/model.h"
+#include "exchange/param_layout.h"
+#include "exchange/refusal.h"
 #include "kernels/grad_codec.h"
 #include "protocol/messages.pb.h"
 
-namespace cohort::coordinator {
+namespace cohort::grpo {
+class Model;
+}
 
-struct ParamSlot {
-  std::string name;
-  std::vector<int64_t> shape;
-  size_t offset = 0, numel = 0;
-};
-
-struct ParamLayout {
-  ParamLayout() = default;
-  explicit ParamLayout(const grpo::Model& model);
-  std::vector<ParamSlot> slots;
-  size_t total = 0;
-};
+namespace cohort::exchange {
 
 // Copies every parameter's .grad (zeros where undefined) into `out` (size layout.total).
 void flatten_grads(const grpo::Model& model, const ParamLayout& layout, std::span<float> out);
@@ -53,9 +46,9 @@ class GradientEncoder {
 };
 
 // Decodes an update's tensors into `out` (size layout.total): exactly one tensor per parameter,
-// F32, the parameter's shape, a supported codec, every value finite. On failure returns false
-// and says why; a message starting with "non-finite" means NaN/Inf values.
-[[nodiscard]] bool decode_gradient(const wire::GradientUpdate& update, const ParamLayout& layout,
-                                   std::span<float> out, std::string& why);
+// F32, the parameter's shape, a supported codec, every value finite. A refusal says why:
+// ACK_BAD_NORM for NaN/Inf values, ACK_MALFORMED for anything else.
+[[nodiscard]] std::optional<Refusal> decode_gradient(const wire::GradientUpdate& update, const ParamLayout& layout,
+                                                     std::span<float> out);
 
-}  // namespace cohort::coordinator
+}  // namespace cohort::exchange

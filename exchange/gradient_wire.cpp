@@ -1,4 +1,4 @@
-#include "coordinator/gradient_wire.h"
+#include "exchange/gradient_wire.h"
 
 #include <torch/torch.h>
 
@@ -7,10 +7,11 @@
 #include <unordered_map>
 
 #include "common/check.h"
+#include "grpo/model.h"
 #include "protocol/error.h"
 #include "protocol/tensor_codec.h"
 
-namespace cohort::coordinator {
+namespace cohort::exchange {
 
 ParamLayout::ParamLayout(const grpo::Model& model) {
   for (const auto& nt : model.named_parameters()) {
@@ -73,13 +74,13 @@ void GradientEncoder::encode(std::span<const float> flat,
   }
 }
 
-bool decode_gradient(const wire::GradientUpdate& update, const ParamLayout& layout,
-                     std::span<float> out, std::string& why) {
+std::optional<Refusal> decode_gradient(const wire::GradientUpdate& update, const ParamLayout& layout,
+                                      std::span<float> out) {
+  auto malformed = [](std::string why) { return Refusal{wire::ACK_MALFORMED, std::move(why)}; };
   COHORT_CHECK(out.size() == layout.total);
   if (static_cast<size_t>(update.tensors_size()) != layout.slots.size()) {
-    why = "expected " + std::to_string(layout.slots.size()) + " tensors, got " +
-          std::to_string(update.tensors_size());
-    return false;
+    return malformed("expected " + std::to_string(layout.slots.size()) + " tensors, got " +
+          std::to_string(update.tensors_size()));
   }
   std::unordered_map<std::string, size_t> index;
   for (size_t i = 0; i < layout.slots.size(); ++i) index[layout.slots[i].name] = i;
@@ -90,19 +91,16 @@ bool decode_gradient(const wire::GradientUpdate& update, const ParamLayout& layo
     try {
       v = protocol::check_tensor(t);
     } catch (const protocol::ProtocolError& e) {
-      why = e.what();
-      return false;
+      return malformed(e.what());
     }
     auto it = index.find(std::string(v.name));
     if (it == index.end() || seen[it->second]) {
-      why = "tensor " + std::string(v.name) + " is unknown or repeated";
-      return false;
+      return malformed("tensor " + std::string(v.name) + " is unknown or repeated");
     }
     seen[it->second] = true;
     const auto& slot = layout.slots[it->second];
     if (v.dtype != wire::DTYPE_F32 || v.shape != slot.shape) {
-      why = "tensor " + slot.name + " has the wrong dtype or shape";
-      return false;
+      return malformed("tensor " + slot.name + " has the wrong dtype or shape");
     }
     std::span<float> dst = out.subspan(slot.offset, slot.numel);
     if (v.codec == wire::CODEC_RAW) {
@@ -120,20 +118,17 @@ bool decode_gradient(const wire::GradientUpdate& update, const ParamLayout& layo
       buf.insert(buf.end(), v.payload.begin(), v.payload.end());
       kernels::CodecResult r = kernels::decode_fp8_e4m3_block(buf, dst);
       if (!r.ok()) {
-        why = "tensor " + slot.name + ": " + kernels::codec_status_name(r.status) + " " + r.detail;
-        return false;
+        return malformed("tensor " + slot.name + ": " + kernels::codec_status_name(r.status) + " " + r.detail);
       }
     } else {
-      why = "tensor " + slot.name + " uses an unsupported codec";
-      return false;
+      return malformed("tensor " + slot.name + " uses an unsupported codec");
     }
     for (float x : dst)
       if (!std::isfinite(x)) {
-        why = "non-finite value in " + slot.name;
-        return false;
+        return Refusal{wire::ACK_BAD_NORM, "non-finite value in " + slot.name};
       }
   }
-  return true;
+  return std::nullopt;
 }
 
-}  // namespace cohort::coordinator
+}  // namespace cohort::exchange

@@ -1,0 +1,157 @@
+// The coordinator's state and its parts' entry points, shared by the files that implement it
+// (internal: only coordinator/*.cpp include it). The network thread owns everything here but
+// `policy`, which only the compute executor touches, and `checker`, which is read-only.
+//
+//   coordinator.cpp  serve, housekeeping: the wiring of threads, sockets and timers
+//   recovery.cpp     start-up: keys, ledger, resume from a checkpoint, replay of accepted updates
+//   session.cpp      a peer's session: join, work requests and leases, weights, tensor chunks
+//   updates.cpp      an update from arrival to Ack: checks, audit, ledger, absorb
+//   steps.cpp        applying complete steps, checkpoints, held-out evaluations
+//   status.cpp       the status document, over HTTP
+#pragma once
+
+#include <asio/thread_pool.hpp>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/clock.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/ledger.h"
+#include "coordinator/policy.h"
+#include "coordinator/scheduler.h"
+#include "coordinator/status_http.h"
+#include "coordinator/update_checks.h"
+#include "grpo/tasks.h"
+#include "grpo/tokenizer.h"
+#include "protocol/channel.h"
+#include "protocol/signed_update.h"
+
+namespace cohort::grpo {
+class Model;
+}
+
+namespace cohort::coordinator {
+
+using exchange::Refusal;
+using protocol::Channel;
+using protocol::PeerId;
+
+// Peer-supplied text kept in logs, the ledger and pages (common/text.h escapes the rest).
+inline constexpr size_t kMaxDisplayName = 64;
+inline constexpr size_t kMaxPeerText = 256;
+
+struct Coordinator::Impl {
+  RoundConfig cfg;
+  protocol::Identity identity = protocol::Identity::generate();  // replaced by the key file in open()
+  std::unique_ptr<Ledger> ledger;
+  std::unique_ptr<grpo::Task> task;
+  std::unique_ptr<grpo::Tokenizer> tok;
+  std::unique_ptr<Policy> policy;            // compute executor only (once open() is done)
+  std::unique_ptr<UpdateChecker> checker;    // read-only, any thread
+  std::unique_ptr<LeaseScheduler> sched;     // network thread only
+  wire::RoundSettings settings;
+  protocol::ReplayGuard replays;
+  std::deque<std::shared_ptr<const Published>> published;
+  std::set<PeerId> allowed;
+  std::map<std::string, int64_t> misbehaviour;  // refusals for misbehaviour per peer (hex)
+  std::set<std::string> banned;
+  bool finished = false;
+  bool applying = false;        // a step is being applied on the executor
+  int64_t applying_step = 0;
+  int64_t audits = 0;           // updates recomputed in full
+  double started_mono = mono_s();
+  asio::io_context io;
+  asio::thread_pool compute{1};
+  std::unique_ptr<protocol::Server> server;
+  std::unique_ptr<StatusHttpServer> http;
+  std::mt19937_64 audit_rng{std::random_device{}()};  // which updates are recomputed: unpredictable
+  std::vector<std::jthread> evals;  // held-out evaluations in flight
+  int evals_running = 0;
+
+  std::string fatal;  // why the model side failed, if it did
+
+  explicit Impl(RoundConfig c) : cfg(std::move(c)) {}
+  ~Impl() { compute.join(); }
+
+  // Runs f on the compute executor; the awaiting coroutine resumes on the network thread (f's
+  // result or exception is handed back there). Pass a named lambda, never a temporary: GCC 12
+  // destroys a temporary in a co_await expression twice (PR 100611), which frees what a lambda
+  // captured by value (a shared_ptr's count drops twice).
+  template <typename F>
+  auto on_compute(const F& f) -> asio::awaitable<decltype(f())> {
+    using R = decltype(f());
+    const auto network = co_await asio::this_coro::executor;
+    std::optional<R> result;
+    std::exception_ptr error;
+    co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
+        [&](auto resume) {
+          asio::post(compute, [&, resume = std::move(resume), network]() mutable {
+            try {
+              result.emplace(f());
+            } catch (...) {
+              error = std::current_exception();
+            }
+            asio::post(network, std::move(resume));
+          });
+        },
+        asio::use_awaitable);
+    if (error) std::rethrow_exception(error);
+    co_return std::move(*result);
+  }
+
+  // recovery.cpp: start-up and resume, before serving (nothing runs concurrently yet).
+  void open();
+  // Re-applies the accepted updates the last checkpoint does not contain, in acceptance order.
+  void replay_ledger();
+  wire::RoundSettings make_settings() const;
+
+  // steps.cpp
+  bool checkpoint_due(int64_t step) const;
+  void record_checkpoint(int64_t step, const std::string& path);
+  void step_applied(const Policy::Applied& a, bool replaying);
+  // Applies every complete step in order, one at a time, while the sessions go on.
+  asio::awaitable<void> apply_ready_steps();
+  // Held-out evaluation on a snapshot of the weights, on its own thread: the round goes on while
+  // it runs. The result is recorded on the network thread; the coordinator waits for it at exit.
+  void start_eval(int64_t step, std::shared_ptr<grpo::Model> snap);
+
+  // session.cpp
+  std::optional<wire::WorkLease> try_issue(const std::string& peer, uint32_t max_prompts);
+  void close_lease(const std::string& lease_id, const std::string& state, const std::string& reason);
+  void log_closed(const ClosedLease& c);
+
+  // updates.cpp
+  void refuse(const std::string& peer, const wire::GradientUpdate& h, const protocol::Digest& d, int64_t step,
+              const Refusal& r, size_t bytes);
+  // Where a lease stands for this update, checked before the body is and again after (it may
+  // have expired or been given back meanwhile): the refusal and the step to record it under.
+  std::optional<std::pair<int64_t, Refusal>> lease_refusal(const protocol::VerifiedUpdate& vr, const PeerId& channel_peer);
+  // Checks in order of cost: signature and header (executor); replay, lease and round (here); the
+  // body — completions re-scored, counts, reward statistics, loss, the decoded gradient and its
+  // norm, and for a sampled share a full recomputation (executor); the lease once more; then the
+  // ledger records it before the Ack leaves.
+  asio::awaitable<wire::Ack> handle_update(std::shared_ptr<const wire::SignedUpdate> su, PeerId channel_peer);
+
+  // session.cpp
+  asio::awaitable<void> send_tensors(Channel& ch, const wire::TensorRequest& req);
+  const Published& manifest_for(uint64_t v) const;
+  asio::awaitable<wire::Envelope> answer_work_request(const std::string& peer, const wire::WorkRequest& wr);
+  asio::awaitable<void> session(Channel ch);
+
+  // status.cpp: the live status document (network thread); the HTTP threads' entry point.
+  std::string live_status();
+  HttpResponse http_get(const std::string& path);
+
+  // coordinator.cpp: timers (lease deadlines, signals, the end of the round) and the wiring.
+  asio::awaitable<void> housekeeping();
+  void serve();
+};
+
+}  // namespace cohort::coordinator

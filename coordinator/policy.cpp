@@ -1,0 +1,305 @@
+#include "coordinator/policy.h"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "common/check.h"
+#include "common/clock.h"
+#include "coordinator/aggregation.h"
+#include "exchange/gradient_wire.h"
+#include "exchange/manifest.h"
+#include "grpo/checkpoint.h"
+#include "grpo/safetensors.h"
+#include "grpo/trainer.h"
+#include "protocol/signed_update.h"
+
+namespace cohort::coordinator {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+void fsync_path(const fs::path& p, bool dir) {
+  int fd = ::open(p.c_str(), dir ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+// Test only: COHORT_TEST_STEP_DELAY_MS makes every applied step last that much longer, so that
+// tests can show the network thread stays responsive while the compute executor is busy.
+int64_t test_step_delay_ms() {
+  const char* v = std::getenv("COHORT_TEST_STEP_DELAY_MS");
+  return v ? std::atoll(v) : 0;
+}
+
+}  // namespace
+
+struct Policy::Optimizer {
+  torch::optim::AdamW adamw;
+};
+
+// A step's accumulated updates: the running sum for `mean`, each update's own mean for the
+// robust rules.
+struct Policy::StepSums {
+  std::vector<float> grad;
+  std::vector<std::vector<float>> update_means;
+  double units = 0, tokens = 0, loss = 0, reward_sum = 0, accuracy_sum = 0;
+  int64_t rows = 0, updates = 0;
+  double aggregate_s = 0;
+};
+
+Policy::Policy(const RoundConfig& cfg, const protocol::Identity& identity, const grpo::Task& task,
+               const grpo::Tokenizer& tokenizer)
+    : cfg_(cfg), identity_(identity), task_(task), tok_(tokenizer) {
+  model_ = grpo::load_model(cfg.model_path);
+  layout_ = exchange::ParamLayout(*model_);
+  torch::optim::AdamWOptions o(cfg.grpo.lr);
+  o.betas({cfg.grpo.adam_beta1, cfg.grpo.adam_beta2}).eps(cfg.grpo.adam_eps).weight_decay(cfg.grpo.weight_decay);
+  opt_ = std::make_unique<Optimizer>(Optimizer{torch::optim::AdamW(model_->parameters(), o)});
+}
+
+Policy::~Policy() = default;
+
+const grpo::ModelConfig& Policy::model_config() const { return model_->config(); }
+
+void Policy::resume(const std::string& dir, uint64_t version) {
+  grpo::load_weights(*model_, (fs::path(dir) / "model.safetensors").string());
+  torch::load(opt_->adamw, (fs::path(dir) / "optimizer.pt").string());
+  version_ = version;
+}
+
+std::optional<exchange::Refusal> Policy::decode(const wire::GradientUpdate& u, std::vector<float>& out) const {
+  out.assign(layout_.total, 0.0f);
+  return exchange::decode_gradient(u, layout_, out);
+}
+
+void Policy::absorb(int64_t step, const Contribution& c, std::vector<float> grad) {
+  const double t0 = mono_s();
+  auto& slot = steps_[step];
+  if (!slot) slot = std::make_unique<StepSums>();
+  StepSums& st = *slot;
+  if (cfg_.aggregation.rule == AggregationRule::mean) {
+    if (st.grad.empty()) {
+      st.grad = std::move(grad);
+    } else {
+      for (size_t i = 0; i < grad.size(); ++i) st.grad[i] += grad[i];
+    }
+  } else {
+    const float inv = c.units > 0 ? static_cast<float>(1.0 / c.units) : 0.0f;
+    for (float& x : grad) x *= inv;
+    st.update_means.push_back(std::move(grad));
+  }
+  st.units += c.units;
+  st.tokens += c.tokens;
+  st.loss += c.loss;
+  st.reward_sum += c.reward_mean * double(c.rows);
+  st.accuracy_sum += c.accuracy * double(c.rows);
+  st.rows += c.rows;
+  st.updates++;
+  st.aggregate_s += c.decode_s + (mono_s() - t0);
+}
+
+Policy::Applied Policy::apply(int64_t step, bool replaying) {
+  COHORT_CHECK(step == static_cast<int64_t>(version_) + 1, "steps are applied in order");
+  const double t0 = mono_s();
+  auto it = steps_.find(step);
+  COHORT_CHECK(it != steps_.end(), "applying a step with no updates");
+  StepSums& st = *it->second;
+  const double units = std::max(st.units, 1.0);
+  // The step's mean gradient: Σ sums / Σ units (exact), or a robust rule over the updates.
+  std::vector<float> mean(layout_.total);
+  if (cfg_.aggregation.rule == AggregationRule::mean) {
+    const auto u = static_cast<float>(units);
+    for (size_t i = 0; i < mean.size(); ++i) mean[i] = st.grad[i] / u;
+  } else {
+    std::vector<const float*> xs;
+    for (const auto& m : st.update_means) xs.push_back(m.data());
+    const AggregationStats a = aggregate(cfg_.aggregation, xs, layout_.total, mean.data());
+    if (!replaying)
+      spdlog::info("step {}: {} of {} updates{}", step, aggregation_rule_name(cfg_.aggregation.rule), a.updates,
+                   cfg_.aggregation.rule == AggregationRule::centered_clip
+                       ? fmt::format(" ({} clipped at radius {:.3g})", a.clipped, a.radius)
+                       : std::string());
+  }
+  auto params = model_->parameters();
+  opt_->adamw.zero_grad();
+  {
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto& slot = layout_.slots[i];
+      params[i].mutable_grad() = at::from_blob(mean.data() + slot.offset, params[i].sizes(), at::kFloat).clone();
+    }
+  }
+  if (cfg_.dump_gradients && !replaying) {
+    std::vector<grpo::NamedTensor> gs;
+    for (size_t i = 0; i < params.size(); ++i) gs.push_back({layout_.slots[i].name, params[i].grad().clone()});
+    fs::create_directories(fs::path(cfg_.data_dir) / "gradients");
+    char name[64];
+    std::snprintf(name, sizeof name, "step-%06lld.safetensors", static_cast<long long>(step));
+    grpo::write_safetensors((fs::path(cfg_.data_dir) / "gradients" / name).string(), gs);
+  }
+  double norm = 0;
+  if (cfg_.grpo.max_grad_norm > 0) {
+    norm = torch::nn::utils::clip_grad_norm_(params, cfg_.grpo.max_grad_norm);
+  } else {
+    for (auto& p : params) norm += p.grad().pow(2).sum().item<double>();
+    norm = std::sqrt(norm);
+  }
+  if (std::isfinite(norm)) opt_->adamw.step();  // as GrpoTrainer: a non-finite gradient skips the update
+  if (const int64_t delay = test_step_delay_ms(); delay > 0 && !replaying)
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+  ++version_;
+  const double t1 = mono_s();
+  Applied out;
+  out.published = publish();
+  const double t2 = mono_s();
+
+  StepRecord& r = out.record;
+  r.step = step;
+  r.version = version_;
+  r.units = st.units;
+  r.updates = st.updates;
+  r.reward_mean = st.rows ? st.reward_sum / double(st.rows) : 0;
+  r.accuracy = st.rows ? st.accuracy_sum / double(st.rows) : 0;
+  r.loss = st.loss / units;
+  r.grad_norm = norm;
+  r.aggregate_s = st.aggregate_s;
+  r.optimizer_s = t1 - t0;
+  r.publish_s = t2 - t1;
+  r.applied_ms = unix_ms();
+  steps_.erase(it);
+  return out;
+}
+
+std::shared_ptr<const Published> Policy::publish() {
+  auto p = std::make_shared<Published>();
+  p->version = version_;
+  std::vector<exchange::NamedBytes> named;
+  std::vector<std::shared_ptr<const std::string>> bytes;
+  for (const auto& nt : model_->named_parameters()) {
+    auto t = nt.tensor.detach().contiguous().to(at::kFloat);
+    bytes.push_back(std::make_shared<std::string>(reinterpret_cast<const char*>(t.data_ptr<float>()),
+                                                  static_cast<size_t>(t.numel()) * sizeof(float)));
+    named.push_back({nt.name, t.sizes().vec(), *bytes.back()});
+  }
+  std::vector<protocol::Digest> digests;
+  const wire::WeightManifest m = exchange::build_manifest(cfg_.round_id, version_, unix_ms(), named, &digests);
+  for (size_t i = 0; i < named.size(); ++i) {
+    p->tensors[digests[i]] = bytes[i];
+    p->names.emplace_back(named[i].name, digests[i]);
+  }
+  p->manifest = protocol::sign_manifest(m, identity_);
+  return p;
+}
+
+grpo::Model& Policy::weights_of(const Published& p) {
+  if (p.version == version_) return *model_;
+  if (!audit_model_) audit_model_ = std::make_unique<grpo::Model>(model_->config(), 1);
+  if (audit_version_ != p.version) {
+    at::NoGradGuard no_grad;
+    for (const auto& [name, digest] : p.names) {
+      at::Tensor* t = audit_model_->find(name);
+      const auto& bytes = *p.tensors.at(digest);
+      COHORT_CHECK(t && static_cast<size_t>(t->numel()) * sizeof(float) == bytes.size());
+      t->copy_(at::from_blob(const_cast<char*>(bytes.data()), t->sizes(), at::kFloat));
+    }
+    audit_version_ = p.version;
+  }
+  return *audit_model_;
+}
+
+std::optional<exchange::Refusal> Policy::audit(const Published& sampled_on, const wire::GradientUpdate& u,
+                                               std::span<const uint64_t> lease_prompts,
+                                               std::span<const float> reported) {
+  const double t0 = mono_s();
+  grpo::Model& sampled = weights_of(sampled_on);
+  const int g = cfg_.grpo.group_size;
+  std::map<std::pair<uint64_t, uint32_t>, const wire::CompletionDigest*> by_key;
+  for (const auto& c : u.completions()) by_key[{c.prompt_index(), c.completion()}] = &c;
+  std::vector<std::vector<int64_t>> prompt_ids, completions;
+  std::vector<float> rewards;
+  for (uint64_t idx : lease_prompts) {
+    prompt_ids.push_back(grpo::encode_prompt(tok_, task_.train_prompt(idx)));
+    for (int c = 0; c < g; ++c) {
+      const auto* cd = by_key.at({idx, static_cast<uint32_t>(c)});  // the update checks saw all
+      completions.emplace_back(cd->token_ids().begin(), cd->token_ids().end());
+      rewards.push_back(cd->reward());
+    }
+  }
+  grpo::Rollout r = grpo::layout(prompt_ids, g, completions, cfg_.grpo.sampling.max_new_tokens, tok_.pad_id());
+  {
+    at::NoGradGuard no_grad;
+    r.logprobs = grpo::completion_logprobs(sampled, r, cfg_.grpo.sampling.temperature) * r.completion_mask;
+  }
+  const auto adv = grpo::group_advantages(rewards, g, cfg_.grpo.scale);
+  auto clear_grads = [&] {
+    for (auto p : sampled.parameters()) p.mutable_grad().reset();
+  };
+  clear_grads();
+  grpo::accumulate_gradient(sampled, nullptr, r, adv, cfg_.grpo);
+  std::vector<float> ours(layout_.total);
+  exchange::flatten_grads(sampled, layout_, ours);
+  clear_grads();
+  double dot = 0, a2 = 0, b2 = 0;
+  for (size_t i = 0; i < ours.size(); ++i) {
+    dot += double(ours[i]) * reported[i];
+    a2 += double(ours[i]) * ours[i];
+    b2 += double(reported[i]) * reported[i];
+  }
+  const double cosine = (a2 == 0 && b2 == 0) ? 1.0 : dot / std::max(1e-300, std::sqrt(a2 * b2));
+  const double ratio = a2 > 0 ? std::sqrt(b2 / a2) : (b2 == 0 ? 1.0 : 1e300);
+  ++audits_;
+  spdlog::info("coordinator: recomputed lease {} on v{} (current v{}) in {:.2f} s: cosine {:.6f}, norm ratio {:.6f}",
+               u.lease_id(), u.policy_version(), version_, mono_s() - t0, cosine, ratio);
+  // The norm must agree too: a scaled honest gradient has cosine 1.
+  if (cosine < cfg_.recompute_min_cosine || ratio > 1.5 || ratio < 1 / 1.5)
+    return exchange::Refusal{wire::ACK_RECOMPUTE_MISMATCH,
+                             fmt::format("recomputed gradient differs: cosine {:.4f} (min {:.2f}), norm ratio {:.3f}",
+                                         cosine, cfg_.recompute_min_cosine, ratio)};
+  return std::nullopt;
+}
+
+std::string Policy::write_checkpoint(int64_t step) {
+  char name[64];
+  std::snprintf(name, sizeof name, "step-%06lld", static_cast<long long>(step));
+  const fs::path root = fs::path(cfg_.data_dir) / "checkpoints";
+  const fs::path final_dir = root / name;
+  const fs::path tmp = root / (std::string(".tmp-") + name);
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  grpo::save_model(tmp.string(), *model_);
+  // A checkpoint opens like the model folder it came from (as `cohort train --out` writes it).
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"})
+    if (fs::exists(fs::path(cfg_.model_path) / f)) fs::copy_file(fs::path(cfg_.model_path) / f, tmp / f);
+  torch::save(opt_->adamw, (tmp / "optimizer.pt").string());
+  nlohmann::json state = {{"round_id", cfg_.round_id}, {"step", step}, {"version", version_},
+                          {"lr", cfg_.grpo.lr}, {"scheduler", "constant"}};
+  grpo::write_file_atomic((tmp / "state.json").string(), state.dump(2));
+  for (const auto& e : fs::directory_iterator(tmp)) fsync_path(e.path(), false);
+  fsync_path(tmp, true);
+  fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+  fsync_path(root, true);
+  return final_dir.string();
+}
+
+std::shared_ptr<grpo::Model> Policy::snapshot() const {
+  auto snap = std::make_shared<grpo::Model>(model_->config(), 0);
+  at::NoGradGuard no_grad;
+  auto src = model_->parameters(), dst = snap->parameters();
+  for (size_t i = 0; i < src.size(); ++i) dst[i].copy_(src[i]);
+  return snap;
+}
+
+}  // namespace cohort::coordinator

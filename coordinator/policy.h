@@ -1,0 +1,115 @@
+// The coordinator's model side, owned by its compute executor (one thread): FP32 master weights
+// and AdamW, the gradient accumulators of the open steps, applying a step, publishing a policy
+// version (tensor bytes + signed manifest), checkpoint files and audits (the full recomputation
+// of a sampled update). Nothing here touches sockets or the ledger, and nothing here runs on the
+// network thread: the sessions await it (coordinator.cpp).
+//
+//   Policy p(cfg, identity, task, tokenizer);
+//   std::vector<float> g(p.layout().total);
+//   if (auto r = p.decode(update, g)) refuse(*r);
+//   p.absorb(step, contribution, std::move(g));
+//   Policy::Applied a = p.apply(step);         // AdamW step; a.published is the new version
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "coordinator/ledger.h"
+#include "coordinator/round_config.h"
+#include "exchange/param_layout.h"
+#include "exchange/refusal.h"
+#include "protocol/digest.h"
+#include "protocol/identity.h"
+#include "protocol/messages.pb.h"
+
+namespace cohort::grpo {
+class Model;
+class Task;
+class Tokenizer;
+struct ModelConfig;
+}  // namespace cohort::grpo
+
+namespace cohort::coordinator {
+
+// One published policy version: its signed manifest and the F32 bytes of every tensor by digest
+// (immutable once built: shared between the network thread, which serves it, and audits).
+struct Published {
+  uint64_t version = 0;
+  wire::SignedManifest manifest;
+  std::map<protocol::Digest, std::shared_ptr<const std::string>> tensors;
+  std::vector<std::pair<std::string, protocol::Digest>> names;  // parameter → its bytes' digest
+};
+
+// What an accepted update adds to its step besides the gradient (the coordinator's own figures).
+struct Contribution {
+  double units = 0, tokens = 0, loss = 0, reward_mean = 0, accuracy = 0;
+  int64_t rows = 0;          // completions
+  double decode_s = 0;       // time spent decoding and checking it
+};
+
+class Policy {
+ public:
+  Policy(const RoundConfig& cfg, const protocol::Identity& identity, const grpo::Task& task,
+         const grpo::Tokenizer& tokenizer);
+  ~Policy();
+  Policy(const Policy&) = delete;
+  Policy& operator=(const Policy&) = delete;
+
+  // Loads weights and optimizer state from a checkpoint folder; the version becomes `version`.
+  void resume(const std::string& checkpoint_dir, uint64_t version);
+  [[nodiscard]] uint64_t version() const { return version_; }
+  [[nodiscard]] const exchange::ParamLayout& layout() const { return layout_; }
+  [[nodiscard]] const grpo::ModelConfig& model_config() const;
+
+  // The update's gradient sum into `out` (layout().total floats), or why it is refused.
+  [[nodiscard]] std::optional<exchange::Refusal> decode(const wire::GradientUpdate& u, std::vector<float>& out) const;
+  // Recomputes the lease's gradient sum from the reported completions on the weights they were
+  // sampled with (`sampled_on`, or the live model when it is the current version) and compares
+  // it with the reported one: cosine and norm ratio.
+  [[nodiscard]] std::optional<exchange::Refusal> audit(const Published& sampled_on, const wire::GradientUpdate& u,
+                                                       std::span<const uint64_t> lease_prompts,
+                                                       std::span<const float> reported);
+  int64_t audits() const { return audits_; }
+
+  // Adds an accepted update to its step.
+  void absorb(int64_t step, const Contribution& c, std::vector<float> gradient_sum);
+
+  struct Applied {
+    StepRecord record;
+    std::shared_ptr<const Published> published;
+  };
+  // Aggregates step `step` (= version() + 1), steps AdamW and publishes the new version.
+  Applied apply(int64_t step, bool replaying);
+  // Publishes the current weights as version().
+  std::shared_ptr<const Published> publish();
+  // Writes the checkpoint folder of `step` (weights, optimizer, state.json) atomically; returns
+  // its path. The caller records it in the ledger.
+  std::string write_checkpoint(int64_t step);
+  // A copy of the current weights, for a held-out evaluation on another thread.
+  [[nodiscard]] std::shared_ptr<grpo::Model> snapshot() const;
+
+ private:
+  struct StepSums;
+  grpo::Model& weights_of(const Published& p);
+
+  const RoundConfig& cfg_;
+  const protocol::Identity& identity_;
+  const grpo::Task& task_;
+  const grpo::Tokenizer& tok_;
+  std::unique_ptr<grpo::Model> model_;
+  std::unique_ptr<grpo::Model> audit_model_;  // an older published version, for audits
+  uint64_t audit_version_ = UINT64_MAX;
+  struct Optimizer;
+  std::unique_ptr<Optimizer> opt_;
+  exchange::ParamLayout layout_;
+  uint64_t version_ = 0;
+  std::map<int64_t, std::unique_ptr<StepSums>> steps_;
+  int64_t audits_ = 0;
+};
+
+}  // namespace cohort::coordinator

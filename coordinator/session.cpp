@@ -1,0 +1,182 @@
+// A peer's session on the network thread: join and settings, work requests answered with leases,
+// the signed manifest and tensor chunks of published versions, updates handed to updates.cpp,
+// heartbeats, leaving. docs/PROTOCOL.md ("Session") specifies the state machine.
+#include "coordinator/coordinator_impl.h"
+
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+
+#include "common/text.h"
+#include "exchange/seeds.h"
+
+namespace cohort::coordinator {
+
+namespace {
+constexpr size_t kChunkBytes = 1 << 20;  // tensor chunk payload (docs/PROTOCOL.md)
+}  // namespace
+
+std::optional<wire::WorkLease> Coordinator::Impl::try_issue(const std::string& peer, uint32_t max_prompts) {
+  if (finished) return std::nullopt;
+  const bool was_started = sched->started();
+  std::optional<ActiveLease> l = sched->issue(peer, max_prompts, mono_s(), unix_ms());
+  if (!was_started && sched->started())
+    spdlog::info("coordinator: {} peers connected (min_peers {}): leases start", sched->connected(), cfg.min_peers);
+  if (!l) return std::nullopt;
+  ledger->record_lease(l->rec);
+  wire::WorkLease w;
+  w.set_lease_id(l->rec.lease_id);
+  w.set_round_id(cfg.round_id);
+  w.set_policy_version(l->rec.policy_version);
+  w.set_deadline_unix_ms(static_cast<uint64_t>(l->rec.deadline_ms));
+  w.set_group_size(static_cast<uint32_t>(cfg.grpo.group_size));
+  for (uint64_t idx : l->rec.prompts) {
+    w.add_prompt_indices(idx);
+    w.add_seeds(exchange::prompt_seed(cfg.grpo.seed, idx));
+  }
+  return w;
+}
+
+void Coordinator::Impl::close_lease(const std::string& lease_id, const std::string& state, const std::string& reason) {
+  if (auto c = sched->close(lease_id, state, reason)) log_closed(*c);
+}
+
+void Coordinator::Impl::log_closed(const ClosedLease& c) {
+  ledger->close_lease(c.lease_id, c.state, c.reason, unix_ms());
+  spdlog::info("coordinator: lease {} ({} groups, peer {}) {}: {}; its prompts go back to the pool", c.lease_id,
+               c.groups, c.peer.substr(0, 12), c.state, c.reason);
+}
+
+asio::awaitable<void> Coordinator::Impl::send_tensors(Channel& ch, const wire::TensorRequest& req) {
+  for (const auto& want : req.blake2b()) {
+    std::shared_ptr<const std::string> bytes;
+    protocol::Digest d{};
+    if (want.size() == d.size()) {
+      std::memcpy(d.data(), want.data(), d.size());
+      for (const auto& p : published)
+        if (auto it = p->tensors.find(d); it != p->tensors.end()) bytes = it->second;
+    }
+    if (!bytes) {
+      wire::Envelope e;
+      e.mutable_error()->set_code(wire::ACK_VERSION_MISMATCH);
+      e.mutable_error()->set_message("tensor no longer published; fetch the manifest again");
+      co_await ch.send(e);
+      co_return;
+    }
+    for (size_t off = 0; off < bytes->size() || off == 0; off += kChunkBytes) {
+      wire::Envelope e;
+      auto* c = e.mutable_tensor_chunk();
+      c->set_blake2b(want);
+      c->set_offset(off);
+      c->set_total_bytes(bytes->size());
+      c->set_data(bytes->data() + off, std::min(kChunkBytes, bytes->size() - off));
+      co_await ch.send(e);
+      if (bytes->empty()) break;
+    }
+  }
+}
+
+const Published& Coordinator::Impl::manifest_for(uint64_t v) const {
+  for (const auto& p : published)
+    if (v != 0 && p->version == v) return *p;
+  return *published.back();  // 0 (latest) or a version no longer published
+}
+
+asio::awaitable<wire::Envelope> Coordinator::Impl::answer_work_request(const std::string& peer, const wire::WorkRequest& wr) {
+  sched->peer_working(peer);
+  // A peer names the leases it is still computing, so any other lease it holds will never
+  // come (e.g. one issued just before a coordinator crash that never reached it), and those it
+  // gives back come with a reason: both go back to the pool now, not at their deadline.
+  for (const auto& r : wr.returned())
+    if (const ActiveLease* l = sched->find(r.lease_id()); l && l->rec.peer == peer)
+      close_lease(r.lease_id(), "returned", "given back: " + printable(r.reason(), kMaxPeerText));
+  const std::set<std::string> holding(wr.holding().begin(), wr.holding().end());
+  for (const auto& id : sched->leases_of(peer))
+    if (!holding.count(id)) close_lease(id, "expired", "peer asked for new work without delivering it");
+  // A peer asking ahead is answered at once: its update waits behind this reply. Otherwise the
+  // request waits up to a second for work (a step being applied frees the next one).
+  std::optional<wire::WorkLease> lease;
+  asio::steady_timer timer(io);
+  const double give_up = mono_s() + (holding.empty() ? 1.0 : 0.0);
+  while (!finished && !(lease = try_issue(peer, wr.max_prompts())) && mono_s() < give_up) {
+    timer.expires_after(std::chrono::milliseconds(3));
+    co_await timer.async_wait(asio::use_awaitable);
+  }
+  wire::Envelope out;
+  if (lease) {
+    *out.mutable_work_lease() = *lease;
+  } else if (finished) {
+    out.mutable_leave()->set_reason("round complete");
+  } else {
+    out.mutable_ack()->set_reason(wire::ACK_OVERLOADED);
+    out.mutable_ack()->set_message("no work yet; ask again");
+    out.mutable_ack()->set_policy_version(sched->version());
+  }
+  co_return out;
+}
+
+asio::awaitable<void> Coordinator::Impl::session(Channel ch) {
+  const std::string peer = ch.peer().hex();
+  bool counted = false;
+  try {
+    wire::Envelope first = co_await ch.receive();
+    if (!first.has_join_request()) throw Error("first message must be a join request");
+    const auto& jr = first.join_request();
+    // Peer-supplied text is diagnostic only: escaped and capped wherever it is written.
+    const std::string name = printable(jr.display_name(), kMaxDisplayName);
+    ledger->record_peer(peer, name, printable(jr.capabilities().ShortDebugString(), 4 * kMaxPeerText), unix_ms());
+    sched->peer_connected(peer, jr.capabilities().measured_throughput());
+    counted = true;
+    spdlog::info("coordinator: peer {} ({}) joined with {} device(s)", peer.substr(0, 12), name,
+                 jr.capabilities().devices_size());
+    {
+      wire::Envelope r;
+      r.set_reply_to(first.id());
+      auto* rep = r.mutable_join_reply();
+      rep->set_admitted(true);
+      *rep->mutable_settings() = settings;
+      rep->set_policy_version(sched->version());
+      rep->set_heartbeat_interval_ms(static_cast<uint32_t>(cfg.idle_timeout_s * 1000 / 4));
+      co_await ch.send(r);
+    }
+    for (;;) {
+      wire::Envelope env = co_await ch.receive();
+      wire::Envelope out;
+      if (env.has_manifest_request()) {
+        *out.mutable_manifest() = manifest_for(env.manifest_request().policy_version()).manifest;
+      } else if (env.has_tensor_request()) {
+        co_await send_tensors(ch, env.tensor_request());
+        continue;
+      } else if (env.has_work_request()) {
+        out = co_await answer_work_request(peer, env.work_request());
+      } else if (env.has_update()) {
+        auto su = std::make_shared<const wire::SignedUpdate>(std::move(*env.mutable_update()));
+        *out.mutable_ack() = co_await handle_update(std::move(su), ch.peer());
+      } else if (env.has_heartbeat()) {
+        continue;  // liveness only: it resets the channel's idle timer
+      } else if (env.has_leave()) {
+        spdlog::info("coordinator: peer {} left: {}", peer.substr(0, 12), printable(env.leave().reason(), kMaxPeerText));
+        for (const auto& id : sched->leases_of(peer)) close_lease(id, "returned", "peer left");
+        break;
+      } else {
+        throw Error("unexpected message");
+      }
+      out.set_reply_to(env.id());
+      co_await ch.send(out);
+      if (banned.count(peer)) {
+        wire::Envelope bye;
+        bye.mutable_error()->set_code(wire::ACK_BANNED);
+        bye.mutable_error()->set_message("banned: too many updates refused for misbehaviour");
+        co_await ch.send(bye);
+        throw Error("banned");
+      }
+    }
+  } catch (const std::exception& e) {
+    spdlog::info("coordinator: peer {} disconnected: {}", peer.substr(0, 12), printable(e.what(), kMaxPeerText));
+  }
+  if (counted)
+    for (const LeaseRecord& rec : sched->peer_disconnected(peer, unix_ms())) ledger->record_lease(rec);
+  ch.close();
+}
+
+}  // namespace cohort::coordinator

@@ -1,0 +1,65 @@
+// What the coordinator checks in an update's body before it trusts any of it, without LibTorch:
+// every completion of the lease exactly once, in range, with the digest of its token ids and the
+// reward the coordinator's own verifier gives it; the unit, sequence and token counts; the reward
+// statistics; a finite loss. Each refusal is a typed value (exchange::Refusal) carrying the Ack
+// reason docs/OPERATOR.md lists. Signature, staleness, replay and lease ownership are checked
+// before (protocol/signed_update.h, the scheduler); the gradient itself after
+// (exchange::decode_gradient, check_norm, the audit).
+//
+//   UpdateChecker checker({task, tokenizer, cfg.grpo, vocab_size});
+//   CheckedBody c = checker.check(update, lease.rec.prompts);
+//   if (c.refusal) return refuse(*c.refusal);
+//   c.facts.reward_mean; c.facts.units;
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "exchange/refusal.h"
+#include "grpo/grpo_config.h"
+#include "grpo/tasks.h"
+#include "grpo/tokenizer.h"
+#include "protocol/messages.pb.h"
+
+namespace cohort::coordinator {
+
+using exchange::Refusal;
+
+// What the coordinator recomputed from an accepted body (never the peer's own claims).
+struct UpdateFacts {
+  double reward_mean = 0, accuracy = 0;
+  double tokens = 0;        // completion tokens
+  double loss_tokens = 0;   // completion tokens that carry loss (mask_truncated drops truncated ones)
+  double units = 0;         // what the loss aggregation divides by
+  int64_t sequences = 0;
+};
+
+struct CheckedBody {
+  std::optional<Refusal> refusal;
+  UpdateFacts facts;
+};
+
+class UpdateChecker {
+ public:
+  struct Context {
+    const grpo::Task& task;
+    const grpo::Tokenizer& tokenizer;
+    const grpo::GrpoConfig& grpo;
+    int64_t vocab_size = 0;
+  };
+  explicit UpdateChecker(Context ctx) : ctx_(ctx) {}
+
+  // Completions, counts, reward statistics and loss of `u` against the lease's prompt indices.
+  // Thread-safe (reads only): runs on the coordinator's compute executor.
+  [[nodiscard]] CheckedBody check(const wire::GradientUpdate& u, std::span<const uint64_t> lease_prompts) const;
+
+ private:
+  Context ctx_;
+};
+
+// The update's mean gradient (sum / units) must have a norm of at most max_norm (0: no bound).
+[[nodiscard]] std::optional<Refusal> check_norm(std::span<const float> gradient_sum, double units, double max_norm);
+
+}  // namespace cohort::coordinator

@@ -1,0 +1,174 @@
+// An update from arrival to Ack. The network thread checks what it owns (replay, lease, round);
+// the compute executor checks the rest (signature, body, gradient, audit); the ledger records it
+// before the Ack leaves, and its gradient joins its step on the executor.
+#include "coordinator/coordinator_impl.h"
+
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+
+#include "common/text.h"
+#include "exchange/refusal.h"
+
+namespace cohort::coordinator {
+
+namespace {
+
+// What the executor found in an update's body and gradient.
+struct Checked {
+  std::optional<Refusal> refusal;
+  UpdateFacts facts;
+  std::vector<float> grad;
+  double loss = 0;
+  double seconds = 0;
+};
+
+}  // namespace
+
+void Coordinator::Impl::refuse(const std::string& peer, const wire::GradientUpdate& h, const protocol::Digest& d, int64_t step,
+            const Refusal& r, size_t bytes) {
+  UpdateRecord u;
+  u.peer = peer;
+  u.sequence = h.sequence();
+  u.lease_id = printable(h.lease_id(), kMaxPeerText);
+  u.step = step;
+  u.policy_version = h.policy_version();
+  u.digest.assign(reinterpret_cast<const char*>(d.data()), d.size());
+  u.accepted = false;
+  u.reason = exchange::reason_name(r.reason);
+  u.detail = printable(r.detail, 4 * kMaxPeerText);
+  u.bytes = static_cast<int64_t>(bytes);
+  u.received_ms = unix_ms();
+  ledger->record_update(u);
+  if (exchange::is_misbehaviour(r.reason) && ++misbehaviour[peer] >= cfg.ban_after && cfg.ban_after > 0 &&
+      banned.insert(peer).second) {
+    ledger->record_refusal(peer, "", "banned",
+                           fmt::format("{} updates refused for misbehaviour (ban_after = {})", misbehaviour[peer],
+                                       cfg.ban_after),
+                           unix_ms());
+    spdlog::warn("coordinator: peer {} banned after {} misbehaving updates", peer.substr(0, 12), misbehaviour[peer]);
+  }
+  spdlog::warn("coordinator: refused update {} from {} ({}): {}", h.sequence(), peer.substr(0, 12), u.reason,
+               u.detail);
+}
+
+// Where a lease stands for this update, checked before the body is and again after (it may
+// have expired or been given back meanwhile): the refusal and the step to record it under.
+std::optional<std::pair<int64_t, Refusal>> Coordinator::Impl::lease_refusal(const protocol::VerifiedUpdate& vr, const PeerId& channel_peer) {
+  using R = std::pair<int64_t, Refusal>;
+  if (replays.seen(channel_peer, vr.header.sequence(), vr.digest))
+    return R{0, {wire::ACK_REPLAYED, "this body was accepted before, or its sequence is not above the last "
+                                     "accepted from this peer"}};
+  const ActiveLease* l = sched->find(vr.header.lease_id());
+  if (!l) {
+    auto rec = ledger->lease(vr.header.lease_id());
+    if (!rec) return R{0, {wire::ACK_UNKNOWN_LEASE, "no lease " + printable(vr.header.lease_id(), kMaxPeerText)}};
+    return R{rec->step, {wire::ACK_LEASE_EXPIRED, "lease " + rec->lease_id + " is " + rec->state +
+                                                     (rec->reason.empty() ? "" : " (" + rec->reason + ")")}};
+  }
+  if (l->rec.peer != channel_peer.hex()) return R{l->rec.step, {wire::ACK_UNKNOWN_LEASE, "lease belongs to another peer"}};
+  if (vr.header.round_id() != cfg.round_id) return R{l->rec.step, {wire::ACK_MALFORMED, "wrong round id"}};
+  return std::nullopt;
+}
+
+// Checks in order of cost: signature and header (executor); replay, lease and round (here); the
+// body — completions re-scored, counts, reward statistics, loss, the decoded gradient and its
+// norm, and for a sampled share a full recomputation (executor); the lease once more; then the
+// ledger records it before the Ack leaves.
+asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(std::shared_ptr<const wire::SignedUpdate> su, PeerId channel_peer) {
+  const std::string peer = channel_peer.hex();
+  const size_t bytes = su->ByteSizeLong();
+  wire::Ack ack;
+  const protocol::UpdatePolicy pol{.recipient = identity.id(), .current_version = sched->version(),
+                                   .staleness_bound = cfg.staleness_bound};
+  const auto verify = [su, pol, channel_peer] { return protocol::verify_update(*su, pol, channel_peer); };
+  const protocol::VerifiedUpdate vr = co_await on_compute(verify);
+  ack.set_sequence(vr.header.sequence());
+  ack.set_lease_id(printable(vr.header.lease_id(), kMaxPeerText));
+  auto fail = [&](int64_t step, const Refusal& r) {
+    refuse(peer, vr.header, vr.digest, step, r, bytes);
+    // A refused update frees its lease at once: the prompts go to someone else.
+    if (const ActiveLease* l = sched->find(vr.header.lease_id()); l && l->rec.peer == peer)
+      close_lease(vr.header.lease_id(), "expired", "update refused: " + exchange::reason_name(r.reason));
+    ack.set_reason(r.reason);
+    ack.set_message(r.detail);
+    ack.set_policy_version(sched->version());
+    return ack;
+  };
+  if (!vr) co_return fail(0, {protocol::to_ack_reason(vr.verdict), vr.detail});
+  if (auto r = lease_refusal(vr, channel_peer)) co_return fail(r->first, r->second);
+  const LeaseRecord lease = sched->find(vr.header.lease_id())->rec;
+
+  // A sampled share of updates is recomputed in full (the peer cannot know which): the
+  // gradient of the reported completions under the weights they were sampled with.
+  std::shared_ptr<const Published> sampled_on;
+  if (cfg.recompute_fraction > 0 && std::uniform_real_distribution<double>(0, 1)(audit_rng) < cfg.recompute_fraction)
+    for (const auto& p : published)
+      if (p->version == vr.header.policy_version()) sampled_on = p;
+  const auto check = [this, su, lease, sampled_on] {
+    Checked out;
+    const double t0 = mono_s();
+    wire::GradientUpdate full;
+    try {
+      full = protocol::decode_update(*su);
+    } catch (const std::exception& e) {
+      out.refusal = Refusal{wire::ACK_MALFORMED, e.what()};
+      return out;
+    }
+    CheckedBody body = checker->check(full, lease.prompts);
+    out.facts = body.facts;
+    out.loss = full.loss();
+    if ((out.refusal = body.refusal)) return out;
+    if ((out.refusal = policy->decode(full, out.grad))) return out;
+    if ((out.refusal = check_norm(out.grad, out.facts.units, cfg.max_update_norm))) return out;
+    out.seconds = mono_s() - t0;
+    if (sampled_on) out.refusal = policy->audit(*sampled_on, full, lease.prompts, out.grad);
+    return out;
+  };
+  Checked c = co_await on_compute(check);
+  if (sampled_on) ++audits;
+  if (c.refusal) co_return fail(lease.step, *c.refusal);
+  if (auto r = lease_refusal(vr, channel_peer)) co_return fail(r->first, r->second);
+
+  // Durable before anything else: the Ack means the update is in the ledger.
+  UpdateRecord u;
+  u.peer = peer;
+  u.sequence = vr.header.sequence();
+  u.lease_id = lease.lease_id;
+  u.step = lease.step;
+  u.policy_version = vr.header.policy_version();
+  u.digest.assign(reinterpret_cast<const char*>(vr.digest.data()), vr.digest.size());
+  u.accepted = true;
+  u.reason = "ok";
+  u.units = c.facts.units;
+  u.tokens = c.facts.loss_tokens;
+  u.sequences = c.facts.sequences;
+  u.reward_mean = c.facts.reward_mean;
+  u.accuracy = c.facts.accuracy;
+  u.bytes = static_cast<int64_t>(bytes);
+  u.received_ms = unix_ms();
+  u.body = su->body();
+  u.signature = su->signature();
+  {
+    Ledger::Transaction tx(*ledger);
+    ledger->record_update(u);
+    ledger->close_lease(lease.lease_id, "completed", "", u.received_ms);
+    tx.commit();
+  }
+  replays.remember(channel_peer, u.sequence, vr.digest);
+  sched->complete(lease.lease_id, mono_s());
+  // Queued on the executor before any step application that could need it (one thread, FIFO).
+  asio::post(compute, [this, step = lease.step, grad = std::move(c.grad),
+                       k = Contribution{.units = u.units, .tokens = u.tokens, .loss = c.loss,
+                                        .reward_mean = u.reward_mean, .accuracy = u.accuracy,
+                                        .rows = u.sequences, .decode_s = c.seconds}]() mutable {
+    policy->absorb(step, k, std::move(grad));
+  });
+  ack.set_reason(wire::ACK_OK);
+  ack.set_policy_version(sched->version());
+  // The step it may complete is applied after the Ack is on its way.
+  asio::co_spawn(io, apply_ready_steps(), asio::detached);
+  co_return ack;
+}
+
+}  // namespace cohort::coordinator

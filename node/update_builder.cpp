@@ -1,0 +1,64 @@
+#include "node/update_builder.h"
+
+#include <cmath>
+#include <random>
+
+#include "common/clock.h"
+#include "exchange/seeds.h"
+#include "protocol/signed_update.h"
+
+namespace cohort::node {
+
+wire::SignedUpdate UpdateBuilder::build(const wire::WorkLease& lease, uint64_t policy_version, uint64_t sequence,
+                                        LeaseGradient& g, exchange::GradientEncoder& encoder, double compute_seconds) const {
+  wire::GradientUpdate u;
+  u.set_round_id(round_id);
+  u.set_lease_id(lease.lease_id());
+  u.set_policy_version(policy_version);
+  u.set_peer(identity.id().bytes().data(), identity.id().bytes().size());
+  u.set_sequence(sequence);
+  u.set_timestamp_unix_ms(static_cast<uint64_t>(unix_ms()));
+  u.set_recipient(coordinator.bytes().data(), coordinator.bytes().size());
+  double rsum = 0, rsq = 0, rmin = 0, rmax = 0;
+  int64_t rows = 0;
+  for (const WorkerShare& share : g.shares) {
+    const auto& b = share.batch;
+    for (size_t r = 0; r < b.rewards.size(); ++r) {
+      const int gi = static_cast<int>(r) / group_size;
+      auto* c = u.add_completions();
+      c->set_prompt_index(lease.prompt_indices(static_cast<int>(share.groups.begin) + gi));
+      c->set_completion(static_cast<uint32_t>(r % static_cast<size_t>(group_size)));
+      for (int64_t t : b.rollout.completions[r]) c->add_token_ids(static_cast<uint32_t>(t));
+      const protocol::Digest d = exchange::completion_digest(std::span<const int64_t>(b.rollout.completions[r]));
+      c->set_blake2b(d.data(), d.size());
+      const float honest = b.rewards[r];
+      c->set_reward(fault == Fault::false_reward && rows == 0 ? honest + 1.0f : honest);  // a lie to catch
+      rsum += honest;
+      rsq += double(honest) * honest;
+      rmin = rows == 0 ? honest : std::min<double>(rmin, honest);
+      rmax = rows == 0 ? honest : std::max<double>(rmax, honest);
+      ++rows;
+    }
+  }
+  u.set_units(static_cast<uint64_t>(std::llround(g.units)));
+  u.set_sequences(static_cast<uint64_t>(rows));
+  u.set_tokens(static_cast<uint64_t>(std::llround(g.tokens)));
+  auto* rs = u.mutable_rewards();
+  const double n = rows ? double(rows) : 1.0;
+  rs->set_count(static_cast<uint64_t>(rows));
+  rs->set_mean(rsum / n);
+  rs->set_std(std::sqrt(std::max(0.0, rsq / n - (rsum / n) * (rsum / n))));
+  rs->set_min(rmin);
+  rs->set_max(rmax);
+  u.set_loss(g.loss);
+  u.set_compute_seconds(compute_seconds);  // diagnostic only
+  if (fault == Fault::poison) {  // honest rewards; the gradient reversed, scaled up and drowned in noise
+    std::mt19937 rng(static_cast<uint32_t>(sequence));
+    std::normal_distribution<float> noise(0.0f, 10.0f);
+    for (float& x : g.grad) x = -20.0f * x + noise(rng);
+  }
+  encoder.encode(g.grad, *u.mutable_tensors());
+  return protocol::sign_update(std::move(u), identity);
+}
+
+}  // namespace cohort::node

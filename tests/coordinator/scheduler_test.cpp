@@ -1,0 +1,179 @@
+// The lease scheduler as a pure state machine (coordinator/scheduler.h): time is passed in, so
+// each test drives issue, completion, expiry, return, re-issue, guided sizing, min_peers and the
+// staleness window step by step, without processes or sockets.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "coordinator/scheduler.h"
+
+namespace cohort::coordinator {
+namespace {
+
+SchedulerConfig config(int64_t groups = 16, uint32_t staleness = 1, int min_peers = 1) {
+  return {.steps = 4, .groups_per_step = groups, .staleness_bound = staleness, .group_size = 4,
+          .lease_timeout_s = 10, .reconnect_grace_s = 2, .min_peers = min_peers, .round_seed = 7};
+}
+
+TEST(LeaseScheduler, NoLeaseBeforeMinPeersThenLeasesStart) {
+  LeaseScheduler s(config(16, 1, 2));
+  s.peer_connected("a");
+  s.peer_working("a");
+  EXPECT_FALSE(s.issue("a", 0, 0.0, 1000));
+  EXPECT_FALSE(s.started());
+  s.peer_connected("b");
+  ASSERT_TRUE(s.issue("a", 0, 0.0, 1000));
+  EXPECT_TRUE(s.started());
+  // Once started, leases go on even if a peer leaves.
+  s.peer_disconnected("b", 1000);
+  EXPECT_TRUE(s.issue("a", 0, 0.0, 1000));
+}
+
+TEST(LeaseScheduler, UnmeasuredPeerGetsAProbeOfAnEighthThenItsShare) {
+  LeaseScheduler s(config(16));
+  s.peer_connected("a");
+  s.peer_working("a");
+  auto probe = s.issue("a", 0, 0.0, 0);
+  ASSERT_TRUE(probe);
+  EXPECT_EQ(probe->groups.size(), 2u);  // ceil(16 / 8)
+  EXPECT_EQ(probe->rec.prompts, (std::vector<uint64_t>{0, 1}));  // step 1 starts at prompt 0
+  s.complete(probe->rec.lease_id, 1.0);  // 2 groups in 1 s
+  EXPECT_DOUBLE_EQ(s.throughput("a"), 2.0);
+  // Measured and alone: its share is the whole step; 14 pending.
+  auto next = s.issue("a", 0, 1.0, 0);
+  ASSERT_TRUE(next);
+  EXPECT_EQ(next->groups.size(), 14u);
+  EXPECT_EQ(next->rec.step, 1);
+}
+
+TEST(LeaseScheduler, GuidedSizingSplitsByThroughputAndShrinksAsThePoolDrains) {
+  LeaseScheduler s(config(32));
+  for (const char* p : {"fast", "slow"}) s.peer_connected(p), s.peer_working(p);
+  // Measure: fast 3 groups/s, slow 1 group/s.
+  auto f = s.issue("fast", 0, 0.0, 0);
+  auto w = s.issue("slow", 0, 0.0, 0);
+  ASSERT_TRUE(f && w);
+  s.complete(f->rec.lease_id, double(f->groups.size()) / 3.0);
+  s.complete(w->rec.lease_id, double(w->groups.size()) / 1.0);
+  ASSERT_NEAR(s.throughput("fast"), 3.0, 1e-9);
+  ASSERT_NEAR(s.throughput("slow"), 1.0, 1e-9);
+  // 32 - 8 = 24 pending; fast's share is 3/4 → 18 (its full share of a step is 24).
+  EXPECT_EQ(s.lease_size("fast", 24, 0), 18);
+  // slow: 1/4 of 24 = 6, bounded below by half its share of a step (8 / 2 = 4).
+  EXPECT_EQ(s.lease_size("slow", 24, 0), 6);
+  EXPECT_EQ(s.lease_size("slow", 4, 0), 4);
+  EXPECT_EQ(s.lease_size("fast", 24, 5), 5);  // the node's own max_prompts
+}
+
+TEST(LeaseScheduler, StalenessWindowBoundsHowFarAheadLeasesGo) {
+  LeaseScheduler s(config(2, /*staleness=*/1));
+  s.peer_connected("a");
+  s.peer_working("a");
+  std::set<int64_t> steps;
+  while (auto l = s.issue("a", 1, 0.0, 0)) steps.insert(l->rec.step);
+  EXPECT_EQ(steps, (std::set<int64_t>{1, 2}));  // version 0: steps 1 .. 1 + S
+}
+
+TEST(LeaseScheduler, ExpiredAndReturnedLeasesAreReissuedAndNoGroupIsCountedTwice) {
+  LeaseScheduler s(config(4, /*staleness=*/0));
+  s.peer_connected("a");
+  s.peer_working("a");
+  // Lease the whole step (S = 0: nothing beyond it).
+  std::vector<ActiveLease> out;
+  while (auto l = s.issue("a", 0, 0.0, 1000)) out.push_back(*l);
+  size_t leased = 0;
+  for (const auto& l : out) leased += l.groups.size();
+  EXPECT_EQ(leased, 4u);
+  // Every deadline passes: all prompts go back to the pool.
+  const auto expired = s.expire_due(1000 + 10'001);
+  ASSERT_EQ(expired.size(), out.size());
+  EXPECT_EQ(expired[0].state, "expired");
+  EXPECT_EQ(expired[0].reason, "deadline passed");
+  // Re-issued; one is given back and re-issued again; then all complete.
+  std::vector<ActiveLease> again;
+  while (auto l = s.issue("a", 0, 0.0, 20'000)) again.push_back(*l);
+  ASSERT_FALSE(again.empty());
+  auto closed = s.close(again[0].rec.lease_id, "returned", "worker failed");
+  ASSERT_TRUE(closed);
+  EXPECT_EQ(closed->state, "returned");
+  EXPECT_FALSE(s.close(again[0].rec.lease_id, "returned", "twice"));
+  auto redo = s.issue("a", 0, 0.0, 20'000);
+  ASSERT_TRUE(redo);
+  EXPECT_EQ(redo->rec.prompts, again[0].rec.prompts);
+  again[0] = *redo;
+  for (const auto& l : again) {
+    EXPECT_FALSE(s.step_complete(1));
+    s.complete(l.rec.lease_id, 1.0);
+  }
+  EXPECT_TRUE(s.step_complete(1));
+  EXPECT_FALSE(s.issue("a", 0, 0.0, 20'000));
+  s.step_applied(1);
+  EXPECT_EQ(s.version(), 1u);
+}
+
+TEST(LeaseScheduler, DisconnectedPeerKeepsItsLeasesForTheGraceOnly) {
+  LeaseScheduler s(config(8));
+  s.peer_connected("a");
+  s.peer_working("a");
+  auto l = s.issue("a", 0, 0.0, 1000);
+  ASSERT_TRUE(l);
+  const auto changed = s.peer_disconnected("a", 5000);
+  ASSERT_EQ(changed.size(), 1u);
+  EXPECT_EQ(changed[0].deadline_ms, 5000 + 2000);
+  EXPECT_TRUE(s.expire_due(6999).empty());
+  EXPECT_EQ(s.expire_due(7001).size(), 1u);
+  EXPECT_EQ(s.connected(), 0);
+}
+
+TEST(LeaseScheduler, LeasesOfAPeerNameWhatItHolds) {
+  LeaseScheduler s(config(8));
+  s.peer_connected("a");
+  s.peer_working("a");
+  auto l1 = s.issue("a", 1, 0.0, 0);
+  auto l2 = s.issue("a", 1, 0.0, 0);
+  ASSERT_TRUE(l1 && l2);
+  auto held = s.leases_of("a");
+  EXPECT_EQ(held.size(), 2u);
+  EXPECT_TRUE(s.leases_of("b").empty());
+}
+
+TEST(LeaseScheduler, AdoptsLeasesActiveAtARestartOnlyWhenTheyStillFit) {
+  LeaseScheduler s(config(4), /*version=*/1);
+  auto record = [](std::string id, int64_t step, std::vector<uint64_t> prompts) {
+    LeaseRecord r;
+    r.lease_id = std::move(id);
+    r.step = step;
+    r.peer = "a";
+    r.prompts = std::move(prompts);
+    return r;
+  };
+  const LeaseRecord ok = record("x", 2, {4, 5});
+  const LeaseRecord applied = record("y", 1, {0});
+  const LeaseRecord clash = record("z", 2, {5});
+  const LeaseRecord outside = record("w", 2, {8});
+  EXPECT_TRUE(s.adopt(ok, 0));
+  EXPECT_FALSE(s.adopt(applied, 0));
+  EXPECT_FALSE(s.adopt(clash, 0));
+  EXPECT_FALSE(s.adopt(outside, 0));
+  EXPECT_NE(s.find("x"), nullptr);
+}
+
+TEST(LeaseScheduler, ReplayedGroupsCompleteAStep) {
+  LeaseScheduler s(config(2));
+  s.mark_done(1, {0});
+  EXPECT_FALSE(s.step_complete(1));
+  s.mark_done(1, {1});
+  EXPECT_TRUE(s.step_complete(1));
+  s.step_applied(1);
+  EXPECT_EQ(s.open_steps().count(1), 0u);
+}
+
+TEST(LeaseScheduler, FinishedRoundIssuesNothing) {
+  LeaseScheduler s(config(1), /*version=*/4);
+  s.peer_connected("a");
+  EXPECT_TRUE(s.finished());
+  EXPECT_FALSE(s.issue("a", 0, 0.0, 0));
+}
+
+}  // namespace
+}  // namespace cohort::coordinator
