@@ -57,14 +57,13 @@ struct RoundOver {
 // draw other prompts (dataset) or other token ids (tokenizer) than the round's.
 void require_same_file(const exchange::SharedFile& want, const std::string& path, const std::string& what,
                        const std::string& option) {
-  if (path.empty())
-    throw RoundOver{3, "the round uses " + what + " " + want.name + "; give this node its copy with " + option};
+  if (path.empty()) throw RoundOver{3, "the round uses " + what + "; give this node its copy with " + option};
   if (!fs::exists(path)) throw RoundOver{3, what + " " + path + " does not exist"};
   const protocol::Digest d = protocol::blake2b_256_file(path);
   const std::string have = protocol::to_hex(protocol::ByteView(d.data(), d.size()));
   if (have != want.blake2b)
-    throw RoundOver{3, what + " mismatch: " + path + " has BLAKE2b-256 " + have + " but the round's " + want.name +
-                           " has " + want.blake2b + "; use the coordinator's file"};
+    throw RoundOver{3, what + " mismatch: " + path + " has BLAKE2b-256 " + have + " but the round's is " +
+                           want.blake2b + "; use the coordinator's file"};
 }
 
 }  // namespace
@@ -444,7 +443,7 @@ class Node {
     round_id_ = spec.round_id;
     cfg_ = spec.grpo;
     if (spec.dataset) {
-      require_same_file(*spec.dataset, opt_.dataset, "dataset", "--dataset");
+      require_same_file(*spec.dataset, opt_.dataset, "dataset " + spec.dataset->name, "--dataset");
       cfg_.task.dataset = opt_.dataset;
     }
     task_ = grpo::make_task(cfg_.task);
