@@ -15,9 +15,9 @@
 #include "bench/bench.h"
 #include "common/check.h"
 #include "coordinator/coordinator.h"
-#include "coordinator/local_cluster.h"
+#include "tools/local_cluster.h"
 #include "grpo/checkpoint.h"
-#include "grpo/commands.h"
+#include "grpo/tokenizer.h"
 #include "grpo/tokenizer.h"
 
 namespace cohort::bench {
@@ -25,7 +25,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-using coordinator::Subprocess;
+using tools::Subprocess;
 
 struct E2EArgs {
   int nodes = 3;
@@ -73,11 +73,11 @@ int run_e2e(const E2EArgs& a) {
       a.codec);
   const std::string config = (dir / "round.toml").string();
   std::ofstream(config) << toml;
-  const std::string exe = coordinator::self_executable();
+  const std::string exe = tools::self_executable();
   const auto t0 = std::chrono::steady_clock::now();
   Subprocess coord = Subprocess::spawn({exe, "coordinator", "serve", "--config", config, "--threads", "1"},
                                        (dir / "coordinator.log").string());
-  auto ep = coordinator::wait_for_endpoint(data, 120, coord.pid());
+  auto ep = tools::wait_for_endpoint(data, 120, coord.pid());
   std::vector<Subprocess> nodes;
   for (int i = 0; i < a.nodes; ++i)
     nodes.push_back(Subprocess::spawn(

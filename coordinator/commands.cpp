@@ -14,9 +14,9 @@
 #include "common/check.h"
 #include "common/runtime.h"
 #include "coordinator/coordinator.h"
-#include "coordinator/local_cluster.h"
+#include "tools/local_cluster.h"
 #include "grpo/checkpoint.h"
-#include "grpo/commands.h"
+#include "grpo/tokenizer.h"
 #include "grpo/tokenizer.h"
 #include "grpo/trainer.h"
 
@@ -25,6 +25,11 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using tools::Endpoint;
+using tools::Subprocess;
+using tools::http_get;
+using tools::self_executable;
+using tools::wait_for_endpoint;
 
 void add_serve(CLI::App& parent) {
   struct Args {

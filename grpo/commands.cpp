@@ -340,16 +340,6 @@ void add_eval(CLI::App& app) {
 
 }  // namespace
 
-ModelConfig task_model_config(const ModelConfig& shape) {
-  ModelConfig c = shape;
-  CharTokenizer tok;
-  c.vocab_size = tok.vocab_size();
-  c.bos_token_id = tok.bos_id();
-  c.eos_token_id = tok.eos_id();
-  c.pad_token_id = tok.pad_id();
-  c.tokenizer = tok.name();
-  return c;
-}
 
 
 void add_commands(CLI::App& app) {

@@ -103,4 +103,15 @@ std::unique_ptr<Tokenizer> tokenizer_for_model(const std::string& dir, const Mod
   return tok;
 }
 
+ModelConfig task_model_config(const ModelConfig& shape) {
+  ModelConfig c = shape;
+  CharTokenizer tok;
+  c.vocab_size = tok.vocab_size();
+  c.bos_token_id = tok.bos_id();
+  c.eos_token_id = tok.eos_id();
+  c.pad_token_id = tok.pad_id();
+  c.tokenizer = tok.name();
+  return c;
+}
+
 }  // namespace cohort::grpo

@@ -54,6 +54,10 @@ class CharTokenizer final : public Tokenizer {
   int64_t char_to_id_[256];
 };
 
+// The model config of the built-in tasks: `shape`'s sizes with the character tokenizer's
+// vocabulary and special-token ids (what `cohort pretrain` builds; demo, benches and tests too).
+ModelConfig task_model_config(const ModelConfig& shape = {});
+
 // "chars" → CharTokenizer; a folder holding tokenizer.json → BpeTokenizer.
 // Throws cohort::Error for an unknown name.
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name);

@@ -21,11 +21,11 @@
 
 #include "coordinator/coordinator.h"
 #include "coordinator/ledger.h"
-#include "coordinator/local_cluster.h"
+#include "tools/local_cluster.h"
 #include "coordinator/round_config.h"
 #include "exchange/seeds.h"
 #include "grpo/checkpoint.h"
-#include "grpo/commands.h"
+#include "grpo/tokenizer.h"
 #include "grpo/safetensors.h"
 #include "grpo/tokenizer.h"
 #include "grpo/trainer.h"
@@ -36,6 +36,10 @@ namespace cohort::coordinator {
 namespace {
 
 namespace fs = std::filesystem;
+using tools::Endpoint;
+using tools::Subprocess;
+using tools::http_get;
+using tools::wait_for_endpoint;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

@@ -20,11 +20,11 @@
 
 #include "coordinator/coordinator.h"
 #include "coordinator/ledger.h"
-#include "coordinator/local_cluster.h"
+#include "tools/local_cluster.h"
 #include "exchange/round_settings.h"
 #include "exchange/seeds.h"
 #include "grpo/checkpoint.h"
-#include "grpo/commands.h"
+#include "grpo/tokenizer.h"
 #include "grpo/model.h"
 #include "grpo/scoring.h"
 #include "protocol/channel.h"
@@ -36,7 +36,7 @@ namespace cohort {
 namespace {
 
 namespace fs = std::filesystem;
-using coordinator::Subprocess;
+using tools::Subprocess;
 
 std::string slurp(const fs::path& p) {
   std::ifstream in(p);
@@ -59,7 +59,7 @@ class PeerInput : public ::testing::Test {
     if (!HasFailure()) fs::remove_all(dir_);
   }
 
-  coordinator::Endpoint start_coordinator() {
+  tools::Endpoint start_coordinator() {
     grpo::Model m(test::tiny_model_config(), 7);
     grpo::save_model((dir_ / "base").string(), m);
     std::ofstream(dir_ / "round.toml") << "[round]\nid = \"pi\"\nsteps = 50\nprompts_per_step = 8\n"
@@ -73,7 +73,7 @@ class PeerInput : public ::testing::Test {
     coord_ = Subprocess::spawn({COHORT_BIN, "coordinator", "serve", "--config", (dir_ / "round.toml").string(),
                                 "--threads", "1"},
                                (dir_ / "coordinator.log").string());
-    return coordinator::wait_for_endpoint((dir_ / "round").string(), 120, coord_.pid());
+    return tools::wait_for_endpoint((dir_ / "round").string(), 120, coord_.pid());
   }
 
   fs::path dir_;
@@ -90,7 +90,7 @@ struct Client {
   wire::WeightManifest manifest;
   uint64_t next_id = 1;
 
-  Client(const coordinator::Endpoint& ep, const std::string& display_name)
+  Client(const tools::Endpoint& ep, const std::string& display_name)
       : ch(protocol::BlockingChannel::connect(ep.host, static_cast<uint16_t>(ep.port), id,
                                               {.expected_peer = protocol::PeerId::parse(ep.coordinator_key)})) {
     wire::Envelope join;
@@ -183,7 +183,7 @@ struct Client {
 };
 
 TEST_F(PeerInput, IndependentClientFindingsAreRefusedOrEscaped) {
-  const coordinator::Endpoint ep = start_coordinator();
+  const tools::Endpoint ep = start_coordinator();
   const auto coordinator_id = protocol::PeerId::parse(ep.coordinator_key);
   std::string name = "mallory\n[info] coordinator: peer 0000 banned\x1b[31m";
   name.push_back('\0');

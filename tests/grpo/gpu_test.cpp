@@ -11,7 +11,7 @@
 #include <cstdio>
 
 #include "common/check.h"
-#include "grpo/commands.h"
+#include "grpo/tokenizer.h"
 #include "grpo/fp8_linear.h"
 #include "grpo/trainer.h"
 

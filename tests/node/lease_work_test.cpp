@@ -9,7 +9,7 @@
 
 #include <cmath>
 
-#include "grpo/commands.h"
+#include "grpo/tokenizer.h"
 #include "node/collective_torch.h"
 #include "node/nccl_collective.h"
 #include "tests/support/tiny_base.h"

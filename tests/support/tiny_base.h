@@ -7,7 +7,7 @@
 //   warm_up_tiny_base(m);
 #pragma once
 
-#include "grpo/commands.h"
+#include "grpo/tokenizer.h"
 #include "grpo/tokenizer.h"
 #include "grpo/trainer.h"
 

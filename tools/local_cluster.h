@@ -1,11 +1,11 @@
 // A coordinator and peer nodes as real child processes on loopback: what `cohort demo`,
 // `cohort bench e2e` and the end-to-end tests run. Children are killed when their handle dies.
+// A harness around the executable, not part of any module's library.
 //
-//   LocalCluster c(cohort_binary, "runs/demo");
-//   c.write_config(toml_text);
-//   c.start_coordinator();                          // waits for endpoint.json
-//   c.start_node("fast", {"--threads", "2"});
-//   int rc = c.wait_coordinator();
+//   Subprocess coord = Subprocess::spawn({exe, "coordinator", "serve", "--config", toml}, "coord.log");
+//   Endpoint ep = wait_for_endpoint(data_dir, 60, coord.pid());      // endpoint.json
+//   Subprocess node = Subprocess::spawn({exe, "node", "run", "--coordinator", ...});
+//   std::optional<int> rc = coord.wait(120);
 #pragma once
 
 #include <sys/types.h>
@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-namespace cohort::coordinator {
+namespace cohort::tools {
 
 class Subprocess {
  public:
@@ -51,4 +51,4 @@ std::string http_get(const std::string& host, int port, const std::string& path)
 // The path of the running executable (/proc/self/exe).
 std::string self_executable();
 
-}  // namespace cohort::coordinator
+}  // namespace cohort::tools

@@ -1,4 +1,4 @@
-#include "coordinator/local_cluster.h"
+#include "tools/local_cluster.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -19,7 +19,7 @@
 
 extern char** environ;
 
-namespace cohort::coordinator {
+namespace cohort::tools {
 
 namespace fs = std::filesystem;
 
@@ -129,4 +129,4 @@ std::string http_get(const std::string& host, int port, const std::string& path)
 
 std::string self_executable() { return fs::read_symlink("/proc/self/exe").string(); }
 
-}  // namespace cohort::coordinator
+}  // namespace cohort::tools

@@ -1,0 +1,251 @@
+// The node's session with the coordinator, as coroutines on the network thread
+// (docs/PROTOCOL.md, "Session"): join, work requests, a lease asked for ahead while the current
+// one computes, weights staged for it, updates delivered in order and their Acks, heartbeats.
+#include "node/node_impl.h"
+
+#include <spdlog/spdlog.h>
+
+#include "common/check.h"
+#include "common/clock.h"
+
+namespace cohort::node {
+
+asio::awaitable<void> Node::session(double& last_ok) {
+  protocol::Channel ch =
+      co_await protocol::Channel::connect(opt_.host, opt_.port, id_, {.expected_peer = coordinator_});
+  last_ok = mono_s();
+  ChannelLink link(ch);
+  wire::Envelope join;
+  auto* jr = join.mutable_join_request();
+  jr->set_display_name(opt_.name);
+  auto* caps = jr->mutable_capabilities();
+  for (const auto& d : devices_ ? devices_->describe()
+                                : opt_.gpus.empty() ? describe_cpu_devices(opt_.devices) : describe_gpu_devices(opt_.gpus))
+    *caps->add_devices() = d;
+  caps->set_host_memory_bytes(caps->devices_size() ? caps->devices(0).memory_bytes() * caps->devices_size() : 0);
+  caps->set_software_version("cohort " COHORT_NODE_VERSION);
+  caps->add_codecs(wire::CODEC_RAW);
+  caps->add_codecs(wire::CODEC_FP8_E4M3_BLOCK);
+  caps->set_fp8(false);
+  co_await link.send(join);
+  const wire::Envelope reply = co_await link.receive();
+  if (!reply.has_join_reply()) throw Error("expected a join reply");
+  const auto& rep = reply.join_reply();
+  if (!rep.admitted()) throw RoundOver{2, "not admitted: " + rep.message()};
+  setup(rep.settings());
+  // The coordinator closes a connection silent for four of these; older ones send none.
+  heartbeat_every_ = std::chrono::milliseconds(rep.heartbeat_interval_ms() ? rep.heartbeat_interval_ms() : 15'000);
+
+  if (!pending_.empty()) {
+    spdlog::info("node: delivering {} update(s) computed before the link dropped", pending_.size());
+    co_await deliver_pending(link, /*drop_expired=*/true);
+  }
+
+  std::optional<Ahead> next;  // the lease asked for ahead, with its weights staged
+  for (;;) {
+    last_ok = mono_s();
+    const bool at_limit =
+        opt_.max_leases > 0 && leases_done_ + static_cast<int64_t>(pending_.size()) >= opt_.max_leases;
+    if (stop_requested() || at_limit || (next && next->round_over)) {
+      const double t0 = mono_s();
+      co_await deliver_pending(link);
+      ack_wait_s_ += mono_s() - t0;
+      if (stop_requested()) {
+        co_await leave(link, "signal");  // also returns a lease asked for ahead
+        throw RoundOver{0, "left the round (signal)"};
+      }
+      if (next && next->round_over) throw RoundOver{0, next->round_over_reason};
+      if (leases_done_ >= opt_.max_leases) {
+        co_await leave(link, "lease limit reached");
+        throw RoundOver{0, "left the round (lease limit)"};
+      }
+    }
+    if (!next || !next->lease) {
+      next.reset();
+      const double t0 = mono_s();
+      co_await deliver_pending(link);
+      const double asked = mono_s();
+      ack_wait_s_ += asked - t0;
+      std::optional<wire::WorkLease> got = co_await ask_for_work(link, {});
+      lease_wait_s_ += mono_s() - asked;
+      if (!got) continue;  // no work yet; ask again
+      if (first_lease_ < 0) first_lease_ = asked;
+      next = Ahead{.lease = std::move(got)};
+    }
+    const wire::WorkLease lease = std::move(*next->lease);
+    std::optional<StagedWeights> staged = std::move(next->weights);
+    next.reset();
+    const double fetch0 = mono_s();
+    // Staged while the previous lease computed (or what the coordinator published instead).
+    if (!staged && !sync_->holds(lease.policy_version())) staged = co_await sync_->fetch(link, lease.policy_version());
+    if (staged) load(*staged);
+    weights_s_ += mono_s() - fetch0;
+
+    // The next lease is asked for just in time, shortly before this one should be done (by this
+    // node's measured seconds per group): a lease held unstarted behind another is work the
+    // other peers cannot take, and the step it belongs to waits for it.
+    const bool last =
+        opt_.max_leases > 0 && leases_done_ + static_cast<int64_t>(pending_.size()) + 1 >= opt_.max_leases;
+    const bool ask = opt_.ask_ahead && !last;
+    Clock::time_point ask_at = Clock::now();
+    if (ask) {
+      const double expected = seconds_per_group_ * lease.prompt_indices_size();
+      // Lead time: twice the link's usual round (ask + weights), and a third of the expected
+      // compute, which varies with completion lengths and with what else runs on the machine.
+      const double lead = std::max({0.05, 2.0 * link_seconds_, expected / 3});
+      ask_at += std::chrono::duration_cast<Clock::duration>(
+          std::chrono::duration<double>(std::max(0.0, expected - lead)));
+    }
+    auto c = std::make_shared<Computing>(co_await asio::this_coro::executor);
+    start_compute(lease, c);
+    std::optional<Ahead> ahead;
+    std::exception_ptr link_error;
+    try {
+      ahead = co_await run_link(link, *c, ask, ask_at, lease.lease_id());
+    } catch (...) {
+      link_error = std::current_exception();
+    }
+    while (!c->done) {  // the link failed first: keep what is being computed
+      c->wake.expires_after(std::chrono::seconds(3600));
+      asio::error_code ec;
+      co_await c->wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+    if (c->error) std::rethrow_exception(c->error);
+    if (c->update) {
+      const double spg = c->seconds / std::max(1, lease.prompt_indices_size());
+      seconds_per_group_ = seconds_per_group_ > 0 ? 0.7 * seconds_per_group_ + 0.3 * spg : spg;
+      pending_.push_back({std::move(*c->update), lease.deadline_unix_ms(), lease.lease_id()});
+    } else {  // given back: named in the next WorkRequest
+      returned_.emplace_back(lease.lease_id(), std::exchange(given_back_, {}));
+    }
+    if (link_error) std::rethrow_exception(link_error);
+    ahead_wait_s_ += mono_s() - c->done_at;  // the link still busy (asking ahead) after the compute
+    next = std::move(ahead);
+  }
+}
+
+// While a lease computes: deliver what is pending, ask ahead at `ask_at` (or as soon as the
+// lease is computed, if earlier), send a heartbeat every heartbeat_every_; return when the
+// compute thread is done.
+asio::awaitable<Node::Ahead> Node::run_link(CoordinatorLink& link, Computing& c, bool ask, Clock::time_point ask_at,
+                                const std::string& computing) {
+  co_await deliver_pending(link);
+  Ahead a;
+  bool asked = !ask;
+  // A lease given back goes back with the next WorkRequest: ask now, not just in time.
+  if (!asked && !returned_.empty()) ask_at = Clock::now();
+  auto beat = Clock::now() + heartbeat_every_;
+  for (;;) {
+    if (!asked && (c.computed || (!c.done && Clock::now() >= ask_at))) {
+      const double t0 = mono_s();
+      a = co_await ask_ahead(link, computing);
+      link_seconds_ = link_seconds_ > 0 ? 0.7 * link_seconds_ + 0.3 * (mono_s() - t0) : mono_s() - t0;
+      asked = true;
+      continue;
+    }
+    if (c.done) co_return a;
+    if (Clock::now() >= beat) {
+      co_await send_heartbeat(link);
+      beat += heartbeat_every_;
+      continue;
+    }
+    c.wake.expires_at(asked ? beat : std::min(beat, ask_at));
+    asio::error_code ec;  // cancelled: the compute thread has news
+    co_await c.wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+}
+
+asio::awaitable<void> Node::leave(CoordinatorLink& link, const std::string& why) {
+  wire::Envelope e;
+  e.mutable_leave()->set_reason(why);
+  try {
+    co_await link.send(e);
+  } catch (const std::exception&) {
+  }
+}
+
+// Sends the computed updates in order, each removed once its Ack is in. After a lost link, an
+// update whose lease has expired meanwhile is dropped (its prompts went to another peer);
+// otherwise the coordinator's clock decides, and says why it refuses a late one.
+asio::awaitable<void> Node::deliver_pending(CoordinatorLink& link, bool drop_expired) {
+  while (!pending_.empty()) {
+    const Pending& p = pending_.front();
+    if (drop_expired && static_cast<uint64_t>(unix_ms()) >= p.deadline_unix_ms) {
+      spdlog::warn("node: dropping the update of lease {}: the lease expired before it could be delivered",
+                   p.update_lease_id);
+    } else {
+      const wire::AckReason r = co_await send_update(link, p.update);
+      if (r == wire::ACK_OK && opt_.fault == Fault::replay) {
+        spdlog::warn("node: [fault] sending the same update again");
+        co_await send_update(link, p.update);
+      }
+      last_ack_ = mono_s();
+    }
+    pending_.pop_front();
+  }
+}
+
+asio::awaitable<wire::AckReason> Node::send_update(CoordinatorLink& link, const wire::SignedUpdate& su) {
+  wire::Envelope e;
+  *e.mutable_update() = su;
+  co_await link.send(std::move(e));
+  const wire::Envelope a = co_await link.receive();
+  if (!a.has_ack()) throw Error("expected an ack");
+  const auto& ack = a.ack();
+  bytes_sent_ += static_cast<double>(su.ByteSizeLong());
+  ++updates_sent_;
+  if (ack.reason() == wire::ACK_OK) {
+    ++leases_done_;
+  } else {
+    spdlog::warn("node: update {} refused: {} ({})", ack.sequence(), wire::AckReason_Name(ack.reason()),
+                 ack.message());
+  }
+  co_return ack.reason();
+}
+
+asio::awaitable<void> Node::send_heartbeat(CoordinatorLink& link) {
+  wire::Envelope e;
+  auto* h = e.mutable_heartbeat();
+  h->set_sent_unix_ms(static_cast<uint64_t>(unix_ms()));
+  h->set_policy_version(sync_->version());
+  h->set_status("computing");
+  co_await link.send(std::move(e));
+  ++heartbeats_sent_;
+}
+
+// nullopt: no work yet (the coordinator answered "ask again").
+asio::awaitable<std::optional<wire::WorkLease>> Node::ask_for_work(CoordinatorLink& link, const std::string& holding) {
+  wire::Envelope req;
+  auto* wr = req.mutable_work_request();
+  wr->set_max_prompts(opt_.max_batch);
+  wr->set_policy_version(sync_->version());
+  if (!holding.empty()) wr->add_holding(holding);
+  for (const auto& [id, why] : returned_) {
+    auto* r = wr->add_returned();
+    r->set_lease_id(id);
+    r->set_reason(why);
+  }
+  co_await link.send(std::move(req));
+  returned_.clear();
+  const wire::Envelope env = co_await link.receive();
+  if (env.has_leave()) throw RoundOver{0, "round over: " + env.leave().reason()};
+  if (env.has_ack()) co_return std::nullopt;
+  if (!env.has_work_lease()) throw Error("expected a lease");
+  co_return env.work_lease();
+}
+
+asio::awaitable<Node::Ahead> Node::ask_ahead(CoordinatorLink& link, const std::string& holding) {
+  Ahead a;
+  try {
+    a.lease = co_await ask_for_work(link, holding);
+  } catch (const RoundOver& r) {
+    a.round_over = true;  // reported after the current lease is delivered
+    a.round_over_reason = r.why;
+    co_return a;
+  }
+  if (a.lease && !sync_->holds(a.lease->policy_version()))
+    a.weights = co_await sync_->fetch(link, a.lease->policy_version());
+  co_return a;
+}
+
+}  // namespace cohort::node
