@@ -126,7 +126,7 @@ int run(const Options& opt) {
   std::printf("  %-36s %7s  %s\n", "quantization (GB/s of FP32)", "GB/s", "ratio to memcpy (target >= 0.5)");
 
   const k::CpuIsa saved = k::active_cpu_isa();
-  for (k::CpuIsa isa : {k::CpuIsa::kAvx2, k::CpuIsa::kScalar}) {
+  for (k::CpuIsa isa : {k::CpuIsa::avx2, k::CpuIsa::scalar}) {
     if (!k::cpu_isa_supported(isa)) continue;
     k::set_cpu_isa(isa);
     const std::string tag = std::string(" [") + k::cpu_isa_name(isa) + "]";
@@ -181,7 +181,7 @@ int run(const Options& opt) {
                 static_cast<long long>(m), static_cast<long long>(nn), static_cast<long long>(kk), t32 * 1e3,
                 2.0 * m * nn * kk / t32 / 1e9, t8 * 1e3, t8 / t32);
   }
-  if (k::select_fp8_backend() == k::Fp8Backend::kCuda) run_cuda(opt, rows, cols);
+  if (k::select_fp8_backend() == k::Fp8Backend::cuda) run_cuda(opt, rows, cols);
   return 0;
 }
 

@@ -141,7 +141,7 @@ ChannelRun channel_run(std::size_t size, int messages, bool envelopes) {
     }
     *receiver_cpu = thread_cpu_seconds() - cpu0;
     const p::Bytes ack(1, 1);
-    co_await ch.send_frame(p::MessageClass::kControl, ack);
+    co_await ch.send_frame(p::MessageClass::control, ack);
     try {
       (void)co_await ch.receive_frame();  // until the client hangs up
     } catch (const p::ProtocolError&) {
@@ -161,7 +161,7 @@ ChannelRun channel_run(std::size_t size, int messages, bool envelopes) {
       if (envelopes) {
         co_await ch.send(env);
       } else {
-        co_await ch.send_frame(p::MessageClass::kBulk, body);
+        co_await ch.send_frame(p::MessageClass::bulk, body);
       }
     }
     const double sender_cpu = thread_cpu_seconds() - cpu0;

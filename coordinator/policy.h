@@ -49,7 +49,7 @@ struct Published {
 struct Contribution {
   double units = 0, tokens = 0, loss = 0, reward_mean = 0, accuracy = 0;
   int64_t rows = 0;          // completions
-  double decode_s = 0;       // time spent decoding and checking it
+  double decode_s = 0;       // time spent decoding, checking (audit included) and recording it
 };
 
 class Policy {

@@ -121,8 +121,8 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(std::shared_ptr<cons
     if ((out.refusal = body.refusal)) return out;
     if ((out.refusal = policy->decode(full, out.grad))) return out;
     if ((out.refusal = check_norm(out.grad, out.facts.units, cfg.max_update_norm))) return out;
-    out.seconds = mono_s() - t0;
     if (sampled_on) out.refusal = policy->audit(*sampled_on, full, lease.prompts, out.grad);
+    out.seconds = mono_s() - t0;
     return out;
   };
   Checked c = co_await on_compute(check);
@@ -149,19 +149,21 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(std::shared_ptr<cons
   u.received_ms = unix_ms();
   u.body = su->body();
   u.signature = su->signature();
+  const double recorded0 = mono_s();
   {
     Ledger::Transaction tx(*ledger);
     ledger->record_update(u);
     ledger->close_lease(lease.lease_id, "completed", "", u.received_ms);
     tx.commit();
   }
+  const double handling_s = c.seconds + (mono_s() - recorded0);  // the step's `aggregate_s`
   replays.remember(channel_peer, u.sequence, vr.digest);
   sched->complete(lease.lease_id, mono_s());
   // Queued on the executor before any step application that could need it (one thread, FIFO).
   asio::post(compute, [this, step = lease.step, grad = std::move(c.grad),
                        k = Contribution{.units = u.units, .tokens = u.tokens, .loss = c.loss,
                                         .reward_mean = u.reward_mean, .accuracy = u.accuracy,
-                                        .rows = u.sequences, .decode_s = c.seconds}]() mutable {
+                                        .rows = u.sequences, .decode_s = handling_s}]() mutable {
     policy->absorb(step, k, std::move(grad));
   });
   ack.set_reason(wire::ACK_OK);

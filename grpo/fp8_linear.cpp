@@ -57,7 +57,7 @@ Tensor fake_quantize_cuda(const Tensor& t, Tiling tiling) {
 // Quantize -> dequantize a 2-D float tensor with E4M3 and the given tiling; returns FP32.
 Tensor fake_quantize(const Tensor& t, Tiling tiling) {
   if (t.is_cuda()) {
-    if (kernels::select_fp8_backend() == kernels::Fp8Backend::kCuda)
+    if (kernels::select_fp8_backend() == kernels::Fp8Backend::cuda)
       return fake_quantize_cuda(t, tiling);
     // No capable device (or a CPU-only kernels build): the CPU emulation gives the same bits.
     return fake_quantize(t.cpu(), tiling).to(t.device());

@@ -2,10 +2,10 @@
 // kernels on device pointers (same math as the CPU path: fp8.h, same layouts: quantize.h), and
 // the FP8 GEMM through cuBLASLt with DeepSeek-V3 scaling (VEC128_32F x BLK128x128_32F).
 //
-//   if (select_fp8_backend() == Fp8Backend::kCuda) {           // logs the choice once
+//   if (select_fp8_backend() == Fp8Backend::cuda) {           // logs the choice once
 //     cuda::quantize_e4m3_tile128(x, m, k, xq, xs, stream);     // device pointers
 //     cuda::quantize_e4m3_block128(w, n, k, wq, ws, stream);
-//     cuda::gemm_e4m3_xwt(xq, xs, wq, ws, m, n, k, y, GemmOutput::kF32, stream);
+//     cuda::gemm_e4m3_xwt(xq, xs, wq, ws, m, n, k, y, GemmOutput::f32, stream);
 //   }
 //
 // The header needs no CUDA headers (streams are passed as void*, a cudaStream_t; nullptr is the
@@ -30,12 +30,12 @@ struct Fp8DeviceInfo {
 // Inspects the current CUDA device (cached after the first call).
 const Fp8DeviceInfo& fp8_device();
 
-enum class Fp8Backend { kCpu, kCuda };
-// kCuda when fp8_device().available, else kCpu; logs which (and why) the first time.
+enum class Fp8Backend { cpu, cuda };
+// cuda when fp8_device().available, else cpu; logs which (and why) the first time.
 Fp8Backend select_fp8_backend();
 const char* fp8_backend_name(Fp8Backend backend);
 
-enum class GemmOutput { kF32, kBF16 };
+enum class GemmOutput { f32, bf16 };
 
 // Peak figures of a GPU for the benchmark's ratios. A lookup by device name in a table of
 // datasheet values (H100 SXM/PCIe/NVL, H200 SXM/NVL, GH200, L40S, L4; FP8 tensor TFLOP/s dense,

@@ -123,11 +123,11 @@ Fp8Backend select_fp8_backend() {
       spdlog::info("FP8 kernels: CPU path ({})", d.reason);
     }
   });
-  return d.available ? Fp8Backend::kCuda : Fp8Backend::kCpu;
+  return d.available ? Fp8Backend::cuda : Fp8Backend::cpu;
 }
 
 const char* fp8_backend_name(Fp8Backend backend) {
-  return backend == Fp8Backend::kCuda ? "cuda" : "cpu";
+  return backend == Fp8Backend::cuda ? "cuda" : "cpu";
 }
 
 namespace cuda {
@@ -143,7 +143,7 @@ void gemm_e4m3_xwt(const uint8_t* xq, const float* x_scales, const uint8_t* wq,
     throw Error(std::string(fn) + ": k must be a multiple of 16 (16-byte aligned FP8 rows of X and W "
                 "for cuBLASLt); got " + shape_text(m, n, k) + ". Pad K with zeros.");
   }
-  const int64_t out_bytes = out == GemmOutput::kF32 ? 4 : 2;
+  const int64_t out_bytes = out == GemmOutput::f32 ? 4 : 2;
   if ((n * out_bytes) % 16 != 0) {
     throw Error(std::string(fn) + ": n must make 16-byte output rows (n % " +
                 std::to_string(16 / out_bytes) + " == 0); got " + shape_text(m, n, k));
@@ -178,7 +178,7 @@ void gemm_e4m3_xwt(const uint8_t* xq, const float* x_scales, const uint8_t* wq,
   op.set(CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, w_scales, "A_SCALE_POINTER");
   op.set(CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, x_scales, "B_SCALE_POINTER");
 
-  const cudaDataType_t out_type = out == GemmOutput::kF32 ? CUDA_R_32F : CUDA_R_16BF;
+  const cudaDataType_t out_type = out == GemmOutput::f32 ? CUDA_R_32F : CUDA_R_16BF;
   Layout a(CUDA_R_8F_E4M3, k, n, k), b(CUDA_R_8F_E4M3, k, m, k), c(out_type, n, m, n);
   Preference pref;
   size_t ws = LtContext::kWorkspaceBytes;
@@ -192,7 +192,7 @@ void gemm_e4m3_xwt(const uint8_t* xq, const float* x_scales, const uint8_t* wq,
   if (hs != CUBLAS_STATUS_SUCCESS || found == 0) {
     throw Error(std::string(fn) + ": cuBLASLt has no algorithm for the block-scaled E4M3 GEMM " +
                 shape_text(m, n, k) + " with " +
-                (out == GemmOutput::kF32 ? "FP32" : "BF16") + " output on " + dev.name +
+                (out == GemmOutput::f32 ? "FP32" : "BF16") + " output on " + dev.name +
                 " (cuBLAS status " + std::to_string(int(hs)) + ")");
   }
   const float alpha = 1.0f, beta = 0.0f;
@@ -290,7 +290,7 @@ CudaKernelTimes time_cuda_kernels(int64_t rows, int64_t cols, int64_t m, int64_t
     quantize_e4m3_tile128(a.p, m, k, aq.p, as.p);
     quantize_e4m3_block128(w.p, n, k, wq.p, ws.p);
     t.gemm_e4m3_s = median_event_seconds(reps, [&] {
-      gemm_e4m3_xwt(aq.p, as.p, wq.p, ws.p, m, n, k, out.p, GemmOutput::kF32);
+      gemm_e4m3_xwt(aq.p, as.p, wq.p, ws.p, m, n, k, out.p, GemmOutput::f32);
     });
   }
   return t;

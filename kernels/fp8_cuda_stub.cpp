@@ -28,11 +28,11 @@ const Fp8DeviceInfo& fp8_device() {
 Fp8Backend select_fp8_backend() {
   static std::once_flag logged;
   std::call_once(logged, [] { spdlog::info("FP8 kernels: CPU path (built without CUDA)"); });
-  return Fp8Backend::kCpu;
+  return Fp8Backend::cpu;
 }
 
 const char* fp8_backend_name(Fp8Backend backend) {
-  return backend == Fp8Backend::kCuda ? "cuda" : "cpu";
+  return backend == Fp8Backend::cuda ? "cuda" : "cpu";
 }
 
 namespace cuda {

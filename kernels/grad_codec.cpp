@@ -80,41 +80,41 @@ size_t fp8_e4m3_block_payload_size(uint64_t numel) {
 
 const char* codec_status_name(CodecStatus status) {
   switch (status) {
-    case CodecStatus::kOk: return "ok";
-    case CodecStatus::kTruncated: return "truncated";
-    case CodecStatus::kTrailingBytes: return "trailing_bytes";
-    case CodecStatus::kBadMagic: return "bad_magic";
-    case CodecStatus::kUnsupportedVersion: return "unsupported_version";
-    case CodecStatus::kUnsupportedFormat: return "unsupported_format";
-    case CodecStatus::kBadBlockSize: return "bad_block_size";
-    case CodecStatus::kNumelMismatch: return "numel_mismatch";
-    case CodecStatus::kNonFiniteScale: return "non_finite_scale";
-    case CodecStatus::kNegativeScale: return "negative_scale";
-    case CodecStatus::kNanCode: return "nan_code";
+    case CodecStatus::ok: return "ok";
+    case CodecStatus::truncated: return "truncated";
+    case CodecStatus::trailing_bytes: return "trailing_bytes";
+    case CodecStatus::bad_magic: return "bad_magic";
+    case CodecStatus::unsupported_version: return "unsupported_version";
+    case CodecStatus::unsupported_format: return "unsupported_format";
+    case CodecStatus::bad_block_size: return "bad_block_size";
+    case CodecStatus::numel_mismatch: return "numel_mismatch";
+    case CodecStatus::non_finite_scale: return "non_finite_scale";
+    case CodecStatus::negative_scale: return "negative_scale";
+    case CodecStatus::nan_code: return "nan_code";
   }
   return "unknown";
 }
 
 CodecResult inspect_fp8_e4m3_block(std::span<const uint8_t> p) {
   if (p.size() < kFp8BlockCodecHeaderBytes) {
-    return fail(CodecStatus::kTruncated, "payload of " + std::to_string(p.size()) +
+    return fail(CodecStatus::truncated, "payload of " + std::to_string(p.size()) +
                                              " bytes is shorter than the 16-byte header");
   }
   if (std::memcmp(p.data(), kMagic, 4) != 0) {
-    return fail(CodecStatus::kBadMagic, "payload does not start with \"CF8B\"");
+    return fail(CodecStatus::bad_magic, "payload does not start with \"CF8B\"");
   }
   if (p[4] != kFp8BlockCodecVersion) {
-    return fail(CodecStatus::kUnsupportedVersion,
+    return fail(CodecStatus::unsupported_version,
                 "version " + std::to_string(p[4]) + ", this build reads version 1");
   }
   if (p[5] != kFormatE4M3) {
-    return fail(CodecStatus::kUnsupportedFormat,
+    return fail(CodecStatus::unsupported_format,
                 "element format " + std::to_string(p[5]) + ", expected 1 (E4M3)");
   }
   uint16_t block = 0;
   std::memcpy(&block, p.data() + 6, 2);
   if (block != kFp8BlockCodecBlock) {
-    return fail(CodecStatus::kBadBlockSize,
+    return fail(CodecStatus::bad_block_size,
                 "block size " + std::to_string(block) + ", expected 128");
   }
   uint64_t n = 0;
@@ -122,18 +122,18 @@ CodecResult inspect_fp8_e4m3_block(std::span<const uint8_t> p) {
   // n <= p.size() before any arithmetic on it, so the size computation cannot overflow.
   const uint64_t body = p.size() - kFp8BlockCodecHeaderBytes;
   if (n > body) {
-    return fail(CodecStatus::kTruncated,
+    return fail(CodecStatus::truncated,
                 "header claims " + std::to_string(n) + " elements but only " +
                     std::to_string(body) + " bytes follow it", n);
   }
   const uint64_t expected = fp8_e4m3_block_payload_size(n);
   if (p.size() < expected) {
-    return fail(CodecStatus::kTruncated, "payload has " + std::to_string(p.size()) +
+    return fail(CodecStatus::truncated, "payload has " + std::to_string(p.size()) +
                                              " bytes, " + std::to_string(expected) +
                                              " expected for " + std::to_string(n) + " elements", n);
   }
   if (p.size() > expected) {
-    return fail(CodecStatus::kTrailingBytes, "payload has " + std::to_string(p.size()) +
+    return fail(CodecStatus::trailing_bytes, "payload has " + std::to_string(p.size()) +
                                                  " bytes, " + std::to_string(expected) +
                                                  " expected for " + std::to_string(n) + " elements", n);
   }
@@ -143,24 +143,24 @@ CodecResult inspect_fp8_e4m3_block(std::span<const uint8_t> p) {
     float s;
     std::memcpy(&s, scale_bytes + 4 * b, 4);
     if (!std::isfinite(s)) {
-      return fail(CodecStatus::kNonFiniteScale, "scale of block " + std::to_string(b) + " is not finite", n);
+      return fail(CodecStatus::non_finite_scale, "scale of block " + std::to_string(b) + " is not finite", n);
     }
     if (std::signbit(s)) {
-      return fail(CodecStatus::kNegativeScale, "scale of block " + std::to_string(b) + " is negative", n);
+      return fail(CodecStatus::negative_scale, "scale of block " + std::to_string(b) + " is negative", n);
     }
   }
   uint64_t where = 0;
   if (any_nan_code(scale_bytes + 4 * blocks, n, &where)) {
-    return fail(CodecStatus::kNanCode, "element " + std::to_string(where) + " is an E4M3 NaN code", n);
+    return fail(CodecStatus::nan_code, "element " + std::to_string(where) + " is an E4M3 NaN code", n);
   }
-  return CodecResult{CodecStatus::kOk, {}, n};
+  return CodecResult{CodecStatus::ok, {}, n};
 }
 
 CodecResult decode_fp8_e4m3_block(std::span<const uint8_t> payload, std::span<float> out) {
   CodecResult r = inspect_fp8_e4m3_block(payload);
   if (!r.ok()) return r;
   if (r.numel != out.size()) {
-    return fail(CodecStatus::kNumelMismatch, "payload holds " + std::to_string(r.numel) +
+    return fail(CodecStatus::numel_mismatch, "payload holds " + std::to_string(r.numel) +
                                                  " elements, the tensor has " +
                                                  std::to_string(out.size()), r.numel);
   }

@@ -40,25 +40,25 @@ inline constexpr size_t kFp8BlockCodecHeaderBytes = 16;
 size_t fp8_e4m3_block_payload_size(uint64_t numel);
 
 enum class CodecStatus : uint8_t {
-  kOk,
-  kTruncated,           // fewer bytes than the header or the header's element count require
-  kTrailingBytes,       // more bytes than the header's element count require
-  kBadMagic,
-  kUnsupportedVersion,
-  kUnsupportedFormat,   // element format other than E4M3
-  kBadBlockSize,        // block size other than 128
-  kNumelMismatch,       // element count differs from the tensor the caller expects
-  kNonFiniteScale,
-  kNegativeScale,
-  kNanCode,             // an E4M3 NaN code among the elements
+  ok,
+  truncated,           // fewer bytes than the header or the header's element count require
+  trailing_bytes,       // more bytes than the header's element count require
+  bad_magic,
+  unsupported_version,
+  unsupported_format,   // element format other than E4M3
+  bad_block_size,        // block size other than 128
+  numel_mismatch,       // element count differs from the tensor the caller expects
+  non_finite_scale,
+  negative_scale,
+  nan_code,             // an E4M3 NaN code among the elements
 };
 const char* codec_status_name(CodecStatus status);
 
 struct [[nodiscard]] CodecResult {
-  CodecStatus status = CodecStatus::kOk;
+  CodecStatus status = CodecStatus::ok;
   std::string detail;  // for people: which field, which index, what value
   uint64_t numel = 0;  // element count from the header when it could be read
-  bool ok() const { return status == CodecStatus::kOk; }
+  bool ok() const { return status == CodecStatus::ok; }
 };
 
 // Validates a payload completely without decoding it.

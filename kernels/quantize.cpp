@@ -304,11 +304,11 @@ void set_cpu_threads(int n) {
 int cpu_threads() { return omp_get_max_threads(); }
 
 CpuIsa active_cpu_isa() {
-  return &active_kernels() == &detail::scalar_kernels() ? CpuIsa::kScalar : CpuIsa::kAvx2;
+  return &active_kernels() == &detail::scalar_kernels() ? CpuIsa::scalar : CpuIsa::avx2;
 }
 
 bool cpu_isa_supported(CpuIsa isa) {
-  if (isa == CpuIsa::kScalar) return true;
+  if (isa == CpuIsa::scalar) return true;
   return detail::avx2_kernels() != nullptr && detail::cpu_has_avx2();
 }
 
@@ -317,10 +317,10 @@ void set_cpu_isa(CpuIsa isa) {
     throw Error(std::string("CPU instruction set ") + cpu_isa_name(isa) +
                 " is not available on this machine or in this build");
   }
-  detail::active_slot().store(isa == CpuIsa::kScalar ? &detail::scalar_kernels()
+  detail::active_slot().store(isa == CpuIsa::scalar ? &detail::scalar_kernels()
                                                      : detail::avx2_kernels());
 }
 
-const char* cpu_isa_name(CpuIsa isa) { return isa == CpuIsa::kScalar ? "scalar" : "avx2"; }
+const char* cpu_isa_name(CpuIsa isa) { return isa == CpuIsa::scalar ? "scalar" : "avx2"; }
 
 }  // namespace cohort::kernels

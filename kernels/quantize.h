@@ -86,7 +86,7 @@ int cpu_threads();
 // --- CPU instruction set -------------------------------------------------------------------------
 // The hot loops have an AVX2 version picked at run time when the CPU has it; both produce
 // identical bits (tested). Tests and benchmarks may force one.
-enum class CpuIsa { kScalar, kAvx2 };
+enum class CpuIsa { scalar, avx2 };
 CpuIsa active_cpu_isa();
 bool cpu_isa_supported(CpuIsa isa);
 void set_cpu_isa(CpuIsa isa);  // throws cohort::Error when the CPU lacks it

@@ -82,7 +82,7 @@ void Node::run() {
       why = r.why;
       break;
     } catch (const protocol::ProtocolError& e) {
-      if (e.code() == protocol::ErrorCode::kNotAllowed || e.code() == protocol::ErrorCode::kPinnedKeyMismatch) {
+      if (e.code() == protocol::ErrorCode::not_allowed || e.code() == protocol::ErrorCode::pinned_key_mismatch) {
         rc = 2;
         why = std::string("refused by the coordinator: ") + e.what();
         break;

@@ -29,13 +29,13 @@ constexpr std::uint8_t kVerdictAccepted = 0;
 constexpr std::uint8_t kVerdictNotAllowed = 1;
 
 [[noreturn]] void throw_io(const std::error_code& ec, bool timed_out, const std::string& what) {
-  if (timed_out) throw ProtocolError(ErrorCode::kTimeout, what + " timed out");
+  if (timed_out) throw ProtocolError(ErrorCode::timeout, what + " timed out");
   if (ec == asio::error::eof || ec == asio::error::connection_reset ||
       ec == asio::error::broken_pipe || ec == asio::error::operation_aborted ||
       ec == asio::error::bad_descriptor || ec == asio::error::connection_aborted) {
-    throw ProtocolError(ErrorCode::kClosed, what + ": peer closed the connection (" + ec.message() + ")");
+    throw ProtocolError(ErrorCode::closed, what + ": peer closed the connection (" + ec.message() + ")");
   }
-  throw ProtocolError(ErrorCode::kIo, what + ": " + ec.message());
+  throw ProtocolError(ErrorCode::io, what + ": " + ec.message());
 }
 
 }  // namespace
@@ -184,9 +184,9 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   asio::awaitable<Frame> receive_frame(bool allow_verdict, bool handshake_timer) {
     for (;;) {
       if (auto frame = opener->pop()) {
-        if ((frame->cls == MessageClass::kVerdict) != allow_verdict) {
+        if ((frame->cls == MessageClass::verdict) != allow_verdict) {
           close();
-          throw ProtocolError(ErrorCode::kMalformed, allow_verdict
+          throw ProtocolError(ErrorCode::malformed, allow_verdict
                                                          ? "expected the handshake verdict"
                                                          : "handshake verdict after the handshake");
         }
@@ -205,7 +205,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
         close();
         if (ec == asio::error::eof && mid) {
           failure = std::make_exception_ptr(
-              ProtocolError(ErrorCode::kClosed, "peer closed the connection mid-message (truncated)"));
+              ProtocolError(ErrorCode::closed, "peer closed the connection mid-message (truncated)"));
         } else {
           try {
             throw_io(ec, read_timed_out, handshake_timer ? "handshake" : "receive");
@@ -241,7 +241,7 @@ std::array<std::uint8_t, kPreambleLen> make_preamble(std::uint8_t lo, std::uint8
 
 void check_magic(const std::array<std::uint8_t, kPreambleLen>& p, const char* who) {
   if (std::memcmp(p.data(), kMagic, sizeof kMagic) != 0) {
-    throw ProtocolError(ErrorCode::kNotCohortPeer,
+    throw ProtocolError(ErrorCode::not_cohort_peer,
                         std::string(who) + " did not send the COHORT preamble: wrong host or port?");
   }
 }
@@ -262,7 +262,7 @@ asio::awaitable<void> initiator_handshake(ImplPtr s, Identity identity, ChannelO
   check_magic(theirs, "responder");
   const std::uint8_t v = theirs[7];
   if (theirs[6] != theirs[7] || v < options.version_min || v > options.version_max) {
-    throw ProtocolError(ErrorCode::kVersionMismatch,
+    throw ProtocolError(ErrorCode::version_mismatch,
                         "the responder speaks protocol versions " + std::to_string(theirs[6]) + ".." +
                             std::to_string(theirs[7]) + ", this build speaks " +
                             std::to_string(options.version_min) + ".." +
@@ -272,14 +272,14 @@ asio::awaitable<void> initiator_handshake(ImplPtr s, Identity identity, ChannelO
 
   Bytes prologue(mine.begin(), mine.end());
   prologue.insert(prologue.end(), theirs.begin(), theirs.end());
-  noise::HandshakeState hs(noise::HandshakePattern::kXX, true, prologue,
+  noise::HandshakeState hs(noise::HandshakePattern::xx, true, prologue,
                            {.s = identity.noise_static(), .e = {}, .rs = {}});
   co_await s->write_handshake(hs.write_message({}), "handshake (message 1)");
   const Bytes m2 = co_await s->read_handshake("handshake (message 2)");
   const Bytes payload = hs.read_message(m2);
   const PeerId responder = verify_identity_payload(payload, *hs.remote_static());
   if (options.expected_peer && *options.expected_peer != responder) {
-    throw ProtocolError(ErrorCode::kPinnedKeyMismatch,
+    throw ProtocolError(ErrorCode::pinned_key_mismatch,
                         "expected peer " + options.expected_peer->hex() + " but the responder proved " +
                             responder.hex());
   }
@@ -287,10 +287,10 @@ asio::awaitable<void> initiator_handshake(ImplPtr s, Identity identity, ChannelO
   start_transport(*s, hs, responder);
 
   Frame verdict = co_await s->receive_frame(/*allow_verdict=*/true, /*handshake_timer=*/true);
-  if (verdict.body.empty()) throw ProtocolError(ErrorCode::kMalformed, "empty handshake verdict");
+  if (verdict.body.empty()) throw ProtocolError(ErrorCode::malformed, "empty handshake verdict");
   if (verdict.body[0] != kVerdictAccepted) {
     const std::string reason(verdict.body.begin() + 1, verdict.body.end());
-    throw ProtocolError(ErrorCode::kNotAllowed, "the responder refused this identity (" +
+    throw ProtocolError(ErrorCode::not_allowed, "the responder refused this identity (" +
                                                     identity.id().fingerprint() + "): " + reason);
   }
 }
@@ -304,7 +304,7 @@ asio::awaitable<void> responder_handshake(ImplPtr s, Identity identity, ChannelO
   if (theirs[6] > theirs[7] || lo > hi) {
     const auto range = make_preamble(options.version_min, options.version_max);
     co_await s->write_all(range, "handshake (preamble)");
-    throw ProtocolError(ErrorCode::kVersionMismatch,
+    throw ProtocolError(ErrorCode::version_mismatch,
                         "the initiator speaks protocol versions " + std::to_string(theirs[6]) + ".." +
                             std::to_string(theirs[7]) + ", this build speaks " +
                             std::to_string(options.version_min) + ".." +
@@ -316,11 +316,11 @@ asio::awaitable<void> responder_handshake(ImplPtr s, Identity identity, ChannelO
 
   Bytes prologue(theirs.begin(), theirs.end());
   prologue.insert(prologue.end(), mine.begin(), mine.end());
-  noise::HandshakeState hs(noise::HandshakePattern::kXX, false, prologue,
+  noise::HandshakeState hs(noise::HandshakePattern::xx, false, prologue,
                            {.s = identity.noise_static(), .e = {}, .rs = {}});
   const Bytes m1 = co_await s->read_handshake("handshake (message 1)");
   if (!hs.read_message(m1).empty()) {
-    throw ProtocolError(ErrorCode::kHandshakeFailed, "message 1 must carry no payload");
+    throw ProtocolError(ErrorCode::handshake_failed, "message 1 must carry no payload");
   }
   co_await s->write_handshake(hs.write_message(identity.identity_payload()), "handshake (message 2)");
   const Bytes m3 = co_await s->read_handshake("handshake (message 3)");
@@ -333,14 +333,14 @@ asio::awaitable<void> responder_handshake(ImplPtr s, Identity identity, ChannelO
     Bytes body{kVerdictNotAllowed};
     body.insert(body.end(), reason.begin(), reason.end());
     try {
-      co_await s->send_frame(MessageClass::kVerdict, body);
+      co_await s->send_frame(MessageClass::verdict, body);
     } catch (const ProtocolError&) {
       // The refusal below is what matters; the peer may already be gone.
     }
-    throw ProtocolError(ErrorCode::kNotAllowed, reason);
+    throw ProtocolError(ErrorCode::not_allowed, reason);
   }
   const Bytes ok{kVerdictAccepted};
-  co_await s->send_frame(MessageClass::kVerdict, ok);
+  co_await s->send_frame(MessageClass::verdict, ok);
 }
 
 // Runs `handshake` under the handshake deadline and closes the socket on any failure.
@@ -351,8 +351,8 @@ asio::awaitable<void> guarded(ImplPtr s, asio::awaitable<void> handshake) {
   } catch (const ProtocolError& e) {
     const bool timed_out = s->read_timed_out;
     s->close();
-    if (timed_out && e.code() != ErrorCode::kTimeout) {
-      throw ProtocolError(ErrorCode::kTimeout, std::string("handshake did not finish in time (") + e.what() + ")");
+    if (timed_out && e.code() != ErrorCode::timeout) {
+      throw ProtocolError(ErrorCode::timeout, std::string("handshake did not finish in time (") + e.what() + ")");
     }
     throw;
   } catch (...) {
@@ -369,9 +369,9 @@ MessageClass message_class(const wire::Envelope& envelope) {
     case wire::Envelope::kManifest:
     case wire::Envelope::kTensorChunk:
     case wire::Envelope::kUpdate:
-      return MessageClass::kBulk;
+      return MessageClass::bulk;
     default:
-      return MessageClass::kControl;
+      return MessageClass::control;
   }
 }
 
@@ -392,8 +392,8 @@ asio::awaitable<Channel> Channel::connect(tcp::endpoint endpoint, const Identity
     std::error_code ec;
     co_await s->socket.async_connect(ep, asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
-      if (s->read_timed_out) throw ProtocolError(ErrorCode::kTimeout, "connect to " + ep.address().to_string() + " timed out");
-      throw ProtocolError(ErrorCode::kIo, "cannot connect to " + ep.address().to_string() + ":" +
+      if (s->read_timed_out) throw ProtocolError(ErrorCode::timeout, "connect to " + ep.address().to_string() + " timed out");
+      throw ProtocolError(ErrorCode::io, "cannot connect to " + ep.address().to_string() + ":" +
                                               std::to_string(ep.port()) + ": " + ec.message());
     }
     tune_socket(s->socket);
@@ -411,7 +411,7 @@ asio::awaitable<Channel> Channel::connect(std::string host, std::uint16_t port,
   auto results = co_await resolver.async_resolve(host, std::to_string(port),
                                                  asio::redirect_error(asio::use_awaitable, ec));
   if (ec || results.empty()) {
-    throw ProtocolError(ErrorCode::kIo, "cannot resolve " + host + ": " + ec.message());
+    throw ProtocolError(ErrorCode::io, "cannot resolve " + host + ": " + ec.message());
   }
   std::optional<ProtocolError> last;
   for (const auto& entry : results) {
@@ -419,7 +419,7 @@ asio::awaitable<Channel> Channel::connect(std::string host, std::uint16_t port,
       co_return co_await connect(entry.endpoint(), identity, options);
     } catch (const ProtocolError& e) {
       // Only a failure to reach this address moves on to the next one.
-      if (e.code() != ErrorCode::kIo) throw;
+      if (e.code() != ErrorCode::io) throw;
       last = e;
     }
   }
@@ -436,7 +436,7 @@ asio::awaitable<Channel> Channel::accept(tcp::socket socket, const Identity& ide
 
 asio::awaitable<void> Channel::send_frame(MessageClass cls, ByteView body) {
   auto self = impl_;
-  COHORT_CHECK(cls != MessageClass::kVerdict, "the verdict is part of the handshake");
+  COHORT_CHECK(cls != MessageClass::verdict, "the verdict is part of the handshake");
   co_await self->send_frame(cls, body);
 }
 
@@ -470,11 +470,11 @@ asio::awaitable<wire::Envelope> Channel::receive() {
   wire::Envelope envelope;
   if (!envelope.ParseFromArray(frame.body.data(), static_cast<int>(frame.body.size()))) {
     self->close();
-    throw ProtocolError(ErrorCode::kMalformed, "message is not a valid Envelope");
+    throw ProtocolError(ErrorCode::malformed, "message is not a valid Envelope");
   }
   if (message_class(envelope) != frame.cls) {
     self->close();
-    throw ProtocolError(ErrorCode::kMalformed, "Envelope arrived in the wrong message class");
+    throw ProtocolError(ErrorCode::malformed, "Envelope arrived in the wrong message class");
   }
   co_return envelope;
 }

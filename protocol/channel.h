@@ -76,8 +76,8 @@ class Channel {
 
   // Serializes and sends one Envelope in its class (message_class).
   asio::awaitable<void> send(const wire::Envelope& envelope);
-  // Next Envelope; throws ProtocolError(kMalformed) when it does not parse or came in the wrong
-  // class, kTimeout after limits.idle_timeout of silence, kClosed when the peer hung up.
+  // Next Envelope; throws ProtocolError(malformed) when it does not parse or came in the wrong
+  // class, timeout after limits.idle_timeout of silence, closed when the peer hung up.
   [[nodiscard]] asio::awaitable<wire::Envelope> receive();
 
   // The raw message layer under send/receive (benchmarks, tests, non-Envelope payloads).
@@ -90,7 +90,7 @@ class Channel {
   [[nodiscard]] asio::ip::tcp::endpoint remote_endpoint() const;
   [[nodiscard]] std::uint8_t version() const;
   [[nodiscard]] bool is_open() const;
-  // Closes the socket; pending operations end with ProtocolError(kClosed).
+  // Closes the socket; pending operations end with ProtocolError(closed).
   void close();
 
   struct Impl;

@@ -10,19 +10,19 @@
 namespace cohort::protocol {
 
 enum class ErrorCode {
-  kNotCohortPeer,          // the peer's preamble is not ours (wrong service or port)
-  kVersionMismatch,        // no protocol version in common
-  kHandshakeFailed,        // Noise handshake message failed to authenticate or parse
-  kBadIdentitySignature,   // the peer's identity payload signature does not verify
-  kPinnedKeyMismatch,      // the responder is not the identity the initiator pinned
-  kNotAllowed,             // the responder's allowlist refused the initiator
-  kAuthenticationFailed,   // a transport message failed to decrypt (tampered/replayed/reordered)
-  kMessageTooLarge,        // a length prefix exceeds the configured limit
-  kMalformed,              // bytes that authenticate but do not parse
-  kTimeout,                // handshake, idle or I/O deadline passed
-  kClosed,                 // the peer closed the connection (possibly mid-message)
-  kIo,                     // socket error
-  kNonceExhausted,         // a cipher state reached its nonce limit
+  not_cohort_peer,         // the peer's preamble is not ours (wrong service or port)
+  version_mismatch,        // no protocol version in common
+  handshake_failed,        // Noise handshake message failed to authenticate or parse
+  bad_identity_signature,  // the peer's identity payload signature does not verify
+  pinned_key_mismatch,     // the responder is not the identity the initiator pinned
+  not_allowed,             // the responder's allowlist refused the initiator
+  authentication_failed,   // a transport message failed to decrypt (tampered/replayed/reordered)
+  message_too_large,       // a length prefix exceeds the configured limit
+  malformed,               // bytes that authenticate but do not parse
+  timeout,                 // handshake, idle or I/O deadline passed
+  closed,                  // the peer closed the connection (possibly mid-message)
+  io,                      // socket error
+  nonce_exhausted,         // a cipher state reached its nonce limit
 };
 
 [[nodiscard]] std::string_view to_string(ErrorCode code);

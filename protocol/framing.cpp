@@ -18,9 +18,9 @@ void maybe_rekey(noise::CipherState& c, std::uint64_t interval) {
 
 std::uint32_t limit_for(MessageClass cls, const ChannelLimits& limits) {
   switch (cls) {
-    case MessageClass::kControl: return limits.max_control_bytes;
-    case MessageClass::kBulk: return limits.max_bulk_bytes;
-    case MessageClass::kVerdict: return 1024;
+    case MessageClass::control: return limits.max_control_bytes;
+    case MessageClass::bulk: return limits.max_bulk_bytes;
+    case MessageClass::verdict: return 1024;
   }
   return 0;
 }
@@ -84,9 +84,9 @@ void FrameOpener::open_transport(const std::uint8_t* ciphertext, std::size_t len
   if (in_message_) {
     // Continuation: decrypt straight into the message body.
     const std::size_t n = len - noise::kTagLen;
-    if (n == 0) throw ProtocolError(ErrorCode::kMalformed, "empty transport message inside a message");
+    if (n == 0) throw ProtocolError(ErrorCode::malformed, "empty transport message inside a message");
     if (n > remaining_) {
-      throw ProtocolError(ErrorCode::kMalformed, "transport message runs past the end of its message");
+      throw ProtocolError(ErrorCode::malformed, "transport message runs past the end of its message");
     }
     Bytes& body = current_.body;
     const std::size_t at = body.size();
@@ -101,23 +101,23 @@ void FrameOpener::open_transport(const std::uint8_t* ciphertext, std::size_t len
   } else {
     const std::size_t n = cipher_.decrypt_to(ciphertext, len, plain_);
     if (n < kFrameHeaderLen) {
-      throw ProtocolError(ErrorCode::kMalformed, "transport message too short for a message header");
+      throw ProtocolError(ErrorCode::malformed, "transport message too short for a message header");
     }
     const std::uint8_t cls = plain_[0];
-    if (cls > static_cast<std::uint8_t>(MessageClass::kVerdict)) {
-      throw ProtocolError(ErrorCode::kMalformed, "unknown message class " + std::to_string(cls));
+    if (cls > static_cast<std::uint8_t>(MessageClass::verdict)) {
+      throw ProtocolError(ErrorCode::malformed, "unknown message class " + std::to_string(cls));
     }
     const std::uint32_t size = std::uint32_t{plain_[1]} << 24 | std::uint32_t{plain_[2]} << 16 |
                                std::uint32_t{plain_[3]} << 8 | std::uint32_t{plain_[4]};
     const std::uint32_t limit = limit_for(static_cast<MessageClass>(cls), limits_);
     if (size > limit) {
-      throw ProtocolError(ErrorCode::kMessageTooLarge,
+      throw ProtocolError(ErrorCode::message_too_large,
                           "peer announced a " + std::to_string(size) + "-byte message; the limit is " +
                               std::to_string(limit));
     }
     const std::size_t avail = n - kFrameHeaderLen;
     if (avail > size) {
-      throw ProtocolError(ErrorCode::kMalformed, "transport message runs past the end of its message");
+      throw ProtocolError(ErrorCode::malformed, "transport message runs past the end of its message");
     }
     current_ = Frame{static_cast<MessageClass>(cls), {}};
     // Grow with what actually arrives: a peer that announces a large message and stalls costs
@@ -150,7 +150,7 @@ void FrameOpener::feed(ByteView wire) {
       }
       const std::size_t len = std::size_t{pending_[0]} << 8 | pending_[1];
       if (len < noise::kTagLen) {
-        throw ProtocolError(ErrorCode::kMalformed, "transport message shorter than its tag");
+        throw ProtocolError(ErrorCode::malformed, "transport message shorter than its tag");
       }
       const std::size_t take = std::min(n, 2 + len - pending_len_);
       std::memcpy(pending_ + pending_len_, p, take);
@@ -164,7 +164,7 @@ void FrameOpener::feed(ByteView wire) {
     }
     const std::size_t len = std::size_t{p[0]} << 8 | p[1];
     if (len < noise::kTagLen) {
-      throw ProtocolError(ErrorCode::kMalformed, "transport message shorter than its tag");
+      throw ProtocolError(ErrorCode::malformed, "transport message shorter than its tag");
     }
     if (n < 2 + len) {
       std::memcpy(pending_, p, n);

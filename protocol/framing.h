@@ -23,8 +23,8 @@ inline constexpr std::size_t kFrameHeaderLen = 5;
 inline constexpr std::size_t kBodyInitialReserve = 1 << 20;
 
 // Control messages stay small; bulk messages (tensor chunks, updates, manifests) may be large.
-// kVerdict is sent once by the responder right after the handshake.
-enum class MessageClass : std::uint8_t { kControl = 0, kBulk = 1, kVerdict = 2 };
+// verdict is sent once by the responder right after the handshake.
+enum class MessageClass : std::uint8_t { control = 0, bulk = 1, verdict = 2 };
 
 struct ChannelLimits {
   std::uint32_t max_control_bytes = 256 * 1024;
@@ -38,7 +38,7 @@ struct ChannelLimits {
 };
 
 struct Frame {
-  MessageClass cls = MessageClass::kControl;
+  MessageClass cls = MessageClass::control;
   Bytes body;
 };
 
@@ -59,8 +59,8 @@ class FrameOpener {
  public:
   FrameOpener(noise::CipherState recv, const ChannelLimits& limits);
 
-  // Consumes all of `wire`. Throws ProtocolError (kAuthenticationFailed, kMessageTooLarge,
-  // kMalformed); after a throw the opener is unusable and the connection must end.
+  // Consumes all of `wire`. Throws ProtocolError (authentication_failed, message_too_large,
+  // malformed); after a throw the opener is unusable and the connection must end.
   void feed(ByteView wire);
   // The next complete message, in order.
   [[nodiscard]] std::optional<Frame> pop();

@@ -193,7 +193,7 @@ Bytes make_identity_payload(const Identity& identity, const noise::PublicKey& st
 
 PeerId verify_identity_payload(ByteView payload, const noise::PublicKey& static_key) {
   if (payload.size() != kIdentityPayloadLen) {
-    throw ProtocolError(ErrorCode::kBadIdentitySignature,
+    throw ProtocolError(ErrorCode::bad_identity_signature,
                         "identity payload is " + std::to_string(payload.size()) + " bytes, expected " +
                             std::to_string(kIdentityPayloadLen));
   }
@@ -201,7 +201,7 @@ PeerId verify_identity_payload(ByteView payload, const noise::PublicKey& static_
   Bytes message(kStaticKeyDomain.begin(), kStaticKeyDomain.end());
   message.insert(message.end(), static_key.begin(), static_key.end());
   if (!verify_signature(claimed, message, payload.subspan(kPublicKeyLen))) {
-    throw ProtocolError(ErrorCode::kBadIdentitySignature,
+    throw ProtocolError(ErrorCode::bad_identity_signature,
                         "peer claiming identity " + claimed.fingerprint() +
                             " did not sign its Noise static key with it");
   }
@@ -210,19 +210,19 @@ PeerId verify_identity_payload(ByteView payload, const noise::PublicKey& static_
 
 std::string_view to_string(ErrorCode code) {
   switch (code) {
-    case ErrorCode::kNotCohortPeer: return "not a cohort peer";
-    case ErrorCode::kVersionMismatch: return "protocol version mismatch";
-    case ErrorCode::kHandshakeFailed: return "handshake failed";
-    case ErrorCode::kBadIdentitySignature: return "bad identity signature";
-    case ErrorCode::kPinnedKeyMismatch: return "pinned key mismatch";
-    case ErrorCode::kNotAllowed: return "peer not allowed";
-    case ErrorCode::kAuthenticationFailed: return "authentication failed";
-    case ErrorCode::kMessageTooLarge: return "message too large";
-    case ErrorCode::kMalformed: return "malformed message";
-    case ErrorCode::kTimeout: return "timeout";
-    case ErrorCode::kClosed: return "connection closed";
-    case ErrorCode::kIo: return "I/O error";
-    case ErrorCode::kNonceExhausted: return "nonce exhausted";
+    case ErrorCode::not_cohort_peer: return "not a cohort peer";
+    case ErrorCode::version_mismatch: return "protocol version mismatch";
+    case ErrorCode::handshake_failed: return "handshake failed";
+    case ErrorCode::bad_identity_signature: return "bad identity signature";
+    case ErrorCode::pinned_key_mismatch: return "pinned key mismatch";
+    case ErrorCode::not_allowed: return "peer not allowed";
+    case ErrorCode::authentication_failed: return "authentication failed";
+    case ErrorCode::message_too_large: return "message too large";
+    case ErrorCode::malformed: return "malformed message";
+    case ErrorCode::timeout: return "timeout";
+    case ErrorCode::closed: return "connection closed";
+    case ErrorCode::io: return "I/O error";
+    case ErrorCode::nonce_exhausted: return "nonce exhausted";
   }
   return "unknown error";
 }

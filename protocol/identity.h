@@ -89,7 +89,7 @@ inline constexpr std::string_view kStaticKeyDomain = "cohort-noise-static-key:";
 inline constexpr std::size_t kIdentityPayloadLen = kPublicKeyLen + kSignatureLen;
 
 [[nodiscard]] Bytes make_identity_payload(const Identity& identity, const noise::PublicKey& static_key);
-// The PeerId the payload proves for `static_key`; throws ProtocolError(kBadIdentitySignature) when
+// The PeerId the payload proves for `static_key`; throws ProtocolError(bad_identity_signature) when
 // the payload has the wrong length or its signature does not verify.
 [[nodiscard]] PeerId verify_identity_payload(ByteView payload, const noise::PublicKey& static_key);
 

@@ -25,7 +25,7 @@ void make_nonce(std::uint64_t n, std::uint8_t out[12]) {
 PublicKey dh(const KeyPair& local, const PublicKey& remote) {
   PublicKey out;
   if (crypto_scalarmult_curve25519(out.data(), local.secret.data(), remote.data()) != 0) {
-    throw ProtocolError(ErrorCode::kHandshakeFailed, "peer sent a low-order X25519 public key");
+    throw ProtocolError(ErrorCode::handshake_failed, "peer sent a low-order X25519 public key");
   }
   return out;
 }
@@ -70,7 +70,7 @@ void CipherState::encrypt_with_ad(ByteView ad, ByteView plaintext, Bytes& out) {
     out.insert(out.end(), plaintext.begin(), plaintext.end());
     return;
   }
-  if (n_ == kMaxNonce) throw ProtocolError(ErrorCode::kNonceExhausted, "cipher state nonce limit");
+  if (n_ == kMaxNonce) throw ProtocolError(ErrorCode::nonce_exhausted, "cipher state nonce limit");
   out.resize(at + plaintext.size() + kTagLen);
   std::uint8_t nonce[12];
   make_nonce(n_, nonce);
@@ -86,9 +86,9 @@ void CipherState::decrypt_with_ad(ByteView ad, ByteView ciphertext, Bytes& out) 
     out.insert(out.end(), ciphertext.begin(), ciphertext.end());
     return;
   }
-  if (n_ == kMaxNonce) throw ProtocolError(ErrorCode::kNonceExhausted, "cipher state nonce limit");
+  if (n_ == kMaxNonce) throw ProtocolError(ErrorCode::nonce_exhausted, "cipher state nonce limit");
   if (ciphertext.size() < kTagLen) {
-    throw ProtocolError(ErrorCode::kAuthenticationFailed, "ciphertext shorter than its tag");
+    throw ProtocolError(ErrorCode::authentication_failed, "ciphertext shorter than its tag");
   }
   const std::size_t at = out.size();
   out.resize(at + ciphertext.size() - kTagLen);
@@ -99,7 +99,7 @@ void CipherState::decrypt_with_ad(ByteView ad, ByteView ciphertext, Bytes& out) 
                                                 ciphertext.size(), ad.data(), ad.size(), nonce,
                                                 k_.data()) != 0) {
     out.resize(at);
-    throw ProtocolError(ErrorCode::kAuthenticationFailed, "message failed authentication");
+    throw ProtocolError(ErrorCode::authentication_failed, "message failed authentication");
   }
   ++n_;
 }
@@ -107,7 +107,7 @@ void CipherState::decrypt_with_ad(ByteView ad, ByteView ciphertext, Bytes& out) 
 void CipherState::encrypt_to(const std::uint8_t* plaintext, std::size_t plaintext_len,
                              std::uint8_t* data) {
   COHORT_CHECK(has_key_);
-  if (n_ == kMaxNonce) throw ProtocolError(ErrorCode::kNonceExhausted, "cipher state nonce limit");
+  if (n_ == kMaxNonce) throw ProtocolError(ErrorCode::nonce_exhausted, "cipher state nonce limit");
   std::uint8_t nonce[12];
   make_nonce(n_, nonce);
   unsigned long long maclen = 0;
@@ -120,16 +120,16 @@ void CipherState::encrypt_to(const std::uint8_t* plaintext, std::size_t plaintex
 std::size_t CipherState::decrypt_to(const std::uint8_t* data, std::size_t ciphertext_len,
                                     std::uint8_t* plaintext) {
   COHORT_CHECK(has_key_);
-  if (n_ == kMaxNonce) throw ProtocolError(ErrorCode::kNonceExhausted, "cipher state nonce limit");
+  if (n_ == kMaxNonce) throw ProtocolError(ErrorCode::nonce_exhausted, "cipher state nonce limit");
   if (ciphertext_len < kTagLen) {
-    throw ProtocolError(ErrorCode::kAuthenticationFailed, "transport message shorter than its tag");
+    throw ProtocolError(ErrorCode::authentication_failed, "transport message shorter than its tag");
   }
   const std::size_t len = ciphertext_len - kTagLen;
   std::uint8_t nonce[12];
   make_nonce(n_, nonce);
   if (crypto_aead_chacha20poly1305_ietf_decrypt_detached(plaintext, nullptr, data, len, data + len,
                                                          nullptr, 0, nonce, k_.data()) != 0) {
-    throw ProtocolError(ErrorCode::kAuthenticationFailed,
+    throw ProtocolError(ErrorCode::authentication_failed,
                         "transport message failed authentication (tampered, replayed, reordered "
                         "or truncated)");
   }
@@ -259,21 +259,21 @@ struct PatternSpec {
 
 // Section 7.4 (one-way) and 7.5 (interactive).
 constexpr PatternSpec kPatterns[] = {
-    {HandshakePattern::kN, "N", false, true, "e es"},
-    {HandshakePattern::kK, "K", true, true, "e es ss"},
-    {HandshakePattern::kX, "X", false, true, "e es s ss"},
-    {HandshakePattern::kNN, "NN", false, false, "e|e ee"},
-    {HandshakePattern::kNK, "NK", false, true, "e es|e ee"},
-    {HandshakePattern::kNX, "NX", false, false, "e|e ee s es"},
-    {HandshakePattern::kKN, "KN", true, false, "e|e ee se"},
-    {HandshakePattern::kKK, "KK", true, true, "e es ss|e ee se"},
-    {HandshakePattern::kKX, "KX", true, false, "e|e ee se s es"},
-    {HandshakePattern::kXN, "XN", false, false, "e|e ee|s se"},
-    {HandshakePattern::kXK, "XK", false, true, "e es|e ee|s se"},
-    {HandshakePattern::kXX, "XX", false, false, "e|e ee s es|s se"},
-    {HandshakePattern::kIN, "IN", false, false, "e s|e ee se"},
-    {HandshakePattern::kIK, "IK", false, true, "e es s ss|e ee se"},
-    {HandshakePattern::kIX, "IX", false, false, "e s|e ee se s es"},
+    {HandshakePattern::n, "N", false, true, "e es"},
+    {HandshakePattern::k, "K", true, true, "e es ss"},
+    {HandshakePattern::x, "X", false, true, "e es s ss"},
+    {HandshakePattern::nn, "NN", false, false, "e|e ee"},
+    {HandshakePattern::nk, "NK", false, true, "e es|e ee"},
+    {HandshakePattern::nx, "NX", false, false, "e|e ee s es"},
+    {HandshakePattern::kn, "KN", true, false, "e|e ee se"},
+    {HandshakePattern::kk, "KK", true, true, "e es ss|e ee se"},
+    {HandshakePattern::kx, "KX", true, false, "e|e ee se s es"},
+    {HandshakePattern::xn, "XN", false, false, "e|e ee|s se"},
+    {HandshakePattern::xk, "XK", false, true, "e es|e ee|s se"},
+    {HandshakePattern::xx, "XX", false, false, "e|e ee s es|s se"},
+    {HandshakePattern::in, "IN", false, false, "e s|e ee se"},
+    {HandshakePattern::ik, "IK", false, true, "e es s ss|e ee se"},
+    {HandshakePattern::ix, "IX", false, false, "e s|e ee se s es"},
 };
 
 const PatternSpec& spec_of(HandshakePattern p) {
@@ -327,10 +327,10 @@ HandshakeState::HandshakeState(HandshakePattern pattern, bool initiator, ByteVie
   // Pre-messages: the initiator's first, then the responder's (section 7.1).
   auto pre = [&](bool ours) {
     if (ours) {
-      if (!s_) throw ProtocolError(ErrorCode::kHandshakeFailed, "pattern needs a local static key");
+      if (!s_) throw ProtocolError(ErrorCode::handshake_failed, "pattern needs a local static key");
       symmetric_.mix_hash(s_->public_key);
     } else {
-      if (!rs_) throw ProtocolError(ErrorCode::kHandshakeFailed, "pattern needs the remote static key");
+      if (!rs_) throw ProtocolError(ErrorCode::handshake_failed, "pattern needs the remote static key");
       symmetric_.mix_hash(*rs_);
     }
   };
@@ -346,7 +346,7 @@ bool HandshakeState::my_turn() const {
 
 void HandshakeState::dh_mix(Token token) {
   auto need = [](bool ok, const char* what) {
-    if (!ok) throw ProtocolError(ErrorCode::kHandshakeFailed, std::string("missing ") + what);
+    if (!ok) throw ProtocolError(ErrorCode::handshake_failed, std::string("missing ") + what);
   };
   PublicKey shared{};
   switch (token) {
@@ -384,7 +384,7 @@ void HandshakeState::dh_mix(Token token) {
 }
 
 Bytes HandshakeState::write_message(ByteView payload) {
-  if (!my_turn()) throw ProtocolError(ErrorCode::kHandshakeFailed, "not our turn to write");
+  if (!my_turn()) throw ProtocolError(ErrorCode::handshake_failed, "not our turn to write");
   Bytes out;
   for (Token t : messages_[next_]) {
     if (t == Token::e) {
@@ -392,7 +392,7 @@ Bytes HandshakeState::write_message(ByteView payload) {
       out.insert(out.end(), e_->public_key.begin(), e_->public_key.end());
       symmetric_.mix_hash(e_->public_key);
     } else if (t == Token::s) {
-      if (!s_) throw ProtocolError(ErrorCode::kHandshakeFailed, "pattern needs a local static key");
+      if (!s_) throw ProtocolError(ErrorCode::handshake_failed, "pattern needs a local static key");
       symmetric_.encrypt_and_hash(s_->public_key, out);
     } else {
       dh_mix(t);
@@ -400,21 +400,21 @@ Bytes HandshakeState::write_message(ByteView payload) {
   }
   symmetric_.encrypt_and_hash(payload, out);
   if (out.size() > kMaxMessageLen) {
-    throw ProtocolError(ErrorCode::kMessageTooLarge, "handshake message over 65535 bytes");
+    throw ProtocolError(ErrorCode::message_too_large, "handshake message over 65535 bytes");
   }
   ++next_;
   return out;
 }
 
 Bytes HandshakeState::read_message(ByteView message) {
-  if (finished() || my_turn()) throw ProtocolError(ErrorCode::kHandshakeFailed, "not our turn to read");
+  if (finished() || my_turn()) throw ProtocolError(ErrorCode::handshake_failed, "not our turn to read");
   if (message.size() > kMaxMessageLen) {
-    throw ProtocolError(ErrorCode::kMessageTooLarge, "handshake message over 65535 bytes");
+    throw ProtocolError(ErrorCode::message_too_large, "handshake message over 65535 bytes");
   }
   std::size_t pos = 0;
   auto take = [&](std::size_t n) {
     if (message.size() - pos < n) {
-      throw ProtocolError(ErrorCode::kHandshakeFailed, "handshake message too short");
+      throw ProtocolError(ErrorCode::handshake_failed, "handshake message too short");
     }
     ByteView v = message.subspan(pos, n);
     pos += n;
@@ -433,7 +433,7 @@ Bytes HandshakeState::read_message(ByteView message) {
       try {
         symmetric_.decrypt_and_hash(v, plain);
       } catch (const ProtocolError&) {
-        throw ProtocolError(ErrorCode::kHandshakeFailed, "peer's static key failed to decrypt");
+        throw ProtocolError(ErrorCode::handshake_failed, "peer's static key failed to decrypt");
       }
       PublicKey rs;
       std::memcpy(rs.data(), plain.data(), kDhLen);
@@ -446,7 +446,7 @@ Bytes HandshakeState::read_message(ByteView message) {
   try {
     symmetric_.decrypt_and_hash(message.subspan(pos), payload);
   } catch (const ProtocolError&) {
-    throw ProtocolError(ErrorCode::kHandshakeFailed, "handshake payload failed to authenticate");
+    throw ProtocolError(ErrorCode::handshake_failed, "handshake payload failed to authenticate");
   }
   ++next_;
   return payload;

@@ -2,7 +2,7 @@
 // Sans-I/O: HandshakeState turns payloads into handshake messages and back; after split() the two
 // CipherStates seal transport messages. The channel (channel.h) drives it over TCP.
 //
-//   auto hs = HandshakeState(HandshakePattern::kXX, /*initiator=*/true, prologue, my_static);
+//   auto hs = HandshakeState(HandshakePattern::xx, /*initiator=*/true, prologue, my_static);
 //   Bytes m1 = hs.write_message({});           // -> e
 //   ByteView payload = hs.read_message(m2);    // <- e, ee, s, es
 //   ...
@@ -58,9 +58,9 @@ class CipherState {
   void set_nonce(std::uint64_t n) { n_ = n; }
 
   // Appends ciphertext (plaintext.size() + 16 bytes, or plaintext when there is no key) to `out`.
-  // Throws ProtocolError(kNonceExhausted) rather than reuse a nonce.
+  // Throws ProtocolError(nonce_exhausted) rather than reuse a nonce.
   void encrypt_with_ad(ByteView ad, ByteView plaintext, Bytes& out);
-  // Appends plaintext to `out`; throws ProtocolError(kAuthenticationFailed) when the tag is wrong,
+  // Appends plaintext to `out`; throws ProtocolError(authentication_failed) when the tag is wrong,
   // leaving n unchanged.
   void decrypt_with_ad(ByteView ad, ByteView ciphertext, Bytes& out);
 
@@ -68,7 +68,7 @@ class CipherState {
   // `plaintext`) followed by the 16-byte tag.
   void encrypt_to(const std::uint8_t* plaintext, std::size_t plaintext_len, std::uint8_t* out);
   // Decrypts `ciphertext_len` bytes (tag last) into `plaintext` (may equal `ciphertext`) and
-  // returns the plaintext length; throws ProtocolError(kAuthenticationFailed) on a bad tag.
+  // returns the plaintext length; throws ProtocolError(authentication_failed) on a bad tag.
   [[nodiscard]] std::size_t decrypt_to(const std::uint8_t* ciphertext, std::size_t ciphertext_len,
                                        std::uint8_t* plaintext);
 
@@ -105,10 +105,10 @@ class SymmetricState {
   CipherState cipher_;
 };
 
-// The fundamental interactive and one-way patterns without PSKs; Cohort uses kXX.
-enum class HandshakePattern { kN, kK, kX, kNN, kNK, kNX, kKN, kKK, kKX, kXN, kXK, kXX, kIN, kIK, kIX };
+// The fundamental interactive and one-way patterns without PSKs; Cohort uses xx.
+enum class HandshakePattern { n, k, x, nn, nk, nx, kn, kk, kx, xn, xk, xx, in, ik, ix };
 
-// "XX" -> kXX; nullopt for names outside the list above.
+// "XX" -> xx; nullopt for names outside the list above.
 [[nodiscard]] std::optional<HandshakePattern> pattern_from_name(std::string_view name);
 [[nodiscard]] std::string protocol_name(HandshakePattern pattern);  // Noise_XX_25519_ChaChaPoly_BLAKE2b
 
@@ -124,7 +124,7 @@ class HandshakeState {
 
   // Next message to send; throws ProtocolError if it is not our turn or a key is missing.
   [[nodiscard]] Bytes write_message(ByteView payload);
-  // Consumes the peer's message and returns its payload; throws ProtocolError(kHandshakeFailed)
+  // Consumes the peer's message and returns its payload; throws ProtocolError(handshake_failed)
   // when the message is short or fails to authenticate.
   [[nodiscard]] Bytes read_message(ByteView message);
 

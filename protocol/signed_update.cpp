@@ -10,26 +10,26 @@ namespace cohort::protocol {
 
 std::string_view to_string(UpdateVerdict verdict) {
   switch (verdict) {
-    case UpdateVerdict::kOk: return "ok";
-    case UpdateVerdict::kMalformed: return "malformed";
-    case UpdateVerdict::kBadSignature: return "bad signature";
-    case UpdateVerdict::kSignerMismatch: return "signer mismatch";
-    case UpdateVerdict::kWrongRecipient: return "wrong recipient";
-    case UpdateVerdict::kStale: return "stale";
-    case UpdateVerdict::kReplayed: return "replayed";
+    case UpdateVerdict::ok: return "ok";
+    case UpdateVerdict::malformed: return "malformed";
+    case UpdateVerdict::bad_signature: return "bad signature";
+    case UpdateVerdict::signer_mismatch: return "signer mismatch";
+    case UpdateVerdict::wrong_recipient: return "wrong recipient";
+    case UpdateVerdict::stale: return "stale";
+    case UpdateVerdict::replayed: return "replayed";
   }
   return "unknown";
 }
 
 wire::AckReason to_ack_reason(UpdateVerdict verdict) {
   switch (verdict) {
-    case UpdateVerdict::kOk: return wire::ACK_OK;
-    case UpdateVerdict::kMalformed: return wire::ACK_MALFORMED;
-    case UpdateVerdict::kBadSignature: return wire::ACK_BAD_SIGNATURE;
-    case UpdateVerdict::kSignerMismatch: return wire::ACK_SIGNER_MISMATCH;
-    case UpdateVerdict::kWrongRecipient: return wire::ACK_WRONG_RECIPIENT;
-    case UpdateVerdict::kStale: return wire::ACK_STALE;
-    case UpdateVerdict::kReplayed: return wire::ACK_REPLAYED;
+    case UpdateVerdict::ok: return wire::ACK_OK;
+    case UpdateVerdict::malformed: return wire::ACK_MALFORMED;
+    case UpdateVerdict::bad_signature: return wire::ACK_BAD_SIGNATURE;
+    case UpdateVerdict::signer_mismatch: return wire::ACK_SIGNER_MISMATCH;
+    case UpdateVerdict::wrong_recipient: return wire::ACK_WRONG_RECIPIENT;
+    case UpdateVerdict::stale: return wire::ACK_STALE;
+    case UpdateVerdict::replayed: return wire::ACK_REPLAYED;
   }
   return wire::ACK_INTERNAL;
 }
@@ -110,48 +110,48 @@ VerifiedUpdate verify_update(const wire::SignedUpdate& su, const UpdatePolicy& p
     return std::move(r);
   };
   const auto signer = PeerId::from_bytes(as_bytes(su.signer()));
-  if (!signer) return fail(UpdateVerdict::kMalformed, "signer is not a 32-byte Ed25519 key");
+  if (!signer) return fail(UpdateVerdict::malformed, "signer is not a 32-byte Ed25519 key");
   if (su.signature().size() != kSignatureLen) {
-    return fail(UpdateVerdict::kMalformed, "signature is not 64 bytes");
+    return fail(UpdateVerdict::malformed, "signature is not 64 bytes");
   }
   r.signer = signer;
   r.digest = signing_digest(kUpdateDomain, as_bytes(su.body()));
   if (!verify_signature(*signer, r.digest, as_bytes(su.signature()))) {
-    return fail(UpdateVerdict::kBadSignature, "signature by " + signer->fingerprint() + " does not verify");
+    return fail(UpdateVerdict::bad_signature, "signature by " + signer->fingerprint() + " does not verify");
   }
   if (!parse_header(su.body(), r.header)) {
-    return fail(UpdateVerdict::kMalformed, "body is not a GradientUpdate");
+    return fail(UpdateVerdict::malformed, "body is not a GradientUpdate");
   }
   if (r.header.peer() != su.signer()) {
-    return fail(UpdateVerdict::kSignerMismatch, "body names a different peer than its signer");
+    return fail(UpdateVerdict::signer_mismatch, "body names a different peer than its signer");
   }
   if (expected_signer && *expected_signer != *signer) {
-    return fail(UpdateVerdict::kSignerMismatch, "signed by " + signer->fingerprint() +
+    return fail(UpdateVerdict::signer_mismatch, "signed by " + signer->fingerprint() +
                                                     ", but the channel authenticated " +
                                                     expected_signer->fingerprint());
   }
   if (r.header.recipient() != std::string_view(reinterpret_cast<const char*>(policy.recipient.bytes().data()),
                                                kPublicKeyLen)) {
-    return fail(UpdateVerdict::kWrongRecipient, "update is addressed to another coordinator");
+    return fail(UpdateVerdict::wrong_recipient, "update is addressed to another coordinator");
   }
   const std::uint64_t v = r.header.policy_version();
   if (v > policy.current_version) {
-    return fail(UpdateVerdict::kStale, "policy version " + std::to_string(v) + " is from the future (current " +
+    return fail(UpdateVerdict::stale, "policy version " + std::to_string(v) + " is from the future (current " +
                                            std::to_string(policy.current_version) + ")");
   }
   if (policy.current_version - v > policy.staleness_bound) {
-    return fail(UpdateVerdict::kStale, "policy version " + std::to_string(v) + " is older than " +
+    return fail(UpdateVerdict::stale, "policy version " + std::to_string(v) + " is older than " +
                                            std::to_string(policy.current_version) + " - " +
                                            std::to_string(policy.staleness_bound));
   }
-  r.verdict = UpdateVerdict::kOk;
+  r.verdict = UpdateVerdict::ok;
   return r;
 }
 
 wire::GradientUpdate decode_update(const wire::SignedUpdate& su) {
   wire::GradientUpdate update;
   if (!update.ParseFromString(su.body())) {
-    throw ProtocolError(ErrorCode::kMalformed, "update body is not a GradientUpdate");
+    throw ProtocolError(ErrorCode::malformed, "update body is not a GradientUpdate");
   }
   return update;
 }
@@ -180,15 +180,15 @@ wire::SignedManifest sign_manifest(const wire::WeightManifest& manifest, const I
 wire::WeightManifest verify_manifest(const wire::SignedManifest& sm, const PeerId& expected_signer) {
   if (sm.signer() != std::string_view(reinterpret_cast<const char*>(expected_signer.bytes().data()),
                                       kPublicKeyLen)) {
-    throw ProtocolError(ErrorCode::kBadIdentitySignature,
+    throw ProtocolError(ErrorCode::bad_identity_signature,
                         "weight manifest is not signed by the coordinator " + expected_signer.fingerprint());
   }
   if (!verify_signature(expected_signer, signing_digest(kManifestDomain, as_bytes(sm.body())),
                         as_bytes(sm.signature()))) {
-    throw ProtocolError(ErrorCode::kBadIdentitySignature, "weight manifest signature does not verify");
+    throw ProtocolError(ErrorCode::bad_identity_signature, "weight manifest signature does not verify");
   }
   wire::WeightManifest m;
-  if (!m.ParseFromString(sm.body())) throw ProtocolError(ErrorCode::kMalformed, "manifest body does not parse");
+  if (!m.ParseFromString(sm.body())) throw ProtocolError(ErrorCode::malformed, "manifest body does not parse");
   return m;
 }
 

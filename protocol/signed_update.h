@@ -23,13 +23,13 @@
 namespace cohort::protocol {
 
 enum class UpdateVerdict {
-  kOk,
-  kMalformed,        // sizes wrong or the body does not parse
-  kBadSignature,     // the signature does not verify over the exact body bytes
-  kSignerMismatch,   // body.peer != signer, or signer is not the channel's authenticated peer
-  kWrongRecipient,   // body.recipient is not this coordinator
-  kStale,            // policy_version < current − staleness_bound (or from the future)
-  kReplayed,         // same (peer, sequence) or same digest seen before
+  ok,
+  malformed,        // sizes wrong or the body does not parse
+  bad_signature,     // the signature does not verify over the exact body bytes
+  signer_mismatch,   // body.peer != signer, or signer is not the channel's authenticated peer
+  wrong_recipient,   // body.recipient is not this coordinator
+  stale,            // policy_version < current − staleness_bound (or from the future)
+  replayed,         // same (peer, sequence) or same digest seen before
 };
 
 [[nodiscard]] std::string_view to_string(UpdateVerdict verdict);
@@ -48,14 +48,14 @@ struct UpdatePolicy {
 };
 
 struct VerifiedUpdate {
-  UpdateVerdict verdict = UpdateVerdict::kMalformed;
-  std::string detail;                  // human-readable reason when not kOk
+  UpdateVerdict verdict = UpdateVerdict::malformed;
+  std::string detail;                  // human-readable reason when not ok
   Digest digest{};                     // signing digest (valid once the sizes check out)
   std::optional<PeerId> signer;
   // Every field of the body except `completions` and `tensors` (the bulk is not copied to be
-  // checked); valid from kSignerMismatch on. decode_update() parses the whole body.
+  // checked); valid from signer_mismatch on. decode_update() parses the whole body.
   wire::GradientUpdate header;
-  explicit operator bool() const { return verdict == UpdateVerdict::kOk; }
+  explicit operator bool() const { return verdict == UpdateVerdict::ok; }
 };
 
 // Stateless checks, in order: sizes, signature over the exact body, header parse, signer ==
@@ -65,7 +65,7 @@ struct VerifiedUpdate {
                                            const std::optional<PeerId>& expected_signer = std::nullopt);
 
 // The full GradientUpdate of a verified SignedUpdate (tensors included; check each with
-// check_tensor). Throws ProtocolError(kMalformed) when the body does not parse.
+// check_tensor). Throws ProtocolError(malformed) when the body does not parse.
 [[nodiscard]] wire::GradientUpdate decode_update(const wire::SignedUpdate& signed_update);
 
 // Replay protection for accepted updates: a peer's sequence numbers strictly increase, so an
@@ -87,7 +87,7 @@ class ReplayGuard {
 // Weight manifests: same scheme, kManifestDomain.
 [[nodiscard]] wire::SignedManifest sign_manifest(const wire::WeightManifest& manifest, const Identity& signer);
 // The manifest when `signed_manifest` is signed by `expected_signer`; throws
-// ProtocolError(kBadIdentitySignature) or ProtocolError(kMalformed) otherwise.
+// ProtocolError(bad_identity_signature) or ProtocolError(malformed) otherwise.
 [[nodiscard]] wire::WeightManifest verify_manifest(const wire::SignedManifest& signed_manifest,
                                                    const PeerId& expected_signer);
 

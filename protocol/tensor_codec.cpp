@@ -8,7 +8,7 @@ namespace cohort::protocol {
 namespace {
 
 [[noreturn]] void malformed(std::string_view name, const std::string& what) {
-  throw ProtocolError(ErrorCode::kMalformed,
+  throw ProtocolError(ErrorCode::malformed,
                       "tensor '" + std::string(name.substr(0, 64)) + "': " + what);
 }
 

@@ -3,7 +3,7 @@
 // agree with the payload size before anyone reads the payload.
 //
 //   wire::EncodedTensor t = encode_raw("model.norm.weight", wire::DTYPE_F32, {{4096}}, bytes);
-//   TensorView v = check_tensor(received);   // throws ProtocolError(kMalformed) on a lie
+//   TensorView v = check_tensor(received);   // throws ProtocolError(malformed) on a lie
 #pragma once
 
 #include <cstddef>
@@ -47,7 +47,7 @@ struct TensorView {
   ByteView payload;
 };
 
-// Throws ProtocolError(kMalformed) naming the first rule broken: name (non-empty printable ASCII),
+// Throws ProtocolError(malformed) naming the first rule broken: name (non-empty printable ASCII),
 // dtype, rank, dimensions, element count, codec, payload size.
 [[nodiscard]] TensorView check_tensor(const wire::EncodedTensor& tensor, const TensorLimits& limits = {});
 

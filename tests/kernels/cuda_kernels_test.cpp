@@ -51,7 +51,7 @@ std::vector<float> wide_random(size_t n, uint32_t seed) {
 }
 
 TEST(Fp8Cuda, BackendIsCpuExactlyWhenNoCapableDevice) {
-  EXPECT_EQ(select_fp8_backend() == Fp8Backend::kCuda, fp8_device().available);
+  EXPECT_EQ(select_fp8_backend() == Fp8Backend::cuda, fp8_device().available);
   if (!fp8_device().available) {
     EXPECT_FALSE(fp8_device().reason.empty());
   }
@@ -60,7 +60,7 @@ TEST(Fp8Cuda, BackendIsCpuExactlyWhenNoCapableDevice) {
 TEST(Fp8Cuda, GemmRefusesUnalignedShapesWithAClearError) {
   // Argument checks come before any device work, so this runs everywhere.
   try {
-    cuda::gemm_e4m3_xwt(nullptr, nullptr, nullptr, nullptr, 4, 16, 100, nullptr, GemmOutput::kF32);
+    cuda::gemm_e4m3_xwt(nullptr, nullptr, nullptr, nullptr, 4, 16, 100, nullptr, GemmOutput::f32);
     FAIL() << "k = 100 accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("multiple of 16"), std::string::npos) << e.what();
@@ -139,8 +139,8 @@ TEST(Fp8Cuda, CublasLtBlockScaledGemmMatchesCpuReference) {
   DeviceBuffer<uint8_t> dqx(qx), dqw(qw);
   DeviceBuffer<float> dsx(sx), dsw(sw), dy(m * n);
   DeviceBuffer<uint16_t> dyb(m * n);
-  cuda::gemm_e4m3_xwt(dqx.p, dsx.p, dqw.p, dsw.p, m, n, k, dy.p, GemmOutput::kF32);
-  cuda::gemm_e4m3_xwt(dqx.p, dsx.p, dqw.p, dsw.p, m, n, k, dyb.p, GemmOutput::kBF16);
+  cuda::gemm_e4m3_xwt(dqx.p, dsx.p, dqw.p, dsw.p, m, n, k, dy.p, GemmOutput::f32);
+  cuda::gemm_e4m3_xwt(dqx.p, dsx.p, dqw.p, dsw.p, m, n, k, dyb.p, GemmOutput::bf16);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const auto y = dy.host();
   const auto yb = dyb.host();

@@ -135,7 +135,7 @@ TEST(Fp8Format, BulkEncodeDecodeMatchScalarOnEveryIsa) {
   std::vector<float> x(sample.size());
   for (size_t i = 0; i < sample.size(); ++i) x[i] = as_float(sample[i]);
   const CpuIsa saved = active_cpu_isa();
-  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2}) {
+  for (CpuIsa isa : {CpuIsa::scalar, CpuIsa::avx2}) {
     if (!cpu_isa_supported(isa)) continue;
     set_cpu_isa(isa);
     std::vector<uint8_t> q(x.size());

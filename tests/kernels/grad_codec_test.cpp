@@ -152,40 +152,40 @@ TEST_F(MalformedPayload, GoodPayloadDecodes) {
 }
 
 TEST_F(MalformedPayload, ShortHeaderIsTruncated) {
-  expect_refused({}, CodecStatus::kTruncated);
-  expect_refused(std::vector<uint8_t>(good.begin(), good.begin() + 15), CodecStatus::kTruncated);
+  expect_refused({}, CodecStatus::truncated);
+  expect_refused(std::vector<uint8_t>(good.begin(), good.begin() + 15), CodecStatus::truncated);
 }
 
 TEST_F(MalformedPayload, WrongMagicVersionFormatBlock) {
   auto p = good;
   p[0] = 'X';
-  expect_refused(p, CodecStatus::kBadMagic);
+  expect_refused(p, CodecStatus::bad_magic);
   p = good;
   p[4] = 2;
-  expect_refused(p, CodecStatus::kUnsupportedVersion);
+  expect_refused(p, CodecStatus::unsupported_version);
   p = good;
   p[5] = 2;
-  expect_refused(p, CodecStatus::kUnsupportedFormat);
+  expect_refused(p, CodecStatus::unsupported_format);
   p = good;
   p[6] = 64;
-  expect_refused(p, CodecStatus::kBadBlockSize);
+  expect_refused(p, CodecStatus::bad_block_size);
 }
 
 TEST_F(MalformedPayload, SizeDisagreeingWithElementCount) {
-  expect_refused(std::vector<uint8_t>(good.begin(), good.end() - 1), CodecStatus::kTruncated);
+  expect_refused(std::vector<uint8_t>(good.begin(), good.end() - 1), CodecStatus::truncated);
   auto p = good;
   p.push_back(0);
-  expect_refused(p, CodecStatus::kTrailingBytes);
+  expect_refused(p, CodecStatus::trailing_bytes);
   p = good;
   p[15] = 0x80;  // numel = 2^63 + 300: refused before any allocation or overflow
-  expect_refused(p, CodecStatus::kTruncated);
+  expect_refused(p, CodecStatus::truncated);
   p = good;
   p[8] = 0x20;  // numel 300 (0x12C) -> 288: still 3 blocks, 12 bytes too many
-  expect_refused(p, CodecStatus::kTrailingBytes);
+  expect_refused(p, CodecStatus::trailing_bytes);
 }
 
 TEST_F(MalformedPayload, ElementCountDifferentFromTensor) {
-  expect_refused(good, CodecStatus::kNumelMismatch, 299);
+  expect_refused(good, CodecStatus::numel_mismatch, 299);
 }
 
 TEST_F(MalformedPayload, BadScales) {
@@ -193,19 +193,19 @@ TEST_F(MalformedPayload, BadScales) {
                   -std::numeric_limits<float>::infinity()}) {
     auto p = good;
     std::memcpy(p.data() + 16 + 4, &s, 4);
-    expect_refused(p, CodecStatus::kNonFiniteScale);
+    expect_refused(p, CodecStatus::non_finite_scale);
   }
   auto p = good;
   const float neg = -0.5f;
   std::memcpy(p.data() + 16 + 8, &neg, 4);
-  expect_refused(p, CodecStatus::kNegativeScale);
+  expect_refused(p, CodecStatus::negative_scale);
 }
 
 TEST_F(MalformedPayload, NaNCodes) {
   for (uint8_t code : {uint8_t{0x7F}, uint8_t{0xFF}}) {
     auto p = good;
     p[28 + 250] = code;
-    expect_refused(p, CodecStatus::kNanCode);
+    expect_refused(p, CodecStatus::nan_code);
   }
 }
 

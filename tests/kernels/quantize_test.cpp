@@ -171,7 +171,7 @@ TEST(Quantize, ColumnTilesEqualRowTilesOfTheTranspose) {
 }
 
 TEST(Quantize, Avx2PathMatchesScalarPathBitForBit) {
-  if (!cpu_isa_supported(CpuIsa::kAvx2)) GTEST_SKIP() << "this CPU or build has no AVX2 path";
+  if (!cpu_isa_supported(CpuIsa::avx2)) GTEST_SKIP() << "this CPU or build has no AVX2 path";
   const CpuIsa saved = active_cpu_isa();
   const int64_t rows = 67, cols = 1000;  // big enough for the threaded split, ragged tiles
   auto x = wide_random(rows * cols, 21);
@@ -198,7 +198,7 @@ TEST(Quantize, Avx2PathMatchesScalarPathBitForBit) {
     fake_quantize_e4m3_tile128_cols(x.data(), rows, cols, o.fc.data());
     return o;
   };
-  const Out a = run(CpuIsa::kScalar), b = run(CpuIsa::kAvx2);
+  const Out a = run(CpuIsa::scalar), b = run(CpuIsa::avx2);
   set_cpu_isa(saved);
   auto same = [](const auto& u, const auto& v) {
     return u.size() == v.size() && std::memcmp(u.data(), v.data(), u.size() * sizeof(u[0])) == 0;

@@ -68,7 +68,7 @@ ErrorCode code_of(F&& f) {
     return e.code();
   }
   ADD_FAILURE() << "expected a ProtocolError";
-  return ErrorCode::kIo;
+  return ErrorCode::io;
 }
 
 // The coordinator side: a Server on its own io thread that echoes (or just records) envelopes
@@ -188,7 +188,7 @@ class RawPeer {
     Bytes prologue = pre;
     const Bytes theirs = read_exact(8);
     prologue.insert(prologue.end(), theirs.begin(), theirs.end());
-    noise::HandshakeState hs(noise::HandshakePattern::kXX, true, prologue, {.s = id.noise_static()});
+    noise::HandshakeState hs(noise::HandshakePattern::xx, true, prologue, {.s = id.noise_static()});
     write_handshake(hs.write_message({}));
     const Bytes p2 = hs.read_message(read_handshake());
     responder = verify_identity_payload(p2, *hs.remote_static());
@@ -223,7 +223,7 @@ class RawPeer {
   }
   void expect_accepted() {
     const Frame verdict = read_frame();
-    EXPECT_EQ(verdict.cls, MessageClass::kVerdict);
+    EXPECT_EQ(verdict.cls, MessageClass::verdict);
     ASSERT_FALSE(verdict.body.empty());
     EXPECT_EQ(verdict.body[0], 0);
   }
@@ -298,7 +298,7 @@ TEST(Channel, HandshakeAuthenticatesBothSidesAndCarriesEnvelopesBothWays) {
   EXPECT_EQ(s.peer, node.id());
   EXPECT_EQ(s.hash, client_hash);
   ASSERT_EQ(s.received.size(), sent.size());
-  EXPECT_EQ(s.error, ErrorCode::kClosed);
+  EXPECT_EQ(s.error, ErrorCode::closed);
   EXPECT_EQ(server.stats().handshakes_ok, 1u);
 }
 
@@ -323,7 +323,7 @@ TEST(Channel, ManyConcurrentCoroutineClients) {
   }
   io.run();
   EXPECT_EQ(ok, kClients);
-  for (int i = 0; i < kClients; ++i) EXPECT_EQ(server.wait_session().error, ErrorCode::kClosed);
+  for (int i = 0; i < kClients; ++i) EXPECT_EQ(server.wait_session().error, ErrorCode::closed);
   EXPECT_EQ(server.stats().handshakes_ok, static_cast<std::uint64_t>(kClients));
 }
 
@@ -384,7 +384,7 @@ TEST(Channel, PinnedKeyMismatchIsAClearError) {
               (void)BlockingChannel::connect("127.0.0.1", server.port(), Identity::generate(),
                                              {.limits = test_limits(), .expected_peer = impostor_pin.id()});
             }),
-            ErrorCode::kPinnedKeyMismatch);
+            ErrorCode::pinned_key_mismatch);
 }
 
 TEST(Channel, AllowlistRefusalIsAClearErrorOnBothSides) {
@@ -396,8 +396,8 @@ TEST(Channel, AllowlistRefusalIsAClearErrorOnBothSides) {
               (void)BlockingChannel::connect("127.0.0.1", server.port(), stranger,
                                              {.limits = test_limits(), .expected_peer = coord.id()});
             }),
-            ErrorCode::kNotAllowed);
-  EXPECT_EQ(server.wait_handshake_error(), ErrorCode::kNotAllowed);
+            ErrorCode::not_allowed);
+  EXPECT_EQ(server.wait_handshake_error(), ErrorCode::not_allowed);
   BlockingChannel ok = BlockingChannel::connect("127.0.0.1", server.port(), friendly,
                                                 {.limits = test_limits(), .expected_peer = coord.id()});
   ok.send(heartbeat(1));
@@ -412,7 +412,7 @@ TEST(Channel, ForgedInitiatorSignatureEndsTheConnectionAtOnce) {
   Bytes forged = make_identity_payload(mallory, mallory.noise_static().public_key);
   std::copy(victim.id().bytes().begin(), victim.id().bytes().end(), forged.begin());
   raw.handshake(mallory, forged);
-  EXPECT_EQ(server.wait_handshake_error(), ErrorCode::kBadIdentitySignature);
+  EXPECT_EQ(server.wait_handshake_error(), ErrorCode::bad_identity_signature);
   EXPECT_TRUE(raw.wait_closed());
   EXPECT_EQ(server.stats().handshakes_ok, 0u);
 }
@@ -428,7 +428,7 @@ TEST(Channel, ForgedResponderSignatureIsRejectedByTheInitiator) {
     peer.write(mine);
     Bytes prologue = theirs;
     prologue.insert(prologue.end(), mine.begin(), mine.end());
-    noise::HandshakeState hs(noise::HandshakePattern::kXX, false, prologue, {.s = mallory.noise_static()});
+    noise::HandshakeState hs(noise::HandshakePattern::xx, false, prologue, {.s = mallory.noise_static()});
     (void)hs.read_message(peer.read_handshake());
     Bytes forged = make_identity_payload(mallory, mallory.noise_static().public_key);
     std::copy(coord.id().bytes().begin(), coord.id().bytes().end(), forged.begin());
@@ -439,7 +439,7 @@ TEST(Channel, ForgedResponderSignatureIsRejectedByTheInitiator) {
               (void)BlockingChannel::connect("127.0.0.1", acceptor.local_endpoint().port(), Identity::generate(),
                                              {.limits = test_limits(), .expected_peer = coord.id()});
             }),
-            ErrorCode::kBadIdentitySignature);
+            ErrorCode::bad_identity_signature);
   fake.join();
 }
 
@@ -470,21 +470,21 @@ TEST(Channel, TamperedFrameEndsTheConnectionBeforeAnyHandler) {
         return concat(r);
       },
       {heartbeat(1), heartbeat(2), heartbeat(3)});
-  EXPECT_EQ(error, ErrorCode::kAuthenticationFailed);
+  EXPECT_EQ(error, ErrorCode::authentication_failed);
   EXPECT_EQ(delivered, 1u);
 }
 
 TEST(Channel, ReplayedFrameIsRejected) {
   auto [error, delivered] = send_mutated(
       [](std::vector<Bytes> r) { return concat({r[0], r[1], r[1]}); }, {heartbeat(1), heartbeat(2)});
-  EXPECT_EQ(error, ErrorCode::kAuthenticationFailed);
+  EXPECT_EQ(error, ErrorCode::authentication_failed);
   EXPECT_EQ(delivered, 2u);
 }
 
 TEST(Channel, ReorderedFramesAreRejected) {
   auto [error, delivered] = send_mutated(
       [](std::vector<Bytes> r) { return concat({r[1], r[0]}); }, {heartbeat(1), heartbeat(2)});
-  EXPECT_EQ(error, ErrorCode::kAuthenticationFailed);
+  EXPECT_EQ(error, ErrorCode::authentication_failed);
   EXPECT_EQ(delivered, 0u);
 }
 
@@ -498,7 +498,7 @@ TEST(Channel, TruncatedMessageIsNeverDelivered) {
         return concat(r);
       },
       {heartbeat(1), big});
-  EXPECT_EQ(error, ErrorCode::kClosed);
+  EXPECT_EQ(error, ErrorCode::closed);
   EXPECT_EQ(delivered, 1u);
   auto [error2, delivered2] = send_mutated(
       [](std::vector<Bytes> r) {
@@ -506,7 +506,7 @@ TEST(Channel, TruncatedMessageIsNeverDelivered) {
         return r[0];
       },
       {heartbeat(1)});
-  EXPECT_EQ(error2, ErrorCode::kClosed);
+  EXPECT_EQ(error2, ErrorCode::closed);
   EXPECT_EQ(delivered2, 0u);
 }
 
@@ -518,9 +518,9 @@ TEST(Channel, OversizedLengthPrefixIsRefused) {
     RawPeer raw(server.port());
     raw.handshake(node, std::nullopt, /*raw_cipher=*/true);
     raw.expect_accepted();
-    raw.write(raw.record(Bytes{static_cast<std::uint8_t>(MessageClass::kBulk), 0x40, 0, 0, 0}));
+    raw.write(raw.record(Bytes{static_cast<std::uint8_t>(MessageClass::bulk), 0x40, 0, 0, 0}));
     const TestServer::Session s = server.wait_session();
-    EXPECT_EQ(s.error, ErrorCode::kMessageTooLarge);
+    EXPECT_EQ(s.error, ErrorCode::message_too_large);
     EXPECT_TRUE(s.received.empty());
     EXPECT_TRUE(raw.wait_closed());
   }
@@ -529,7 +529,7 @@ TEST(Channel, OversizedLengthPrefixIsRefused) {
   BlockingChannel ch = BlockingChannel::connect("127.0.0.1", server.port(), node, {.limits = test_limits()});
   ch.send(heartbeat(1, std::string(300'000, 's')));
   const TestServer::Session s = server.wait_session();
-  EXPECT_EQ(s.error, ErrorCode::kMessageTooLarge);
+  EXPECT_EQ(s.error, ErrorCode::message_too_large);
   EXPECT_TRUE(s.received.empty());
 }
 
@@ -545,7 +545,7 @@ TEST(Channel, StalledHandshakeTimesOutWithoutLeakingSockets) {
         (void)raw.read_exact(8);
         raw.write_handshake(Bytes(32, 9));  // message 1, then silence
       }
-      EXPECT_EQ(server.wait_handshake_error(), ErrorCode::kTimeout) << "stage " << stage;
+      EXPECT_EQ(server.wait_handshake_error(), ErrorCode::timeout) << "stage " << stage;
       EXPECT_TRUE(raw.wait_closed()) << "stage " << stage;
     }
     EXPECT_EQ(open_fds(), baseline) << "stage " << stage;
@@ -563,7 +563,7 @@ TEST(Channel, SilentResponderTimesOutTheInitiator) {
               (void)BlockingChannel::connect("127.0.0.1", acceptor.local_endpoint().port(),
                                              Identity::generate(), {.limits = test_limits(300ms)});
             }),
-            ErrorCode::kTimeout);
+            ErrorCode::timeout);
   {
     tcp::socket accepted = acceptor.accept();  // the connection sat in the backlog
     RawPeer peer(std::move(accepted));
@@ -577,7 +577,7 @@ TEST(Channel, IdleConnectionTimesOut) {
   TestServer server(coord, {.limits = test_limits(300ms)});
   BlockingChannel ch = BlockingChannel::connect("127.0.0.1", server.port(), Identity::generate(),
                                                 {.limits = test_limits()});
-  EXPECT_EQ(server.wait_session().error, ErrorCode::kTimeout);
+  EXPECT_EQ(server.wait_session().error, ErrorCode::timeout);
 }
 
 TEST(Channel, GarbageBytesAreRejectedAtEveryStage) {
@@ -592,20 +592,20 @@ TEST(Channel, GarbageBytesAreRejectedAtEveryStage) {
   {  // instead of the preamble
     RawPeer raw(server.port());
     raw.write(random_bytes(64));
-    EXPECT_EQ(server.wait_handshake_error(), ErrorCode::kNotCohortPeer);
+    EXPECT_EQ(server.wait_handshake_error(), ErrorCode::not_cohort_peer);
     EXPECT_TRUE(raw.wait_closed());
   }
   {  // an HTTP client on the wrong port
     RawPeer raw(server.port());
     raw.write(as_bytes("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
-    EXPECT_EQ(server.wait_handshake_error(), ErrorCode::kNotCohortPeer);
+    EXPECT_EQ(server.wait_handshake_error(), ErrorCode::not_cohort_peer);
   }
   {  // as message 1 (a 65535-byte "ephemeral key and payload")
     RawPeer raw(server.port());
     raw.write(Bytes{'C', 'O', 'H', 'O', 'R', 'T', 1, 1});
     (void)raw.read_exact(8);
     raw.write_handshake(random_bytes(65535));
-    EXPECT_EQ(server.wait_handshake_error(), ErrorCode::kHandshakeFailed);
+    EXPECT_EQ(server.wait_handshake_error(), ErrorCode::handshake_failed);
     EXPECT_TRUE(raw.wait_closed());
   }
   {  // after the handshake
@@ -614,7 +614,7 @@ TEST(Channel, GarbageBytesAreRejectedAtEveryStage) {
     raw.expect_accepted();
     raw.write(random_bytes(70'000));  // at least one whole "transport message"
     const auto s = server.wait_session();
-    EXPECT_TRUE(s.error == ErrorCode::kAuthenticationFailed || s.error == ErrorCode::kMalformed);
+    EXPECT_TRUE(s.error == ErrorCode::authentication_failed || s.error == ErrorCode::malformed);
     EXPECT_TRUE(s.received.empty());
   }
   {  // the initiator meets a server that is not Cohort
@@ -629,7 +629,7 @@ TEST(Channel, GarbageBytesAreRejectedAtEveryStage) {
                 (void)BlockingChannel::connect("127.0.0.1", acceptor.local_endpoint().port(), node,
                                                {.limits = test_limits()});
               }),
-              ErrorCode::kNotCohortPeer);
+              ErrorCode::not_cohort_peer);
     ssh.join();
   }
 }
@@ -643,10 +643,10 @@ TEST(Channel, VersionMismatchIsAClearErrorOnBothSides) {
     (void)BlockingChannel::connect("127.0.0.1", server.port(), Identity::generate(), future);
     FAIL() << "connected with no common version";
   } catch (const ProtocolError& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kVersionMismatch);
+    EXPECT_EQ(e.code(), ErrorCode::version_mismatch);
     EXPECT_NE(std::string(e.what()).find("1..1"), std::string::npos) << e.what();
   }
-  EXPECT_EQ(server.wait_handshake_error(), ErrorCode::kVersionMismatch);
+  EXPECT_EQ(server.wait_handshake_error(), ErrorCode::version_mismatch);
   // A newer client that also speaks version 1 is served version 1.
   ChannelOptions newer{.limits = test_limits()};
   newer.version_max = 3;
@@ -664,15 +664,15 @@ TEST(Channel, EnvelopeInTheWrongClassOrUnparseableIsMalformed) {
     wire::Envelope chunk;
     chunk.mutable_tensor_chunk()->set_data("x");
     const std::string body = chunk.SerializeAsString();
-    raw.write(raw.seal(MessageClass::kControl, as_bytes(body)));  // bulk payload as control
-    EXPECT_EQ(server.wait_session().error, ErrorCode::kMalformed);
+    raw.write(raw.seal(MessageClass::control, as_bytes(body)));  // bulk payload as control
+    EXPECT_EQ(server.wait_session().error, ErrorCode::malformed);
   }
   {
     RawPeer raw(server.port());
     raw.handshake(node);
     raw.expect_accepted();
-    raw.write(raw.seal(MessageClass::kControl, Bytes{0xff, 0xff, 0xff}));
-    EXPECT_EQ(server.wait_session().error, ErrorCode::kMalformed);
+    raw.write(raw.seal(MessageClass::control, Bytes{0xff, 0xff, 0xff}));
+    EXPECT_EQ(server.wait_session().error, ErrorCode::malformed);
   }
 }
 

@@ -60,7 +60,7 @@ ErrorCode error_of(FrameOpener& opener, const Bytes& wire) {
     return e.code();
   }
   ADD_FAILURE() << "no error";
-  return ErrorCode::kIo;
+  return ErrorCode::io;
 }
 
 Bytes pattern_bytes(std::size_t n, std::uint32_t seed) {
@@ -81,7 +81,7 @@ TEST(Framing, RoundTripsMessagesOfEverySizeInAnySplit) {
   std::mt19937 rng(42);
   for (std::size_t i = 0; i < sizes.size(); ++i) {
     const Bytes body = pattern_bytes(sizes[i], static_cast<std::uint32_t>(i));
-    const MessageClass cls = i % 2 ? MessageClass::kBulk : MessageClass::kControl;
+    const MessageClass cls = i % 2 ? MessageClass::bulk : MessageClass::control;
     Bytes wire;
     sealer.seal(cls, body, wire);
     // Feed in random pieces, single bytes for the small messages.
@@ -102,7 +102,7 @@ TEST(Framing, RoundTripsMessagesOfEverySizeInAnySplit) {
 TEST(Framing, SplitsLargeMessagesIntoMaximalTransportMessages) {
   FrameSealer sealer(noise::CipherState(test_key(1)), 1 << 20);
   Bytes wire;
-  sealer.seal(MessageClass::kBulk, Bytes(1 << 20), wire);
+  sealer.seal(MessageClass::bulk, Bytes(1 << 20), wire);
   const auto recs = records(wire);
   const std::size_t total = (1 << 20) + kFrameHeaderLen;
   ASSERT_EQ(recs.size(), (total + kMaxTransportPlaintext - 1) / kMaxTransportPlaintext);
@@ -113,12 +113,12 @@ TEST(Framing, SplitsLargeMessagesIntoMaximalTransportMessages) {
 TEST(Framing, OpenerRejectsTamperedTransportMessage) {
   FrameSealer sealer(noise::CipherState(test_key(1)), 1 << 20);
   Bytes wire;
-  sealer.seal(MessageClass::kControl, Bytes(1000, 7), wire);
+  sealer.seal(MessageClass::control, Bytes(1000, 7), wire);
   for (std::size_t byte : {std::size_t{2}, std::size_t{500}, wire.size() - 1}) {
     FrameOpener opener(noise::CipherState(test_key(1)), {});
     Bytes bad = wire;
     bad[byte] ^= 0x10;
-    EXPECT_EQ(error_of(opener, bad), ErrorCode::kAuthenticationFailed) << "byte " << byte;
+    EXPECT_EQ(error_of(opener, bad), ErrorCode::authentication_failed) << "byte " << byte;
     EXPECT_FALSE(opener.pop().has_value()) << "a forged frame must never reach a handler";
   }
 }
@@ -126,19 +126,19 @@ TEST(Framing, OpenerRejectsTamperedTransportMessage) {
 TEST(Framing, OpenerRejectsReplayedAndReorderedTransportMessages) {
   FrameSealer sealer(noise::CipherState(test_key(1)), 1 << 20);
   Bytes wire;
-  sealer.seal(MessageClass::kControl, Bytes(10, 1), wire);
-  sealer.seal(MessageClass::kControl, Bytes(10, 2), wire);
+  sealer.seal(MessageClass::control, Bytes(10, 1), wire);
+  sealer.seal(MessageClass::control, Bytes(10, 2), wire);
   const auto recs = records(wire);
   ASSERT_EQ(recs.size(), 2u);
   {
     FrameOpener opener(noise::CipherState(test_key(1)), {});
     opener.feed(recs[0]);
     ASSERT_TRUE(opener.pop().has_value());
-    EXPECT_EQ(error_of(opener, recs[0]), ErrorCode::kAuthenticationFailed);  // replay
+    EXPECT_EQ(error_of(opener, recs[0]), ErrorCode::authentication_failed);  // replay
   }
   {
     FrameOpener opener(noise::CipherState(test_key(1)), {});
-    EXPECT_EQ(error_of(opener, concat({recs[1], recs[0]})), ErrorCode::kAuthenticationFailed);
+    EXPECT_EQ(error_of(opener, concat({recs[1], recs[0]})), ErrorCode::authentication_failed);
     EXPECT_FALSE(opener.pop().has_value());
   }
 }
@@ -146,7 +146,7 @@ TEST(Framing, OpenerRejectsReplayedAndReorderedTransportMessages) {
 TEST(Framing, TruncatedMessageIsNeverDelivered) {
   FrameSealer sealer(noise::CipherState(test_key(1)), 1 << 20);
   Bytes wire;
-  sealer.seal(MessageClass::kBulk, Bytes(200'000, 3), wire);
+  sealer.seal(MessageClass::bulk, Bytes(200'000, 3), wire);
   auto recs = records(wire);
   recs.pop_back();  // drop the last transport message
   FrameOpener opener(noise::CipherState(test_key(1)), {});
@@ -162,15 +162,15 @@ TEST(Framing, TruncatedMessageIsNeverDelivered) {
 
 TEST(Framing, OversizedLengthPrefixIsRejectedBeforeAllocation) {
   ChannelLimits limits;  // 64 MiB bulk, 256 KiB control
-  for (auto [cls, claimed] : {std::pair{MessageClass::kBulk, std::uint32_t{1} << 30},
-                              std::pair{MessageClass::kBulk, limits.max_bulk_bytes + 1},
-                              std::pair{MessageClass::kControl, limits.max_control_bytes + 1},
-                              std::pair{MessageClass::kVerdict, std::uint32_t{4096}}}) {
+  for (auto [cls, claimed] : {std::pair{MessageClass::bulk, std::uint32_t{1} << 30},
+                              std::pair{MessageClass::bulk, limits.max_bulk_bytes + 1},
+                              std::pair{MessageClass::control, limits.max_control_bytes + 1},
+                              std::pair{MessageClass::verdict, std::uint32_t{4096}}}) {
     noise::CipherState peer(test_key(9));
     const Bytes wire = record(peer, header(cls, claimed));
     FrameOpener opener(noise::CipherState(test_key(9)), limits);
     AllocationProbe probe;
-    EXPECT_EQ(error_of(opener, wire), ErrorCode::kMessageTooLarge) << claimed;
+    EXPECT_EQ(error_of(opener, wire), ErrorCode::message_too_large) << claimed;
     EXPECT_LT(probe.max(), std::size_t{4096}) << "allocated " << probe.max() << " bytes for a rejected message";
   }
 }
@@ -179,7 +179,7 @@ TEST(Framing, AnnouncedButUnsentBytesAreNotAllocated) {
   // A peer announcing 60 MiB (under the limit) and sending 100 bytes costs at most the initial
   // reservation, not the announced size.
   noise::CipherState peer(test_key(9));
-  Bytes plain = header(MessageClass::kBulk, 60 << 20);
+  Bytes plain = header(MessageClass::bulk, 60 << 20);
   plain.resize(plain.size() + 100, 0xab);
   const Bytes wire = record(peer, plain);
   FrameOpener opener(noise::CipherState(test_key(9)), {});
@@ -194,15 +194,15 @@ TEST(Framing, MalformedPlaintextIsRejected) {
     const char* what;
     std::vector<Bytes> plaintexts;
   };
-  Bytes two_messages = header(MessageClass::kControl, 1);
+  Bytes two_messages = header(MessageClass::control, 1);
   two_messages.push_back(0);
-  const Bytes h2 = header(MessageClass::kControl, 0);
+  const Bytes h2 = header(MessageClass::control, 0);
   two_messages.insert(two_messages.end(), h2.begin(), h2.end());
   const std::vector<Case> cases = {
       {"short header", {Bytes{0, 0, 0}}},
       {"unknown class", {Bytes{7, 0, 0, 0, 1, 0}}},
       {"two messages in one transport message", {two_messages}},
-      {"empty continuation", {header(MessageClass::kControl, 10), Bytes{}}},
+      {"empty continuation", {header(MessageClass::control, 10), Bytes{}}},
   };
   for (const auto& c : cases) {
     noise::CipherState peer(test_key(5));
@@ -212,11 +212,11 @@ TEST(Framing, MalformedPlaintextIsRejected) {
       wire.insert(wire.end(), r.begin(), r.end());
     }
     FrameOpener opener(noise::CipherState(test_key(5)), {});
-    EXPECT_EQ(error_of(opener, wire), ErrorCode::kMalformed) << c.what;
+    EXPECT_EQ(error_of(opener, wire), ErrorCode::malformed) << c.what;
   }
   // A length prefix below the tag size is malformed whatever follows.
   FrameOpener opener(noise::CipherState(test_key(5)), {});
-  EXPECT_EQ(error_of(opener, Bytes{0, 15}), ErrorCode::kMalformed);
+  EXPECT_EQ(error_of(opener, Bytes{0, 15}), ErrorCode::malformed);
 }
 
 TEST(Framing, BothSidesRekeyAtTheSameTransportMessage) {
@@ -227,7 +227,7 @@ TEST(Framing, BothSidesRekeyAtTheSameTransportMessage) {
   for (int i = 0; i < 20; ++i) {
     Bytes wire;
     const Bytes body = pattern_bytes(i * 10'000, i);
-    sealer.seal(MessageClass::kBulk, body, wire);
+    sealer.seal(MessageClass::bulk, body, wire);
     opener.feed(wire);
     auto f = opener.pop();
     ASSERT_TRUE(f.has_value());
@@ -239,11 +239,11 @@ TEST(Framing, BothSidesRekeyAtTheSameTransportMessage) {
   later.rekey_interval = 4;
   FrameOpener o4(noise::CipherState(test_key(2)), later);
   Bytes wire;
-  for (int i = 0; i < 3; ++i) s3.seal(MessageClass::kControl, Bytes{1}, wire);
+  for (int i = 0; i < 3; ++i) s3.seal(MessageClass::control, Bytes{1}, wire);
   o4.feed(wire);
   wire.clear();
-  s3.seal(MessageClass::kControl, Bytes{1}, wire);
-  EXPECT_EQ(error_of(o4, wire), ErrorCode::kAuthenticationFailed);
+  s3.seal(MessageClass::control, Bytes{1}, wire);
+  EXPECT_EQ(error_of(o4, wire), ErrorCode::authentication_failed);
 }
 
 }  // namespace

@@ -124,7 +124,7 @@ TEST(IdentityPayload, BindsTheNoiseStaticKeyToTheIdentity) {
     (void)verify_identity_payload(forged, s);
     FAIL();
   } catch (const ProtocolError& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kBadIdentitySignature);
+    EXPECT_EQ(e.code(), ErrorCode::bad_identity_signature);
   }
   Bytes short_payload(id.identity_payload().begin(), id.identity_payload().end() - 1);
   EXPECT_THROW((void)verify_identity_payload(short_payload, s), ProtocolError);

@@ -50,8 +50,8 @@ nlohmann::json load_vectors() {
 
 // Runs one vector, recording a failure for every byte that does not match.
 void run_vector(const nlohmann::json& v, HandshakePattern pattern) {
-  const bool one_way = pattern == HandshakePattern::kN || pattern == HandshakePattern::kK ||
-                       pattern == HandshakePattern::kX;
+  const bool one_way = pattern == HandshakePattern::n || pattern == HandshakePattern::k ||
+                       pattern == HandshakePattern::x;
   HandshakeState init(pattern, true, hex(v["init_prologue"]), keys_for(v, "init"));
   HandshakeState resp(pattern, false, hex(v["resp_prologue"]), keys_for(v, "resp"));
 

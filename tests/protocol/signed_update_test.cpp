@@ -97,7 +97,7 @@ TEST_F(SignedUpdate, OneFlippedBitAnywhereIsRejected) {
   auto check = [&](wire::SignedUpdate su, const char* field, std::size_t byte) {
     const VerifiedUpdate r = verify_update(su, policy());
     EXPECT_FALSE(r) << field << " byte " << byte;
-    EXPECT_TRUE(r.verdict == UpdateVerdict::kBadSignature || r.verdict == UpdateVerdict::kMalformed)
+    EXPECT_TRUE(r.verdict == UpdateVerdict::bad_signature || r.verdict == UpdateVerdict::malformed)
         << field << " byte " << byte << ": " << to_string(r.verdict);
   };
   for (std::size_t i = 0; i < good.body().size(); ++i) {
@@ -122,7 +122,7 @@ TEST_F(SignedUpdate, WrongRecipientIsRejected) {
   const Identity other_coordinator = Identity::generate();
   u.set_recipient(other_coordinator.id().bytes().data(), kPublicKeyLen);
   const VerifiedUpdate r = verify_update(sign_update(u, node), policy());
-  EXPECT_EQ(r.verdict, UpdateVerdict::kWrongRecipient);
+  EXPECT_EQ(r.verdict, UpdateVerdict::wrong_recipient);
   EXPECT_EQ(to_ack_reason(r.verdict), wire::ACK_WRONG_RECIPIENT);
 }
 
@@ -157,33 +157,33 @@ TEST_F(SignedUpdate, SignatureByAnotherKeyIsRejected) {
   const wire::SignedUpdate honest = sign_update(update(), node);
   // Mallory re-signs the node's body: the body names the node, the signer is mallory.
   const wire::SignedUpdate resigned = sign_update_body(honest.body(), mallory);
-  EXPECT_EQ(verify_update(resigned, policy()).verdict, UpdateVerdict::kSignerMismatch);
+  EXPECT_EQ(verify_update(resigned, policy()).verdict, UpdateVerdict::signer_mismatch);
   // Mallory's signature presented under the node's key.
   wire::SignedUpdate swapped = honest;
   swapped.set_signature(resigned.signature());
-  EXPECT_EQ(verify_update(swapped, policy()).verdict, UpdateVerdict::kBadSignature);
+  EXPECT_EQ(verify_update(swapped, policy()).verdict, UpdateVerdict::bad_signature);
   // A valid update from mallory arriving on the node's authenticated channel.
   const VerifiedUpdate r = verify_update(sign_update(update(), mallory), policy(), node.id());
-  EXPECT_EQ(r.verdict, UpdateVerdict::kSignerMismatch);
+  EXPECT_EQ(r.verdict, UpdateVerdict::signer_mismatch);
 }
 
 TEST_F(SignedUpdate, StalenessBoundIsEnforced) {
   EXPECT_TRUE(verify_update(sign_update(update(1, 8), node), policy(10, 2)));
-  EXPECT_EQ(verify_update(sign_update(update(1, 7), node), policy(10, 2)).verdict, UpdateVerdict::kStale);
-  EXPECT_EQ(verify_update(sign_update(update(1, 11), node), policy(10, 2)).verdict, UpdateVerdict::kStale);
+  EXPECT_EQ(verify_update(sign_update(update(1, 7), node), policy(10, 2)).verdict, UpdateVerdict::stale);
+  EXPECT_EQ(verify_update(sign_update(update(1, 11), node), policy(10, 2)).verdict, UpdateVerdict::stale);
   EXPECT_TRUE(verify_update(sign_update(update(1, 10), node), policy(10, 0)));
 }
 
 TEST_F(SignedUpdate, MalformedSizesAreRejectedBeforeVerifying) {
   wire::SignedUpdate su = sign_update(update(), node);
   su.mutable_signer()->pop_back();
-  EXPECT_EQ(verify_update(su, policy()).verdict, UpdateVerdict::kMalformed);
+  EXPECT_EQ(verify_update(su, policy()).verdict, UpdateVerdict::malformed);
   su = sign_update(update(), node);
   su.mutable_signature()->push_back('\0');
-  EXPECT_EQ(verify_update(su, policy()).verdict, UpdateVerdict::kMalformed);
+  EXPECT_EQ(verify_update(su, policy()).verdict, UpdateVerdict::malformed);
   // Signed garbage: the signature is fine, the body does not parse.
   const wire::SignedUpdate garbage = sign_update_body(std::string("\xff\xff\xff", 3), node);
-  EXPECT_EQ(verify_update(garbage, policy()).verdict, UpdateVerdict::kMalformed);
+  EXPECT_EQ(verify_update(garbage, policy()).verdict, UpdateVerdict::malformed);
 }
 
 TEST_F(SignedUpdate, WeightManifestSignatureIsCheckedAgainstThePinnedCoordinator) {
@@ -207,7 +207,7 @@ TEST_F(SignedUpdate, WeightManifestSignatureIsCheckedAgainstThePinnedCoordinator
   as_update.set_body(sm.body());
   as_update.set_signer(sm.signer());
   as_update.set_signature(sm.signature());
-  EXPECT_EQ(verify_update(as_update, policy()).verdict, UpdateVerdict::kBadSignature);
+  EXPECT_EQ(verify_update(as_update, policy()).verdict, UpdateVerdict::bad_signature);
 }
 
 // Files a round names (datasets, tokenizers) are compared by BLAKE2b-256 of their bytes, read in

@@ -16,7 +16,7 @@ ErrorCode check_error(const wire::EncodedTensor& t) {
   } catch (const ProtocolError& e) {
     return e.code();
   }
-  return ErrorCode::kIo;  // no error
+  return ErrorCode::io;  // no error
 }
 
 TEST(TensorCodec, RawRoundTripKeepsValuesAndShape) {
@@ -39,14 +39,14 @@ TEST(TensorCodec, RawRoundTripKeepsValuesAndShape) {
 
 TEST(TensorCodec, PayloadSizeMustMatchShapeTimesDtype) {
   auto t = encode_raw("w", wire::DTYPE_BF16, std::vector<std::int64_t>{3, 5}, Bytes(30));
-  EXPECT_EQ(check_error(t), ErrorCode::kIo);
+  EXPECT_EQ(check_error(t), ErrorCode::io);
   t.mutable_payload()->push_back('x');
-  EXPECT_EQ(check_error(t), ErrorCode::kMalformed);
+  EXPECT_EQ(check_error(t), ErrorCode::malformed);
   t.mutable_payload()->resize(29);
-  EXPECT_EQ(check_error(t), ErrorCode::kMalformed);
+  EXPECT_EQ(check_error(t), ErrorCode::malformed);
   t.mutable_payload()->resize(30);
   t.set_dtype(wire::DTYPE_F32);  // same bytes, wrong dtype
-  EXPECT_EQ(check_error(t), ErrorCode::kMalformed);
+  EXPECT_EQ(check_error(t), ErrorCode::malformed);
 }
 
 TEST(TensorCodec, RejectsLiesAboutShape) {
@@ -58,28 +58,28 @@ TEST(TensorCodec, RejectsLiesAboutShape) {
   t.add_shape(std::uint64_t{1} << 33);
   t.add_shape(std::uint64_t{1} << 33);
   t.set_payload("");
-  EXPECT_EQ(check_error(t), ErrorCode::kMalformed);
+  EXPECT_EQ(check_error(t), ErrorCode::malformed);
   t.clear_shape();
   for (int i = 0; i < 9; ++i) t.add_shape(1);  // rank over the limit
   t.set_payload(std::string(4, '\0'));
-  EXPECT_EQ(check_error(t), ErrorCode::kMalformed);
+  EXPECT_EQ(check_error(t), ErrorCode::malformed);
   t.clear_shape();
   t.add_shape(1);
-  EXPECT_EQ(check_error(t), ErrorCode::kIo);
+  EXPECT_EQ(check_error(t), ErrorCode::io);
   t.set_dtype(static_cast<wire::DType>(99));
-  EXPECT_EQ(check_error(t), ErrorCode::kMalformed);
+  EXPECT_EQ(check_error(t), ErrorCode::malformed);
   t.set_dtype(wire::DTYPE_F32);
   t.set_codec(wire::CODEC_UNSPECIFIED);
-  EXPECT_EQ(check_error(t), ErrorCode::kMalformed);
+  EXPECT_EQ(check_error(t), ErrorCode::malformed);
 }
 
 TEST(TensorCodec, RejectsBadNames) {
   auto t = encode_raw("ok.name", wire::DTYPE_U8, std::vector<std::int64_t>{2}, Bytes(2));
-  EXPECT_EQ(check_error(t), ErrorCode::kIo);
+  EXPECT_EQ(check_error(t), ErrorCode::io);
   for (const std::string& bad : {std::string(""), std::string("a b"), std::string("a\nb"),
                                 std::string(300, 'a'), std::string("caf\xc3\xa9")}) {
     t.set_name(bad);
-    EXPECT_EQ(check_error(t), ErrorCode::kMalformed) << bad;
+    EXPECT_EQ(check_error(t), ErrorCode::malformed) << bad;
   }
 }
 
@@ -99,9 +99,9 @@ TEST(TensorCodec, Fp8BlockCodecSizeIsValuesPlusOneScalePerBlock) {
   t.set_codec(wire::CODEC_FP8_E4M3_BLOCK);
   t.set_block_size(128);
   t.set_payload(std::string(312, '\0'));
-  EXPECT_EQ(check_error(t), ErrorCode::kIo);
+  EXPECT_EQ(check_error(t), ErrorCode::io);
   t.set_payload(std::string(311, '\0'));
-  EXPECT_EQ(check_error(t), ErrorCode::kMalformed);
+  EXPECT_EQ(check_error(t), ErrorCode::malformed);
 }
 
 }  // namespace

@@ -51,8 +51,8 @@ nlohmann::ordered_json build_transcript() {
   t["initiator_preamble"] = to_hex(pre_i);
   t["responder_preamble"] = to_hex(pre_r);
 
-  noise::HandshakeState i(noise::HandshakePattern::kXX, true, prologue, {.s = init_s, .e = init_e, .rs = {}});
-  noise::HandshakeState r(noise::HandshakePattern::kXX, false, prologue, {.s = resp_s, .e = resp_e, .rs = {}});
+  noise::HandshakeState i(noise::HandshakePattern::xx, true, prologue, {.s = init_s, .e = init_e, .rs = {}});
+  noise::HandshakeState r(noise::HandshakePattern::xx, false, prologue, {.s = resp_s, .e = resp_e, .rs = {}});
   const Bytes m1 = i.write_message({});
   EXPECT_TRUE(r.read_message(m1).empty());
   const Bytes resp_payload = make_identity_payload(resp_id, resp_s.public_key);
@@ -74,7 +74,7 @@ nlohmann::ordered_json build_transcript() {
   FrameSealer r_sealer(std::move(r_send), ChannelLimits{}.rekey_interval);
   FrameSealer i_sealer(std::move(i_send), ChannelLimits{}.rekey_interval);
   Bytes verdict;
-  r_sealer.seal(MessageClass::kVerdict, Bytes{0}, verdict);
+  r_sealer.seal(MessageClass::verdict, Bytes{0}, verdict);
   t["verdict_wire"] = to_hex(verdict);
   FrameOpener i_opener(std::move(i_recv), {});
   i_opener.feed(verdict);
@@ -86,7 +86,7 @@ nlohmann::ordered_json build_transcript() {
   env.mutable_heartbeat()->set_status("ok");
   const std::string env_bytes = env.SerializeAsString();
   Bytes first;
-  i_sealer.seal(MessageClass::kControl, as_bytes(env_bytes), first);
+  i_sealer.seal(MessageClass::control, as_bytes(env_bytes), first);
   t["first_envelope"] = "Envelope{id: 1, heartbeat{sent_unix_ms: 1000, status: \"ok\"}}";
   t["first_envelope_bytes"] = to_hex(as_bytes(env_bytes));
   t["first_envelope_wire"] = to_hex(first);

@@ -71,8 +71,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       opener.feed(ByteView(wire.data() + pos, n));
       pos += n;
       while (auto frame = opener.pop()) {
-        const std::size_t limit = frame->cls == MessageClass::kControl ? limits.max_control_bytes
-                                  : frame->cls == MessageClass::kBulk  ? limits.max_bulk_bytes
+        const std::size_t limit = frame->cls == MessageClass::control ? limits.max_control_bytes
+                                  : frame->cls == MessageClass::bulk  ? limits.max_bulk_bytes
                                                                        : 1024;
         if (frame->body.size() > limit) std::abort();  // a message over its limit got through
         delivered += frame->body.size();

@@ -20,7 +20,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const cohort::wire::SignedUpdate su = sign_update_body(input, node);
     const VerifiedUpdate r =
         verify_update(su, {.recipient = coordinator.id(), .current_version = 10, .staleness_bound = 5});
-    if (r.verdict == UpdateVerdict::kBadSignature) std::abort();  // we signed it ourselves
+    if (r.verdict == UpdateVerdict::bad_signature) std::abort();  // we signed it ourselves
     if (r && r.header.tensors_size() != 0) std::abort();
     return 0;
   }
