@@ -1,8 +1,6 @@
 // Wiring of the coordinator: the network thread (one Asio io_context: peer sessions, timers) and
 // the compute executor (one thread: checking and auditing updates, optimizer steps, publication,
 // checkpoints), which the sessions co_await. The parts: coordinator_impl.h lists them.
-#include "coordinator/coordinator_impl.h"
-
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -11,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/check.h"
+#include "coordinator/coordinator_impl.h"
 #include "grpo/safetensors.h"
 
 namespace cohort::coordinator {
@@ -23,8 +22,8 @@ namespace {
 std::pair<std::string, uint16_t> split_host_port(const std::string& s) {
   const auto colon = s.rfind(':');
   const std::string port = colon == std::string::npos ? "" : s.substr(colon + 1);
-  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
-      std::stoi(port) > 65535)
+  if (port.empty() || port.size() > 5 ||
+      port.find_first_not_of("0123456789") != std::string::npos || std::stoi(port) > 65535)
     throw Error("address '" + s + "' must be HOST:PORT with a port in 0..65535");
   return {s.substr(0, colon), static_cast<uint16_t>(std::stoi(port))};
 }
@@ -67,33 +66,42 @@ void Coordinator::Impl::serve() {
   open();
   auto [host, port] = split_host_port(cfg.listen);
   protocol::ChannelOptions opts;
-  opts.limits.idle_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg.idle_timeout_s * 1000));
+  opts.limits.idle_timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(cfg.idle_timeout_s * 1000));
   opts.admit = [this](const PeerId& id) {
     if (banned.count(id.hex())) {
-      ledger->record_refusal(id.hex(), "", "banned", "connection from a banned identity", unix_ms());
+      ledger->record_refusal(id.hex(), "", "banned", "connection from a banned identity",
+                             unix_ms());
       spdlog::warn("coordinator: refused peer {}: banned", id.fingerprint());
       return false;
     }
     if (cfg.admission == Admission::open || allowed.count(id)) return true;
-    ledger->record_refusal(id.hex(), "", "not_admitted", "identity not on the allowlist", unix_ms());
+    ledger->record_refusal(id.hex(), "", "not_admitted", "identity not on the allowlist",
+                           unix_ms());
     spdlog::warn("coordinator: refused peer {}: not on the allowlist", id.fingerprint());
     return false;
   };
-  server = std::make_unique<protocol::Server>(io.get_executor(),
-                                              asio::ip::tcp::endpoint(asio::ip::make_address(host), port), identity,
-                                              opts, [this](Channel ch) { return session(std::move(ch)); });
+  server = std::make_unique<protocol::Server>(
+      io.get_executor(), asio::ip::tcp::endpoint(asio::ip::make_address(host), port), identity,
+      opts, [this](Channel ch) { return session(std::move(ch)); });
   server->start();
   uint16_t status_port = 0;
   if (!cfg.status_listen.empty()) {
     http = std::make_unique<StatusHttpServer>(
-        cfg.status_listen, [this](const std::string&, const std::string& path) { return http_get(path); });
+        cfg.status_listen,
+        [this](const std::string&, const std::string& path) { return http_get(path); });
     status_port = http->port();
   }
-  json ep = {{"host", host}, {"port", server->port()}, {"status_port", status_port},
-             {"coordinator_key", identity.id().hex()}, {"pid", ::getpid()}, {"round_id", cfg.round_id}};
+  json ep = {{"host", host},
+             {"port", server->port()},
+             {"status_port", status_port},
+             {"coordinator_key", identity.id().hex()},
+             {"pid", ::getpid()},
+             {"round_id", cfg.round_id}};
   grpo::write_file_atomic(endpoint_path(cfg.data_dir), ep.dump());
-  spdlog::info("coordinator: round {} on {}:{} (status http://{}:{}/status), key {}, version {}", cfg.round_id, host,
-               server->port(), host, status_port, identity.id().hex(), sched->version());
+  spdlog::info("coordinator: round {} on {}:{} (status http://{}:{}/status), key {}, version {}",
+               cfg.round_id, host, server->port(), host, status_port, identity.id().hex(),
+               sched->version());
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   asio::co_spawn(io, housekeeping(), asio::detached);
@@ -102,7 +110,8 @@ void Coordinator::Impl::serve() {
   compute.join();
   for (auto& e : evals) e.join();
   if (!fatal.empty()) throw Error("the coordinator stopped: " + fatal);
-  if (!finished && g_stop_signal) throw Error("stopped by signal; `serve` on the same data directory resumes", 130);
+  if (!finished && g_stop_signal)
+    throw Error("stopped by signal; `serve` on the same data directory resumes", 130);
   if (!finished) throw Error("the coordinator stopped before the round completed");
 }
 

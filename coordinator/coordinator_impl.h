@@ -49,13 +49,14 @@ inline constexpr size_t kMaxPeerText = 256;
 
 struct Coordinator::Impl {
   RoundConfig cfg;
-  protocol::Identity identity = protocol::Identity::generate();  // replaced by the key file in open()
+  protocol::Identity identity =
+      protocol::Identity::generate();  // replaced by the key file in open()
   std::unique_ptr<Ledger> ledger;
   std::unique_ptr<grpo::Task> task;
   std::unique_ptr<grpo::Tokenizer> tok;
-  std::unique_ptr<Policy> policy;            // compute executor only (once open() is done)
-  std::unique_ptr<UpdateChecker> checker;    // read-only, any thread
-  std::unique_ptr<LeaseScheduler> sched;     // network thread only
+  std::unique_ptr<Policy> policy;          // compute executor only (once open() is done)
+  std::unique_ptr<UpdateChecker> checker;  // read-only, any thread
+  std::unique_ptr<LeaseScheduler> sched;   // network thread only
   wire::RoundSettings settings;
   protocol::ReplayGuard replays;
   std::deque<std::shared_ptr<const Published>> published;
@@ -63,16 +64,16 @@ struct Coordinator::Impl {
   std::map<std::string, int64_t> misbehaviour;  // refusals for misbehaviour per peer (hex)
   std::set<std::string> banned;
   bool finished = false;
-  bool applying = false;        // a step is being applied on the executor
+  bool applying = false;  // a step is being applied on the executor
   int64_t applying_step = 0;
-  int64_t audits = 0;           // updates recomputed in full
+  int64_t audits = 0;  // updates recomputed in full
   double started_mono = mono_s();
   asio::io_context io;
   asio::thread_pool compute{1};
   std::unique_ptr<protocol::Server> server;
   std::unique_ptr<StatusHttpServer> http;
   std::mt19937_64 audit_rng{std::random_device{}()};  // which updates are recomputed: unpredictable
-  std::vector<std::jthread> evals;  // held-out evaluations in flight
+  std::vector<std::jthread> evals;                    // held-out evaluations in flight
   int evals_running = 0;
 
   std::string fatal;  // why the model side failed, if it did
@@ -124,25 +125,29 @@ struct Coordinator::Impl {
 
   // session.cpp
   std::optional<wire::WorkLease> try_issue(const std::string& peer, uint32_t max_prompts);
-  void close_lease(const std::string& lease_id, const std::string& state, const std::string& reason);
+  void close_lease(const std::string& lease_id, const std::string& state,
+                   const std::string& reason);
   void log_closed(const ClosedLease& c);
 
   // updates.cpp
-  void refuse(const std::string& peer, const wire::GradientUpdate& h, const protocol::Digest& d, int64_t step,
-              const Refusal& r, size_t bytes);
+  void refuse(const std::string& peer, const wire::GradientUpdate& h, const protocol::Digest& d,
+              int64_t step, const Refusal& r, size_t bytes);
   // Where a lease stands for this update, checked before the body is and again after (it may
   // have expired or been given back meanwhile): the refusal and the step to record it under.
-  std::optional<std::pair<int64_t, Refusal>> lease_refusal(const protocol::VerifiedUpdate& vr, const PeerId& channel_peer);
+  std::optional<std::pair<int64_t, Refusal>> lease_refusal(const protocol::VerifiedUpdate& vr,
+                                                           const PeerId& channel_peer);
   // Checks in order of cost: signature and header (executor); replay, lease and round (here); the
   // body — completions re-scored, counts, reward statistics, loss, the decoded gradient and its
   // norm, and for a sampled share a full recomputation (executor); the lease once more; then the
   // ledger records it before the Ack leaves.
-  asio::awaitable<wire::Ack> handle_update(std::shared_ptr<const wire::SignedUpdate> su, PeerId channel_peer);
+  asio::awaitable<wire::Ack> handle_update(std::shared_ptr<const wire::SignedUpdate> su,
+                                           PeerId channel_peer);
 
   // session.cpp
   asio::awaitable<void> send_tensors(Channel& ch, const wire::TensorRequest& req);
   const Published& manifest_for(uint64_t v) const;
-  asio::awaitable<wire::Envelope> answer_work_request(const std::string& peer, const wire::WorkRequest& wr);
+  asio::awaitable<wire::Envelope> answer_work_request(const std::string& peer,
+                                                      const wire::WorkRequest& wr);
   asio::awaitable<void> session(Channel ch);
 
   // status.cpp: the live status document (network thread); the HTTP threads' entry point.

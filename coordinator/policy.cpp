@@ -65,7 +65,9 @@ Policy::Policy(const RoundConfig& cfg, const protocol::Identity& identity, const
   model_ = grpo::load_model(cfg.model_path);
   layout_ = exchange::ParamLayout(*model_);
   torch::optim::AdamWOptions o(cfg.grpo.lr);
-  o.betas({cfg.grpo.adam_beta1, cfg.grpo.adam_beta2}).eps(cfg.grpo.adam_eps).weight_decay(cfg.grpo.weight_decay);
+  o.betas({cfg.grpo.adam_beta1, cfg.grpo.adam_beta2})
+      .eps(cfg.grpo.adam_eps)
+      .weight_decay(cfg.grpo.weight_decay);
   opt_ = std::make_unique<Optimizer>(Optimizer{torch::optim::AdamW(model_->parameters(), o)});
 }
 
@@ -79,7 +81,8 @@ void Policy::resume(const std::string& dir, uint64_t version) {
   version_ = version;
 }
 
-std::optional<exchange::Refusal> Policy::decode(const wire::GradientUpdate& u, std::vector<float>& out) const {
+std::optional<exchange::Refusal> Policy::decode(const wire::GradientUpdate& u,
+                                                std::vector<float>& out) const {
   out.assign(layout_.total, 0.0f);
   return exchange::decode_gradient(u, layout_, out);
 }
@@ -127,7 +130,8 @@ Policy::Applied Policy::apply(int64_t step, bool replaying) {
     for (const auto& m : st.update_means) xs.push_back(m.data());
     const AggregationStats a = aggregate(cfg_.aggregation, xs, layout_.total, mean.data());
     if (!replaying)
-      spdlog::info("step {}: {} of {} updates{}", step, aggregation_rule_name(cfg_.aggregation.rule), a.updates,
+      spdlog::info("step {}: {} of {} updates{}", step,
+                   aggregation_rule_name(cfg_.aggregation.rule), a.updates,
                    cfg_.aggregation.rule == AggregationRule::centered_clip
                        ? fmt::format(" ({} clipped at radius {:.3g})", a.clipped, a.radius)
                        : std::string());
@@ -138,12 +142,14 @@ Policy::Applied Policy::apply(int64_t step, bool replaying) {
     at::NoGradGuard no_grad;
     for (size_t i = 0; i < params.size(); ++i) {
       const auto& slot = layout_.slots[i];
-      params[i].mutable_grad() = at::from_blob(mean.data() + slot.offset, params[i].sizes(), at::kFloat).clone();
+      params[i].mutable_grad() =
+          at::from_blob(mean.data() + slot.offset, params[i].sizes(), at::kFloat).clone();
     }
   }
   if (cfg_.dump_gradients && !replaying) {
     std::vector<grpo::NamedTensor> gs;
-    for (size_t i = 0; i < params.size(); ++i) gs.push_back({layout_.slots[i].name, params[i].grad().clone()});
+    for (size_t i = 0; i < params.size(); ++i)
+      gs.push_back({layout_.slots[i].name, params[i].grad().clone()});
     fs::create_directories(fs::path(cfg_.data_dir) / "gradients");
     char name[64];
     std::snprintf(name, sizeof name, "step-%06lld.safetensors", static_cast<long long>(step));
@@ -156,7 +162,8 @@ Policy::Applied Policy::apply(int64_t step, bool replaying) {
     for (auto& p : params) norm += p.grad().pow(2).sum().item<double>();
     norm = std::sqrt(norm);
   }
-  if (std::isfinite(norm)) opt_->adamw.step();  // as GrpoTrainer: a non-finite gradient skips the update
+  if (std::isfinite(norm))
+    opt_->adamw.step();  // as GrpoTrainer: a non-finite gradient skips the update
   if (const int64_t delay = test_step_delay_ms(); delay > 0 && !replaying)
     std::this_thread::sleep_for(std::chrono::milliseconds(delay));
   ++version_;
@@ -189,12 +196,14 @@ std::shared_ptr<const Published> Policy::publish() {
   std::vector<std::shared_ptr<const std::string>> bytes;
   for (const auto& nt : model_->named_parameters()) {
     auto t = nt.tensor.detach().contiguous().to(at::kFloat);
-    bytes.push_back(std::make_shared<std::string>(reinterpret_cast<const char*>(t.data_ptr<float>()),
-                                                  static_cast<size_t>(t.numel()) * sizeof(float)));
+    bytes.push_back(
+        std::make_shared<std::string>(reinterpret_cast<const char*>(t.data_ptr<float>()),
+                                      static_cast<size_t>(t.numel()) * sizeof(float)));
     named.push_back({nt.name, t.sizes().vec(), *bytes.back()});
   }
   std::vector<protocol::Digest> digests;
-  const wire::WeightManifest m = exchange::build_manifest(cfg_.round_id, version_, unix_ms(), named, &digests);
+  const wire::WeightManifest m =
+      exchange::build_manifest(cfg_.round_id, version_, unix_ms(), named, &digests);
   for (size_t i = 0; i < named.size(); ++i) {
     p->tensors[digests[i]] = bytes[i];
     p->names.emplace_back(named[i].name, digests[i]);
@@ -219,7 +228,8 @@ grpo::Model& Policy::weights_of(const Published& p) {
   return *audit_model_;
 }
 
-std::optional<exchange::Refusal> Policy::audit(const Published& sampled_on, const wire::GradientUpdate& u,
+std::optional<exchange::Refusal> Policy::audit(const Published& sampled_on,
+                                               const wire::GradientUpdate& u,
                                                std::span<const uint64_t> lease_prompts,
                                                std::span<const float> reported) {
   const double t0 = mono_s();
@@ -237,10 +247,12 @@ std::optional<exchange::Refusal> Policy::audit(const Published& sampled_on, cons
       rewards.push_back(cd->reward());
     }
   }
-  grpo::Rollout r = grpo::layout(prompt_ids, g, completions, cfg_.grpo.sampling.max_new_tokens, tok_.pad_id());
+  grpo::Rollout r =
+      grpo::layout(prompt_ids, g, completions, cfg_.grpo.sampling.max_new_tokens, tok_.pad_id());
   {
     at::NoGradGuard no_grad;
-    r.logprobs = grpo::completion_logprobs(sampled, r, cfg_.grpo.sampling.temperature) * r.completion_mask;
+    r.logprobs =
+        grpo::completion_logprobs(sampled, r, cfg_.grpo.sampling.temperature) * r.completion_mask;
   }
   const auto adv = grpo::group_advantages(rewards, g, cfg_.grpo.scale);
   auto clear_grads = [&] {
@@ -260,13 +272,16 @@ std::optional<exchange::Refusal> Policy::audit(const Published& sampled_on, cons
   const double cosine = (a2 == 0 && b2 == 0) ? 1.0 : dot / std::max(1e-300, std::sqrt(a2 * b2));
   const double ratio = a2 > 0 ? std::sqrt(b2 / a2) : (b2 == 0 ? 1.0 : 1e300);
   ++audits_;
-  spdlog::info("coordinator: recomputed lease {} on v{} (current v{}) in {:.2f} s: cosine {:.6f}, norm ratio {:.6f}",
-               u.lease_id(), u.policy_version(), version_, mono_s() - t0, cosine, ratio);
+  spdlog::info(
+      "coordinator: recomputed lease {} on v{} (current v{}) in {:.2f} s: cosine {:.6f}, norm "
+      "ratio {:.6f}",
+      u.lease_id(), u.policy_version(), version_, mono_s() - t0, cosine, ratio);
   // The norm must agree too: a scaled honest gradient has cosine 1.
   if (cosine < cfg_.recompute_min_cosine || ratio > 1.5 || ratio < 1 / 1.5)
-    return exchange::Refusal{wire::ACK_RECOMPUTE_MISMATCH,
-                             fmt::format("recomputed gradient differs: cosine {:.4f} (min {:.2f}), norm ratio {:.3f}",
-                                         cosine, cfg_.recompute_min_cosine, ratio)};
+    return exchange::Refusal{
+        wire::ACK_RECOMPUTE_MISMATCH,
+        fmt::format("recomputed gradient differs: cosine {:.4f} (min {:.2f}), norm ratio {:.3f}",
+                    cosine, cfg_.recompute_min_cosine, ratio)};
   return std::nullopt;
 }
 
@@ -281,10 +296,14 @@ std::string Policy::write_checkpoint(int64_t step) {
   grpo::save_model(tmp.string(), *model_);
   // A checkpoint opens like the model folder it came from (as `cohort train --out` writes it).
   for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"})
-    if (fs::exists(fs::path(cfg_.model_path) / f)) fs::copy_file(fs::path(cfg_.model_path) / f, tmp / f);
+    if (fs::exists(fs::path(cfg_.model_path) / f))
+      fs::copy_file(fs::path(cfg_.model_path) / f, tmp / f);
   torch::save(opt_->adamw, (tmp / "optimizer.pt").string());
-  nlohmann::json state = {{"round_id", cfg_.round_id}, {"step", step}, {"version", version_},
-                          {"lr", cfg_.grpo.lr}, {"scheduler", "constant"}};
+  nlohmann::json state = {{"round_id", cfg_.round_id},
+                          {"step", step},
+                          {"version", version_},
+                          {"lr", cfg_.grpo.lr},
+                          {"scheduler", "constant"}};
   grpo::write_file_atomic((tmp / "state.json").string(), state.dump(2));
   for (const auto& e : fs::directory_iterator(tmp)) fsync_path(e.path(), false);
   fsync_path(tmp, true);

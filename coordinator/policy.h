@@ -48,8 +48,8 @@ struct Published {
 // What an accepted update adds to its step besides the gradient (the coordinator's own figures).
 struct Contribution {
   double units = 0, tokens = 0, loss = 0, reward_mean = 0, accuracy = 0;
-  int64_t rows = 0;          // completions
-  double decode_s = 0;       // time spent decoding, checking (audit included) and recording it
+  int64_t rows = 0;     // completions
+  double decode_s = 0;  // time spent decoding, checking (audit included) and recording it
 };
 
 class Policy {
@@ -67,11 +67,13 @@ class Policy {
   [[nodiscard]] const grpo::ModelConfig& model_config() const;
 
   // The update's gradient sum into `out` (layout().total floats), or why it is refused.
-  [[nodiscard]] std::optional<exchange::Refusal> decode(const wire::GradientUpdate& u, std::vector<float>& out) const;
+  [[nodiscard]] std::optional<exchange::Refusal> decode(const wire::GradientUpdate& u,
+                                                        std::vector<float>& out) const;
   // Recomputes the lease's gradient sum from the reported completions on the weights they were
   // sampled with (`sampled_on`, or the live model when it is the current version) and compares
   // it with the reported one: cosine and norm ratio.
-  [[nodiscard]] std::optional<exchange::Refusal> audit(const Published& sampled_on, const wire::GradientUpdate& u,
+  [[nodiscard]] std::optional<exchange::Refusal> audit(const Published& sampled_on,
+                                                       const wire::GradientUpdate& u,
                                                        std::span<const uint64_t> lease_prompts,
                                                        std::span<const float> reported);
   int64_t audits() const { return audits_; }

@@ -1,12 +1,11 @@
 // Start-up: identity key, ledger, task and tokenizer, the model side; resume from the latest
 // checkpoint, replay the accepted updates it does not contain, re-adopt leases still out.
-#include "coordinator/coordinator_impl.h"
-
 #include <spdlog/spdlog.h>
 
 #include <cstring>
 #include <filesystem>
 
+#include "coordinator/coordinator_impl.h"
 #include "exchange/round_settings.h"
 #include "grpo/scoring.h"
 #include "protocol/digest.h"
@@ -27,7 +26,8 @@ void Coordinator::Impl::open() {
   for (const auto& hex : cfg.allowlist) allowed.insert(PeerId::parse(hex));
   ledger = std::make_unique<Ledger>(ledger_path(cfg.data_dir), cfg.ledger_sync);
   task = grpo::make_task(cfg.grpo.task);
-  const grpo::ModelConfig mc = grpo::ModelConfig::load((fs::path(cfg.model_path) / "config.json").string());
+  const grpo::ModelConfig mc =
+      grpo::ModelConfig::load((fs::path(cfg.model_path) / "config.json").string());
   tok = grpo::tokenizer_for_model(cfg.model_path, mc, cfg.system_prompt);
   policy = std::make_unique<Policy>(cfg, identity, *task, *tok);
   checker = std::make_unique<UpdateChecker>(
@@ -37,7 +37,9 @@ void Coordinator::Impl::open() {
   try {
     (void)grpo::encode_prompt(*tok, task->train_prompt(0));
   } catch (const Error& e) {
-    throw Error(std::string("the first training prompt cannot be tokenized by the model's tokenizer: ") + e.what());
+    throw Error(
+        std::string("the first training prompt cannot be tokenized by the model's tokenizer: ") +
+        e.what());
   }
   if (cfg.eval_every > 0) (void)task->eval_prompts(cfg.eval_n);
 
@@ -47,12 +49,16 @@ void Coordinator::Impl::open() {
     policy->resume(ck->second, version);
     spdlog::info("coordinator: resumed from checkpoint {} (version {})", ck->second, version);
   }
-  sched = std::make_unique<LeaseScheduler>(
-      SchedulerConfig{.steps = cfg.steps, .groups_per_step = cfg.grpo.prompts_per_step,
-                      .staleness_bound = cfg.staleness_bound, .group_size = cfg.grpo.group_size,
-                      .lease_timeout_s = cfg.lease_timeout_s, .reconnect_grace_s = cfg.reconnect_grace_s,
-                      .min_peers = cfg.min_peers, .round_seed = cfg.grpo.seed},
-      version);
+  sched =
+      std::make_unique<LeaseScheduler>(SchedulerConfig{.steps = cfg.steps,
+                                                       .groups_per_step = cfg.grpo.prompts_per_step,
+                                                       .staleness_bound = cfg.staleness_bound,
+                                                       .group_size = cfg.grpo.group_size,
+                                                       .lease_timeout_s = cfg.lease_timeout_s,
+                                                       .reconnect_grace_s = cfg.reconnect_grace_s,
+                                                       .min_peers = cfg.min_peers,
+                                                       .round_seed = cfg.grpo.seed},
+                                       version);
   misbehaviour = ledger->misbehaviour_counts();
   for (const auto& [p, n] : misbehaviour)
     if (cfg.ban_after > 0 && n >= cfg.ban_after) banned.insert(p);
@@ -69,8 +75,9 @@ void Coordinator::Impl::open() {
   for (auto& rec : ledger->leases_in_state("active"))
     if (!sched->adopt(rec, mono_s()))
       ledger->close_lease(rec.lease_id, "expired",
-                          rec.step <= static_cast<int64_t>(sched->version()) ? "step already applied"
-                                                                             : "inconsistent after restart",
+                          rec.step <= static_cast<int64_t>(sched->version())
+                              ? "step already applied"
+                              : "inconsistent after restart",
                           unix_ms());
   finished = sched->finished();
 }
@@ -81,30 +88,37 @@ void Coordinator::Impl::replay_ledger() {
   if (updates.empty()) return;
   for (const auto& u : updates) {
     auto rec = ledger->lease(u.lease_id);
-    if (!rec) throw Error("ledger: accepted update " + std::to_string(u.id) + " names unknown lease");
+    if (!rec)
+      throw Error("ledger: accepted update " + std::to_string(u.id) + " names unknown lease");
     if (u.body.empty())
-      throw Error("ledger: accepted update " + std::to_string(u.id) + " of step " + std::to_string(u.step) +
-                  " has no body and no checkpoint covers it");
+      throw Error("ledger: accepted update " + std::to_string(u.id) + " of step " +
+                  std::to_string(u.step) + " has no body and no checkpoint covers it");
     wire::SignedUpdate su;
     su.set_body(u.body);
     const wire::GradientUpdate full = protocol::decode_update(su);
     std::vector<float> grad;
     if (auto r = policy->decode(full, grad))
-      throw Error("ledger: stored update " + std::to_string(u.id) + " does not decode: " + r->detail);
+      throw Error("ledger: stored update " + std::to_string(u.id) +
+                  " does not decode: " + r->detail);
     policy->absorb(rec->step,
-                   {.units = u.units, .tokens = u.tokens, .loss = full.loss(), .reward_mean = u.reward_mean,
-                    .accuracy = u.accuracy, .rows = u.sequences},
+                   {.units = u.units,
+                    .tokens = u.tokens,
+                    .loss = full.loss(),
+                    .reward_mean = u.reward_mean,
+                    .accuracy = u.accuracy,
+                    .rows = u.sequences},
                    std::move(grad));
     sched->mark_done(rec->step, rec->prompts);
     while (!sched->finished() && sched->step_complete(static_cast<int64_t>(sched->version()) + 1)) {
       const int64_t step = static_cast<int64_t>(sched->version()) + 1;
       step_applied(policy->apply(step, /*replaying=*/true), /*replaying=*/true);
-      // Replayed steps are checkpointed too: a crash may have come between a step and its checkpoint.
+      // Replayed steps are checkpointed too: a crash may have come between a step and its
+      // checkpoint.
       if (checkpoint_due(step)) record_checkpoint(step, policy->write_checkpoint(step));
     }
   }
-  spdlog::info("coordinator: replayed {} accepted updates from the ledger; version {}", updates.size(),
-               sched->version());
+  spdlog::info("coordinator: replayed {} accepted updates from the ledger; version {}",
+               updates.size(), sched->version());
 }
 
 wire::RoundSettings Coordinator::Impl::make_settings() const {

@@ -63,5 +63,4 @@ struct RoundConfig {
   void validate() const;
 };
 
-
 }  // namespace cohort::coordinator

@@ -10,12 +10,14 @@
 
 namespace cohort::coordinator {
 
-LeaseScheduler::LeaseScheduler(SchedulerConfig cfg, uint64_t version) : cfg_(cfg), version_(version) {
+LeaseScheduler::LeaseScheduler(SchedulerConfig cfg, uint64_t version)
+    : cfg_(cfg), version_(version) {
   COHORT_CHECK(cfg_.groups_per_step > 0 && cfg_.steps >= 0);
 }
 
 uint64_t LeaseScheduler::prompt_index(int64_t step, int pos) const {
-  return static_cast<uint64_t>(step - 1) * static_cast<uint64_t>(cfg_.groups_per_step) + static_cast<uint64_t>(pos);
+  return static_cast<uint64_t>(step - 1) * static_cast<uint64_t>(cfg_.groups_per_step) +
+         static_cast<uint64_t>(pos);
 }
 
 LeaseScheduler::Step& LeaseScheduler::step(int64_t s) {
@@ -33,7 +35,8 @@ void LeaseScheduler::peer_connected(const std::string& peer, double advertised) 
   ++connected_;
 }
 
-std::vector<LeaseRecord> LeaseScheduler::peer_disconnected(const std::string& peer, int64_t now_ms) {
+std::vector<LeaseRecord> LeaseScheduler::peer_disconnected(const std::string& peer,
+                                                           int64_t now_ms) {
   std::vector<LeaseRecord> changed;
   auto it = peers_.find(peer);
   if (it == peers_.end() || it->second.sessions == 0) return changed;
@@ -69,7 +72,9 @@ double LeaseScheduler::share_of(const std::string& peer) const {
   int n = 0;
   for (const auto& [k, q] : peers_)
     if (q.throughput > 0 && q.sessions > 0) measured += q.throughput, ++n;
-  auto estimate = [&](const Peer& p) { return p.throughput > 0 ? p.throughput : (n ? measured / n : 1.0); };
+  auto estimate = [&](const Peer& p) {
+    return p.throughput > 0 ? p.throughput : (n ? measured / n : 1.0);
+  };
   double total = 0;
   for (const auto& [k, p] : peers_)
     if (p.sessions > 0 && p.working) total += estimate(p);
@@ -78,24 +83,28 @@ double LeaseScheduler::share_of(const std::string& peer) const {
   return std::min(1.0, estimate(it->second) / total);
 }
 
-int64_t LeaseScheduler::lease_size(const std::string& peer, int64_t pending, uint32_t max_prompts) const {
+int64_t LeaseScheduler::lease_size(const std::string& peer, int64_t pending,
+                                   uint32_t max_prompts) const {
   const double share = share_of(peer);
   const int64_t full = std::max<int64_t>(1, std::llround(double(cfg_.groups_per_step) * share));
   const int64_t least = std::max<int64_t>(1, (full + 1) / 2);
-  int64_t size = std::clamp<int64_t>(static_cast<int64_t>(std::ceil(double(pending) * share)), least, full);
-  if (throughput(peer) <= 0) size = std::min<int64_t>(size, std::max<int64_t>(1, (cfg_.groups_per_step + 7) / 8));
+  int64_t size =
+      std::clamp<int64_t>(static_cast<int64_t>(std::ceil(double(pending) * share)), least, full);
+  if (throughput(peer) <= 0)
+    size = std::min<int64_t>(size, std::max<int64_t>(1, (cfg_.groups_per_step + 7) / 8));
   if (max_prompts > 0) size = std::min<int64_t>(size, max_prompts);
   return std::max<int64_t>(0, std::min(size, pending));
 }
 
-std::optional<ActiveLease> LeaseScheduler::issue(const std::string& peer, uint32_t max_prompts, double now,
-                                                 int64_t now_ms) {
+std::optional<ActiveLease> LeaseScheduler::issue(const std::string& peer, uint32_t max_prompts,
+                                                 double now, int64_t now_ms) {
   if (finished()) return std::nullopt;
   if (!started_) {
     if (connected_ < cfg_.min_peers) return std::nullopt;
     started_ = true;
   }
-  const int64_t last = std::min<int64_t>(cfg_.steps, static_cast<int64_t>(version_) + 1 + cfg_.staleness_bound);
+  const int64_t last =
+      std::min<int64_t>(cfg_.steps, static_cast<int64_t>(version_) + 1 + cfg_.staleness_bound);
   for (int64_t s = static_cast<int64_t>(version_) + 1; s <= last; ++s) {
     Step& st = step(s);
     std::vector<int> pending;
@@ -107,8 +116,8 @@ std::optional<ActiveLease> LeaseScheduler::issue(const std::string& peer, uint32
     uint8_t rnd[6];
     randombytes_buf(rnd, sizeof rnd);
     char id[64];
-    std::snprintf(id, sizeof id, "s%lld-%02x%02x%02x%02x%02x%02x", static_cast<long long>(s), rnd[0], rnd[1], rnd[2],
-                  rnd[3], rnd[4], rnd[5]);
+    std::snprintf(id, sizeof id, "s%lld-%02x%02x%02x%02x%02x%02x", static_cast<long long>(s),
+                  rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5]);
     l.rec.lease_id = id;
     l.rec.step = s;
     l.rec.peer = peer;
@@ -136,7 +145,8 @@ ActiveLease LeaseScheduler::complete(const std::string& lease_id, double now) {
   leases_.erase(it);
   Step& st = step(l.rec.step);
   for (int pos : l.groups) {
-    COHORT_CHECK(st.groups[static_cast<size_t>(pos)] == Group::leased, "a prompt group counted twice");
+    COHORT_CHECK(st.groups[static_cast<size_t>(pos)] == Group::leased,
+                 "a prompt group counted twice");
     st.groups[static_cast<size_t>(pos)] = Group::done;
     ++st.done;
   }
@@ -150,13 +160,15 @@ ActiveLease LeaseScheduler::complete(const std::string& lease_id, double now) {
   return l;
 }
 
-std::optional<ClosedLease> LeaseScheduler::close(const std::string& lease_id, const std::string& state,
+std::optional<ClosedLease> LeaseScheduler::close(const std::string& lease_id,
+                                                 const std::string& state,
                                                  const std::string& reason) {
   auto it = leases_.find(lease_id);
   if (it == leases_.end()) return std::nullopt;
   if (auto st = steps_.find(it->second.rec.step); st != steps_.end())
     for (int pos : it->second.groups)
-      if (st->second.groups[static_cast<size_t>(pos)] == Group::leased) st->second.groups[static_cast<size_t>(pos)] = Group::pending;
+      if (st->second.groups[static_cast<size_t>(pos)] == Group::leased)
+        st->second.groups[static_cast<size_t>(pos)] = Group::pending;
   ClosedLease c{lease_id, it->second.rec.peer, it->second.groups.size(), state, reason};
   leases_.erase(it);
   return c;
@@ -179,7 +191,8 @@ std::vector<ClosedLease> LeaseScheduler::expire_due(int64_t now_ms) {
 }
 
 bool LeaseScheduler::adopt(const LeaseRecord& rec, double now) {
-  if (rec.step <= static_cast<int64_t>(version_) || rec.step > cfg_.steps || rec.prompts.empty()) return false;
+  if (rec.step <= static_cast<int64_t>(version_) || rec.step > cfg_.steps || rec.prompts.empty())
+    return false;
   Step& st = step(rec.step);
   ActiveLease l;
   l.rec = rec;
@@ -206,7 +219,8 @@ void LeaseScheduler::mark_done(int64_t s, const std::vector<uint64_t>& prompts) 
   Step& st = step(s);
   for (uint64_t idx : prompts) {
     const int pos = static_cast<int>(idx - prompt_index(s, 0));
-    COHORT_CHECK(pos >= 0 && pos < cfg_.groups_per_step && st.groups[static_cast<size_t>(pos)] != Group::done,
+    COHORT_CHECK(pos >= 0 && pos < cfg_.groups_per_step &&
+                     st.groups[static_cast<size_t>(pos)] != Group::done,
                  "a replayed prompt group counted twice");
     st.groups[static_cast<size_t>(pos)] = Group::done;
     ++st.done;

@@ -5,9 +5,10 @@
 //
 //   LeaseScheduler s({.steps = 20, .groups_per_step = 32, .staleness_bound = 1, ...});
 //   s.peer_connected("ab12..", now);
-//   if (auto lease = s.issue("ab12..", /*max_prompts=*/0, now, now_ms)) ledger.record_lease(lease->rec);
-//   s.complete(lease_id, now);              // its groups are done; step_complete(step) may turn true
-//   for (auto& e : s.expire_due(now_ms)) ...  // deadlines passed: prompts back in the pool
+//   if (auto lease = s.issue("ab12..", /*max_prompts=*/0, now, now_ms))
+//   ledger.record_lease(lease->rec); s.complete(lease_id, now);              // its groups are
+//   done; step_complete(step) may turn true for (auto& e : s.expire_due(now_ms)) ...  // deadlines
+//   passed: prompts back in the pool
 #pragma once
 
 #include <cstdint>
@@ -22,13 +23,13 @@ namespace cohort::coordinator {
 
 struct SchedulerConfig {
   int64_t steps = 20;
-  int64_t groups_per_step = 32;     // prompts (groups) per step
-  uint32_t staleness_bound = 1;     // leases are issued for steps version+1 .. version+1+S
+  int64_t groups_per_step = 32;  // prompts (groups) per step
+  uint32_t staleness_bound = 1;  // leases are issued for steps version+1 .. version+1+S
   int group_size = 8;
-  double lease_timeout_s = 120;     // a lease not delivered by then goes back to the pool
-  double reconnect_grace_s = 10;    // a disconnected peer's leases wait this long for it
-  int min_peers = 1;                // no lease before this many peers are connected
-  uint64_t round_seed = 1;          // per-prompt sampling seeds (exchange/seeds.h)
+  double lease_timeout_s = 120;   // a lease not delivered by then goes back to the pool
+  double reconnect_grace_s = 10;  // a disconnected peer's leases wait this long for it
+  int min_peers = 1;              // no lease before this many peers are connected
+  uint64_t round_seed = 1;        // per-prompt sampling seeds (exchange/seeds.h)
 };
 
 // A lease out to a peer: its ledger record and its groups' positions inside the step.
@@ -43,7 +44,7 @@ struct ClosedLease {
   std::string lease_id;
   std::string peer;
   size_t groups = 0;
-  std::string state;   // expired | returned
+  std::string state;  // expired | returned
   std::string reason;
 };
 
@@ -56,21 +57,23 @@ class LeaseScheduler {
   // The last session of `peer` ended: its leases get reconnect_grace_s (deadline shortened);
   // returns the leases whose deadline changed (to record).
   std::vector<LeaseRecord> peer_disconnected(const std::string& peer, int64_t now_ms);
-  void peer_working(const std::string& peer);   // it asked for work: counts in the shares
+  void peer_working(const std::string& peer);  // it asked for work: counts in the shares
   [[nodiscard]] int connected() const { return connected_; }
-  [[nodiscard]] double throughput(const std::string& peer) const;   // groups/s, 0 unmeasured
+  [[nodiscard]] double throughput(const std::string& peer) const;  // groups/s, 0 unmeasured
   [[nodiscard]] bool peer_is_connected(const std::string& peer) const;
 
   // ---- leases
   // A lease for `peer` from the oldest step in the staleness window with pending groups, sized
   // by guided self-scheduling (see lease_size); nullopt when none can be issued now (round
   // finished, fewer than min_peers connected so far, or nothing pending in the window).
-  std::optional<ActiveLease> issue(const std::string& peer, uint32_t max_prompts, double now, int64_t now_ms);
+  std::optional<ActiveLease> issue(const std::string& peer, uint32_t max_prompts, double now,
+                                   int64_t now_ms);
   // The lease's groups are done (its update was accepted). Updates the peer's measured
   // throughput. Returns the lease as it was.
   ActiveLease complete(const std::string& lease_id, double now);
   // Back to the pool, with the reason recorded (no-op for an unknown id).
-  std::optional<ClosedLease> close(const std::string& lease_id, const std::string& state, const std::string& reason);
+  std::optional<ClosedLease> close(const std::string& lease_id, const std::string& state,
+                                   const std::string& reason);
   // The active leases of `peer` not in `holding` (a work request names what it still computes).
   [[nodiscard]] std::vector<std::string> leases_of(const std::string& peer) const;
   std::vector<ClosedLease> expire_due(int64_t now_ms);
@@ -100,7 +103,8 @@ class LeaseScheduler {
   // of waiting on one that took a large lease late. Bounds: at most its share of a whole step,
   // at least half of that (every lease costs one full-size update on the wire), and while its
   // throughput is unmeasured a probe of at most an eighth of a step.
-  [[nodiscard]] int64_t lease_size(const std::string& peer, int64_t pending, uint32_t max_prompts) const;
+  [[nodiscard]] int64_t lease_size(const std::string& peer, int64_t pending,
+                                   uint32_t max_prompts) const;
 
  private:
   enum class Group : uint8_t { pending, leased, done };
@@ -109,7 +113,7 @@ class LeaseScheduler {
     int done = 0;
   };
   struct Peer {
-    double throughput = 0;     // groups per second, measured (EMA)
+    double throughput = 0;  // groups per second, measured (EMA)
     double advertised = 0;
     int sessions = 0;
     bool working = false;

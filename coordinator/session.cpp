@@ -1,13 +1,12 @@
 // A peer's session on the network thread: join and settings, work requests answered with leases,
 // the signed manifest and tensor chunks of published versions, updates handed to updates.cpp,
 // heartbeats, leaving. docs/PROTOCOL.md ("Session") specifies the state machine.
-#include "coordinator/coordinator_impl.h"
-
 #include <spdlog/spdlog.h>
 
 #include <cstring>
 
 #include "common/text.h"
+#include "coordinator/coordinator_impl.h"
 #include "exchange/seeds.h"
 
 namespace cohort::coordinator {
@@ -16,12 +15,14 @@ namespace {
 constexpr size_t kChunkBytes = 1 << 20;  // tensor chunk payload (docs/PROTOCOL.md)
 }  // namespace
 
-std::optional<wire::WorkLease> Coordinator::Impl::try_issue(const std::string& peer, uint32_t max_prompts) {
+std::optional<wire::WorkLease> Coordinator::Impl::try_issue(const std::string& peer,
+                                                            uint32_t max_prompts) {
   if (finished) return std::nullopt;
   const bool was_started = sched->started();
   std::optional<ActiveLease> l = sched->issue(peer, max_prompts, mono_s(), unix_ms());
   if (!was_started && sched->started())
-    spdlog::info("coordinator: {} peers connected (min_peers {}): leases start", sched->connected(), cfg.min_peers);
+    spdlog::info("coordinator: {} peers connected (min_peers {}): leases start", sched->connected(),
+                 cfg.min_peers);
   if (!l) return std::nullopt;
   ledger->record_lease(l->rec);
   wire::WorkLease w;
@@ -37,14 +38,15 @@ std::optional<wire::WorkLease> Coordinator::Impl::try_issue(const std::string& p
   return w;
 }
 
-void Coordinator::Impl::close_lease(const std::string& lease_id, const std::string& state, const std::string& reason) {
+void Coordinator::Impl::close_lease(const std::string& lease_id, const std::string& state,
+                                    const std::string& reason) {
   if (auto c = sched->close(lease_id, state, reason)) log_closed(*c);
 }
 
 void Coordinator::Impl::log_closed(const ClosedLease& c) {
   ledger->close_lease(c.lease_id, c.state, c.reason, unix_ms());
-  spdlog::info("coordinator: lease {} ({} groups, peer {}) {}: {}; its prompts go back to the pool", c.lease_id,
-               c.groups, c.peer.substr(0, 12), c.state, c.reason);
+  spdlog::info("coordinator: lease {} ({} groups, peer {}) {}: {}; its prompts go back to the pool",
+               c.lease_id, c.groups, c.peer.substr(0, 12), c.state, c.reason);
 }
 
 asio::awaitable<void> Coordinator::Impl::send_tensors(Channel& ch, const wire::TensorRequest& req) {
@@ -82,7 +84,8 @@ const Published& Coordinator::Impl::manifest_for(uint64_t v) const {
   return *published.back();  // 0 (latest) or a version no longer published
 }
 
-asio::awaitable<wire::Envelope> Coordinator::Impl::answer_work_request(const std::string& peer, const wire::WorkRequest& wr) {
+asio::awaitable<wire::Envelope> Coordinator::Impl::answer_work_request(
+    const std::string& peer, const wire::WorkRequest& wr) {
   sched->peer_working(peer);
   // A peer names the leases it is still computing, so any other lease it holds will never
   // come (e.g. one issued just before a coordinator crash that never reached it), and those it
@@ -92,7 +95,8 @@ asio::awaitable<wire::Envelope> Coordinator::Impl::answer_work_request(const std
       close_lease(r.lease_id(), "returned", "given back: " + printable(r.reason(), kMaxPeerText));
   const std::set<std::string> holding(wr.holding().begin(), wr.holding().end());
   for (const auto& id : sched->leases_of(peer))
-    if (!holding.count(id)) close_lease(id, "expired", "peer asked for new work without delivering it");
+    if (!holding.count(id))
+      close_lease(id, "expired", "peer asked for new work without delivering it");
   // A peer asking ahead is answered at once: its update waits behind this reply. Otherwise the
   // request waits up to a second for work (a step being applied frees the next one).
   std::optional<wire::WorkLease> lease;
@@ -124,7 +128,8 @@ asio::awaitable<void> Coordinator::Impl::session(Channel ch) {
     const auto& jr = first.join_request();
     // Peer-supplied text is diagnostic only: escaped and capped wherever it is written.
     const std::string name = printable(jr.display_name(), kMaxDisplayName);
-    ledger->record_peer(peer, name, printable(jr.capabilities().ShortDebugString(), 4 * kMaxPeerText), unix_ms());
+    ledger->record_peer(
+        peer, name, printable(jr.capabilities().ShortDebugString(), 4 * kMaxPeerText), unix_ms());
     sched->peer_connected(peer, jr.capabilities().measured_throughput());
     counted = true;
     spdlog::info("coordinator: peer {} ({}) joined with {} device(s)", peer.substr(0, 12), name,
@@ -155,7 +160,8 @@ asio::awaitable<void> Coordinator::Impl::session(Channel ch) {
       } else if (env.has_heartbeat()) {
         continue;  // liveness only: it resets the channel's idle timer
       } else if (env.has_leave()) {
-        spdlog::info("coordinator: peer {} left: {}", peer.substr(0, 12), printable(env.leave().reason(), kMaxPeerText));
+        spdlog::info("coordinator: peer {} left: {}", peer.substr(0, 12),
+                     printable(env.leave().reason(), kMaxPeerText));
         for (const auto& id : sched->leases_of(peer)) close_lease(id, "returned", "peer left");
         break;
       } else {
@@ -172,10 +178,12 @@ asio::awaitable<void> Coordinator::Impl::session(Channel ch) {
       }
     }
   } catch (const std::exception& e) {
-    spdlog::info("coordinator: peer {} disconnected: {}", peer.substr(0, 12), printable(e.what(), kMaxPeerText));
+    spdlog::info("coordinator: peer {} disconnected: {}", peer.substr(0, 12),
+                 printable(e.what(), kMaxPeerText));
   }
   if (counted)
-    for (const LeaseRecord& rec : sched->peer_disconnected(peer, unix_ms())) ledger->record_lease(rec);
+    for (const LeaseRecord& rec : sched->peer_disconnected(peer, unix_ms()))
+      ledger->record_lease(rec);
   ch.close();
 }
 

@@ -1,11 +1,10 @@
 // The status document (JSON, and Prometheus text through metrics.h), built on the network thread
 // from the ledger and live state; the HTTP server's threads ask for it.
-#include "coordinator/coordinator_impl.h"
-
 #include <chrono>
 #include <future>
 #include <nlohmann/json.hpp>
 
+#include "coordinator/coordinator_impl.h"
 #include "coordinator/metrics.h"
 
 namespace cohort::coordinator {
@@ -27,7 +26,7 @@ std::string Coordinator::Impl::live_status() {
   j["leases_started"] = sched->started();  // false: waiting for min_peers
   j["banned"] = banned.size();
   j["audits"] = audits;
-  j["applying_step"] = applying_step;     // 0: the executor is not applying a step
+  j["applying_step"] = applying_step;  // 0: the executor is not applying a step
   j["aggregation"] = aggregation_rule_name(cfg.aggregation.rule);
   json open = json::object();
   for (const auto& [s, done] : sched->open_steps())

@@ -1,14 +1,15 @@
 // Complete steps applied on the compute executor in order, then recorded: the new version
 // published, checkpoints, held-out evaluations on their own threads.
-#include "coordinator/coordinator_impl.h"
-
 #include <spdlog/spdlog.h>
 
+#include "coordinator/coordinator_impl.h"
 #include "grpo/trainer.h"
 
 namespace cohort::coordinator {
 
-bool Coordinator::Impl::checkpoint_due(int64_t step) const { return step % cfg.checkpoint_interval == 0 || step >= cfg.steps; }
+bool Coordinator::Impl::checkpoint_due(int64_t step) const {
+  return step % cfg.checkpoint_interval == 0 || step >= cfg.steps;
+}
 
 void Coordinator::Impl::record_checkpoint(int64_t step, const std::string& path) {
   Ledger::Transaction tx(*ledger);
@@ -24,9 +25,10 @@ void Coordinator::Impl::step_applied(const Policy::Applied& a, bool replaying) {
   const size_t keep = std::max<size_t>(2, cfg.staleness_bound + 2);
   while (published.size() > keep) published.pop_front();
   ledger->record_step(r);
-  spdlog::info("step {}/{}: reward {:.3f} acc {:.3f} loss {:+.4f} |g| {:.3f} ({} updates, {:.0f} units){}", r.step,
-               cfg.steps, r.reward_mean, r.accuracy, r.loss, r.grad_norm, r.updates, r.units,
-               replaying ? " [replayed]" : "");
+  spdlog::info(
+      "step {}/{}: reward {:.3f} acc {:.3f} loss {:+.4f} |g| {:.3f} ({} updates, {:.0f} units){}",
+      r.step, cfg.steps, r.reward_mean, r.accuracy, r.loss, r.grad_norm, r.updates, r.units,
+      replaying ? " [replayed]" : "");
   if (r.step >= cfg.steps) {
     finished = true;
     spdlog::info("coordinator: round {} complete ({} steps)", cfg.round_id, cfg.steps);
@@ -74,7 +76,8 @@ void Coordinator::Impl::start_eval(int64_t step, std::shared_ptr<grpo::Model> sn
     double accuracy = -1;
     std::string error;
     try {
-      accuracy = grpo::evaluate(*snap, *tok, *task, cfg.eval_n, cfg.grpo.sampling.max_new_tokens).accuracy;
+      accuracy =
+          grpo::evaluate(*snap, *tok, *task, cfg.eval_n, cfg.grpo.sampling.max_new_tokens).accuracy;
     } catch (const std::exception& e) {
       error = e.what();
     }

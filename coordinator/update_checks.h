@@ -30,9 +30,10 @@ using exchange::Refusal;
 // What the coordinator recomputed from an accepted body (never the peer's own claims).
 struct UpdateFacts {
   double reward_mean = 0, accuracy = 0;
-  double tokens = 0;        // completion tokens
-  double loss_tokens = 0;   // completion tokens that carry loss (mask_truncated drops truncated ones)
-  double units = 0;         // what the loss aggregation divides by
+  double tokens = 0;  // completion tokens
+  double loss_tokens =
+      0;             // completion tokens that carry loss (mask_truncated drops truncated ones)
+  double units = 0;  // what the loss aggregation divides by
   int64_t sequences = 0;
 };
 
@@ -53,13 +54,15 @@ class UpdateChecker {
 
   // Completions, counts, reward statistics and loss of `u` against the lease's prompt indices.
   // Thread-safe (reads only): runs on the coordinator's compute executor.
-  [[nodiscard]] CheckedBody check(const wire::GradientUpdate& u, std::span<const uint64_t> lease_prompts) const;
+  [[nodiscard]] CheckedBody check(const wire::GradientUpdate& u,
+                                  std::span<const uint64_t> lease_prompts) const;
 
  private:
   Context ctx_;
 };
 
 // The update's mean gradient (sum / units) must have a norm of at most max_norm (0: no bound).
-[[nodiscard]] std::optional<Refusal> check_norm(std::span<const float> gradient_sum, double units, double max_norm);
+[[nodiscard]] std::optional<Refusal> check_norm(std::span<const float> gradient_sum, double units,
+                                                double max_norm);
 
 }  // namespace cohort::coordinator

@@ -1,13 +1,12 @@
 // An update from arrival to Ack. The network thread checks what it owns (replay, lease, round);
 // the compute executor checks the rest (signature, body, gradient, audit); the ledger records it
 // before the Ack leaves, and its gradient joins its step on the executor.
-#include "coordinator/coordinator_impl.h"
-
 #include <spdlog/spdlog.h>
 
 #include <cstring>
 
 #include "common/text.h"
+#include "coordinator/coordinator_impl.h"
 #include "exchange/refusal.h"
 
 namespace cohort::coordinator {
@@ -25,8 +24,9 @@ struct Checked {
 
 }  // namespace
 
-void Coordinator::Impl::refuse(const std::string& peer, const wire::GradientUpdate& h, const protocol::Digest& d, int64_t step,
-            const Refusal& r, size_t bytes) {
+void Coordinator::Impl::refuse(const std::string& peer, const wire::GradientUpdate& h,
+                               const protocol::Digest& d, int64_t step, const Refusal& r,
+                               size_t bytes) {
   UpdateRecord u;
   u.peer = peer;
   u.sequence = h.sequence();
@@ -40,34 +40,44 @@ void Coordinator::Impl::refuse(const std::string& peer, const wire::GradientUpda
   u.bytes = static_cast<int64_t>(bytes);
   u.received_ms = unix_ms();
   ledger->record_update(u);
-  if (exchange::is_misbehaviour(r.reason) && ++misbehaviour[peer] >= cfg.ban_after && cfg.ban_after > 0 &&
-      banned.insert(peer).second) {
+  if (exchange::is_misbehaviour(r.reason) && ++misbehaviour[peer] >= cfg.ban_after &&
+      cfg.ban_after > 0 && banned.insert(peer).second) {
     ledger->record_refusal(peer, "", "banned",
-                           fmt::format("{} updates refused for misbehaviour (ban_after = {})", misbehaviour[peer],
-                                       cfg.ban_after),
+                           fmt::format("{} updates refused for misbehaviour (ban_after = {})",
+                                       misbehaviour[peer], cfg.ban_after),
                            unix_ms());
-    spdlog::warn("coordinator: peer {} banned after {} misbehaving updates", peer.substr(0, 12), misbehaviour[peer]);
+    spdlog::warn("coordinator: peer {} banned after {} misbehaving updates", peer.substr(0, 12),
+                 misbehaviour[peer]);
   }
-  spdlog::warn("coordinator: refused update {} from {} ({}): {}", h.sequence(), peer.substr(0, 12), u.reason,
-               u.detail);
+  spdlog::warn("coordinator: refused update {} from {} ({}): {}", h.sequence(), peer.substr(0, 12),
+               u.reason, u.detail);
 }
 
 // Where a lease stands for this update, checked before the body is and again after (it may
 // have expired or been given back meanwhile): the refusal and the step to record it under.
-std::optional<std::pair<int64_t, Refusal>> Coordinator::Impl::lease_refusal(const protocol::VerifiedUpdate& vr, const PeerId& channel_peer) {
+std::optional<std::pair<int64_t, Refusal>> Coordinator::Impl::lease_refusal(
+    const protocol::VerifiedUpdate& vr, const PeerId& channel_peer) {
   using R = std::pair<int64_t, Refusal>;
   if (replays.seen(channel_peer, vr.header.sequence(), vr.digest))
-    return R{0, {wire::ACK_REPLAYED, "this body was accepted before, or its sequence is not above the last "
-                                     "accepted from this peer"}};
+    return R{0,
+             {wire::ACK_REPLAYED,
+              "this body was accepted before, or its sequence is not above the last "
+              "accepted from this peer"}};
   const ActiveLease* l = sched->find(vr.header.lease_id());
   if (!l) {
     auto rec = ledger->lease(vr.header.lease_id());
-    if (!rec) return R{0, {wire::ACK_UNKNOWN_LEASE, "no lease " + printable(vr.header.lease_id(), kMaxPeerText)}};
-    return R{rec->step, {wire::ACK_LEASE_EXPIRED, "lease " + rec->lease_id + " is " + rec->state +
-                                                     (rec->reason.empty() ? "" : " (" + rec->reason + ")")}};
+    if (!rec)
+      return R{
+          0,
+          {wire::ACK_UNKNOWN_LEASE, "no lease " + printable(vr.header.lease_id(), kMaxPeerText)}};
+    return R{rec->step,
+             {wire::ACK_LEASE_EXPIRED, "lease " + rec->lease_id + " is " + rec->state +
+                                           (rec->reason.empty() ? "" : " (" + rec->reason + ")")}};
   }
-  if (l->rec.peer != channel_peer.hex()) return R{l->rec.step, {wire::ACK_UNKNOWN_LEASE, "lease belongs to another peer"}};
-  if (vr.header.round_id() != cfg.round_id) return R{l->rec.step, {wire::ACK_MALFORMED, "wrong round id"}};
+  if (l->rec.peer != channel_peer.hex())
+    return R{l->rec.step, {wire::ACK_UNKNOWN_LEASE, "lease belongs to another peer"}};
+  if (vr.header.round_id() != cfg.round_id)
+    return R{l->rec.step, {wire::ACK_MALFORMED, "wrong round id"}};
   return std::nullopt;
 }
 
@@ -75,13 +85,17 @@ std::optional<std::pair<int64_t, Refusal>> Coordinator::Impl::lease_refusal(cons
 // body — completions re-scored, counts, reward statistics, loss, the decoded gradient and its
 // norm, and for a sampled share a full recomputation (executor); the lease once more; then the
 // ledger records it before the Ack leaves.
-asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(std::shared_ptr<const wire::SignedUpdate> su, PeerId channel_peer) {
+asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
+    std::shared_ptr<const wire::SignedUpdate> su, PeerId channel_peer) {
   const std::string peer = channel_peer.hex();
   const size_t bytes = su->ByteSizeLong();
   wire::Ack ack;
-  const protocol::UpdatePolicy pol{.recipient = identity.id(), .current_version = sched->version(),
+  const protocol::UpdatePolicy pol{.recipient = identity.id(),
+                                   .current_version = sched->version(),
                                    .staleness_bound = cfg.staleness_bound};
-  const auto verify = [su, pol, channel_peer] { return protocol::verify_update(*su, pol, channel_peer); };
+  const auto verify = [su, pol, channel_peer] {
+    return protocol::verify_update(*su, pol, channel_peer);
+  };
   const protocol::VerifiedUpdate vr = co_await on_compute(verify);
   ack.set_sequence(vr.header.sequence());
   ack.set_lease_id(printable(vr.header.lease_id(), kMaxPeerText));
@@ -89,7 +103,8 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(std::shared_ptr<cons
     refuse(peer, vr.header, vr.digest, step, r, bytes);
     // A refused update frees its lease at once: the prompts go to someone else.
     if (const ActiveLease* l = sched->find(vr.header.lease_id()); l && l->rec.peer == peer)
-      close_lease(vr.header.lease_id(), "expired", "update refused: " + exchange::reason_name(r.reason));
+      close_lease(vr.header.lease_id(), "expired",
+                  "update refused: " + exchange::reason_name(r.reason));
     ack.set_reason(r.reason);
     ack.set_message(r.detail);
     ack.set_policy_version(sched->version());
@@ -102,7 +117,8 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(std::shared_ptr<cons
   // A sampled share of updates is recomputed in full (the peer cannot know which): the
   // gradient of the reported completions under the weights they were sampled with.
   std::shared_ptr<const Published> sampled_on;
-  if (cfg.recompute_fraction > 0 && std::uniform_real_distribution<double>(0, 1)(audit_rng) < cfg.recompute_fraction)
+  if (cfg.recompute_fraction > 0 &&
+      std::uniform_real_distribution<double>(0, 1)(audit_rng) < cfg.recompute_fraction)
     for (const auto& p : published)
       if (p->version == vr.header.policy_version()) sampled_on = p;
   const auto check = [this, su, lease, sampled_on] {
@@ -161,9 +177,13 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(std::shared_ptr<cons
   sched->complete(lease.lease_id, mono_s());
   // Queued on the executor before any step application that could need it (one thread, FIFO).
   asio::post(compute, [this, step = lease.step, grad = std::move(c.grad),
-                       k = Contribution{.units = u.units, .tokens = u.tokens, .loss = c.loss,
-                                        .reward_mean = u.reward_mean, .accuracy = u.accuracy,
-                                        .rows = u.sequences, .decode_s = handling_s}]() mutable {
+                       k = Contribution{.units = u.units,
+                                        .tokens = u.tokens,
+                                        .loss = c.loss,
+                                        .reward_mean = u.reward_mean,
+                                        .accuracy = u.accuracy,
+                                        .rows = u.sequences,
+                                        .decode_s = handling_s}]() mutable {
     policy->absorb(step, k, std::move(grad));
   });
   ack.set_reason(wire::ACK_OK);

@@ -74,13 +74,13 @@ void GradientEncoder::encode(std::span<const float> flat,
   }
 }
 
-std::optional<Refusal> decode_gradient(const wire::GradientUpdate& update, const ParamLayout& layout,
-                                      std::span<float> out) {
+std::optional<Refusal> decode_gradient(const wire::GradientUpdate& update,
+                                       const ParamLayout& layout, std::span<float> out) {
   auto malformed = [](std::string why) { return Refusal{wire::ACK_MALFORMED, std::move(why)}; };
   COHORT_CHECK(out.size() == layout.total);
   if (static_cast<size_t>(update.tensors_size()) != layout.slots.size()) {
     return malformed("expected " + std::to_string(layout.slots.size()) + " tensors, got " +
-          std::to_string(update.tensors_size()));
+                     std::to_string(update.tensors_size()));
   }
   std::unordered_map<std::string, size_t> index;
   for (size_t i = 0; i < layout.slots.size(); ++i) index[layout.slots[i].name] = i;
@@ -105,7 +105,8 @@ std::optional<Refusal> decode_gradient(const wire::GradientUpdate& update, const
     std::span<float> dst = out.subspan(slot.offset, slot.numel);
     if (v.codec == wire::CODEC_RAW) {
       std::memcpy(dst.data(), v.payload.data(), slot.numel * sizeof(float));
-    } else if (v.codec == wire::CODEC_FP8_E4M3_BLOCK && v.block_size == kernels::kFp8BlockCodecBlock) {
+    } else if (v.codec == wire::CODEC_FP8_E4M3_BLOCK &&
+               v.block_size == kernels::kFp8BlockCodecBlock) {
       buf.assign(kernels::kFp8BlockCodecHeaderBytes, 0);
       const uint8_t magic[4] = {'C', 'F', '8', 'B'};
       std::memcpy(buf.data(), magic, 4);
@@ -118,7 +119,8 @@ std::optional<Refusal> decode_gradient(const wire::GradientUpdate& update, const
       buf.insert(buf.end(), v.payload.begin(), v.payload.end());
       kernels::CodecResult r = kernels::decode_fp8_e4m3_block(buf, dst);
       if (!r.ok()) {
-        return malformed("tensor " + slot.name + ": " + kernels::codec_status_name(r.status) + " " + r.detail);
+        return malformed("tensor " + slot.name + ": " + kernels::codec_status_name(r.status) + " " +
+                         r.detail);
       }
     } else {
       return malformed("tensor " + slot.name + " uses an unsupported codec");

@@ -48,7 +48,8 @@ class GradientEncoder {
 // Decodes an update's tensors into `out` (size layout.total): exactly one tensor per parameter,
 // F32, the parameter's shape, a supported codec, every value finite. A refusal says why:
 // ACK_BAD_NORM for NaN/Inf values, ACK_MALFORMED for anything else.
-[[nodiscard]] std::optional<Refusal> decode_gradient(const wire::GradientUpdate& update, const ParamLayout& layout,
+[[nodiscard]] std::optional<Refusal> decode_gradient(const wire::GradientUpdate& update,
+                                                     const ParamLayout& layout,
                                                      std::span<float> out);
 
 }  // namespace cohort::exchange

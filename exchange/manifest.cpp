@@ -4,15 +4,16 @@
 
 namespace cohort::exchange {
 
-wire::WeightManifest build_manifest(const std::string& round_id, uint64_t version, int64_t created_unix_ms,
-                                    std::span<const NamedBytes> tensors, std::vector<protocol::Digest>* digests) {
+wire::WeightManifest build_manifest(const std::string& round_id, uint64_t version,
+                                    int64_t created_unix_ms, std::span<const NamedBytes> tensors,
+                                    std::vector<protocol::Digest>* digests) {
   wire::WeightManifest m;
   m.set_round_id(round_id);
   m.set_policy_version(version);
   m.set_created_unix_ms(static_cast<uint64_t>(created_unix_ms));
   for (const NamedBytes& t : tensors) {
-    const protocol::Digest d =
-        protocol::blake2b_256(protocol::ByteView(reinterpret_cast<const uint8_t*>(t.bytes.data()), t.bytes.size()));
+    const protocol::Digest d = protocol::blake2b_256(
+        protocol::ByteView(reinterpret_cast<const uint8_t*>(t.bytes.data()), t.bytes.size()));
     auto* e = m.add_tensors();
     e->set_name(t.name);
     e->set_dtype(wire::DTYPE_F32);
@@ -24,7 +25,8 @@ wire::WeightManifest build_manifest(const std::string& round_id, uint64_t versio
   return m;
 }
 
-std::optional<std::string> manifest_mismatch(const wire::WeightManifest& m, const ParamLayout& layout) {
+std::optional<std::string> manifest_mismatch(const wire::WeightManifest& m,
+                                             const ParamLayout& layout) {
   if (static_cast<size_t>(m.tensors_size()) != layout.slots.size())
     return "manifest names " + std::to_string(m.tensors_size()) + " tensors, the model has " +
            std::to_string(layout.slots.size());
@@ -34,15 +36,16 @@ std::optional<std::string> manifest_mismatch(const wire::WeightManifest& m, cons
     const std::vector<int64_t> shape(e.shape().begin(), e.shape().end());
     if (e.name() != slot.name || e.dtype() != wire::DTYPE_F32 || shape != slot.shape ||
         e.size_bytes() != slot.numel * sizeof(float) || e.blake2b().size() != protocol::kDigestLen)
-      return "manifest entry " + std::to_string(i) + " does not match the model's parameter " + slot.name;
+      return "manifest entry " + std::to_string(i) + " does not match the model's parameter " +
+             slot.name;
   }
   return std::nullopt;
 }
 
 bool bytes_match(const wire::ManifestEntry& e, std::string_view bytes) {
   if (bytes.size() != e.size_bytes() || e.blake2b().size() != protocol::kDigestLen) return false;
-  const protocol::Digest d =
-      protocol::blake2b_256(protocol::ByteView(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+  const protocol::Digest d = protocol::blake2b_256(
+      protocol::ByteView(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
   return std::memcmp(d.data(), e.blake2b().data(), d.size()) == 0;
 }
 

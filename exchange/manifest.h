@@ -29,12 +29,14 @@ struct NamedBytes {
 };
 
 [[nodiscard]] wire::WeightManifest build_manifest(const std::string& round_id, uint64_t version,
-                                                  int64_t created_unix_ms, std::span<const NamedBytes> tensors,
+                                                  int64_t created_unix_ms,
+                                                  std::span<const NamedBytes> tensors,
                                                   std::vector<protocol::Digest>* digests = nullptr);
 
 // Why the manifest cannot describe this model (entry count, names, order, shapes, dtype, sizes,
 // digest lengths), or nullopt when it fits.
-[[nodiscard]] std::optional<std::string> manifest_mismatch(const wire::WeightManifest& m, const ParamLayout& layout);
+[[nodiscard]] std::optional<std::string> manifest_mismatch(const wire::WeightManifest& m,
+                                                           const ParamLayout& layout);
 
 // The bytes are the tensor the entry names (size and BLAKE2b-256).
 [[nodiscard]] bool bytes_match(const wire::ManifestEntry& e, std::string_view bytes);

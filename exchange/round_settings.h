@@ -25,8 +25,10 @@ namespace cohort::exchange {
 class SettingsError : public Error {
  public:
   SettingsError(const std::string& field, const std::string& why)
-      : Error("round setting '" + field + "' " + why + "; the coordinator's round is misconfigured "
-              "or speaks another version of the protocol", 1),
+      : Error("round setting '" + field + "' " + why +
+                  "; the coordinator's round is misconfigured "
+                  "or speaks another version of the protocol",
+              1),
         field_(field) {}
   [[nodiscard]] const std::string& field() const { return field_; }
 
@@ -36,22 +38,22 @@ class SettingsError : public Error {
 
 // A file every peer must hold byte for byte (it brings its own copy).
 struct SharedFile {
-  std::string name;       // file name only
-  std::string blake2b;    // BLAKE2b-256, 64 hex digits
+  std::string name;     // file name only
+  std::string blake2b;  // BLAKE2b-256, 64 hex digits
 };
 
 // Everything the settings carry, typed.
 struct RoundSpec {
   std::string round_id;
-  std::string model_name;            // diagnostic
-  grpo::GrpoConfig grpo;             // task, sampling, loss, advantage scale, micro_batch, ...
+  std::string model_name;  // diagnostic
+  grpo::GrpoConfig grpo;   // task, sampling, loss, advantage scale, micro_batch, ...
   grpo::ModelConfig model;
-  std::string model_config_json;     // as sent (config.json)
+  std::string model_config_json;  // as sent (config.json)
   uint32_t staleness_bound = 0;
   wire::Codec codec = wire::CODEC_FP8_E4M3_BLOCK;
-  std::optional<SharedFile> dataset;      // JSONL rounds
+  std::optional<SharedFile> dataset;        // JSONL rounds
   std::vector<SharedFile> tokenizer_files;  // Hugging Face models: tokenizer.json, ...
-  std::string system_prompt;              // with tokenizer_files
+  std::string system_prompt;                // with tokenizer_files
 };
 
 // Coordinator side. spec.model is ignored (model_config_json is sent as is).

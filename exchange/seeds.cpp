@@ -20,7 +20,8 @@ protocol::Digest digest_u32le(std::span<const T> ids) {
     const auto v = static_cast<uint32_t>(t);
     for (int b = 0; b < 4; ++b) le.push_back(static_cast<char>((v >> (8 * b)) & 0xff));
   }
-  return protocol::blake2b_256(protocol::ByteView(reinterpret_cast<const uint8_t*>(le.data()), le.size()));
+  return protocol::blake2b_256(
+      protocol::ByteView(reinterpret_cast<const uint8_t*>(le.data()), le.size()));
 }
 }  // namespace
 

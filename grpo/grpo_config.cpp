@@ -14,10 +14,14 @@ LossType parse_loss_type(const std::string& s) {
 
 const char* loss_type_name(LossType t) {
   switch (t) {
-    case LossType::grpo: return "grpo";
-    case LossType::bnpo: return "bnpo";
-    case LossType::dapo: return "dapo";
-    case LossType::dr_grpo: return "dr_grpo";
+    case LossType::grpo:
+      return "grpo";
+    case LossType::bnpo:
+      return "bnpo";
+    case LossType::dapo:
+      return "dapo";
+    case LossType::dr_grpo:
+      return "dr_grpo";
   }
   return "?";
 }

@@ -68,7 +68,8 @@ struct GrpoConfig {
   double adam_eps = 1e-8;
   double max_grad_norm = 1.0;  // 0 disables clipping
   int micro_batch = 0;         // rows per forward/backward (0: the whole step at once)
-  bool mask_truncated = false; // completions cut at max_new_tokens add no loss (DAPO overlong filter)
+  bool mask_truncated =
+      false;  // completions cut at max_new_tokens add no loss (DAPO overlong filter)
   uint64_t seed = 1;
 };
 

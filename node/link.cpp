@@ -1,28 +1,29 @@
 // The node's session with the coordinator, as coroutines on the network thread
 // (docs/PROTOCOL.md, "Session"): join, work requests, a lease asked for ahead while the current
 // one computes, weights staged for it, updates delivered in order and their Acks, heartbeats.
-#include "node/node_impl.h"
-
 #include <spdlog/spdlog.h>
 
 #include "common/check.h"
 #include "common/clock.h"
+#include "node/node_impl.h"
 
 namespace cohort::node {
 
 asio::awaitable<void> Node::session(double& last_ok) {
-  protocol::Channel ch =
-      co_await protocol::Channel::connect(opt_.host, opt_.port, id_, {.expected_peer = coordinator_});
+  protocol::Channel ch = co_await protocol::Channel::connect(opt_.host, opt_.port, id_,
+                                                             {.expected_peer = coordinator_});
   last_ok = mono_s();
   ChannelLink link(ch);
   wire::Envelope join;
   auto* jr = join.mutable_join_request();
   jr->set_display_name(opt_.name);
   auto* caps = jr->mutable_capabilities();
-  for (const auto& d : devices_ ? devices_->describe()
-                                : opt_.gpus.empty() ? describe_cpu_devices(opt_.devices) : describe_gpu_devices(opt_.gpus))
+  for (const auto& d : devices_            ? devices_->describe()
+                       : opt_.gpus.empty() ? describe_cpu_devices(opt_.devices)
+                                           : describe_gpu_devices(opt_.gpus))
     *caps->add_devices() = d;
-  caps->set_host_memory_bytes(caps->devices_size() ? caps->devices(0).memory_bytes() * caps->devices_size() : 0);
+  caps->set_host_memory_bytes(
+      caps->devices_size() ? caps->devices(0).memory_bytes() * caps->devices_size() : 0);
   caps->set_software_version("cohort " COHORT_NODE_VERSION);
   caps->add_codecs(wire::CODEC_RAW);
   caps->add_codecs(wire::CODEC_FP8_E4M3_BLOCK);
@@ -34,7 +35,8 @@ asio::awaitable<void> Node::session(double& last_ok) {
   if (!rep.admitted()) throw RoundOver{2, "not admitted: " + rep.message()};
   setup(rep.settings());
   // The coordinator closes a connection silent for four of these; older ones send none.
-  heartbeat_every_ = std::chrono::milliseconds(rep.heartbeat_interval_ms() ? rep.heartbeat_interval_ms() : 15'000);
+  heartbeat_every_ =
+      std::chrono::milliseconds(rep.heartbeat_interval_ms() ? rep.heartbeat_interval_ms() : 15'000);
 
   if (!pending_.empty()) {
     spdlog::info("node: delivering {} update(s) computed before the link dropped", pending_.size());
@@ -44,8 +46,8 @@ asio::awaitable<void> Node::session(double& last_ok) {
   std::optional<Ahead> next;  // the lease asked for ahead, with its weights staged
   for (;;) {
     last_ok = mono_s();
-    const bool at_limit =
-        opt_.max_leases > 0 && leases_done_ + static_cast<int64_t>(pending_.size()) >= opt_.max_leases;
+    const bool at_limit = opt_.max_leases > 0 &&
+                          leases_done_ + static_cast<int64_t>(pending_.size()) >= opt_.max_leases;
     if (stop_requested() || at_limit || (next && next->round_over)) {
       const double t0 = mono_s();
       co_await deliver_pending(link);
@@ -77,15 +79,16 @@ asio::awaitable<void> Node::session(double& last_ok) {
     next.reset();
     const double fetch0 = mono_s();
     // Staged while the previous lease computed (or what the coordinator published instead).
-    if (!staged && !sync_->holds(lease.policy_version())) staged = co_await sync_->fetch(link, lease.policy_version());
+    if (!staged && !sync_->holds(lease.policy_version()))
+      staged = co_await sync_->fetch(link, lease.policy_version());
     if (staged) load(*staged);
     weights_s_ += mono_s() - fetch0;
 
     // The next lease is asked for just in time, shortly before this one should be done (by this
     // node's measured seconds per group): a lease held unstarted behind another is work the
     // other peers cannot take, and the step it belongs to waits for it.
-    const bool last =
-        opt_.max_leases > 0 && leases_done_ + static_cast<int64_t>(pending_.size()) + 1 >= opt_.max_leases;
+    const bool last = opt_.max_leases > 0 &&
+                      leases_done_ + static_cast<int64_t>(pending_.size()) + 1 >= opt_.max_leases;
     const bool ask = opt_.ask_ahead && !last;
     Clock::time_point ask_at = Clock::now();
     if (ask) {
@@ -127,8 +130,9 @@ asio::awaitable<void> Node::session(double& last_ok) {
 // While a lease computes: deliver what is pending, ask ahead at `ask_at` (or as soon as the
 // lease is computed, if earlier), send a heartbeat every heartbeat_every_; return when the
 // compute thread is done.
-asio::awaitable<Node::Ahead> Node::run_link(CoordinatorLink& link, Computing& c, bool ask, Clock::time_point ask_at,
-                                const std::string& computing) {
+asio::awaitable<Node::Ahead> Node::run_link(CoordinatorLink& link, Computing& c, bool ask,
+                                            Clock::time_point ask_at,
+                                            const std::string& computing) {
   co_await deliver_pending(link);
   Ahead a;
   bool asked = !ask;
@@ -139,7 +143,8 @@ asio::awaitable<Node::Ahead> Node::run_link(CoordinatorLink& link, Computing& c,
     if (!asked && (c.computed || (!c.done && Clock::now() >= ask_at))) {
       const double t0 = mono_s();
       a = co_await ask_ahead(link, computing);
-      link_seconds_ = link_seconds_ > 0 ? 0.7 * link_seconds_ + 0.3 * (mono_s() - t0) : mono_s() - t0;
+      link_seconds_ =
+          link_seconds_ > 0 ? 0.7 * link_seconds_ + 0.3 * (mono_s() - t0) : mono_s() - t0;
       asked = true;
       continue;
     }
@@ -171,8 +176,9 @@ asio::awaitable<void> Node::deliver_pending(CoordinatorLink& link, bool drop_exp
   while (!pending_.empty()) {
     const Pending& p = pending_.front();
     if (drop_expired && static_cast<uint64_t>(unix_ms()) >= p.deadline_unix_ms) {
-      spdlog::warn("node: dropping the update of lease {}: the lease expired before it could be delivered",
-                   p.update_lease_id);
+      spdlog::warn(
+          "node: dropping the update of lease {}: the lease expired before it could be delivered",
+          p.update_lease_id);
     } else {
       const wire::AckReason r = co_await send_update(link, p.update);
       if (r == wire::ACK_OK && opt_.fault == Fault::replay) {
@@ -185,7 +191,8 @@ asio::awaitable<void> Node::deliver_pending(CoordinatorLink& link, bool drop_exp
   }
 }
 
-asio::awaitable<wire::AckReason> Node::send_update(CoordinatorLink& link, const wire::SignedUpdate& su) {
+asio::awaitable<wire::AckReason> Node::send_update(CoordinatorLink& link,
+                                                   const wire::SignedUpdate& su) {
   wire::Envelope e;
   *e.mutable_update() = su;
   co_await link.send(std::move(e));
@@ -197,8 +204,8 @@ asio::awaitable<wire::AckReason> Node::send_update(CoordinatorLink& link, const 
   if (ack.reason() == wire::ACK_OK) {
     ++leases_done_;
   } else {
-    spdlog::warn("node: update {} refused: {} ({})", ack.sequence(), wire::AckReason_Name(ack.reason()),
-                 ack.message());
+    spdlog::warn("node: update {} refused: {} ({})", ack.sequence(),
+                 wire::AckReason_Name(ack.reason()), ack.message());
   }
   co_return ack.reason();
 }
@@ -214,7 +221,8 @@ asio::awaitable<void> Node::send_heartbeat(CoordinatorLink& link) {
 }
 
 // nullopt: no work yet (the coordinator answered "ask again").
-asio::awaitable<std::optional<wire::WorkLease>> Node::ask_for_work(CoordinatorLink& link, const std::string& holding) {
+asio::awaitable<std::optional<wire::WorkLease>> Node::ask_for_work(CoordinatorLink& link,
+                                                                   const std::string& holding) {
   wire::Envelope req;
   auto* wr = req.mutable_work_request();
   wr->set_max_prompts(opt_.max_batch);

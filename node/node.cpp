@@ -3,8 +3,6 @@
 // and its workers); while a lease computes, the session delivers the previous update, asks for
 // the next lease just in time and fetches its weights (weight_sync.h), and sends heartbeats.
 // Here: reconnecting with backoff, exit codes, round setup, handing leases to the compute thread.
-#include "node/node_impl.h"
-
 #include <google/protobuf/util/message_differencer.h>
 #include <spdlog/spdlog.h>
 
@@ -19,6 +17,7 @@
 #include "common/clock.h"
 #include "common/runtime.h"
 #include "exchange/round_settings.h"
+#include "node/node_impl.h"
 #include "protocol/digest.h"
 
 namespace cohort::node {
@@ -33,15 +32,16 @@ void on_signal(int) { g_stop = 1; }
 
 // A local file the round names must be the coordinator's byte for byte; else the node would
 // draw other prompts (dataset) or other token ids (tokenizer) than the round's.
-void require_same_file(const exchange::SharedFile& want, const std::string& path, const std::string& what,
-                       const std::string& option) {
-  if (path.empty()) throw RoundOver{3, "the round uses " + what + "; give this node its copy with " + option};
+void require_same_file(const exchange::SharedFile& want, const std::string& path,
+                       const std::string& what, const std::string& option) {
+  if (path.empty())
+    throw RoundOver{3, "the round uses " + what + "; give this node its copy with " + option};
   if (!fs::exists(path)) throw RoundOver{3, what + " " + path + " does not exist"};
   const protocol::Digest d = protocol::blake2b_256_file(path);
   const std::string have = protocol::to_hex(protocol::ByteView(d.data(), d.size()));
   if (have != want.blake2b)
-    throw RoundOver{3, what + " mismatch: " + path + " has BLAKE2b-256 " + have + " but the round's is " +
-                           want.blake2b + "; use the coordinator's file"};
+    throw RoundOver{3, what + " mismatch: " + path + " has BLAKE2b-256 " + have +
+                           " but the round's is " + want.blake2b + "; use the coordinator's file"};
 }
 
 }  // namespace
@@ -59,8 +59,8 @@ void Node::run() {
   coordinator_ = PeerId::parse(opt_.coordinator_key);
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
-  spdlog::info("node {}: {} → {}:{}, {} device(s), max batch {}", id_.id().fingerprint(), opt_.name, opt_.host,
-               opt_.port, opt_.devices, opt_.max_batch);
+  spdlog::info("node {}: {} → {}:{}, {} device(s), max batch {}", id_.id().fingerprint(), opt_.name,
+               opt_.host, opt_.port, opt_.devices, opt_.max_batch);
   double backoff = 0.2;
   double last_ok = mono_s();
   std::mt19937_64 rng(std::random_device{}());
@@ -82,7 +82,8 @@ void Node::run() {
       why = r.why;
       break;
     } catch (const protocol::ProtocolError& e) {
-      if (e.code() == protocol::ErrorCode::not_allowed || e.code() == protocol::ErrorCode::pinned_key_mismatch) {
+      if (e.code() == protocol::ErrorCode::not_allowed ||
+          e.code() == protocol::ErrorCode::pinned_key_mismatch) {
         rc = 2;
         why = std::string("refused by the coordinator: ") + e.what();
         break;
@@ -130,7 +131,8 @@ void Node::start_compute(const wire::WorkLease& lease, std::shared_ptr<Computing
       c->seconds = seconds;
       c->wake.cancel();
     });
-    if (update && opt_.delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(opt_.delay_ms));
+    if (update && opt_.delay_ms > 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(opt_.delay_ms));
     asio::post(ex, [c, update = std::move(update), error]() mutable {
       c->update = std::move(update);
       c->error = error;
@@ -167,14 +169,15 @@ void Node::setup(const wire::RoundSettings& s) {
     // A Hugging Face model: its tokenizer files come from the node's own copy of the folder.
     const fs::path dir = opt_.tokenizer_dir;
     for (const auto& f : spec.tokenizer_files)
-      require_same_file(f, opt_.tokenizer_dir.empty() ? "" : (dir / f.name).string(), "the model's " + f.name,
-                        "--tokenizer");
+      require_same_file(f, opt_.tokenizer_dir.empty() ? "" : (dir / f.name).string(),
+                        "the model's " + f.name, "--tokenizer");
     tok_ = grpo::tokenizer_for_model(opt_.tokenizer_dir, mc, spec.system_prompt);
   } else {
     tok_ = grpo::make_tokenizer(mc.tokenizer.empty() ? "chars" : mc.tokenizer);
   }
-  devices_ = opt_.gpus.empty() ? make_cpu_device_group(mc, opt_.devices, grpo::parse_precision(opt_.precision))
-                               : make_gpu_device_group(mc, opt_.gpus, grpo::parse_precision(opt_.precision));
+  devices_ = opt_.gpus.empty()
+                 ? make_cpu_device_group(mc, opt_.devices, grpo::parse_precision(opt_.precision))
+                 : make_gpu_device_group(mc, opt_.gpus, grpo::parse_precision(opt_.precision));
   layout_ = exchange::ParamLayout(devices_->replica(0));
   encoder_ = std::make_unique<exchange::GradientEncoder>(layout_, spec.codec);
   sync_ = std::make_unique<WeightSync>(layout_, coordinator_, round_id_);
@@ -184,19 +187,30 @@ void Node::setup(const wire::RoundSettings& s) {
 }
 
 void Node::load(const StagedWeights& w) {
-  sync_->load(w, [&](const std::string& name, const std::vector<float>& v) { devices_->load(name, v); });
+  sync_->load(
+      w, [&](const std::string& name, const std::vector<float>& v) { devices_->load(name, v); });
 }
 
 void Node::write_summary() {
   if (opt_.summary_out.empty()) return;
-  const double wall = (first_lease_ >= 0 && last_ack_ > first_lease_) ? last_ack_ - first_lease_ : 0;
-  json j = {{"name", opt_.name}, {"peer", id_.id().hex()}, {"leases", leases_done_},
-            {"groups", groups_}, {"samples", samples_}, {"compute_s", compute_s_},
-            {"wall_s", wall}, {"compute_fraction", wall > 0 ? compute_s_ / wall : 0.0},
-            {"updates_sent", updates_sent_}, {"leases_given_back", leases_failed_},
+  const double wall =
+      (first_lease_ >= 0 && last_ack_ > first_lease_) ? last_ack_ - first_lease_ : 0;
+  json j = {{"name", opt_.name},
+            {"peer", id_.id().hex()},
+            {"leases", leases_done_},
+            {"groups", groups_},
+            {"samples", samples_},
+            {"compute_s", compute_s_},
+            {"wall_s", wall},
+            {"compute_fraction", wall > 0 ? compute_s_ / wall : 0.0},
+            {"updates_sent", updates_sent_},
+            {"leases_given_back", leases_failed_},
             {"bytes_per_update", updates_sent_ ? bytes_sent_ / updates_sent_ : 0.0},
-            {"weights_fetched_bytes", sync_ ? sync_->fetched_bytes() : 0.0}, {"lease_wait_s", lease_wait_s_},
-            {"weights_s", weights_s_}, {"ack_wait_s", ack_wait_s_}, {"ahead_wait_s", ahead_wait_s_},
+            {"weights_fetched_bytes", sync_ ? sync_->fetched_bytes() : 0.0},
+            {"lease_wait_s", lease_wait_s_},
+            {"weights_s", weights_s_},
+            {"ack_wait_s", ack_wait_s_},
+            {"ahead_wait_s", ahead_wait_s_},
             {"heartbeats_sent", heartbeats_sent_}};
   std::ofstream(opt_.summary_out) << j.dump() << "\n";
 }

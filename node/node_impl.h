@@ -119,8 +119,8 @@ class Node {
   // While a lease computes: deliver what is pending, ask ahead at `ask_at` (or as soon as the
   // lease is computed, if earlier), send a heartbeat every heartbeat_every_; return when the
   // compute thread is done.
-  asio::awaitable<Ahead> run_link(CoordinatorLink& link, Computing& c, bool ask, Clock::time_point ask_at,
-                                  const std::string& computing);
+  asio::awaitable<Ahead> run_link(CoordinatorLink& link, Computing& c, bool ask,
+                                  Clock::time_point ask_at, const std::string& computing);
   asio::awaitable<void> leave(CoordinatorLink& link, const std::string& why);
   // Sends the computed updates in order, each removed once its Ack is in. After a lost link, an
   // update whose lease has expired meanwhile is dropped (its prompts went to another peer);
@@ -129,7 +129,8 @@ class Node {
   asio::awaitable<wire::AckReason> send_update(CoordinatorLink& link, const wire::SignedUpdate& su);
   asio::awaitable<void> send_heartbeat(CoordinatorLink& link);
   // nullopt: no work yet (the coordinator answered "ask again").
-  asio::awaitable<std::optional<wire::WorkLease>> ask_for_work(CoordinatorLink& link, const std::string& holding);
+  asio::awaitable<std::optional<wire::WorkLease>> ask_for_work(CoordinatorLink& link,
+                                                               const std::string& holding);
   asio::awaitable<Ahead> ask_ahead(CoordinatorLink& link, const std::string& holding);
 
   // work.cpp

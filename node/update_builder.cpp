@@ -9,8 +9,10 @@
 
 namespace cohort::node {
 
-wire::SignedUpdate UpdateBuilder::build(const wire::WorkLease& lease, uint64_t policy_version, uint64_t sequence,
-                                        LeaseGradient& g, exchange::GradientEncoder& encoder, double compute_seconds) const {
+wire::SignedUpdate UpdateBuilder::build(const wire::WorkLease& lease, uint64_t policy_version,
+                                        uint64_t sequence, LeaseGradient& g,
+                                        exchange::GradientEncoder& encoder,
+                                        double compute_seconds) const {
   wire::GradientUpdate u;
   u.set_round_id(round_id);
   u.set_lease_id(lease.lease_id());
@@ -29,10 +31,12 @@ wire::SignedUpdate UpdateBuilder::build(const wire::WorkLease& lease, uint64_t p
       c->set_prompt_index(lease.prompt_indices(static_cast<int>(share.groups.begin) + gi));
       c->set_completion(static_cast<uint32_t>(r % static_cast<size_t>(group_size)));
       for (int64_t t : b.rollout.completions[r]) c->add_token_ids(static_cast<uint32_t>(t));
-      const protocol::Digest d = exchange::completion_digest(std::span<const int64_t>(b.rollout.completions[r]));
+      const protocol::Digest d =
+          exchange::completion_digest(std::span<const int64_t>(b.rollout.completions[r]));
       c->set_blake2b(d.data(), d.size());
       const float honest = b.rewards[r];
-      c->set_reward(fault == Fault::false_reward && rows == 0 ? honest + 1.0f : honest);  // a lie to catch
+      c->set_reward(fault == Fault::false_reward && rows == 0 ? honest + 1.0f
+                                                              : honest);  // a lie to catch
       rsum += honest;
       rsq += double(honest) * honest;
       rmin = rows == 0 ? honest : std::min<double>(rmin, honest);
@@ -52,7 +56,8 @@ wire::SignedUpdate UpdateBuilder::build(const wire::WorkLease& lease, uint64_t p
   rs->set_max(rmax);
   u.set_loss(g.loss);
   u.set_compute_seconds(compute_seconds);  // diagnostic only
-  if (fault == Fault::poison) {  // honest rewards; the gradient reversed, scaled up and drowned in noise
+  if (fault ==
+      Fault::poison) {  // honest rewards; the gradient reversed, scaled up and drowned in noise
     std::mt19937 rng(static_cast<uint32_t>(sequence));
     std::normal_distribution<float> noise(0.0f, 10.0f);
     for (float& x : g.grad) x = -20.0f * x + noise(rng);

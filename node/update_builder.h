@@ -26,8 +26,9 @@ struct UpdateBuilder {
 
   // `g.grad` is consumed (encoded, and changed in place by Fault::poison). Throws cohort::Error
   // when the gradient holds NaN or Inf (nothing is sent).
-  [[nodiscard]] wire::SignedUpdate build(const wire::WorkLease& lease, uint64_t policy_version, uint64_t sequence,
-                                         LeaseGradient& g, exchange::GradientEncoder& encoder,
+  [[nodiscard]] wire::SignedUpdate build(const wire::WorkLease& lease, uint64_t policy_version,
+                                         uint64_t sequence, LeaseGradient& g,
+                                         exchange::GradientEncoder& encoder,
                                          double compute_seconds = 0) const;
 };
 

@@ -45,11 +45,13 @@ asio::awaitable<StagedWeights> WeightSync::fetch(CoordinatorLink& link, uint64_t
       if (chunk.blake2b() != d || chunk.total_bytes() != size || chunk.offset() != got ||
           chunk.data().size() > size - got)
         throw Error("tensor chunk out of order or out of bounds");
-      std::memcpy(reinterpret_cast<char*>(values.data()) + got, chunk.data().data(), chunk.data().size());
+      std::memcpy(reinterpret_cast<char*>(values.data()) + got, chunk.data().data(),
+                  chunk.data().size());
       got += chunk.data().size();
       if (size == 0) break;
     }
-    if (!exchange::bytes_match(*es.front(), std::string_view(reinterpret_cast<const char*>(values.data()), size)))
+    if (!exchange::bytes_match(
+            *es.front(), std::string_view(reinterpret_cast<const char*>(values.data()), size)))
       throw Error("tensor " + es.front()->name() + " does not match its signed digest");
     StagedWeights::Tensor t{.digest = d, .names = {}, .values = std::move(values)};
     for (const auto* e : es) t.names.push_back(e->name());
@@ -59,8 +61,9 @@ asio::awaitable<StagedWeights> WeightSync::fetch(CoordinatorLink& link, uint64_t
   co_return out;
 }
 
-void WeightSync::load(const StagedWeights& w,
-                      const std::function<void(const std::string&, const std::vector<float>&)>& put) {
+void WeightSync::load(
+    const StagedWeights& w,
+    const std::function<void(const std::string&, const std::vector<float>&)>& put) {
   for (const auto& t : w.tensors)
     for (const auto& name : t.names) {
       put(name, t.values);

@@ -7,7 +7,8 @@
 //
 //   WeightSync sync(layout, coordinator_key, round_id);
 //   StagedWeights w = co_await sync.fetch(link, version);     // nothing loaded yet
-//   sync.load(w, [&](const std::string& name, const std::vector<float>& v) { devices.load(name, v); });
+//   sync.load(w, [&](const std::string& name, const std::vector<float>& v) { devices.load(name, v);
+//   });
 #pragma once
 
 #include <cstdint>
@@ -35,7 +36,8 @@ struct StagedWeights {
 
 class WeightSync {
  public:
-  WeightSync(const exchange::ParamLayout& layout, protocol::PeerId coordinator, std::string round_id)
+  WeightSync(const exchange::ParamLayout& layout, protocol::PeerId coordinator,
+             std::string round_id)
       : layout_(layout), coordinator_(coordinator), round_id_(std::move(round_id)) {}
 
   // Throws cohort::Error (or a protocol error) when the coordinator sends anything that does not
@@ -43,7 +45,8 @@ class WeightSync {
   // of order or bounds; bytes not matching their signed digest.
   asio::awaitable<StagedWeights> fetch(CoordinatorLink& link, uint64_t wanted);
   // Hands each staged tensor to `put` (parameter name, values) and records it as held.
-  void load(const StagedWeights& w, const std::function<void(const std::string&, const std::vector<float>&)>& put);
+  void load(const StagedWeights& w,
+            const std::function<void(const std::string&, const std::vector<float>&)>& put);
 
   [[nodiscard]] bool holds(uint64_t version) const { return loaded_ && version_ == version; }
   [[nodiscard]] uint64_t version() const { return version_; }

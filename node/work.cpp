@@ -1,13 +1,12 @@
 // One lease on the compute thread: its groups split across the local workers by measured
 // throughput (lease_split.h), rolled out, scored and reduced (lease_work.h), then built into a
 // signed update (update_builder.h).
-#include "node/node_impl.h"
-
 #include <spdlog/spdlog.h>
 
 #include "common/check.h"
 #include "common/clock.h"
 #include "node/lease_work.h"
+#include "node/node_impl.h"
 #include "node/update_builder.h"
 
 namespace cohort::node {
@@ -19,11 +18,13 @@ namespace cohort::node {
 std::optional<wire::SignedUpdate> Node::work(const wire::WorkLease& lease) {
   const double t0 = mono_s();
   const int n = lease.prompt_indices_size();
-  if (n == 0 || lease.seeds_size() != n || lease.group_size() != static_cast<uint32_t>(cfg_.group_size))
+  if (n == 0 || lease.seeds_size() != n ||
+      lease.group_size() != static_cast<uint32_t>(cfg_.group_size))
     throw Error("malformed lease");
   if (!speed_) {
     std::vector<double> memory;
-    for (const auto& d : devices_->describe()) memory.push_back(static_cast<double>(d.memory_bytes()));
+    for (const auto& d : devices_->describe())
+      memory.push_back(static_cast<double>(d.memory_bytes()));
     speed_ = std::make_unique<WorkerThroughput>(memory);
   }
   const std::vector<GroupRange> split = split_lease(n, speed_->weights());
@@ -60,9 +61,13 @@ std::optional<wire::SignedUpdate> Node::work(const wire::WorkLease& lease) {
     for (float r : share.batch.rewards) rsum += r;
   }
   sequence_ = std::max<uint64_t>(sequence_ + 1, static_cast<uint64_t>(unix_ms()) * 1000);
-  const UpdateBuilder builder{.round_id = round_id_, .identity = id_, .coordinator = coordinator_,
-                              .group_size = cfg_.group_size, .fault = opt_.fault};
-  wire::SignedUpdate su = builder.build(lease, sync_->version(), sequence_, g, *encoder_, mono_s() - t0);
+  const UpdateBuilder builder{.round_id = round_id_,
+                              .identity = id_,
+                              .coordinator = coordinator_,
+                              .group_size = cfg_.group_size,
+                              .fault = opt_.fault};
+  wire::SignedUpdate su =
+      builder.build(lease, sync_->version(), sequence_, g, *encoder_, mono_s() - t0);
   const double compute = mono_s() - t0;
   compute_s_ += compute;
   samples_ += rows;
@@ -73,8 +78,10 @@ std::optional<wire::SignedUpdate> Node::work(const wire::WorkLease& lease) {
     shares += std::to_string(share.groups.size());
   }
   spdlog::info("node {}: v{} lease {} {} groups{} {:.0f} tok/s reward {:.2f} ({:.2f} s)", opt_.name,
-               sync_->version(), lease.lease_id(), n, g.shares.size() > 1 ? " (workers " + shares + ")" : std::string(),
-               double(generated) / std::max(compute, 1e-9), rows ? rsum / double(rows) : 0.0, compute);
+               sync_->version(), lease.lease_id(), n,
+               g.shares.size() > 1 ? " (workers " + shares + ")" : std::string(),
+               double(generated) / std::max(compute, 1e-9), rows ? rsum / double(rows) : 0.0,
+               compute);
   return su;
 }
 

@@ -1,13 +1,12 @@
 // The ledger (coordinator/ledger.h) on a real SQLite file: a transaction left by an exception
 // rolls back and the next one commits; misbehaviour is counted by the one shared definition.
-#include <gtest/gtest.h>
+#include "coordinator/ledger.h"
 
-#include <filesystem>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <stdexcept>
-
-#include "coordinator/ledger.h"
 
 namespace cohort::coordinator {
 namespace {
@@ -17,14 +16,16 @@ namespace fs = std::filesystem;
 class LedgerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir = fs::temp_directory_path() / ("cohort-ledger-" + std::to_string(::getpid()) + "-" +
-                                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    dir = fs::temp_directory_path() /
+          ("cohort-ledger-" + std::to_string(::getpid()) + "-" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir);
     fs::create_directories(dir);
   }
   void TearDown() override { fs::remove_all(dir); }
 
-  static UpdateRecord update(const std::string& peer, uint64_t seq, bool accepted, const std::string& reason) {
+  static UpdateRecord update(const std::string& peer, uint64_t seq, bool accepted,
+                             const std::string& reason) {
     UpdateRecord u;
     u.peer = peer;
     u.sequence = seq;

@@ -1,18 +1,24 @@
 // The lease scheduler as a pure state machine (coordinator/scheduler.h): time is passed in, so
 // each test drives issue, completion, expiry, return, re-issue, guided sizing, min_peers and the
 // staleness window step by step, without processes or sockets.
+#include "coordinator/scheduler.h"
+
 #include <gtest/gtest.h>
 
 #include <set>
-
-#include "coordinator/scheduler.h"
 
 namespace cohort::coordinator {
 namespace {
 
 SchedulerConfig config(int64_t groups = 16, uint32_t staleness = 1, int min_peers = 1) {
-  return {.steps = 4, .groups_per_step = groups, .staleness_bound = staleness, .group_size = 4,
-          .lease_timeout_s = 10, .reconnect_grace_s = 2, .min_peers = min_peers, .round_seed = 7};
+  return {.steps = 4,
+          .groups_per_step = groups,
+          .staleness_bound = staleness,
+          .group_size = 4,
+          .lease_timeout_s = 10,
+          .reconnect_grace_s = 2,
+          .min_peers = min_peers,
+          .round_seed = 7};
 }
 
 TEST(LeaseScheduler, NoLeaseBeforeMinPeersThenLeasesStart) {
@@ -35,9 +41,9 @@ TEST(LeaseScheduler, UnmeasuredPeerGetsAProbeOfAnEighthThenItsShare) {
   s.peer_working("a");
   auto probe = s.issue("a", 0, 0.0, 0);
   ASSERT_TRUE(probe);
-  EXPECT_EQ(probe->groups.size(), 2u);  // ceil(16 / 8)
+  EXPECT_EQ(probe->groups.size(), 2u);                           // ceil(16 / 8)
   EXPECT_EQ(probe->rec.prompts, (std::vector<uint64_t>{0, 1}));  // step 1 starts at prompt 0
-  s.complete(probe->rec.lease_id, 1.0);  // 2 groups in 1 s
+  s.complete(probe->rec.lease_id, 1.0);                          // 2 groups in 1 s
   EXPECT_DOUBLE_EQ(s.throughput("a"), 2.0);
   // Measured and alone: its share is the whole step; 14 pending.
   auto next = s.issue("a", 0, 1.0, 0);

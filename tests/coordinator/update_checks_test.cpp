@@ -1,12 +1,13 @@
 // The coordinator's checks of an update body (coordinator/update_checks.h), every refusal reason
 // they can give, without LibTorch, processes or sockets. Rewards are known in closed form: the
 // task's reference answer scores 1, a wrong number 0 (format_weight 0).
+#include "coordinator/update_checks.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
 
-#include "coordinator/update_checks.h"
 #include "exchange/refusal.h"
 #include "exchange/seeds.h"
 
@@ -31,7 +32,8 @@ class UpdateChecks : public ::testing::Test {
     for (uint64_t p : prompts) {
       for (uint32_t c = 0; c < 2; ++c) {
         const grpo::Prompt prompt = task->train_prompt(p);
-        const std::string text = c == 0 ? task->reference_completion(prompt) : "<answer>99999</answer>";
+        const std::string text =
+            c == 0 ? task->reference_completion(prompt) : "<answer>99999</answer>";
         std::vector<int64_t> ids = tok->encode(text);
         ids.push_back(tok->eos_id());
         auto* d = u.add_completions();
@@ -64,7 +66,9 @@ class UpdateChecks : public ::testing::Test {
     return checker.check(u, prompts);
   }
 
-  static wire::AckReason reason(const CheckedBody& c) { return c.refusal ? c.refusal->reason : wire::ACK_OK; }
+  static wire::AckReason reason(const CheckedBody& c) {
+    return c.refusal ? c.refusal->reason : wire::ACK_OK;
+  }
 
   grpo::GrpoConfig cfg;
   std::unique_ptr<grpo::Task> task;
@@ -92,11 +96,21 @@ TEST_F(UpdateChecks, RewardStatisticsThatContradictTheCompletionsAreBadReward) {
     auto u = honest();
     auto* rs = u.mutable_rewards();
     switch (field) {
-      case 0: rs->set_mean(0.9); break;
-      case 1: rs->set_std(0.0); break;
-      case 2: rs->set_min(0.5); break;
-      case 3: rs->set_max(2.0); break;
-      case 4: rs->set_count(5); break;
+      case 0:
+        rs->set_mean(0.9);
+        break;
+      case 1:
+        rs->set_std(0.0);
+        break;
+      case 2:
+        rs->set_min(0.5);
+        break;
+      case 3:
+        rs->set_max(2.0);
+        break;
+      case 4:
+        rs->set_count(5);
+        break;
     }
     EXPECT_EQ(reason(check(u)), wire::ACK_BAD_REWARD) << "field " << field;
   }
@@ -106,7 +120,8 @@ TEST_F(UpdateChecks, RewardStatisticsThatContradictTheCompletionsAreBadReward) {
 }
 
 TEST_F(UpdateChecks, NonFiniteLossIsMalformed) {
-  for (double bad : {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
+  for (double bad :
+       {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
     auto u = honest();
     u.set_loss(bad);
     const CheckedBody c = check(u);
@@ -180,13 +195,14 @@ TEST(UpdateNorm, MeanGradientNormAboveTheBoundIsBadNorm) {
 }
 
 TEST(Misbehaviour, OneDefinitionForBansAndTheLedger) {
-  for (auto r : {wire::ACK_BAD_REWARD, wire::ACK_BAD_NORM, wire::ACK_MALFORMED, wire::ACK_BAD_SIGNATURE,
-                 wire::ACK_SIGNER_MISMATCH, wire::ACK_RECOMPUTE_MISMATCH}) {
+  for (auto r :
+       {wire::ACK_BAD_REWARD, wire::ACK_BAD_NORM, wire::ACK_MALFORMED, wire::ACK_BAD_SIGNATURE,
+        wire::ACK_SIGNER_MISMATCH, wire::ACK_RECOMPUTE_MISMATCH}) {
     EXPECT_TRUE(exchange::is_misbehaviour(r)) << exchange::reason_name(r);
     EXPECT_TRUE(exchange::is_misbehaviour(exchange::reason_name(r)));
   }
-  for (auto r : {wire::ACK_OK, wire::ACK_STALE, wire::ACK_REPLAYED, wire::ACK_UNKNOWN_LEASE, wire::ACK_LEASE_EXPIRED,
-                 wire::ACK_OVERLOADED})
+  for (auto r : {wire::ACK_OK, wire::ACK_STALE, wire::ACK_REPLAYED, wire::ACK_UNKNOWN_LEASE,
+                 wire::ACK_LEASE_EXPIRED, wire::ACK_OVERLOADED})
     EXPECT_FALSE(exchange::is_misbehaviour(r)) << exchange::reason_name(r);
   EXPECT_EQ(exchange::reason_name(wire::ACK_BAD_REWARD), "bad_reward");
 }

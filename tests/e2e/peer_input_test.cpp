@@ -20,17 +20,17 @@
 
 #include "coordinator/coordinator.h"
 #include "coordinator/ledger.h"
-#include "tools/local_cluster.h"
 #include "exchange/round_settings.h"
 #include "exchange/seeds.h"
 #include "grpo/checkpoint.h"
-#include "grpo/tokenizer.h"
 #include "grpo/model.h"
 #include "grpo/scoring.h"
+#include "grpo/tokenizer.h"
 #include "protocol/channel.h"
 #include "protocol/identity.h"
 #include "protocol/signed_update.h"
 #include "tests/support/tiny_base.h"
+#include "tools/local_cluster.h"
 
 namespace cohort {
 namespace {
@@ -49,8 +49,9 @@ class PeerInput : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::temp_directory_path() /
-           ("cohort-peer-input-" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
-            "-" + std::to_string(::getpid()));
+           ("cohort-peer-input-" +
+            std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "-" +
+            std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
   }
@@ -62,16 +63,17 @@ class PeerInput : public ::testing::Test {
   tools::Endpoint start_coordinator() {
     grpo::Model m(test::tiny_model_config(), 7);
     grpo::save_model((dir_ / "base").string(), m);
-    std::ofstream(dir_ / "round.toml") << "[round]\nid = \"pi\"\nsteps = 50\nprompts_per_step = 8\n"
-                                       << "data_dir = \"" << (dir_ / "round").string() << "\"\n"
-                                       << "[network]\nlisten = \"127.0.0.1:0\"\n"
-                                       << "[model]\npath = \"" << (dir_ / "base").string() << "\"\n"
-                                       << "[task]\nname = \"arith\"\n"
-                                       << "[grpo]\ngroup_size = 2\nloss = \"grpo\"\ngradient_codec = \"raw\"\n"
-                                       << "[sampling]\nmax_new_tokens = 16\n"
-                                       << "[verification]\nban_after = 100\n";
-    coord_ = Subprocess::spawn({COHORT_BIN, "coordinator", "serve", "--config", (dir_ / "round.toml").string(),
-                                "--threads", "1"},
+    std::ofstream(dir_ / "round.toml")
+        << "[round]\nid = \"pi\"\nsteps = 50\nprompts_per_step = 8\n"
+        << "data_dir = \"" << (dir_ / "round").string() << "\"\n"
+        << "[network]\nlisten = \"127.0.0.1:0\"\n"
+        << "[model]\npath = \"" << (dir_ / "base").string() << "\"\n"
+        << "[task]\nname = \"arith\"\n"
+        << "[grpo]\ngroup_size = 2\nloss = \"grpo\"\ngradient_codec = \"raw\"\n"
+        << "[sampling]\nmax_new_tokens = 16\n"
+        << "[verification]\nban_after = 100\n";
+    coord_ = Subprocess::spawn({COHORT_BIN, "coordinator", "serve", "--config",
+                                (dir_ / "round.toml").string(), "--threads", "1"},
                                (dir_ / "coordinator.log").string());
     return tools::wait_for_endpoint((dir_ / "round").string(), 120, coord_.pid());
   }
@@ -91,8 +93,9 @@ struct Client {
   uint64_t next_id = 1;
 
   Client(const tools::Endpoint& ep, const std::string& display_name)
-      : ch(protocol::BlockingChannel::connect(ep.host, static_cast<uint16_t>(ep.port), id,
-                                              {.expected_peer = protocol::PeerId::parse(ep.coordinator_key)})) {
+      : ch(protocol::BlockingChannel::connect(
+            ep.host, static_cast<uint16_t>(ep.port), id,
+            {.expected_peer = protocol::PeerId::parse(ep.coordinator_key)})) {
     wire::Envelope join;
     join.set_id(next_id++);
     join.mutable_join_request()->set_display_name(display_name);
@@ -123,7 +126,8 @@ struct Client {
 
   // An honest-looking update for the lease: every completion the task's reference answer (its
   // reward recomputed with the coordinator's own verifier), a zero gradient sum.
-  wire::GradientUpdate update(const wire::WorkLease& l, uint64_t sequence, const protocol::PeerId& coordinator) {
+  wire::GradientUpdate update(const wire::WorkLease& l, uint64_t sequence,
+                              const protocol::PeerId& coordinator) {
     wire::GradientUpdate u;
     u.set_round_id(l.round_id());
     u.set_lease_id(l.lease_id());
@@ -216,14 +220,16 @@ TEST_F(PeerInput, IndependentClientFindingsAreRefusedOrEscaped) {
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   const std::string log = slurp(dir_ / "coordinator.log");
   const std::string added = log.substr(static_cast<size_t>(log_before));
-  EXPECT_EQ(added.find("\n[info] coordinator: peer 0000 banned"), std::string::npos);  // no forged line
+  EXPECT_EQ(added.find("\n[info] coordinator: peer 0000 banned"),
+            std::string::npos);  // no forged line
   EXPECT_EQ(added.find('\x1b'), std::string::npos);
   EXPECT_EQ(added.find('\0'), std::string::npos);
   EXPECT_NE(added.find("mallory\\x0a[info]"), std::string::npos) << added.substr(0, 2000);
   EXPECT_LT(added.size(), 64u * 1024) << "the log grew by " << added.size() << " bytes";
   coordinator::Ledger ledger(coordinator::ledger_path((dir_ / "round").string()));
   sqlite3_stmt* st = nullptr;
-  ASSERT_EQ(sqlite3_prepare_v2(ledger.handle(), "SELECT name FROM peers", -1, &st, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_prepare_v2(ledger.handle(), "SELECT name FROM peers", -1, &st, nullptr),
+            SQLITE_OK);
   ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
   const std::string stored = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
   sqlite3_finalize(st);
@@ -242,7 +248,8 @@ TEST_F(PeerInput, MalformedRoundSettingEndsTheNodeWithExitCodeOneNamingTheField)
   wire::RoundSettings settings = exchange::make_round_settings(spec);
   settings.set_top_p(7.5);  // outside (0, 1]
   asio::io_context io;
-  protocol::Server server(io.get_executor(), asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0),
+  protocol::Server server(io.get_executor(),
+                          asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0),
                           coordinator, {}, [&](protocol::Channel ch) -> asio::awaitable<void> {
                             try {
                               const wire::Envelope join = co_await ch.receive();
@@ -258,10 +265,10 @@ TEST_F(PeerInput, MalformedRoundSettingEndsTheNodeWithExitCodeOneNamingTheField)
   server.start();
   std::thread net([&] { io.run(); });
   const std::string key = (dir_ / "node.key").string();
-  Subprocess node = Subprocess::spawn({COHORT_BIN, "node", "run", "--coordinator",
-                                       "127.0.0.1:" + std::to_string(server.port()), "--coordinator-key",
-                                       coordinator.id().hex(), "--key", key, "--give-up-after", "20"},
-                                      (dir_ / "node.log").string());
+  Subprocess node = Subprocess::spawn(
+      {COHORT_BIN, "node", "run", "--coordinator", "127.0.0.1:" + std::to_string(server.port()),
+       "--coordinator-key", coordinator.id().hex(), "--key", key, "--give-up-after", "20"},
+      (dir_ / "node.log").string());
   const auto rc = node.wait(60);
   server.stop();
   io.stop();

@@ -2,6 +2,8 @@
 // every codec, and every malformed tensor is a typed refusal. RAW round-trips bit for bit; FP8
 // E4M3 blocks within the format's closed-form bound (3 mantissa bits: relative error <= 2^-4 of
 // the value, plus the subnormal step of the block's scale).
+#include "exchange/gradient_wire.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,7 +12,6 @@
 #include <random>
 
 #include "common/check.h"
-#include "exchange/gradient_wire.h"
 
 namespace cohort::exchange {
 namespace {
@@ -60,7 +61,8 @@ TEST(GradientWire, Fp8BlocksRoundTripWithinTheFormatsBound) {
       const float scale = amax / 448.0f;
       for (size_t i = b; i < e; ++i) {
         const float x = v[s.offset + i];
-        EXPECT_LE(std::abs(out[s.offset + i] - x), std::abs(x) / 16 + scale * std::ldexp(1.0f, -9) * 1.01f + 1e-12f)
+        EXPECT_LE(std::abs(out[s.offset + i] - x),
+                  std::abs(x) / 16 + scale * std::ldexp(1.0f, -9) * 1.01f + 1e-12f)
             << s.name << "[" << i << "]";
       }
     }
@@ -83,7 +85,8 @@ TEST(GradientWire, Fp8ErrorFeedbackCarriesTheResidualIntoTheNextUpdate) {
     for (size_t i = 0; i < l.total; ++i) sum[i] += out[i];
   }
   // The decoded sum tracks the true sum to within one update's error, not twenty.
-  for (size_t i = 0; i < l.total; ++i) EXPECT_NEAR(sum[i], rounds * double(v[i]), std::abs(v[i]) / 8 + 1e-5);
+  for (size_t i = 0; i < l.total; ++i)
+    EXPECT_NEAR(sum[i], rounds * double(v[i]), std::abs(v[i]) / 8 + 1e-5);
 }
 
 TEST(GradientWire, NonFiniteGradientIsNeverEncoded) {

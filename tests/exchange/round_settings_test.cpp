@@ -1,12 +1,12 @@
 // The round settings both roles agree on (exchange/round_settings.h): what the coordinator writes
 // the node reads back field for field, and every malformed value is refused naming its field.
+#include "exchange/round_settings.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <functional>
 #include <limits>
-
-#include "exchange/round_settings.h"
 
 namespace cohort::exchange {
 namespace {
@@ -73,7 +73,8 @@ TEST(RoundSettings, DatasetAndTokenizerFilesTravelByNameAndDigest) {
   RoundSpec in = sample_spec();
   const std::string hex(64, 'a');
   in.dataset = SharedFile{"gsm8k.jsonl", hex};
-  in.tokenizer_files = {{"tokenizer.json", std::string(64, 'b')}, {"tokenizer_config.json", std::string(64, 'c')}};
+  in.tokenizer_files = {{"tokenizer.json", std::string(64, 'b')},
+                        {"tokenizer_config.json", std::string(64, 'c')}};
   in.system_prompt = "r1";
   const RoundSpec out = read_round_settings(make_round_settings(in));
   ASSERT_TRUE(out.dataset);
@@ -96,20 +97,25 @@ TEST(RoundSettings, EveryMalformedValueIsRefusedNamingItsField) {
       {"top_p", [](auto& s) { s.set_top_p(1.5); }},
       {"loss_aggregation", [](auto& s) { s.set_loss_aggregation("ppo"); }},
       {"clip_eps_low", [](auto& s) { s.set_clip_eps_low(-0.1); }},
-      {"clip_eps_high", [](auto& s) { s.set_clip_eps_high(std::numeric_limits<double>::infinity()); }},
+      {"clip_eps_high",
+       [](auto& s) { s.set_clip_eps_high(std::numeric_limits<double>::infinity()); }},
       {"kl_beta", [](auto& s) { s.set_kl_beta(0.04); }},
       {"gradient_codec", [](auto& s) { s.set_gradient_codec(static_cast<wire::Codec>(77)); }},
       {"task_settings", [](auto& s) { s.clear_task_settings(); }},
       {"task_settings.name", [](auto& s) { s.mutable_task_settings()->set_name("chess"); }},
       {"task_settings.numbers", [](auto& s) { s.mutable_task_settings()->set_numbers(9); }},
       {"task_settings.max_number", [](auto& s) { s.mutable_task_settings()->set_max_number(1); }},
-      {"task_settings.held_out_percent", [](auto& s) { s.mutable_task_settings()->set_held_out_percent(0); }},
-      {"task_settings.format_weight", [](auto& s) { s.mutable_task_settings()->set_format_weight(-1); }},
+      {"task_settings.held_out_percent",
+       [](auto& s) { s.mutable_task_settings()->set_held_out_percent(0); }},
+      {"task_settings.format_weight",
+       [](auto& s) { s.mutable_task_settings()->set_format_weight(-1); }},
       {"model_config_json", [](auto& s) { s.set_model_config_json("{not json"); }},
       {"model_config_json", [](auto& s) { s.clear_model_config_json(); }},
-      {"advantage_scale", [](auto& s) { s.set_advantage_scale(wire::ADVANTAGE_SCALE_UNSPECIFIED); }},
+      {"advantage_scale",
+       [](auto& s) { s.set_advantage_scale(wire::ADVANTAGE_SCALE_UNSPECIFIED); }},
       {"importance", [](auto& s) { s.set_importance(static_cast<wire::ImportanceLevel>(9)); }},
-      {"tokenizer_files[0].name", [](auto& s) { s.add_tokenizer_files()->set_name("../../etc/passwd"); }},
+      {"tokenizer_files[0].name",
+       [](auto& s) { s.add_tokenizer_files()->set_name("../../etc/passwd"); }},
       {"tokenizer_files[0].blake2b",
        [](auto& s) {
          auto* f = s.add_tokenizer_files();

@@ -1,6 +1,8 @@
 // The node's update builder (node/update_builder.h) against the coordinator's own checks
 // (coordinator/update_checks.h): what an honest node builds passes every check, with the same
 // figures the coordinator recomputes; the test faults are caught with the reasons they should be.
+#include "node/update_builder.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,7 +10,6 @@
 #include "coordinator/update_checks.h"
 #include "exchange/gradient_wire.h"
 #include "grpo/scoring.h"
-#include "node/update_builder.h"
 #include "protocol/signed_update.h"
 
 namespace cohort::node {
@@ -40,9 +41,11 @@ class UpdateBuilderTest : public ::testing::Test {
       for (size_t i = r.begin; i < r.end; ++i) {
         const grpo::Prompt p = task->train_prompt(lease.prompt_indices(static_cast<int>(i)));
         for (int c = 0; c < 2; ++c) {
-          std::vector<int64_t> ids = tok->encode(c == 0 ? task->reference_completion(p) : "<answer>77777</answer>");
+          std::vector<int64_t> ids =
+              tok->encode(c == 0 ? task->reference_completion(p) : "<answer>77777</answer>");
           ids.push_back(tok->eos_id());
-          s.batch.rewards.push_back(static_cast<float>(grpo::score_completion(*tok, *task, p, ids).total));
+          s.batch.rewards.push_back(
+              static_cast<float>(grpo::score_completion(*tok, *task, p, ids).total));
           s.batch.rollout.completions.push_back(ids);
           g.tokens += double(ids.size());
         }
@@ -55,18 +58,24 @@ class UpdateBuilderTest : public ::testing::Test {
     return g;
   }
 
-  std::optional<exchange::Refusal> built_and_checked(Fault fault, wire::GradientUpdate* out = nullptr) {
-    UpdateBuilder b{.round_id = "r", .identity = node, .coordinator = coordinator.id(), .group_size = 2, .fault = fault};
+  std::optional<exchange::Refusal> built_and_checked(Fault fault,
+                                                     wire::GradientUpdate* out = nullptr) {
+    UpdateBuilder b{.round_id = "r",
+                    .identity = node,
+                    .coordinator = coordinator.id(),
+                    .group_size = 2,
+                    .fault = fault};
     exchange::GradientEncoder enc(layout, wire::CODEC_RAW);
     LeaseGradient g = gradient();
     const wire::SignedUpdate su = b.build(lease, 7, 1000, g, enc, 1.5);
-    const protocol::VerifiedUpdate vr =
-        protocol::verify_update(su, {.recipient = coordinator.id(), .current_version = 7, .staleness_bound = 1});
+    const protocol::VerifiedUpdate vr = protocol::verify_update(
+        su, {.recipient = coordinator.id(), .current_version = 7, .staleness_bound = 1});
     EXPECT_TRUE(vr) << vr.detail;
     const wire::GradientUpdate u = protocol::decode_update(su);
     if (out) *out = u;
     coordinator::UpdateChecker checker({*task, *tok, cfg, tok->vocab_size()});
-    const std::vector<uint64_t> prompts(lease.prompt_indices().begin(), lease.prompt_indices().end());
+    const std::vector<uint64_t> prompts(lease.prompt_indices().begin(),
+                                        lease.prompt_indices().end());
     return checker.check(u, prompts).refusal;
   }
 

@@ -2,6 +2,8 @@
 // chunks served from memory, as docs/PROTOCOL.md says the coordinator serves them. Only changed
 // tensors are fetched; a manifest by another key, bytes that do not match their signed digest and
 // chunks out of order are refused before anything is loaded.
+#include "node/weight_sync.h"
+
 #include <gtest/gtest.h>
 
 #include <deque>
@@ -9,7 +11,6 @@
 #include <map>
 
 #include "exchange/manifest.h"
-#include "node/weight_sync.h"
 #include "protocol/signed_update.h"
 
 namespace cohort::node {
@@ -27,18 +28,22 @@ exchange::ParamLayout layout() {
 // A coordinator in memory: answers what WeightSync sends, the way the real one does.
 class MemoryCoordinator final : public CoordinatorLink {
  public:
-  MemoryCoordinator(const protocol::Identity& key, const exchange::ParamLayout& l) : key_(key), layout_(l) {}
+  MemoryCoordinator(const protocol::Identity& key, const exchange::ParamLayout& l)
+      : key_(key), layout_(l) {}
 
   void publish(uint64_t version, const std::vector<std::vector<float>>& values) {
     std::vector<exchange::NamedBytes> named;
     for (size_t i = 0; i < layout_.slots.size(); ++i) {
-      bytes_.push_back(std::string(reinterpret_cast<const char*>(values[i].data()), values[i].size() * 4));
+      bytes_.push_back(
+          std::string(reinterpret_cast<const char*>(values[i].data()), values[i].size() * 4));
       named.push_back({layout_.slots[i].name, layout_.slots[i].shape, bytes_.back()});
     }
     std::vector<protocol::Digest> digests;
-    manifest_ = protocol::sign_manifest(exchange::build_manifest("r", version, 0, named, &digests), key_);
+    manifest_ =
+        protocol::sign_manifest(exchange::build_manifest("r", version, 0, named, &digests), key_);
     for (size_t i = 0; i < digests.size(); ++i)
-      by_digest_[std::string(digests[i].begin(), digests[i].end())] = bytes_[bytes_.size() - digests.size() + i];
+      by_digest_[std::string(digests[i].begin(), digests[i].end())] =
+          bytes_[bytes_.size() - digests.size() + i];
   }
 
   asio::awaitable<uint64_t> send(wire::Envelope e) override {
@@ -89,7 +94,8 @@ std::vector<std::vector<float>> values(const exchange::ParamLayout& l, float bas
   std::vector<std::vector<float>> v;
   for (const auto& s : l.slots) {
     v.emplace_back(s.numel);
-    for (size_t i = 0; i < s.numel; ++i) v.back()[i] = base + float(i % 97) * 0.01f + float(s.offset);
+    for (size_t i = 0; i < s.numel; ++i)
+      v.back()[i] = base + float(i % 97) * 0.01f + float(s.offset);
   }
   return v;
 }
@@ -147,12 +153,15 @@ TEST_F(WeightSyncTest, FetchesEverythingFirstThenOnlyChangedTensors) {
 TEST_F(WeightSyncTest, BytesThatDoNotMatchTheSignedDigestAreRefused) {
   WeightSync sync(l, coordinator.id(), "r");
   link.publish(1, values(l, 1.0f));
-  link.tamper = [](std::deque<wire::Envelope>& in) { (*in[3].mutable_tensor_chunk()->mutable_data())[100] ^= 1; };
+  link.tamper = [](std::deque<wire::Envelope>& in) {
+    (*in[3].mutable_tensor_chunk()->mutable_data())[100] ^= 1;
+  };
   try {
     (void)run(sync.fetch(link, 1));
     FAIL() << "tampered bytes accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("does not match its signed digest"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("does not match its signed digest"), std::string::npos)
+        << e.what();
   }
   EXPECT_FALSE(sync.holds(1));
 }
