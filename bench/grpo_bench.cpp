@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/bench.h"
+#include "common/clock.h"
 #include "common/cpu_allocator.h"
 #include "common/runtime.h"
 #include "grpo/trainer.h"
@@ -22,10 +23,6 @@ namespace {
 using grpo::ModelConfig;
 using nlohmann::json;
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 // Best of several 1024³ FP32 matmuls: the machine's matmul limit with the current threads.
 double matmul_flops(int n = 1024, int reps = 8) {
   torch::NoGradGuard g;
@@ -33,9 +30,9 @@ double matmul_flops(int n = 1024, int reps = 8) {
   at::mm_out(c, a, b);
   double best = 1e30;
   for (int i = 0; i < reps; ++i) {
-    const double t0 = now_s();
+    const double t0 = mono_s();
     at::mm_out(c, a, b);
-    best = std::min(best, now_s() - t0);
+    best = std::min(best, mono_s() - t0);
   }
   return 2.0 * n * n * n / best;
 }
@@ -83,9 +80,9 @@ double generate_tokens_per_s(const grpo::Model& m, const Shape& s, bool cache, i
   int64_t tokens = 0;
   for (int i = 0; i < reps; ++i) {
     sp.seed = i;
-    const double t0 = now_s();
+    const double t0 = mono_s();
     auto r = grpo::generate(m, prompts, s.group, sp, 0);
-    best = std::min(best, now_s() - t0);
+    best = std::min(best, mono_s() - t0);
     tokens = r.generated_tokens;
   }
   return double(tokens) / best;
@@ -107,9 +104,9 @@ DecodeAB fused_vs_general_decode(grpo::Model& m, const Shape& s, int runs) {
     const bool fast = i % 2 == 0;
     m.set_fast_decode(fast);
     sp.seed = i / 2;
-    const double t0 = now_s();
+    const double t0 = mono_s();
     auto r = grpo::generate(m, prompts, s.group, sp, 0);
-    (fast ? fused : general).push_back(double(r.generated_tokens) / (now_s() - t0));
+    (fast ? fused : general).push_back(double(r.generated_tokens) / (mono_s() - t0));
   }
   m.set_fast_decode(true);
   auto median = [](std::vector<double> v) {
@@ -138,9 +135,9 @@ double decode_matmul_seconds_per_token(const ModelConfig& c, int rows) {
   };
   step();
   const int reps = 20;
-  const double t0 = now_s();
+  const double t0 = mono_s();
   for (int i = 0; i < reps; ++i) step();
-  return (now_s() - t0) / reps / rows;
+  return (mono_s() - t0) / reps / rows;
 }
 
 struct TrainResult {
@@ -163,11 +160,11 @@ TrainResult train_step_rate(grpo::Model& m, const Shape& s, int reps) {
                        12.0 * c.num_hidden_layers * c.hidden_size * seq * tokens;
   double best = 1e30;
   for (int i = 0; i < reps + 1; ++i) {  // the first step warms allocator and caches
-    const double t0 = now_s();
+    const double t0 = mono_s();
     opt.zero_grad();
     grpo::accumulate_gradient(m, nullptr, r, adv, cfg);
     opt.step();
-    if (i > 0) best = std::min(best, now_s() - t0);
+    if (i > 0) best = std::min(best, mono_s() - t0);
   }
   return {tokens / best, flops / best, best, flops};
 }

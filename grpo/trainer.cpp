@@ -7,17 +7,12 @@
 #include <cmath>
 
 #include "common/check.h"
+#include "common/clock.h"
 #include "common/progress.h"
 
 namespace cohort::grpo {
 
 using at::Tensor;
-
-namespace {
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-}  // namespace
 
 void score_rollout(const Tokenizer& tok, const Task& task, ScoredBatch& b) {
   const int64_t n = static_cast<int64_t>(b.rollout.completions.size());
@@ -185,13 +180,13 @@ GrpoTrainer::~GrpoTrainer() = default;
 StepStats GrpoTrainer::step() {
   StepStats s;
   s.step = ++step_;
-  const double t0 = now_s();
+  const double t0 = mono_s();
   std::vector<Prompt> prompts;
   const uint64_t first = static_cast<uint64_t>(step_ - 1) * cfg_.prompts_per_step;
   for (int i = 0; i < cfg_.prompts_per_step; ++i) prompts.push_back(task_.train_prompt(first + i));
   ScoredBatch b = rollout_and_score(policy_, tok_, task_, prompts, cfg_,
                                     cfg_.seed * 1000003ull + static_cast<uint64_t>(step_));
-  const double t1 = now_s();
+  const double t1 = mono_s();
   reward_statistics(b, cfg_.group_size, s);
 
   optimizer_->zero_grad();
@@ -214,7 +209,7 @@ StepStats GrpoTrainer::step() {
   if (std::isfinite(norm)) {
     optimizer_->step();
   }  // a non-finite gradient skips the update (llm.c's guard); the stats show it
-  const double t2 = now_s();
+  const double t2 = mono_s();
 
   s.loss = sums.loss_sum.item<double>() / units;
   s.kl = sums.tokens > 0 ? sums.kl_sum / sums.tokens : 0;
@@ -229,7 +224,7 @@ StepStats GrpoTrainer::step() {
 
 EvalResult evaluate(const Model& model, const Tokenizer& tok, const Task& task, int n,
                     int max_new_tokens, int batch_size) {
-  const double t0 = now_s();
+  const double t0 = mono_s();
   auto prompts = task.eval_prompts(n);
   EvalResult r;
   r.n = n;
@@ -254,7 +249,7 @@ EvalResult evaluate(const Model& model, const Tokenizer& tok, const Task& task, 
   r.accuracy /= n;
   r.format /= n;
   r.completion_len /= n;
-  r.seconds = now_s() - t0;
+  r.seconds = mono_s() - t0;
   return r;
 }
 

@@ -32,7 +32,7 @@ asio::awaitable<void> Node::session(double& last_ok) {
   const wire::Envelope reply = co_await link.receive();
   if (!reply.has_join_reply()) throw Error("expected a join reply");
   const auto& rep = reply.join_reply();
-  if (!rep.admitted()) throw RoundOver{2, "not admitted: " + rep.message()};
+  if (!rep.admitted()) throw RoundOver(2, "not admitted: " + rep.message());
   setup(rep.settings());
   // The coordinator closes a connection silent for four of these; older ones send none.
   heartbeat_every_ =
@@ -54,12 +54,12 @@ asio::awaitable<void> Node::session(double& last_ok) {
       ack_wait_s_ += mono_s() - t0;
       if (stop_requested()) {
         co_await leave(link, "signal");  // also returns a lease asked for ahead
-        throw RoundOver{0, "left the round (signal)"};
+        throw RoundOver(0, "left the round (signal)");
       }
-      if (next && next->round_over) throw RoundOver{0, next->round_over_reason};
+      if (next && next->round_over) throw RoundOver(0, next->round_over_reason);
       if (leases_done_ >= opt_.max_leases) {
         co_await leave(link, "lease limit reached");
-        throw RoundOver{0, "left the round (lease limit)"};
+        throw RoundOver(0, "left the round (lease limit)");
       }
     }
     if (!next || !next->lease) {
@@ -236,7 +236,7 @@ asio::awaitable<std::optional<wire::WorkLease>> Node::ask_for_work(CoordinatorLi
   co_await link.send(std::move(req));
   returned_.clear();
   const wire::Envelope env = co_await link.receive();
-  if (env.has_leave()) throw RoundOver{0, "round over: " + env.leave().reason()};
+  if (env.has_leave()) throw RoundOver(0, "round over: " + env.leave().reason());
   if (env.has_ack()) co_return std::nullopt;
   if (!env.has_work_lease()) throw Error("expected a lease");
   co_return env.work_lease();
@@ -248,7 +248,7 @@ asio::awaitable<Node::Ahead> Node::ask_ahead(CoordinatorLink& link, const std::s
     a.lease = co_await ask_for_work(link, holding);
   } catch (const RoundOver& r) {
     a.round_over = true;  // reported after the current lease is delivered
-    a.round_over_reason = r.why;
+    a.round_over_reason = r.what();
     co_return a;
   }
   if (a.lease && !sync_->holds(a.lease->policy_version()))

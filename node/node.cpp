@@ -35,13 +35,13 @@ void on_signal(int) { g_stop = 1; }
 void require_same_file(const exchange::SharedFile& want, const std::string& path,
                        const std::string& what, const std::string& option) {
   if (path.empty())
-    throw RoundOver{3, "the round uses " + what + "; give this node its copy with " + option};
-  if (!fs::exists(path)) throw RoundOver{3, what + " " + path + " does not exist"};
+    throw RoundOver(3, "the round uses " + what + "; give this node its copy with " + option);
+  if (!fs::exists(path)) throw RoundOver(3, what + " " + path + " does not exist");
   const protocol::Digest d = protocol::blake2b_256_file(path);
   const std::string have = protocol::to_hex(protocol::ByteView(d.data(), d.size()));
   if (have != want.blake2b)
-    throw RoundOver{3, what + " mismatch: " + path + " has BLAKE2b-256 " + have +
-                           " but the round's is " + want.blake2b + "; use the coordinator's file"};
+    throw RoundOver(3, what + " mismatch: " + path + " has BLAKE2b-256 " + have +
+                           " but the round's is " + want.blake2b + "; use the coordinator's file");
 }
 
 }  // namespace
@@ -77,9 +77,9 @@ void Node::run() {
       rc = 0;
       break;
     } catch (const RoundOver& r) {
-      if (r.code == 0) spdlog::info("node: {}", r.why);
-      rc = r.code;
-      why = r.why;
+      if (r.exit_code() == 0) spdlog::info("node: {}", r.what());
+      rc = r.exit_code();
+      why = r.what();
       break;
     } catch (const protocol::ProtocolError& e) {
       if (e.code() == protocol::ErrorCode::not_allowed ||
@@ -147,14 +147,14 @@ void Node::setup(const wire::RoundSettings& s) {
   if (devices_) {
     // Field by field (serialized bytes need not be identical).
     if (!google::protobuf::util::MessageDifferencer::Equals(settings_, s))
-      throw RoundOver{1, "the round's settings changed; restart the node"};
+      throw RoundOver(1, "the round's settings changed; restart the node");
     return;
   }
   exchange::RoundSpec spec;
   try {
     spec = exchange::read_round_settings(s);
   } catch (const exchange::SettingsError& e) {
-    throw RoundOver{1, e.what()};
+    throw RoundOver(1, e.what());
   }
   settings_ = s;
   round_id_ = spec.round_id;

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "common/check.h"
 #include "exchange/gradient_wire.h"
 #include "grpo/trainer.h"
 #include "node/device_group.h"
@@ -32,9 +33,9 @@ using Clock = std::chrono::steady_clock;
 
 // Ends the session for good (no reconnect): the round is over, the node is not wanted, or it
 // cannot work in this round. code 0 is a normal end; others become the process's exit code.
-struct RoundOver {
-  int code;
-  std::string why;
+class RoundOver : public Error {
+ public:
+  RoundOver(int code, const std::string& why) : Error(why, code) {}
 };
 
 // SIGINT or SIGTERM arrived: leave the round gracefully.
