@@ -271,7 +271,6 @@ std::optional<exchange::Refusal> Policy::audit(const Published& sampled_on,
   }
   const double cosine = (a2 == 0 && b2 == 0) ? 1.0 : dot / std::max(1e-300, std::sqrt(a2 * b2));
   const double ratio = a2 > 0 ? std::sqrt(b2 / a2) : (b2 == 0 ? 1.0 : 1e300);
-  ++audits_;
   spdlog::info(
       "coordinator: recomputed lease {} on v{} (current v{}) in {:.2f} s: cosine {:.6f}, norm "
       "ratio {:.6f}",

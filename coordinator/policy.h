@@ -76,7 +76,6 @@ class Policy {
                                                        const wire::GradientUpdate& u,
                                                        std::span<const uint64_t> lease_prompts,
                                                        std::span<const float> reported);
-  int64_t audits() const { return audits_; }
 
   // Adds an accepted update to its step.
   void absorb(int64_t step, const Contribution& c, std::vector<float> gradient_sum);
@@ -111,7 +110,6 @@ class Policy {
   exchange::ParamLayout layout_;
   uint64_t version_ = 0;
   std::map<int64_t, std::unique_ptr<StepSums>> steps_;
-  int64_t audits_ = 0;
 };
 
 }  // namespace cohort::coordinator

@@ -53,11 +53,9 @@ void Coordinator::Impl::open() {
       std::make_unique<LeaseScheduler>(SchedulerConfig{.steps = cfg.steps,
                                                        .groups_per_step = cfg.grpo.prompts_per_step,
                                                        .staleness_bound = cfg.staleness_bound,
-                                                       .group_size = cfg.grpo.group_size,
                                                        .lease_timeout_s = cfg.lease_timeout_s,
                                                        .reconnect_grace_s = cfg.reconnect_grace_s,
-                                                       .min_peers = cfg.min_peers,
-                                                       .round_seed = cfg.grpo.seed},
+                                                       .min_peers = cfg.min_peers},
                                        version);
   misbehaviour = ledger->misbehaviour_counts();
   for (const auto& [p, n] : misbehaviour)

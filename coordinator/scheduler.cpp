@@ -132,7 +132,6 @@ std::optional<ActiveLease> LeaseScheduler::issue(const std::string& peer, uint32
       l.rec.prompts.push_back(prompt_index(s, pos));
     }
     leases_[l.rec.lease_id] = l;
-    ++issued_;
     return l;
   }
   return std::nullopt;

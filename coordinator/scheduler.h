@@ -25,11 +25,9 @@ struct SchedulerConfig {
   int64_t steps = 20;
   int64_t groups_per_step = 32;  // prompts (groups) per step
   uint32_t staleness_bound = 1;  // leases are issued for steps version+1 .. version+1+S
-  int group_size = 8;
   double lease_timeout_s = 120;   // a lease not delivered by then goes back to the pool
   double reconnect_grace_s = 10;  // a disconnected peer's leases wait this long for it
   int min_peers = 1;              // no lease before this many peers are connected
-  uint64_t round_seed = 1;        // per-prompt sampling seeds (exchange/seeds.h)
 };
 
 // A lease out to a peer: its ledger record and its groups' positions inside the step.
@@ -82,7 +80,6 @@ class LeaseScheduler {
   bool adopt(const LeaseRecord& rec, double now);
   [[nodiscard]] const ActiveLease* find(const std::string& lease_id) const;
   [[nodiscard]] size_t active() const { return leases_.size(); }
-  [[nodiscard]] uint64_t issued() const { return issued_; }
   [[nodiscard]] bool started() const { return started_; }
 
   // ---- steps
@@ -126,7 +123,6 @@ class LeaseScheduler {
   uint64_t version_ = 0;
   bool started_ = false;
   int connected_ = 0;
-  uint64_t issued_ = 0;
   std::map<int64_t, Step> steps_;
   std::map<std::string, ActiveLease> leases_;
   std::map<std::string, Peer> peers_;

@@ -8,6 +8,7 @@
 #include <map>
 #include <string>
 
+#include "exchange/rewards.h"
 #include "exchange/seeds.h"
 #include "grpo/scoring.h"
 
@@ -42,7 +43,9 @@ CheckedBody UpdateChecker::check(const wire::GradientUpdate& u,
   std::map<uint64_t, grpo::Prompt> prompts;
   const std::vector<int64_t> stops = ctx_.tokenizer.stop_ids();
   const int max_new = ctx_.grpo.sampling.max_new_tokens;
-  double rsum = 0, rsq = 0, asum = 0, rmin = 0, rmax = 0;
+  double asum = 0;
+  std::vector<float> rewards;  // recomputed, in the order of the completions
+  rewards.reserve(expected);
   UpdateFacts& f = out.facts;
   std::vector<int64_t> ids;
   for (const auto& c : u.completions()) {
@@ -79,11 +82,7 @@ CheckedBody UpdateChecker::check(const wire::GradientUpdate& u,
       return refuse({wire::ACK_BAD_REWARD,
                      fmt::format("prompt {} completion {} claims reward {}, recomputed {}",
                                  c.prompt_index(), c.completion(), c.reward(), reward)});
-    const bool first = f.sequences == 0;
-    rsum += reward;
-    rsq += double(reward) * reward;
-    rmin = first ? reward : std::min<double>(rmin, reward);
-    rmax = first ? reward : std::max<double>(rmax, reward);
+    rewards.push_back(reward);
     asum += r.accuracy;
     f.tokens += double(ids.size());
     // The sampler flags a completion truncated when it reached max_new_tokens without a stop.
@@ -92,9 +91,9 @@ CheckedBody UpdateChecker::check(const wire::GradientUpdate& u,
     if (!(ctx_.grpo.mask_truncated && truncated)) f.loss_tokens += double(ids.size());
     ++f.sequences;
   }
-  const double n = std::max<double>(1, static_cast<double>(f.sequences));
-  f.reward_mean = rsum / n;
-  f.accuracy = asum / n;
+  const wire::RewardStats ours = exchange::reward_stats(rewards);
+  f.reward_mean = ours.mean();
+  f.accuracy = asum / std::max<double>(1, static_cast<double>(f.sequences));
   switch (ctx_.grpo.loss.loss) {
     case grpo::LossType::grpo:
     case grpo::LossType::dr_grpo:
@@ -117,16 +116,15 @@ CheckedBody UpdateChecker::check(const wire::GradientUpdate& u,
   // The reward statistics must be those of the completions: a peer cannot advertise better
   // rewards than it reports (they reach logs, the status page and the ledger).
   const wire::RewardStats& rs = u.rewards();
-  const double mean = rsum / n;
-  const double stdev = std::sqrt(std::max(0.0, rsq / n - mean * mean));
-  if (rs.count() != static_cast<uint64_t>(f.sequences) || !close_to(rs.mean(), mean) ||
-      !close_to(rs.std(), stdev) || !close_to(rs.min(), rmin) || !close_to(rs.max(), rmax))
+  if (rs.count() != ours.count() || !close_to(rs.mean(), ours.mean()) ||
+      !close_to(rs.std(), ours.std()) || !close_to(rs.min(), ours.min()) ||
+      !close_to(rs.max(), ours.max()))
     return refuse(
         {wire::ACK_BAD_REWARD,
          fmt::format("reward statistics (count {}, mean {}, std {}, min {}, max {}) contradict the "
                      "completions (count {}, mean {}, std {}, min {}, max {})",
-                     rs.count(), rs.mean(), rs.std(), rs.min(), rs.max(), f.sequences, mean, stdev,
-                     rmin, rmax)});
+                     rs.count(), rs.mean(), rs.std(), rs.min(), rs.max(), ours.count(), ours.mean(),
+                     ours.std(), ours.min(), ours.max())});
   if (!std::isfinite(u.loss())) return refuse(malformed("loss is not finite"));
   return out;
 }

@@ -4,6 +4,7 @@
 #include <random>
 
 #include "common/clock.h"
+#include "exchange/rewards.h"
 #include "exchange/seeds.h"
 #include "protocol/signed_update.h"
 
@@ -21,7 +22,7 @@ wire::SignedUpdate UpdateBuilder::build(const wire::WorkLease& lease, uint64_t p
   u.set_sequence(sequence);
   u.set_timestamp_unix_ms(static_cast<uint64_t>(unix_ms()));
   u.set_recipient(coordinator.bytes().data(), coordinator.bytes().size());
-  double rsum = 0, rsq = 0, rmin = 0, rmax = 0;
+  std::vector<float> honest_rewards;
   int64_t rows = 0;
   for (const WorkerShare& share : g.shares) {
     const auto& b = share.batch;
@@ -37,23 +38,14 @@ wire::SignedUpdate UpdateBuilder::build(const wire::WorkLease& lease, uint64_t p
       const float honest = b.rewards[r];
       c->set_reward(fault == Fault::false_reward && rows == 0 ? honest + 1.0f
                                                               : honest);  // a lie to catch
-      rsum += honest;
-      rsq += double(honest) * honest;
-      rmin = rows == 0 ? honest : std::min<double>(rmin, honest);
-      rmax = rows == 0 ? honest : std::max<double>(rmax, honest);
+      honest_rewards.push_back(honest);
       ++rows;
     }
   }
   u.set_units(static_cast<uint64_t>(std::llround(g.units)));
   u.set_sequences(static_cast<uint64_t>(rows));
   u.set_tokens(static_cast<uint64_t>(std::llround(g.tokens)));
-  auto* rs = u.mutable_rewards();
-  const double n = rows ? double(rows) : 1.0;
-  rs->set_count(static_cast<uint64_t>(rows));
-  rs->set_mean(rsum / n);
-  rs->set_std(std::sqrt(std::max(0.0, rsq / n - (rsum / n) * (rsum / n))));
-  rs->set_min(rmin);
-  rs->set_max(rmax);
+  *u.mutable_rewards() = exchange::reward_stats(honest_rewards);
   u.set_loss(g.loss);
   u.set_compute_seconds(compute_seconds);  // diagnostic only
   if (fault ==

@@ -14,11 +14,9 @@ SchedulerConfig config(int64_t groups = 16, uint32_t staleness = 1, int min_peer
   return {.steps = 4,
           .groups_per_step = groups,
           .staleness_bound = staleness,
-          .group_size = 4,
           .lease_timeout_s = 10,
           .reconnect_grace_s = 2,
-          .min_peers = min_peers,
-          .round_seed = 7};
+          .min_peers = min_peers};
 }
 
 TEST(LeaseScheduler, NoLeaseBeforeMinPeersThenLeasesStart) {
