@@ -47,6 +47,12 @@ using protocol::PeerId;
 inline constexpr size_t kMaxDisplayName = 64;
 inline constexpr size_t kMaxPeerText = 256;
 
+// An update as it arrived: the signed header and the stream its UpdateChunks carried.
+struct ArrivedUpdate {
+  wire::SignedUpdate header;
+  std::string stream;
+};
+
 struct Coordinator::Impl {
   RoundConfig cfg;
   protocol::Identity identity =
@@ -67,6 +73,9 @@ struct Coordinator::Impl {
   bool applying = false;  // a step is being applied on the executor
   int64_t applying_step = 0;
   int64_t audits = 0;  // updates recomputed in full
+  // The most stream bytes one update may announce: every tensor RAW plus every completion a
+  // whole step could hold. What a session buffers per update in flight (its wire size).
+  uint64_t max_stream_bytes = 0;
   double started_mono = mono_s();
   asio::io_context io;
   asio::thread_pool compute{1};
@@ -140,11 +149,14 @@ struct Coordinator::Impl {
   // body — completions re-scored, counts, reward statistics, loss, the decoded gradient and its
   // norm, and for a sampled share a full recomputation (executor); the lease once more; then the
   // ledger records it before the Ack leaves.
-  asio::awaitable<wire::Ack> handle_update(std::shared_ptr<const wire::SignedUpdate> su,
+  asio::awaitable<wire::Ack> handle_update(std::shared_ptr<const ArrivedUpdate> in,
                                            PeerId channel_peer);
 
   // session.cpp
   asio::awaitable<void> send_tensors(Channel& ch, const wire::TensorRequest& req);
+  // The UpdateChunks that follow an update's header; throws (ending the session) on chunks out
+  // of order or a stream over max_stream_bytes.
+  asio::awaitable<std::string> receive_stream(Channel& ch, uint64_t bytes);
   const Published& manifest_for(uint64_t v) const;
   asio::awaitable<wire::Envelope> answer_work_request(const std::string& peer,
                                                       const wire::WorkRequest& wr);

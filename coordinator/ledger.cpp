@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS updates(
   id INTEGER PRIMARY KEY AUTOINCREMENT, peer TEXT, sequence INTEGER, lease_id TEXT,
   step INTEGER, policy_version INTEGER, digest BLOB, accepted INTEGER, reason TEXT, detail TEXT,
   units REAL, tokens REAL, sequences INTEGER, reward_mean REAL, accuracy REAL, bytes INTEGER,
-  received_ms INTEGER, body BLOB, signature BLOB);
+  received_ms INTEGER, body BLOB, signature BLOB, stream BLOB);
 CREATE INDEX IF NOT EXISTS updates_step ON updates(step, accepted);
 CREATE TABLE IF NOT EXISTS steps(
   step INTEGER PRIMARY KEY, version INTEGER, units REAL, updates INTEGER, reward_mean REAL,
@@ -121,6 +121,10 @@ Ledger::Ledger(const std::string& path, LedgerSync sync) {
   // the ledger rolls back to an earlier consistent state (the lost updates' leases are re-issued).
   exec(db_, sync == LedgerSync::full ? "PRAGMA synchronous=FULL;" : "PRAGMA synchronous=NORMAL;");
   exec(db_, kSchema);
+  // Ledgers written before updates were streamed have no stream column (their bodies hold it all).
+  bool has_stream = false;
+  for (Stmt s(db_, "PRAGMA table_info(updates)"); s.step();) has_stream |= s.text(1) == "stream";
+  if (!has_stream) exec(db_, "ALTER TABLE updates ADD COLUMN stream BLOB;");
 }
 
 Ledger::~Ledger() { sqlite3_close(db_); }
@@ -170,13 +174,14 @@ void Ledger::close_lease(const std::string& id, const std::string& state, const 
 int64_t Ledger::record_update(const UpdateRecord& u) {
   Stmt(db_,
        "INSERT INTO updates(peer,sequence,lease_id,step,policy_version,digest,accepted,reason,"
-       "detail,units,tokens,sequences,reward_mean,accuracy,bytes,received_ms,body,signature) "
-       "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+       "detail,units,tokens,sequences,reward_mean,accuracy,bytes,received_ms,body,signature,stream) "
+       "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
       .bind(1, u.peer).bind(2, u.sequence).bind(3, u.lease_id).bind(4, u.step)
       .bind(5, u.policy_version).bind(6, Blob{&u.digest}).bind(7, u.accepted ? 1 : 0)
       .bind(8, u.reason).bind(9, u.detail).bind(10, u.units).bind(11, u.tokens)
       .bind(12, u.sequences).bind(13, u.reward_mean).bind(14, u.accuracy).bind(15, u.bytes)
-      .bind(16, u.received_ms).bind(17, Blob{&u.body}).bind(18, Blob{&u.signature}).run();
+      .bind(16, u.received_ms).bind(17, Blob{&u.body}).bind(18, Blob{&u.signature})
+      .bind(19, Blob{&u.stream}).run();
   return sqlite3_last_insert_rowid(db_);
 }
 
@@ -201,7 +206,8 @@ void Ledger::record_eval(int64_t step, double acc, int n, int64_t now) {
 }
 
 void Ledger::prune_bodies(int64_t step) {
-  Stmt(db_, "UPDATE updates SET body=NULL WHERE accepted=1 AND step<=? AND body IS NOT NULL")
+  Stmt(db_,
+       "UPDATE updates SET body=NULL, stream=NULL WHERE accepted=1 AND step<=? AND body IS NOT NULL")
       .bind(1, step).run();
 }
 
@@ -214,7 +220,7 @@ std::optional<std::pair<int64_t, std::string>> Ledger::latest_checkpoint() const
 std::vector<UpdateRecord> Ledger::accepted_updates_after(int64_t step) const {
   Stmt s(db_,
          "SELECT id,peer,sequence,lease_id,step,policy_version,digest,units,tokens,sequences,"
-         "reward_mean,accuracy,bytes,received_ms,body,signature FROM updates "
+         "reward_mean,accuracy,bytes,received_ms,body,signature,stream FROM updates "
          "WHERE accepted=1 AND step>? ORDER BY id");
   s.bind(1, step);
   std::vector<UpdateRecord> out;
@@ -238,6 +244,7 @@ std::vector<UpdateRecord> Ledger::accepted_updates_after(int64_t step) const {
     u.received_ms = s.i64(13);
     u.body = s.text(14);
     u.signature = s.text(15);
+    u.stream = s.text(16);
     out.push_back(std::move(u));
   }
   return out;

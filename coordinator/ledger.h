@@ -50,7 +50,8 @@ struct UpdateRecord {
   double reward_mean = 0, accuracy = 0;
   int64_t bytes = 0;
   int64_t received_ms = 0;
-  std::string body, signature;      // accepted updates only
+  std::string body, signature;      // accepted updates only: the signed header ...
+  std::string stream;               // ... and its stream (completions and tensors)
 };
 
 struct StepRecord {

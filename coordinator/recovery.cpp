@@ -33,6 +33,13 @@ void Coordinator::Impl::open() {
   checker = std::make_unique<UpdateChecker>(
       UpdateChecker::Context{*task, *tok, cfg.grpo, policy->model_config().vocab_size});
   settings = make_settings();
+  {
+    const auto& l = policy->layout();
+    const uint64_t completions = uint64_t(cfg.grpo.prompts_per_step) * cfg.grpo.group_size *
+                                 (uint64_t(cfg.grpo.sampling.max_new_tokens) * 5 + 128);
+    max_stream_bytes = std::min<uint64_t>(protocol::kMaxStreamBytes,
+                                          4 * l.total + 512 * l.slots.size() + completions + 4096);
+  }
   // Problems a peer would only meet mid-round are reported now.
   try {
     (void)grpo::encode_prompt(*tok, task->train_prompt(0));
@@ -93,7 +100,13 @@ void Coordinator::Impl::replay_ledger() {
                   std::to_string(u.step) + " has no body and no checkpoint covers it");
     wire::SignedUpdate su;
     su.set_body(u.body);
-    const wire::GradientUpdate full = protocol::decode_update(su);
+    const wire::GradientUpdate full = protocol::decode_update(su, u.stream);
+    const protocol::Digest sd = protocol::blake2b_256(protocol::as_bytes(u.stream));
+    if (full.stream_bytes() != u.stream.size() ||
+        (!u.stream.empty() &&
+         full.stream_blake2b() != std::string(reinterpret_cast<const char*>(sd.data()), sd.size())))
+      throw Error("ledger: stored update " + std::to_string(u.id) +
+                  "'s stream is not the one its signed header names");
     std::vector<float> grad;
     if (auto r = policy->decode(full, grad))
       throw Error("ledger: stored update " + std::to_string(u.id) +
@@ -126,7 +139,9 @@ wire::RoundSettings Coordinator::Impl::make_settings() const {
   r.grpo = cfg.grpo;
   r.model_config_json = policy->model_config().to_json();
   r.staleness_bound = cfg.staleness_bound;
-  r.codec = cfg.codec == GradientCodec::fp8 ? wire::CODEC_FP8_E4M3_BLOCK : wire::CODEC_RAW;
+  r.codec = cfg.codec == GradientCodec::fp8    ? wire::CODEC_FP8_E4M3_BLOCK
+            : cfg.codec == GradientCodec::topk ? wire::CODEC_TOPK_Q4
+                                               : wire::CODEC_RAW;
   auto digest = [](const std::string& path) {
     const protocol::Digest d = protocol::blake2b_256_file(path);
     return protocol::to_hex(protocol::ByteView(d.data(), d.size()));

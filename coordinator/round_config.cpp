@@ -187,7 +187,8 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
     g.loss.epsilon_high = eps_high >= 0 ? eps_high : g.loss.epsilon_low;
     if (codec == "fp8") c.codec = GradientCodec::fp8;
     else if (codec == "raw") c.codec = GradientCodec::raw;
-    else s.fail("gradient_codec", "must be \"fp8\" or \"raw\"");
+    else if (codec == "topk") c.codec = GradientCodec::topk;
+    else s.fail("gradient_codec", "must be \"fp8\", \"raw\" or \"topk\"");
   }
   {
     Section s(root["sampling"].as_table(), "sampling");

@@ -16,7 +16,7 @@
 namespace cohort::coordinator {
 
 enum class Admission { open, allowlist };
-enum class GradientCodec { fp8, raw };
+enum class GradientCodec { fp8, raw, topk };
 
 struct RoundConfig {
   std::string round_id = "round";

@@ -78,6 +78,27 @@ asio::awaitable<void> Coordinator::Impl::send_tensors(Channel& ch, const wire::T
   }
 }
 
+asio::awaitable<std::string> Coordinator::Impl::receive_stream(Channel& ch, uint64_t bytes) {
+  if (bytes > max_stream_bytes)
+    throw Error("an update announces a stream of " + std::to_string(bytes) +
+                " bytes; this round's updates hold at most " + std::to_string(max_stream_bytes));
+  std::string stream;
+  // Grows as bytes arrive: the announced length is only a claim.
+  stream.reserve(std::min<uint64_t>(bytes, protocol::kUpdateChunkBytes));
+  while (stream.size() < bytes) {
+    wire::Envelope env = co_await ch.receive();
+    if (!env.has_update_chunk()) throw Error("expected the update's next chunk");
+    const auto& c = env.update_chunk();
+    if (c.offset() != stream.size() || c.data().empty() ||
+        c.data().size() > protocol::kUpdateChunkBytes || c.data().size() > bytes - stream.size())
+      throw Error("update chunk at " + std::to_string(c.offset()) + " (" +
+                  std::to_string(c.data().size()) + " bytes) does not continue the stream at " +
+                  std::to_string(stream.size()) + " of " + std::to_string(bytes));
+    stream.append(c.data());
+  }
+  co_return stream;
+}
+
 const Published& Coordinator::Impl::manifest_for(uint64_t v) const {
   for (const auto& p : published)
     if (v != 0 && p->version == v) return *p;
@@ -155,8 +176,10 @@ asio::awaitable<void> Coordinator::Impl::session(Channel ch) {
       } else if (env.has_work_request()) {
         out = co_await answer_work_request(peer, env.work_request());
       } else if (env.has_update()) {
-        auto su = std::make_shared<const wire::SignedUpdate>(std::move(*env.mutable_update()));
-        *out.mutable_ack() = co_await handle_update(std::move(su), ch.peer());
+        auto in = std::make_shared<ArrivedUpdate>();
+        in->header = std::move(*env.mutable_update());
+        in->stream = co_await receive_stream(ch, in->header.stream_bytes());
+        *out.mutable_ack() = co_await handle_update(std::move(in), ch.peer());
       } else if (env.has_heartbeat()) {
         continue;  // liveness only: it resets the channel's idle timer
       } else if (env.has_leave()) {

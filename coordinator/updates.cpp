@@ -86,15 +86,15 @@ std::optional<std::pair<int64_t, Refusal>> Coordinator::Impl::lease_refusal(
 // norm, and for a sampled share a full recomputation (executor); the lease once more; then the
 // ledger records it before the Ack leaves.
 asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
-    std::shared_ptr<const wire::SignedUpdate> su, PeerId channel_peer) {
+    std::shared_ptr<const ArrivedUpdate> in, PeerId channel_peer) {
   const std::string peer = channel_peer.hex();
-  const size_t bytes = su->ByteSizeLong();
+  const size_t bytes = in->header.ByteSizeLong() + in->stream.size();
   wire::Ack ack;
   const protocol::UpdatePolicy pol{.recipient = identity.id(),
                                    .current_version = sched->version(),
                                    .staleness_bound = cfg.staleness_bound};
-  const auto verify = [su, pol, channel_peer] {
-    return protocol::verify_update(*su, pol, channel_peer);
+  const auto verify = [in, pol, channel_peer] {
+    return protocol::verify_update(in->header, pol, channel_peer, in->stream);
   };
   const protocol::VerifiedUpdate vr = co_await on_compute(verify);
   ack.set_sequence(vr.header.sequence());
@@ -121,12 +121,12 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
       std::uniform_real_distribution<double>(0, 1)(audit_rng) < cfg.recompute_fraction)
     for (const auto& p : published)
       if (p->version == vr.header.policy_version()) sampled_on = p;
-  const auto check = [this, su, lease, sampled_on] {
+  const auto check = [this, in, lease, sampled_on] {
     Checked out;
     const double t0 = mono_s();
     wire::GradientUpdate full;
     try {
-      full = protocol::decode_update(*su);
+      full = protocol::decode_update(in->header, in->stream);
     } catch (const std::exception& e) {
       out.refusal = Refusal{wire::ACK_MALFORMED, e.what()};
       return out;
@@ -163,8 +163,9 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
   u.accuracy = c.facts.accuracy;
   u.bytes = static_cast<int64_t>(bytes);
   u.received_ms = unix_ms();
-  u.body = su->body();
-  u.signature = su->signature();
+  u.body = in->header.body();
+  u.signature = in->header.signature();
+  u.stream = in->stream;
   const double recorded0 = mono_s();
   {
     Ledger::Transaction tx(*ledger);

@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "common/check.h"
+#include "exchange/topk_codec.h"
 #include "grpo/model.h"
 #include "protocol/error.h"
 #include "protocol/tensor_codec.h"
@@ -43,7 +44,8 @@ void flatten_grads(const grpo::Model& model, const ParamLayout& layout, std::spa
 
 GradientEncoder::GradientEncoder(const ParamLayout& layout, wire::Codec codec)
     : layout_(layout), codec_(codec) {
-  COHORT_CHECK(codec == wire::CODEC_RAW || codec == wire::CODEC_FP8_E4M3_BLOCK);
+  COHORT_CHECK(codec == wire::CODEC_RAW || codec == wire::CODEC_FP8_E4M3_BLOCK ||
+               codec == wire::CODEC_TOPK_Q4);
   if (codec == wire::CODEC_FP8_E4M3_BLOCK)
     for (const auto& s : layout.slots) fp8_.emplace_back(s.numel);
 }
@@ -63,6 +65,10 @@ void GradientEncoder::encode(std::span<const float> flat,
     if (codec_ == wire::CODEC_RAW) {
       t->set_codec(wire::CODEC_RAW);
       t->set_payload(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+    } else if (codec_ == wire::CODEC_TOPK_Q4) {
+      t->set_codec(wire::CODEC_TOPK_Q4);
+      t->set_block_size(static_cast<uint32_t>(topk::kChunk));
+      t->set_payload(topk::encode(values));
     } else {
       std::vector<uint8_t> p = fp8_[i].encode(values);
       t->set_codec(wire::CODEC_FP8_E4M3_BLOCK);
@@ -71,6 +77,18 @@ void GradientEncoder::encode(std::span<const float> flat,
       t->set_payload(reinterpret_cast<const char*>(p.data()) + kernels::kFp8BlockCodecHeaderBytes,
                      p.size() - kernels::kFp8BlockCodecHeaderBytes);
     }
+  }
+}
+
+void round_trip(const ParamLayout& layout, wire::Codec codec, std::span<float> flat) {
+  COHORT_CHECK(flat.size() == layout.total);
+  COHORT_CHECK(codec == wire::CODEC_RAW || codec == wire::CODEC_TOPK_Q4);
+  if (codec == wire::CODEC_RAW) return;
+  for (const auto& s : layout.slots) {
+    std::span<float> values = flat.subspan(s.offset, s.numel);
+    const std::string payload = topk::encode(values);
+    const auto err = topk::decode(payload, values);
+    COHORT_CHECK(!err, "top-k round trip");
   }
 }
 
@@ -122,6 +140,8 @@ std::optional<Refusal> decode_gradient(const wire::GradientUpdate& update,
         return malformed("tensor " + slot.name + ": " + kernels::codec_status_name(r.status) + " " +
                          r.detail);
       }
+    } else if (v.codec == wire::CODEC_TOPK_Q4) {
+      if (auto err = topk::decode(t.payload(), dst)) return malformed("tensor " + slot.name + ": " + *err);
     } else {
       return malformed("tensor " + slot.name + " uses an unsupported codec");
     }

@@ -1,7 +1,8 @@
 // How a gradient sum travels in a GradientUpdate, shared by the node (encode) and the
 // coordinator (decode): one EncodedTensor per parameter, in the model's Hugging Face order,
-// F32 values either RAW or FP8 E4M3 blocks (kernels/grad_codec.h without its 16-byte header,
-// which the receiver rebuilds from the tensor's own fields; docs/PROTOCOL.md, "Tensors").
+// F32 values RAW, FP8 E4M3 blocks (kernels/grad_codec.h without its 16-byte header, which the
+// receiver rebuilds from the tensor's own fields) or sparse top-k (exchange/topk_codec.h);
+// docs/PROTOCOL.md, "Tensors".
 //
 //   ParamLayout layout(model);                       // offsets of each parameter in a flat buffer
 //   GradientEncoder enc(layout, wire::CODEC_FP8_E4M3_BLOCK);
@@ -34,7 +35,8 @@ class GradientEncoder {
  public:
   GradientEncoder(const ParamLayout& layout, wire::Codec codec);
   // Appends one EncodedTensor per parameter. FP8 carries each tensor's quantization residual
-  // into the next call (error feedback). Throws cohort::Error on NaN/Inf.
+  // into the next call (error feedback); top-k is a pure function of `flat` (its audit recomputes
+  // it, exchange/topk_codec.h). Throws cohort::Error on NaN/Inf.
   void encode(std::span<const float> flat,
               google::protobuf::RepeatedPtrField<wire::EncodedTensor>& out);
   [[nodiscard]] wire::Codec codec() const { return codec_; }
@@ -44,6 +46,11 @@ class GradientEncoder {
   wire::Codec codec_;
   std::vector<kernels::Fp8GradEncoder> fp8_;
 };
+
+// What a receiver decodes when `flat` travels with a stateless codec (RAW: itself; top-k: the
+// kept entries, quantized), in place: an audit compares a recomputed gradient in this form with
+// the reported one. FP8 carries error feedback between updates and is not stateless.
+void round_trip(const ParamLayout& layout, wire::Codec codec, std::span<float> flat);
 
 // Decodes an update's tensors into `out` (size layout.total): exactly one tensor per parameter,
 // F32, the parameter's shape, a supported codec, every value finite. A refusal says why:

@@ -134,7 +134,8 @@ RoundSpec read_round_settings(const wire::RoundSettings& s) {
     throw SettingsError("kl_beta", "must be 0: this node holds no reference model");
   g.loss.max_completion_length = g.sampling.max_new_tokens;
   r.staleness_bound = s.staleness_bound();
-  if (s.gradient_codec() != wire::CODEC_RAW && s.gradient_codec() != wire::CODEC_FP8_E4M3_BLOCK)
+  if (s.gradient_codec() != wire::CODEC_RAW && s.gradient_codec() != wire::CODEC_FP8_E4M3_BLOCK &&
+      s.gradient_codec() != wire::CODEC_TOPK_Q4)
     throw SettingsError("gradient_codec", "is " + std::to_string(s.gradient_codec()) +
                                               ", a codec this node does not have");
   r.codec = s.gradient_codec();

@@ -5,6 +5,7 @@
 
 #include "common/check.h"
 #include "common/clock.h"
+#include "common/text.h"
 #include "node/node_impl.h"
 
 namespace cohort::node {
@@ -27,6 +28,7 @@ asio::awaitable<void> Node::session(double& last_ok) {
   caps->set_software_version("cohort " COHORT_NODE_VERSION);
   caps->add_codecs(wire::CODEC_RAW);
   caps->add_codecs(wire::CODEC_FP8_E4M3_BLOCK);
+  caps->add_codecs(wire::CODEC_TOPK_Q4);
   caps->set_fp8(false);
   co_await link.send(join);
   const wire::Envelope reply = co_await link.receive();
@@ -191,15 +193,25 @@ asio::awaitable<void> Node::deliver_pending(CoordinatorLink& link, bool drop_exp
   }
 }
 
+// The signed header, then its stream in UpdateChunks of at most 1 MiB, then the Ack.
 asio::awaitable<wire::AckReason> Node::send_update(CoordinatorLink& link,
-                                                   const wire::SignedUpdate& su) {
+                                                   const protocol::SealedUpdate& su) {
   wire::Envelope e;
-  *e.mutable_update() = su;
+  *e.mutable_update() = su.header;
   co_await link.send(std::move(e));
+  for (size_t off = 0; off < su.stream.size(); off += protocol::kUpdateChunkBytes) {
+    wire::Envelope c;
+    c.mutable_update_chunk()->set_offset(off);
+    c.mutable_update_chunk()->set_data(su.stream.data() + off,
+                                       std::min(protocol::kUpdateChunkBytes, su.stream.size() - off));
+    co_await link.send(std::move(c));
+  }
   const wire::Envelope a = co_await link.receive();
+  if (a.has_error())
+    throw Error("the coordinator refused the update: " + printable(a.error().message(), 256));
   if (!a.has_ack()) throw Error("expected an ack");
   const auto& ack = a.ack();
-  bytes_sent_ += static_cast<double>(su.ByteSizeLong());
+  bytes_sent_ += static_cast<double>(su.wire_bytes());
   ++updates_sent_;
   if (ack.reason() == wire::ACK_OK) {
     ++leases_done_;

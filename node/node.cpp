@@ -117,7 +117,7 @@ void Node::run() {
 void Node::start_compute(const wire::WorkLease& lease, std::shared_ptr<Computing> c) {
   asio::post(compute_, [this, lease, c] {
     const double t0 = mono_s();
-    std::optional<wire::SignedUpdate> update;
+    std::optional<protocol::SealedUpdate> update;
     std::exception_ptr error;
     try {
       update = work(lease);

@@ -25,6 +25,7 @@
 #include "node/node.h"
 #include "node/weight_sync.h"
 #include "protocol/identity.h"
+#include "protocol/signed_update.h"
 
 namespace cohort::node {
 
@@ -65,7 +66,7 @@ class Node {
     bool computed = false, done = false;
     double seconds = 0;  // compute time of a computed lease
     double done_at = 0;  // mono_s() when the network thread learnt it was done
-    std::optional<wire::SignedUpdate> update;
+    std::optional<protocol::SealedUpdate> update;
     std::exception_ptr error;
   };
 
@@ -87,7 +88,7 @@ class Node {
   std::unique_ptr<WeightSync> sync_;
   // Computed updates not yet acknowledged, in order; kept across a lost link.
   struct Pending {
-    wire::SignedUpdate update;
+    protocol::SealedUpdate update;
     uint64_t deadline_unix_ms = 0;
     std::string update_lease_id;
   };
@@ -127,7 +128,7 @@ class Node {
   // update whose lease has expired meanwhile is dropped (its prompts went to another peer);
   // otherwise the coordinator's clock decides, and says why it refuses a late one.
   asio::awaitable<void> deliver_pending(CoordinatorLink& link, bool drop_expired = false);
-  asio::awaitable<wire::AckReason> send_update(CoordinatorLink& link, const wire::SignedUpdate& su);
+  asio::awaitable<wire::AckReason> send_update(CoordinatorLink& link, const protocol::SealedUpdate& su);
   asio::awaitable<void> send_heartbeat(CoordinatorLink& link);
   // nullopt: no work yet (the coordinator answered "ask again").
   asio::awaitable<std::optional<wire::WorkLease>> ask_for_work(CoordinatorLink& link,
@@ -139,7 +140,7 @@ class Node {
   // scored and reduced into one gradient sum. A failing worker (or reduction) gives the lease
   // back: nullopt, and the coordinator re-issues it when this node asks for work again.
   // Runs on the compute thread.
-  std::optional<wire::SignedUpdate> work(const wire::WorkLease& lease);
+  std::optional<protocol::SealedUpdate> work(const wire::WorkLease& lease);
 };
 
 }  // namespace cohort::node

@@ -10,7 +10,7 @@
 
 namespace cohort::node {
 
-wire::SignedUpdate UpdateBuilder::build(const wire::WorkLease& lease, uint64_t policy_version,
+protocol::SealedUpdate UpdateBuilder::build(const wire::WorkLease& lease, uint64_t policy_version,
                                         uint64_t sequence, LeaseGradient& g,
                                         exchange::GradientEncoder& encoder,
                                         double compute_seconds) const {
@@ -55,7 +55,7 @@ wire::SignedUpdate UpdateBuilder::build(const wire::WorkLease& lease, uint64_t p
     for (float& x : g.grad) x = -20.0f * x + noise(rng);
   }
   encoder.encode(g.grad, *u.mutable_tensors());
-  return protocol::sign_update(std::move(u), identity);
+  return protocol::seal_update(std::move(u), identity);
 }
 
 }  // namespace cohort::node

@@ -1,10 +1,11 @@
 // A node's update from a computed lease: every completion with its token ids, their digest and
 // its reward; the unit, sequence and token counts and the reward statistics exactly as the
-// coordinator recomputes them (coordinator/update_checks.h); the encoded gradient sum; signed.
+// coordinator recomputes them (coordinator/update_checks.h); the encoded gradient sum; sealed
+// (a signed header binding the stream that carries completions and tensors).
 // Test faults (node.h, Fault) are applied here, where a real adversary would apply them.
 //
 //   UpdateBuilder b{.round_id = id, .identity = key, .coordinator = coord, .group_size = G};
-//   wire::SignedUpdate su = b.build(lease, version, sequence, gradient, encoder);
+//   protocol::SealedUpdate su = b.build(lease, version, sequence, gradient, encoder);
 #pragma once
 
 #include <cstdint>
@@ -14,6 +15,7 @@
 #include "node/lease_work.h"
 #include "node/node.h"
 #include "protocol/identity.h"
+#include "protocol/signed_update.h"
 
 namespace cohort::node {
 
@@ -26,7 +28,7 @@ struct UpdateBuilder {
 
   // `g.grad` is consumed (encoded, and changed in place by Fault::poison). Throws cohort::Error
   // when the gradient holds NaN or Inf (nothing is sent).
-  [[nodiscard]] wire::SignedUpdate build(const wire::WorkLease& lease, uint64_t policy_version,
+  [[nodiscard]] protocol::SealedUpdate build(const wire::WorkLease& lease, uint64_t policy_version,
                                          uint64_t sequence, LeaseGradient& g,
                                          exchange::GradientEncoder& encoder,
                                          double compute_seconds = 0) const;

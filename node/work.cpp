@@ -15,7 +15,7 @@ namespace cohort::node {
 // scored and reduced into one gradient sum. A failing worker (or reduction) gives the lease
 // back: nullopt, and the coordinator re-issues it when this node asks for work again.
 // Runs on the compute thread.
-std::optional<wire::SignedUpdate> Node::work(const wire::WorkLease& lease) {
+std::optional<protocol::SealedUpdate> Node::work(const wire::WorkLease& lease) {
   const double t0 = mono_s();
   const int n = lease.prompt_indices_size();
   if (n == 0 || lease.seeds_size() != n ||
@@ -66,7 +66,7 @@ std::optional<wire::SignedUpdate> Node::work(const wire::WorkLease& lease) {
                               .coordinator = coordinator_,
                               .group_size = cfg_.group_size,
                               .fault = opt_.fault};
-  wire::SignedUpdate su =
+  protocol::SealedUpdate su =
       builder.build(lease, sync_->version(), sequence_, g, *encoder_, mono_s() - t0);
   const double compute = mono_s() - t0;
   compute_s_ += compute;

@@ -369,6 +369,7 @@ MessageClass message_class(const wire::Envelope& envelope) {
     case wire::Envelope::kManifest:
     case wire::Envelope::kTensorChunk:
     case wire::Envelope::kUpdate:
+    case wire::Envelope::kUpdateChunk:
       return MessageClass::bulk;
     default:
       return MessageClass::control;

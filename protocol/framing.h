@@ -28,7 +28,8 @@ enum class MessageClass : std::uint8_t { control = 0, bulk = 1, verdict = 2 };
 
 struct ChannelLimits {
   std::uint32_t max_control_bytes = 256 * 1024;
-  std::uint32_t max_bulk_bytes = 64 * 1024 * 1024;
+  // Bulk data streams in pieces of 1 MiB (tensor chunks, update chunks): no message needs more.
+  std::uint32_t max_bulk_bytes = 4 * 1024 * 1024;
   // Transport messages per key: both sides rekey and restart the nonce at this count, so a nonce
   // never wraps and one key never protects more than interval * 64 KiB.
   std::uint64_t rekey_interval = std::uint64_t{1} << 20;

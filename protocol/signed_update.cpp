@@ -4,6 +4,7 @@
 
 #include <climits>
 
+#include "common/check.h"
 #include "protocol/error.h"
 
 namespace cohort::protocol {
@@ -101,8 +102,26 @@ wire::SignedUpdate sign_update(wire::GradientUpdate update, const Identity& sign
   return sign_update_body(update.SerializeAsString(), signer);
 }
 
+SealedUpdate seal_update(wire::GradientUpdate update, const Identity& signer) {
+  wire::GradientUpdate bulk;
+  bulk.mutable_completions()->Swap(update.mutable_completions());
+  bulk.mutable_tensors()->Swap(update.mutable_tensors());
+  if (bulk.ByteSizeLong() > kMaxStreamBytes)
+    throw Error("the update's stream would be " + std::to_string(bulk.ByteSizeLong()) +
+                " bytes, over the 2 GiB a stream may hold: use a smaller gradient codec");
+  SealedUpdate out;
+  out.stream = bulk.SerializeAsString();
+  const Digest d = blake2b_256(as_bytes(out.stream));
+  update.set_stream_bytes(out.stream.size());
+  update.set_stream_blake2b(d.data(), d.size());
+  out.header = sign_update(std::move(update), signer);
+  out.header.set_stream_bytes(out.stream.size());
+  return out;
+}
+
 VerifiedUpdate verify_update(const wire::SignedUpdate& su, const UpdatePolicy& policy,
-                             const std::optional<PeerId>& expected_signer) {
+                             const std::optional<PeerId>& expected_signer,
+                             std::string_view stream) {
   VerifiedUpdate r;
   auto fail = [&](UpdateVerdict v, std::string detail) -> VerifiedUpdate {
     r.verdict = v;
@@ -121,6 +140,18 @@ VerifiedUpdate verify_update(const wire::SignedUpdate& su, const UpdatePolicy& p
   }
   if (!parse_header(su.body(), r.header)) {
     return fail(UpdateVerdict::malformed, "body is not a GradientUpdate");
+  }
+  if (r.header.stream_bytes() != stream.size() || su.stream_bytes() != stream.size()) {
+    return fail(UpdateVerdict::malformed,
+                "the signed header streams " + std::to_string(r.header.stream_bytes()) +
+                    " bytes; " + std::to_string(stream.size()) + " arrived");
+  }
+  if (!stream.empty()) {
+    const Digest d = blake2b_256(as_bytes(stream));
+    if (r.header.stream_blake2b() !=
+        std::string_view(reinterpret_cast<const char*>(d.data()), d.size())) {
+      return fail(UpdateVerdict::malformed, "the stream's BLAKE2b-256 is not the one signed");
+    }
   }
   if (r.header.peer() != su.signer()) {
     return fail(UpdateVerdict::signer_mismatch, "body names a different peer than its signer");
@@ -148,10 +179,20 @@ VerifiedUpdate verify_update(const wire::SignedUpdate& su, const UpdatePolicy& p
   return r;
 }
 
-wire::GradientUpdate decode_update(const wire::SignedUpdate& su) {
+wire::GradientUpdate decode_update(const wire::SignedUpdate& su, std::string_view stream) {
   wire::GradientUpdate update;
   if (!update.ParseFromString(su.body())) {
     throw ProtocolError(ErrorCode::malformed, "update body is not a GradientUpdate");
+  }
+  if (!stream.empty()) {
+    bool ok = stream.size() <= kMaxStreamBytes;
+    if (ok) {
+      google::protobuf::io::CodedInputStream in(reinterpret_cast<const std::uint8_t*>(stream.data()),
+                                                static_cast<int>(stream.size()));
+      in.SetTotalBytesLimit(static_cast<int>(kMaxStreamBytes));
+      ok = update.MergeFromCodedStream(&in) && in.ConsumedEntireMessage();
+    }
+    if (!ok) throw ProtocolError(ErrorCode::malformed, "update stream is not a GradientUpdate");
   }
   return update;
 }

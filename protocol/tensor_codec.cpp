@@ -72,6 +72,11 @@ std::optional<std::uint64_t> expected_payload_size(wire::DType dtype, std::uint6
       }
       return out;
     }
+    case wire::CODEC_TOPK_Q4:
+      // Variable size: this is the bound; the codec's decoder checks the payload to the byte.
+      if (dtype != wire::DTYPE_F32 || block_size != 4096 || mul_overflows(numel, 4, out))
+        return std::nullopt;
+      return out;
     default:
       return std::nullopt;
   }
@@ -112,7 +117,8 @@ TensorView check_tensor(const wire::EncodedTensor& tensor, const TensorLimits& l
                         std::string(dtype_name(v.dtype)) + " and block size " +
                         std::to_string(v.block_size) + " is not a valid combination");
   }
-  if (tensor.payload().size() != *expected) {
+  if (v.codec == wire::CODEC_TOPK_Q4 ? tensor.payload().size() > *expected
+                                     : tensor.payload().size() != *expected) {
     malformed(name, "payload is " + std::to_string(tensor.payload().size()) + " bytes, shape and " +
                         "dtype need " + std::to_string(*expected));
   }

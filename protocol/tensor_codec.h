@@ -30,8 +30,9 @@ struct TensorLimits {
 [[nodiscard]] std::size_t dtype_size(wire::DType dtype);
 [[nodiscard]] std::string_view dtype_name(wire::DType dtype);
 
-// Payload bytes the codec must produce for `numel` elements; nullopt when the combination is
-// invalid (unknown codec, FP8 block codec without a block size, overflow).
+// Payload bytes the codec must produce for `numel` elements (for the variable-size
+// CODEC_TOPK_Q4, the most it may produce); nullopt when the combination is invalid (unknown
+// codec, FP8 block codec without a block size, top-k with another block size than 4096, overflow).
 [[nodiscard]] std::optional<std::uint64_t> expected_payload_size(wire::DType dtype, std::uint64_t numel,
                                                                  wire::Codec codec,
                                                                  std::uint32_t block_size);

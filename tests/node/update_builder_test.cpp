@@ -67,11 +67,12 @@ class UpdateBuilderTest : public ::testing::Test {
                     .fault = fault};
     exchange::GradientEncoder enc(layout, wire::CODEC_RAW);
     LeaseGradient g = gradient();
-    const wire::SignedUpdate su = b.build(lease, 7, 1000, g, enc, 1.5);
+    const protocol::SealedUpdate su = b.build(lease, 7, 1000, g, enc, 1.5);
     const protocol::VerifiedUpdate vr = protocol::verify_update(
-        su, {.recipient = coordinator.id(), .current_version = 7, .staleness_bound = 1});
+        su.header, {.recipient = coordinator.id(), .current_version = 7, .staleness_bound = 1},
+        std::nullopt, su.stream);
     EXPECT_TRUE(vr) << vr.detail;
-    const wire::GradientUpdate u = protocol::decode_update(su);
+    const wire::GradientUpdate u = protocol::decode_update(su.header, su.stream);
     if (out) *out = u;
     coordinator::UpdateChecker checker({*task, *tok, cfg, tok->vocab_size()});
     const std::vector<uint64_t> prompts(lease.prompt_indices().begin(),

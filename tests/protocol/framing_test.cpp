@@ -176,10 +176,10 @@ TEST(Framing, OversizedLengthPrefixIsRejectedBeforeAllocation) {
 }
 
 TEST(Framing, AnnouncedButUnsentBytesAreNotAllocated) {
-  // A peer announcing 60 MiB (under the limit) and sending 100 bytes costs at most the initial
-  // reservation, not the announced size.
+  // A peer announcing 4 MiB (the limit, four times the initial reservation) and sending 100 bytes
+  // costs at most the initial reservation, not the announced size.
   noise::CipherState peer(test_key(9));
-  Bytes plain = header(MessageClass::bulk, 60 << 20);
+  Bytes plain = header(MessageClass::bulk, ChannelLimits{}.max_bulk_bytes);
   plain.resize(plain.size() + 100, 0xab);
   const Bytes wire = record(peer, plain);
   FrameOpener opener(noise::CipherState(test_key(9)), {});

@@ -49,6 +49,50 @@ struct SignedUpdate : ::testing::Test {
   }
 };
 
+// A sealed update: the header is small whatever the gradient, the stream holds completions and
+// tensors, and the header binds it by length and an independently computed BLAKE2b-256.
+TEST_F(SignedUpdate, SealedUpdateBindsItsStream) {
+  const wire::GradientUpdate original = update();
+  const SealedUpdate s = seal_update(original, node);
+  EXPECT_LT(s.header.body().size(), 200u);
+  EXPECT_EQ(s.header.stream_bytes(), s.stream.size());
+  wire::GradientUpdate bulk;  // the stream is a GradientUpdate with only the bulk fields
+  ASSERT_TRUE(bulk.ParseFromString(s.stream));
+  EXPECT_EQ(bulk.completions_size(), 1);
+  EXPECT_EQ(bulk.tensors_size(), 1);
+  EXPECT_TRUE(bulk.round_id().empty());
+  unsigned char d[32];
+  crypto_generichash(d, 32, reinterpret_cast<const unsigned char*>(s.stream.data()), s.stream.size(),
+                     nullptr, 0);
+  const VerifiedUpdate r = verify_update(s.header, policy(), node.id(), s.stream);
+  ASSERT_TRUE(r) << r.detail;
+  EXPECT_EQ(r.header.stream_blake2b(), std::string(reinterpret_cast<char*>(d), 32));
+  wire::GradientUpdate full = decode_update(s.header, s.stream);
+  full.clear_stream_bytes();
+  full.clear_stream_blake2b();
+  wire::GradientUpdate expected = original;
+  expected.set_peer(node.id().bytes().data(), kPublicKeyLen);
+  EXPECT_EQ(full.SerializeAsString(), expected.SerializeAsString());
+}
+
+TEST_F(SignedUpdate, StreamThatIsNotTheSignedOneIsMalformed) {
+  const SealedUpdate s = seal_update(update(), node);
+  std::string flipped = s.stream;
+  flipped[flipped.size() / 2] ^= 1;
+  EXPECT_EQ(verify_update(s.header, policy(), node.id(), flipped).verdict, UpdateVerdict::malformed);
+  EXPECT_EQ(verify_update(s.header, policy(), node.id(), s.stream.substr(1)).verdict,
+            UpdateVerdict::malformed);
+  EXPECT_EQ(verify_update(s.header, policy(), node.id()).verdict, UpdateVerdict::malformed);
+  wire::SignedUpdate lying = s.header;  // the transport count disagrees with the signed one
+  lying.set_stream_bytes(s.stream.size() + 1);
+  EXPECT_EQ(verify_update(lying, policy(), node.id(), s.stream).verdict, UpdateVerdict::malformed);
+  // A stream re-signed by someone else under the node's header is a bad signature, not a pass.
+  wire::SignedUpdate forged = s.header;
+  forged.set_signer(mallory.id().bytes().data(), kPublicKeyLen);
+  EXPECT_EQ(verify_update(forged, policy(), node.id(), s.stream).verdict,
+            UpdateVerdict::bad_signature);
+}
+
 TEST_F(SignedUpdate, ValidUpdateVerifiesAgainstAnIndependentDigest) {
   const wire::SignedUpdate su = sign_update(update(), node);
   const VerifiedUpdate r = verify_update(su, policy(), node.id());
