@@ -112,6 +112,9 @@ struct DemoArgs {
   double lr = 3e-4;
   int threads = 0;
   int eval_n = 500;
+  std::string codec = "fp8";  // gradient_codec: fp8 | raw | topk
+  uint64_t seed = 1;          // the round's seed (prompt stream, sampling seeds)
+  int digits = 2;             // arith operands of up to this many digits
 };
 
 std::string demo_round_toml(const DemoArgs& a, const std::string& base, const std::string& data_dir) {
@@ -119,14 +122,14 @@ std::string demo_round_toml(const DemoArgs& a, const std::string& base, const st
   t += "[round]\nid = \"demo\"\nsteps = " + std::to_string(a.steps) +
        "\nprompts_per_step = " + std::to_string(a.prompts_per_step) +
        "\nstaleness_bound = " + std::to_string(a.staleness) + "\nlease_timeout_s = 120\nreconnect_grace_s = 5\ncheckpoint_interval = 10\n"
-       "data_dir = \"" + data_dir + "\"\nseed = 1\nlinger_s = 3\n\n";
+       "data_dir = \"" + data_dir + "\"\nseed = " + std::to_string(a.seed) + "\nlinger_s = 3\n\n";
   t += "[network]\nlisten = \"127.0.0.1:0\"\nstatus_listen = \"127.0.0.1:0\"\n\n";
   t += "[admission]\nmode = \"open\"\n\n";
   t += "[model]\npath = \"" + base + "\"\n\n";
-  t += "[task]\nname = \"arith\"\n\n";
+  t += "[task]\nname = \"arith\"\ndigits = " + std::to_string(a.digits) + "\n\n";
   char lr[32];
   std::snprintf(lr, sizeof lr, "%g", a.lr);
-  t += std::string("[grpo]\ngroup_size = 8\nlr = ") + lr + "\nloss = \"dapo\"\ngradient_codec = \"fp8\"\n\n";
+  t += std::string("[grpo]\ngroup_size = 8\nlr = ") + lr + "\nloss = \"dapo\"\ngradient_codec = \"" + a.codec + "\"\n\n";
   t += "[sampling]\ntemperature = 1.0\nmax_new_tokens = 16\n";
   return t;
 }
@@ -136,8 +139,10 @@ int run_demo(const DemoArgs& a) {
   if (a.threads > 0) set_num_threads(a.threads);
   fs::create_directories(a.dir);
   const std::string dir = fs::absolute(a.dir).string();
-  const std::string base = dir + "/base";
+  // One base per operand size (pretrained once, kept).
+  const std::string base = dir + (a.digits == 2 ? "/base" : "/base-d" + std::to_string(a.digits));
   grpo::TaskSpec spec;  // arith, the defaults of `cohort train`
+  spec.digits = a.digits;
   auto task = grpo::make_task(spec);
   grpo::CharTokenizer tok;
   if (!fs::exists(base + "/config.json")) {
@@ -194,8 +199,10 @@ int run_demo(const DemoArgs& a) {
   auto after_model = grpo::load_model(round_dir + ck);
   const grpo::EvalResult after = grpo::evaluate(*after_model, tok, *task, a.eval_n, 16);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("held-out accuracy on arith: before %.1f%%, after %.1f%% (%d GRPO steps, 3 nodes, %.0f s)\n",
-              100 * before.accuracy, 100 * after.accuracy, a.steps, wall);
+  std::printf("held-out accuracy on arith (%d digits): before %.1f%%, after %.1f%% (%d GRPO steps, "
+              "3 nodes, codec %s, seed %llu, %.0f s)\n",
+              a.digits, 100 * before.accuracy, 100 * after.accuracy, a.steps, a.codec.c_str(),
+              static_cast<unsigned long long>(a.seed), wall);
   return 0;
 }
 
@@ -210,6 +217,14 @@ void add_demo(CLI::App& app) {
   cmd->add_option("--staleness", a->staleness, "Staleness bound S")->capture_default_str();
   cmd->add_option("--eval-n", a->eval_n, "Held-out prompts for before/after")->capture_default_str();
   cmd->add_option("--threads", a->threads, "CPU threads of this process (pretraining, evaluation)");
+  cmd->add_option("--codec", a->codec, "Gradient codec of the round: fp8 | raw | topk")
+      ->check(CLI::IsMember({"fp8", "raw", "topk"}))
+      ->capture_default_str();
+  cmd->add_option("--seed", a->seed, "The round's seed (prompts drawn, completions sampled)")
+      ->capture_default_str();
+  cmd->add_option("--digits", a->digits, "Arith operands of up to this many digits (a base per value)")
+      ->check(CLI::Range(1, 9))
+      ->capture_default_str();
   cmd->callback([a] {
     if (const int rc = run_demo(*a); rc != 0) throw Error("the demo failed (see the log above)", rc);
   });

@@ -577,6 +577,40 @@ TEST_F(E2E, PoisonedGradientIsCaughtByRecomputationAndThePeerBanned) {
   EXPECT_NE(log("coordinator").find("recomputed lease"), std::string::npos);
 }
 
+// The top-k codec (a pure function of the lease gradient) under audit of every update: honest
+// peers computing in FP32 and in FP8 pass the recomputation of the compressor, a poisoned one is
+// refused (`recompute_mismatch`) and banned, and the updates travel as streams far below FP8's
+// 1.04 bytes per parameter.
+TEST_F(E2E, TopkUpdatesPassTheirAuditAndPoisonDoesNot) {
+  Round r;
+  r.steps = 3;
+  r.codec = "topk";
+  r.recompute_fraction = 1.0;
+  r.ban_after = 1;
+  auto ep = start_coordinator(write_config(r));
+  Subprocess& poisoner = start_node(ep, "poisoner", {"--fault", "poison", "--max-batch", "2"});
+  ASSERT_TRUE(wait_until("SELECT COUNT(*) FROM updates WHERE reason = 'recompute_mismatch'", 1)) << log("coordinator");
+  start_node(ep, "fp32");
+  start_node(ep, "fp8", {"--precision", "fp8"});
+  ASSERT_EQ(wait_coordinator(), 0) << log("coordinator");
+  expect_each_group_counted_once(r);
+  EXPECT_NE(poisoner.wait(60).value_or(-1), 0) << log("poisoner");
+  Db db(ledger());
+  const std::string p = key_hex("poisoner");
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 1 AND peer = '" + p + "'"), 0);
+  EXPECT_GE(db.count("SELECT COUNT(*) FROM refusals WHERE reason = 'banned' AND peer = '" + p + "'"), 1);
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 0 AND peer <> '" + p + "'"), 0)
+      << log("coordinator");
+  EXPECT_GE(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 1"), r.steps);
+  // Every honest update was audited (and the poisoner's first one).
+  const std::string coord = log("coordinator");
+  int64_t audits = 0;
+  for (size_t at = coord.find("recomputed lease"); at != std::string::npos;
+       at = coord.find("recomputed lease", at + 1))
+    ++audits;
+  EXPECT_GE(audits, db.count("SELECT COUNT(*) FROM updates WHERE accepted = 1") + 1);
+}
+
 // With S = 1 updates may arrive sampled on the version before the current one; audits rebuild
 // that version from its published tensors. One node alone takes whole steps and asks for the
 // next step's lease while computing this one, so from step 2 on each of its updates was sampled
