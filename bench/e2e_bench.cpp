@@ -1,6 +1,8 @@
 // `cohort bench e2e`: a coordinator and N node processes on loopback running a short round;
-// reports samples/s, the fraction of wall time the nodes spend computing, the coordinator's
-// time per step (aggregation + optimizer + publication) and the bytes per signed update.
+// reports samples/s, seconds per step, the fraction of wall time the nodes spend computing, the
+// coordinator's time per step (aggregation + optimizer + publication), the bytes per update and
+// per step and node, and the audits. Options shape it like a real round: a model size, a
+// codec, each node's link (its own upload/download caps), audits and the nodes' precision.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <sqlite3.h>
@@ -41,6 +43,14 @@ struct E2EArgs {
   std::string ledger_sync = "full";
   bool ask_ahead = true;  // nodes pipeline the link with compute (node run --ask-ahead)
   std::string dir;
+  // A random-init model of this shape when --model is not given (0: the built-in shape's value).
+  int hidden = 0, layers = 0, heads = 0, kv_heads = 0, intermediate = 0;
+  int max_new_tokens = 0;     // 0: the round's default
+  double up_mbps = 0, down_mbps = 0;  // every node's link caps (0: none)
+  double recompute_fraction = 0;
+  std::string node_precision = "fp32";
+  int max_batch = 0;          // most prompts per lease (0: the coordinator decides)
+  double lr = 0;              // 0: the round's default
 };
 
 double query(sqlite3* db, const char* sql) {
@@ -60,7 +70,13 @@ int run_e2e(const E2EArgs& a) {
   std::string model = a.model;
   if (model.empty()) {
     model = (dir / "base").string();
-    grpo::Model m(grpo::task_model_config(), 1);
+    grpo::ModelConfig mc = grpo::task_model_config();
+    if (a.hidden) mc.hidden_size = a.hidden;
+    if (a.layers) mc.num_hidden_layers = a.layers;
+    if (a.heads) mc.num_attention_heads = a.heads;
+    if (a.kv_heads) mc.num_key_value_heads = a.kv_heads;
+    if (a.intermediate) mc.intermediate_size = a.intermediate;
+    grpo::Model m(mc, 1);
     grpo::save_model(model, m);
   }
   const std::string data = (dir / "round").string();
@@ -71,6 +87,10 @@ int run_e2e(const E2EArgs& a) {
       "[task]\nname = \"arith\"\n[grpo]\ngroup_size = {}\ngradient_codec = \"{}\"\n",
       a.steps, a.prompts_per_step, a.staleness, a.nodes, data, a.ledger_sync, fs::absolute(model).string(), a.group_size,
       a.codec);
+  if (a.lr > 0) toml += fmt::format("lr = {}\n", a.lr);
+  if (a.max_new_tokens > 0) toml += fmt::format("[sampling]\nmax_new_tokens = {}\n", a.max_new_tokens);
+  if (a.recompute_fraction > 0)
+    toml += fmt::format("[verification]\nrecompute_fraction = {}\n", a.recompute_fraction);
   const std::string config = (dir / "round.toml").string();
   std::ofstream(config) << toml;
   const std::string exe = tools::self_executable();
@@ -85,7 +105,9 @@ int run_e2e(const E2EArgs& a) {
          ep.coordinator_key, "--key", (dir / fmt::format("node{}.key", i)).string(), "--name",
          fmt::format("node{}", i), "--threads", std::to_string(a.node_threads), "--summary-out",
          (dir / fmt::format("node{}.json", i)).string(), "--give-up-after", "30",
-         a.ask_ahead ? "--ask-ahead" : "--no-ask-ahead"},
+         a.ask_ahead ? "--ask-ahead" : "--no-ask-ahead", "--max-upload-mbps", fmt::format("{}", a.up_mbps),
+         "--max-download-mbps", fmt::format("{}", a.down_mbps), "--precision", a.node_precision,
+         "--max-batch", std::to_string(a.max_batch)},
         (dir / fmt::format("node{}.log", i)).string()));
   const int rc = coord.wait().value_or(1);
   for (auto& n : nodes) n.wait(30);
@@ -98,6 +120,7 @@ int run_e2e(const E2EArgs& a) {
   // The nodes' time outside compute, summed over nodes: waiting for a lease, fetching or loading
   // weights, for Acks, and for the link's ask-ahead after computing.
   double lease_wait = 0, weights = 0, ack_wait = 0, ahead_wait = 0;
+  double sent = 0, fetched = 0;  // update and weight bytes, all nodes
   for (int i = 0; i < a.nodes; ++i) {
     std::ifstream in(dir / fmt::format("node{}.json", i));
     if (!in) continue;
@@ -109,6 +132,8 @@ int run_e2e(const E2EArgs& a) {
     weights += j.value("weights_s", 0.0);
     ack_wait += j.value("ack_wait_s", 0.0);
     ahead_wait += j.value("ahead_wait_s", 0.0);
+    sent += j.value("bytes_per_update", 0.0) * j.value("updates_sent", 0.0);
+    fetched += j.value("weights_fetched_bytes", 0.0);
   }
   sqlite3* db = nullptr;
   sqlite3_open_v2(coordinator::ledger_path(data).c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
@@ -119,7 +144,31 @@ int run_e2e(const E2EArgs& a) {
   const double pub_s = query(db, "SELECT AVG(publish_s) FROM steps");
   const double bytes = query(db, "SELECT AVG(bytes) FROM updates WHERE accepted = 1");
   const double updates = query(db, "SELECT COUNT(*) FROM updates WHERE accepted = 1");
+  std::string refusals;
+  {
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db, "SELECT reason, COUNT(*) FROM updates WHERE accepted = 0 GROUP BY reason",
+                           -1, &st, nullptr) == SQLITE_OK)
+      while (sqlite3_step(st) == SQLITE_ROW)
+        refusals += fmt::format("{}{} {}", refusals.empty() ? "" : ", ",
+                                reinterpret_cast<const char*>(sqlite3_column_text(st, 0)),
+                                sqlite3_column_int64(st, 1));
+    sqlite3_finalize(st);
+  }
   sqlite3_close(db);
+  // Audits, from the coordinator's log lines "recomputed lease ...: cosine C, norm ratio R".
+  int64_t audits = 0;
+  double min_cosine = 1, max_ratio_error = 0;
+  {
+    std::ifstream log(dir / "coordinator.log");
+    for (std::string line; std::getline(log, line);) {
+      const size_t c = line.find("recomputed lease"), k = line.find("cosine "), r = line.find("norm ratio ");
+      if (c == std::string::npos || k == std::string::npos || r == std::string::npos) continue;
+      ++audits;
+      min_cosine = std::min(min_cosine, std::stod(line.substr(k + 7)));
+      max_ratio_error = std::max(max_ratio_error, std::abs(std::stod(line.substr(r + 11)) - 1));
+    }
+  }
   auto params_model = grpo::load_model(model);
   const double params = static_cast<double>(params_model->config().parameter_count());
   const double samples = double(a.steps) * a.prompts_per_step * a.group_size;
@@ -136,12 +185,22 @@ int run_e2e(const E2EArgs& a) {
             {"node_ahead_wait_fraction", node_wall > 0 ? ahead_wait / node_wall : 0},
             {"coordinator_step_s", coord_step_s}, {"aggregate_s", agg_s}, {"optimizer_s", opt_s},
             {"publish_s", pub_s}, {"updates", updates}, {"bytes_per_update", bytes},
-            {"bytes_per_param", params > 0 ? bytes / params : 0}};
+            {"bytes_per_param", params > 0 ? bytes / params : 0},
+            {"seconds_per_step", run_s / a.steps},
+            {"update_bytes_per_step_per_node", sent / a.steps / a.nodes},
+            {"weight_bytes_per_step_per_node", fetched / a.steps / a.nodes},
+            {"up_mbps", a.up_mbps}, {"down_mbps", a.down_mbps}, {"node_precision", a.node_precision},
+            {"audits", audits}, {"audit_min_cosine", min_cosine},
+            {"audit_max_norm_ratio_error", max_ratio_error}, {"refusals", refusals}};
   std::printf("e2e: %d nodes, %d steps x %d prompts x G=%d, S=%d, %.0f params, codec %s, %s\n", a.nodes,
               a.steps, a.prompts_per_step, a.group_size, a.staleness, params, a.codec.c_str(),
               a.ask_ahead ? "nodes ask ahead" : "one lease at a time");
+  if (a.up_mbps > 0 || a.down_mbps > 0)
+    std::printf("  node links                   %g Mbit/s up, %g Mbit/s down (0: uncapped)\n", a.up_mbps,
+                a.down_mbps);
   std::printf("  samples/s                    %.1f  (%.0f samples in %.1f s from first lease to last step)\n",
               j["samples_per_s"].get<double>(), samples, run_s);
+  std::printf("  seconds per step             %.2f\n", run_s / a.steps);
   std::printf("  node compute fraction        %.1f%%  (min over nodes %.1f%%; target >= 95%%)\n", 100 * frac,
               100 * fraction_min);
   if (node_wall > 0)
@@ -150,8 +209,14 @@ int run_e2e(const E2EArgs& a) {
                 100 * ahead_wait / node_wall);
   std::printf("  coordinator per step         %.1f ms  (aggregate %.1f + optimizer %.1f + publish %.1f)\n",
               1e3 * coord_step_s, 1e3 * agg_s, 1e3 * opt_s, 1e3 * pub_s);
-  std::printf("  bytes per update             %.0f  (%.3f bytes/param, %.0f updates)\n", bytes,
+  std::printf("  bytes per update             %.0f  (%.4f bytes/param, %.0f updates)\n", bytes,
               params > 0 ? bytes / params : 0, updates);
+  std::printf("  bytes per step per node      %.0f up (updates), %.0f down (weights)\n",
+              sent / a.steps / a.nodes, fetched / a.steps / a.nodes);
+  if (audits > 0)
+    std::printf("  audits                       %lld, min cosine %.6f, max |norm ratio - 1| %.6f\n",
+                static_cast<long long>(audits), min_cosine, max_ratio_error);
+  std::printf("  refused updates              %s\n", refusals.empty() ? "none" : refusals.c_str());
   std::printf("%s\n", j.dump().c_str());
   if (a.dir.empty()) fs::remove_all(dir);
   return 0;
@@ -170,7 +235,21 @@ void add_e2e_bench(CLI::App& bench) {
   cmd->add_option("--staleness", a->staleness, "Staleness bound S")->capture_default_str();
   cmd->add_option("--node-threads", a->node_threads, "Threads per node")->capture_default_str();
   cmd->add_option("--model", a->model, "Model folder (default: random init of the built-in shape)");
-  cmd->add_option("--codec", a->codec, "Gradient codec: fp8 | raw")->capture_default_str();
+  cmd->add_option("--codec", a->codec, "Gradient codec: fp8 | raw | topk")->capture_default_str();
+  cmd->add_option("--hidden", a->hidden, "Random-init model: width (default: the built-in shape)");
+  cmd->add_option("--layers", a->layers, "Random-init model: transformer blocks");
+  cmd->add_option("--heads", a->heads, "Random-init model: attention heads");
+  cmd->add_option("--kv-heads", a->kv_heads, "Random-init model: key/value heads");
+  cmd->add_option("--intermediate", a->intermediate, "Random-init model: SwiGLU width");
+  cmd->add_option("--max-new-tokens", a->max_new_tokens, "Completion length cap (0: the round's default)");
+  cmd->add_option("--lr", a->lr, "AdamW learning rate (0: the round's default)");
+  cmd->add_option("--up-mbps", a->up_mbps, "Every node's upload cap, Mbit/s (0: none)")->capture_default_str();
+  cmd->add_option("--down-mbps", a->down_mbps, "Every node's download cap, Mbit/s (0: none)")->capture_default_str();
+  cmd->add_option("--recompute-fraction", a->recompute_fraction, "Share of updates the coordinator audits")
+      ->capture_default_str();
+  cmd->add_option("--node-precision", a->node_precision, "Nodes compute in fp32 | fp8")->capture_default_str();
+  cmd->add_option("--max-batch", a->max_batch, "Most prompts per lease (0: the coordinator decides)")
+      ->capture_default_str();
   cmd->add_option("--ledger-sync", a->ledger_sync, "Ledger commits: full (fsync) | normal")->capture_default_str();
   cmd->add_flag("--ask-ahead,!--no-ask-ahead", a->ask_ahead,
                "Nodes ask for the next lease while computing (off: one lease at a time)")

@@ -47,6 +47,14 @@ void add_commands(CLI::App& app) {
   run->add_flag("--ask-ahead,!--no-ask-ahead", o->ask_ahead,
                "Ask for the next lease and fetch its weights while computing the current one "
                "(default on; off: one lease at a time)");
+  run->add_option("--max-upload-mbps", o->max_upload_mbps,
+                  "Cap on what this node sends, in Mbit/s (0: none); updates take longer to send")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  run->add_option("--max-download-mbps", o->max_download_mbps,
+                  "Cap on what this node receives, in Mbit/s (0: none); weights take longer to fetch")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   run->add_option("--max-backoff", o->max_backoff_s, "Longest wait between reconnection attempts (s)")
       ->capture_default_str();
   run->add_option("--give-up-after", o->give_up_s, "Stop after this long without a coordinator (s, 0: never)")

@@ -11,8 +11,11 @@
 namespace cohort::node {
 
 asio::awaitable<void> Node::session(double& last_ok) {
-  protocol::Channel ch = co_await protocol::Channel::connect(opt_.host, opt_.port, id_,
-                                                             {.expected_peer = coordinator_});
+  protocol::Channel ch = co_await protocol::Channel::connect(
+      opt_.host, opt_.port, id_,
+      {.expected_peer = coordinator_,
+       .max_send_bytes_per_s = opt_.max_upload_mbps * 1e6 / 8,
+       .max_receive_bytes_per_s = opt_.max_download_mbps * 1e6 / 8});
   last_ok = mono_s();
   ChannelLink link(ch);
   wire::Envelope join;

@@ -61,6 +61,10 @@ void Node::run() {
   std::signal(SIGTERM, on_signal);
   spdlog::info("node {}: {} → {}:{}, {} device(s), max batch {}", id_.id().fingerprint(), opt_.name,
                opt_.host, opt_.port, opt_.devices, opt_.max_batch);
+  if (opt_.max_upload_mbps > 0 || opt_.max_download_mbps > 0)
+    spdlog::info("node: link capped at {} up, {} down",
+                 opt_.max_upload_mbps > 0 ? fmt::format("{} Mbit/s", opt_.max_upload_mbps) : "no cap",
+                 opt_.max_download_mbps > 0 ? fmt::format("{} Mbit/s", opt_.max_download_mbps) : "no cap");
   double backoff = 0.2;
   double last_ok = mono_s();
   std::mt19937_64 rng(std::random_device{}());

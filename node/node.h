@@ -48,6 +48,9 @@ struct NodeOptions {
   // Ask for the next lease and fetch its weights while computing the current one, so the link's
   // round trips and downloads overlap with compute (docs/PEER.md). Off: one lease at a time.
   bool ask_ahead = true;
+  // The volunteer's caps on this node's traffic with the coordinator, in Mbit/s (0: none).
+  double max_upload_mbps = 0;
+  double max_download_mbps = 0;
 };
 
 // Returns when the round is complete or the node was asked to leave (or was stopped by a

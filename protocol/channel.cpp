@@ -1,4 +1,5 @@
 #include "protocol/channel.h"
+#include "protocol/rate_limit.h"
 
 #include <spdlog/spdlog.h>
 
@@ -70,6 +71,22 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   asio::steady_timer write_done{socket.get_executor()};
   std::exception_ptr send_failure;
   bool receiving = false;
+  // Volunteer caps on this end's traffic (ChannelOptions); empty: unlimited.
+  std::optional<TokenBucket> send_cap, receive_cap;
+  asio::steady_timer cap_timer{socket.get_executor()};
+
+  // Sleeps as long as `bucket` says moving `bytes` now must wait.
+  asio::awaitable<void> pace(std::optional<TokenBucket>& bucket, std::size_t bytes) {
+    if (!bucket) co_return;
+    const double now = std::chrono::duration<double>(
+                           std::chrono::steady_clock::now().time_since_epoch()).count();
+    const double wait = bucket->reserve(bytes, now);
+    if (wait <= 0) co_return;
+    cap_timer.expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::chrono::duration<double>(wait)));
+    std::error_code ignored;  // cancelled by close(): the next socket operation reports it
+    co_await cap_timer.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+  }
 
   // Closes the socket when `timer` fires; `flag` tells the waiting operation why it failed.
   void arm(asio::steady_timer& timer, std::chrono::milliseconds after, bool Impl::*flag) {
@@ -92,6 +109,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     read_timer.cancel();
     write_timer.cancel();
     write_done.cancel();
+    cap_timer.cancel();
   }
 
   // Handshake I/O: exact reads and writes under the handshake timer (armed by the caller).
@@ -126,10 +144,13 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     std::size_t done = 0;
     while (done < bytes.size()) {
       std::error_code ec;
+      // Capped: 16 KiB at a time, each after its share of the bucket's time.
+      const std::size_t want = send_cap ? std::min<std::size_t>(bytes.size() - done, 16 * 1024)
+                                        : bytes.size() - done;
+      co_await pace(send_cap, want);
       arm(write_timer, limits.write_timeout, &Impl::write_timed_out);
       const std::size_t n = co_await socket.async_write_some(
-          asio::buffer(bytes.data() + done, bytes.size() - done),
-          asio::redirect_error(asio::use_awaitable, ec));
+          asio::buffer(bytes.data() + done, want), asio::redirect_error(asio::use_awaitable, ec));
       write_timer.cancel();
       if (ec) {
         close();
@@ -198,8 +219,11 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       std::error_code ec;
       if (!handshake_timer) arm(read_timer, limits.idle_timeout, &Impl::read_timed_out);
       const std::size_t n = co_await socket.async_read_some(
-          asio::buffer(rbuf), asio::redirect_error(asio::use_awaitable, ec));
+          asio::buffer(rbuf.data(), receive_cap ? std::min<std::size_t>(rbuf.size(), 16 * 1024)
+                                                : rbuf.size()),
+          asio::redirect_error(asio::use_awaitable, ec));
       if (!handshake_timer) read_timer.cancel();
+      if (!ec && receive_cap) co_await pace(receive_cap, n);  // before the next read
       if (ec) {
         const bool mid = opener->mid_message();
         close();
@@ -388,6 +412,8 @@ asio::awaitable<Channel> Channel::connect(tcp::endpoint endpoint, const Identity
   Identity id = identity;
   auto ex = co_await asio::this_coro::executor;
   auto s = std::make_shared<Impl>(tcp::socket(ex), options.limits);
+  if (options.max_send_bytes_per_s > 0) s->send_cap.emplace(options.max_send_bytes_per_s);
+  if (options.max_receive_bytes_per_s > 0) s->receive_cap.emplace(options.max_receive_bytes_per_s);
   auto connect_and_handshake = [](ImplPtr s, tcp::endpoint ep, Identity id,
                                   ChannelOptions options) -> asio::awaitable<void> {
     std::error_code ec;
@@ -431,6 +457,8 @@ asio::awaitable<Channel> Channel::accept(tcp::socket socket, const Identity& ide
                                          ChannelOptions options) {
   tune_socket(socket);
   auto s = std::make_shared<Impl>(std::move(socket), options.limits);
+  if (options.max_send_bytes_per_s > 0) s->send_cap.emplace(options.max_send_bytes_per_s);
+  if (options.max_receive_bytes_per_s > 0) s->receive_cap.emplace(options.max_receive_bytes_per_s);
   co_await guarded(s, responder_handshake(s, identity, std::move(options)));
   co_return Channel(std::move(s));
 }

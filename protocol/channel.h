@@ -47,6 +47,11 @@ struct ChannelOptions {
   std::optional<PeerId> expected_peer;
   // Responder: return false to refuse an initiator (allowlist); empty admits everyone.
   std::function<bool(const PeerId&)> admit;
+  // Caps on this end's traffic in bytes per second (0: none), as token buckets: the send side
+  // waits before writing, the receive side before reading again (TCP's window then slows the
+  // sender). A volunteer's upload and download limits.
+  double max_send_bytes_per_s = 0;
+  double max_receive_bytes_per_s = 0;
   // Protocol versions to offer; tests use these to provoke a mismatch.
   std::uint8_t version_min = kProtocolVersionMin;
   std::uint8_t version_max = kProtocolVersionMax;

@@ -691,3 +691,29 @@ TEST(Channel, RekeyingKeepsTheConversationGoing) {
 
 }  // namespace
 }  // namespace cohort::protocol
+
+namespace cohort::protocol {
+namespace {
+
+// A volunteer's bandwidth caps (ChannelOptions) pace the bytes, never change them: a 3 MiB
+// message and a small one go through a channel capped both ways, intact and in order.
+TEST(Channel, CappedChannelDeliversEveryByteInOrder) {
+  const Identity coord = Identity::generate();
+  TestServer server(coord);
+  BlockingChannel ch = BlockingChannel::connect(
+      "127.0.0.1", server.port(), Identity::generate(),
+      {.limits = test_limits(), .expected_peer = coord.id(), .max_send_bytes_per_s = 40e6,
+       .max_receive_bytes_per_s = 40e6});
+  wire::Envelope chunk;
+  chunk.set_id(1);
+  std::string data(3 << 20, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 131 % 251);
+  chunk.mutable_update_chunk()->set_data(data);
+  for (const wire::Envelope& env : {chunk, heartbeat(2)}) {
+    ch.send(env);
+    EXPECT_EQ(ch.receive().SerializeAsString(), env.SerializeAsString());
+  }
+}
+
+}  // namespace
+}  // namespace cohort::protocol

@@ -1,0 +1,34 @@
+// libFuzzer target: the top-k gradient codec's decoder (exchange/topk_codec.h) on any payload for
+// any tensor size up to 2^17 elements. A payload is either refused with a sentence or decodes to
+// finite values, at most ceil(n / 64) of them non-zero in each chunk, and never reads or writes
+// out of bounds (ASan).
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <string_view>
+#include <vector>
+
+#include "exchange/topk_codec.h"
+
+namespace topk = cohort::exchange::topk;
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  if (size < 3) return 0;
+  const std::size_t numel = (std::size_t{data[0]} | std::size_t{data[1]} << 8 |
+                             std::size_t{data[2] & 1} << 16);
+  const std::string_view payload(reinterpret_cast<const char*>(data + 3), size - 3);
+  std::vector<float> out(numel, 1.0f);
+  if (topk::decode(payload, out)) return 0;
+  if (payload.size() > topk::max_payload_bytes(numel)) std::abort();
+  for (std::size_t begin = 0; begin < numel; begin += topk::kChunk) {
+    const std::size_t n = std::min(topk::kChunk, numel - begin);
+    std::size_t nonzero = 0;
+    for (std::size_t i = begin; i < begin + n; ++i) {
+      if (!std::isfinite(out[i])) std::abort();
+      nonzero += out[i] != 0.0f;
+    }
+    if (nonzero > topk::max_kept(n)) std::abort();
+  }
+  return 0;
+}
