@@ -83,11 +83,27 @@ double LeaseScheduler::share_of(const std::string& peer) const {
   return std::min(1.0, estimate(it->second) / total);
 }
 
+void LeaseScheduler::upload_measured(const std::string& peer, double seconds) {
+  double& s = peers_[peer].upload_s;
+  s = s > 0 ? 0.5 * s + 0.5 * seconds : seconds;
+}
+
+void LeaseScheduler::download_measured(const std::string& peer, double seconds) {
+  double& s = peers_[peer].download_s;
+  s = s > 0 ? 0.5 * s + 0.5 * seconds : seconds;
+}
+
 int64_t LeaseScheduler::lease_size(const std::string& peer, int64_t pending,
                                    uint32_t max_prompts) const {
   const double share = share_of(peer);
-  const int64_t full = std::max<int64_t>(1, std::llround(double(cfg_.groups_per_step) * share));
-  const int64_t least = std::max<int64_t>(1, (full + 1) / 2);
+  int64_t full = std::max<int64_t>(1, std::llround(double(cfg_.groups_per_step) * share));
+  int64_t least = std::max<int64_t>(1, (full + 1) / 2);
+  if (auto it = peers_.find(peer); it != peers_.end() && it->second.throughput > 0) {
+    const Peer& p = it->second;
+    const auto covering = static_cast<int64_t>(std::ceil((p.upload_s + p.download_s) * p.throughput));
+    least = std::max(least, covering);
+    full = std::max(full, least);
+  }
   int64_t size =
       std::clamp<int64_t>(static_cast<int64_t>(std::ceil(double(pending) * share)), least, full);
   if (throughput(peer) <= 0)

@@ -58,6 +58,11 @@ class LeaseScheduler {
   void peer_working(const std::string& peer);  // it asked for work: counts in the shares
   [[nodiscard]] int connected() const { return connected_; }
   [[nodiscard]] double throughput(const std::string& peer) const;  // groups/s, 0 unmeasured
+  // How long moving one lease's data took this peer: its update's stream (upload) or a weight
+  // fetch (download), measured by the sessions. Leases are sized so that their compute covers
+  // it (lease_size).
+  void upload_measured(const std::string& peer, double seconds);
+  void download_measured(const std::string& peer, double seconds);
   [[nodiscard]] bool peer_is_connected(const std::string& peer) const;
 
   // ---- leases
@@ -99,7 +104,10 @@ class LeaseScheduler {
   // step, so leases shrink as the step's pool drains and the peers finish it together instead
   // of waiting on one that took a large lease late. Bounds: at most its share of a whole step,
   // at least half of that (every lease costs one full-size update on the wire), and while its
-  // throughput is unmeasured a probe of at most an eighth of a step.
+  // throughput is unmeasured a probe of at most an eighth of a step. A peer whose link is slow
+  // gets leases of at least (upload + download seconds) × throughput groups, even beyond its
+  // share: a peer that asks ahead then moves one lease's data while computing the next, and
+  // its link hides behind its compute.
   [[nodiscard]] int64_t lease_size(const std::string& peer, int64_t pending,
                                    uint32_t max_prompts) const;
 
@@ -115,6 +123,7 @@ class LeaseScheduler {
     int sessions = 0;
     bool working = false;
     double last_delivery = 0;  // a pipelined peer starts its next lease when it delivers one
+    double upload_s = 0, download_s = 0;  // per lease, measured (EMA)
   };
   Step& step(int64_t s);
   [[nodiscard]] double share_of(const std::string& peer) const;

@@ -171,14 +171,18 @@ asio::awaitable<void> Coordinator::Impl::session(Channel ch) {
       if (env.has_manifest_request()) {
         *out.mutable_manifest() = manifest_for(env.manifest_request().policy_version()).manifest;
       } else if (env.has_tensor_request()) {
+        const double t0 = mono_s();
         co_await send_tensors(ch, env.tensor_request());
+        sched->download_measured(peer, mono_s() - t0);
         continue;
       } else if (env.has_work_request()) {
         out = co_await answer_work_request(peer, env.work_request());
       } else if (env.has_update()) {
         auto in = std::make_shared<ArrivedUpdate>();
         in->header = std::move(*env.mutable_update());
+        const double t0 = mono_s();
         in->stream = co_await receive_stream(ch, in->header.stream_bytes());
+        sched->upload_measured(peer, mono_s() - t0);
         *out.mutable_ack() = co_await handle_update(std::move(in), ch.peer());
       } else if (env.has_heartbeat()) {
         continue;  // liveness only: it resets the channel's idle timer

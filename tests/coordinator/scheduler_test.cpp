@@ -69,6 +69,27 @@ TEST(LeaseScheduler, GuidedSizingSplitsByThroughputAndShrinksAsThePoolDrains) {
   EXPECT_EQ(s.lease_size("fast", 24, 5), 5);  // the node's own max_prompts
 }
 
+// A peer behind a slow link: its leases grow until their compute (groups / throughput) covers
+// the seconds its update upload and weight download take, even past its share of the step.
+TEST(LeaseScheduler, SlowLinkGetsLeasesLongEnoughToHideTheTransfer) {
+  LeaseScheduler s(config(32));
+  for (const char* p : {"fast", "slow"}) s.peer_connected(p), s.peer_working(p);
+  auto f = s.issue("fast", 0, 0.0, 0);
+  auto w = s.issue("slow", 0, 0.0, 0);
+  ASSERT_TRUE(f && w);
+  s.complete(f->rec.lease_id, double(f->groups.size()) / 3.0);
+  s.complete(w->rec.lease_id, double(w->groups.size()) / 1.0);
+  ASSERT_EQ(s.lease_size("slow", 24, 0), 6);  // as above, with no transfer measured
+  s.upload_measured("slow", 6.0);
+  s.download_measured("slow", 4.0);  // 10 s of link per lease at 1 group/s: 10 groups
+  EXPECT_EQ(s.lease_size("slow", 24, 0), 10);
+  EXPECT_EQ(s.lease_size("slow", 7, 0), 7);   // never more than is pending
+  EXPECT_EQ(s.lease_size("slow", 24, 4), 4);  // nor than the node takes
+  s.upload_measured("slow", 2.0);             // EMA: (6 + 2) / 2 = 4, plus 4 down: 8 groups
+  EXPECT_EQ(s.lease_size("slow", 24, 0), 8);
+  EXPECT_EQ(s.lease_size("fast", 24, 0), 18);  // the fast peer's link costs nothing here
+}
+
 TEST(LeaseScheduler, StalenessWindowBoundsHowFarAheadLeasesGo) {
   LeaseScheduler s(config(2, /*staleness=*/1));
   s.peer_connected("a");
