@@ -51,6 +51,7 @@ struct E2EArgs {
   std::string node_precision = "fp32";
   int max_batch = 0;          // most prompts per lease (0: the coordinator decides)
   double lr = 0;              // 0: the round's default
+  bool bench_reward = false;  // [task] reward = "bench-length": non-zero advantages untrained
 };
 
 double query(sqlite3* db, const char* sql) {
@@ -88,6 +89,10 @@ int run_e2e(const E2EArgs& a) {
       a.steps, a.prompts_per_step, a.staleness, a.nodes, data, a.ledger_sync, fs::absolute(model).string(), a.group_size,
       a.codec);
   if (a.lr > 0) toml += fmt::format("lr = {}\n", a.lr);
+  if (a.bench_reward) {
+    const std::string task = "[task]\nname = \"arith\"\n";
+    toml.replace(toml.find(task), task.size(), task + "reward = \"bench-length\"\n");
+  }
   if (a.max_new_tokens > 0) toml += fmt::format("[sampling]\nmax_new_tokens = {}\n", a.max_new_tokens);
   if (a.recompute_fraction > 0)
     toml += fmt::format("[verification]\nrecompute_fraction = {}\n", a.recompute_fraction);
@@ -243,6 +248,9 @@ void add_e2e_bench(CLI::App& bench) {
   cmd->add_option("--intermediate", a->intermediate, "Random-init model: SwiGLU width");
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "Completion length cap (0: the round's default)");
   cmd->add_option("--lr", a->lr, "AdamW learning rate (0: the round's default)");
+  cmd->add_flag("--bench-reward", a->bench_reward,
+                "Benchmark-only reward (+ completion length / 64): an untrained model's groups get "
+                "non-zero advantages, so real-size runs move real gradients");
   cmd->add_option("--up-mbps", a->up_mbps, "Every node's upload cap, Mbit/s (0: none)")->capture_default_str();
   cmd->add_option("--down-mbps", a->down_mbps, "Every node's download cap, Mbit/s (0: none)")->capture_default_str();
   cmd->add_option("--recompute-fraction", a->recompute_fraction, "Share of updates the coordinator audits")

@@ -260,6 +260,9 @@ void RoundConfig::validate() const {
     bad("[task] eval_dataset needs dataset");
   if (!grpo.task.dataset.empty() && grpo.task.reward != "math")
     bad("[task] reward '" + grpo.task.reward + "' is not supported (supported: math)");
+  if (grpo.task.dataset.empty() && grpo.task.reward != "math" && grpo.task.reward != "bench-length")
+    bad("[task] reward '" + grpo.task.reward +
+        "' is not supported for a built-in task (math, or bench-length for benchmarks only)");
   if (system_prompt.empty()) bad("[model] system_prompt must not be empty (\"r1\", \"default\" or a text)");
 }
 

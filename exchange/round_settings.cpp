@@ -87,6 +87,8 @@ wire::RoundSettings make_round_settings(const RoundSpec& r) {
     t->set_dataset_split(g.task.eval_dataset.empty() ? wire::DATASET_SPLIT_HELD_OUT
                                                      : wire::DATASET_SPLIT_WHOLE);
     t->set_reward(g.task.reward);
+  } else if (g.task.reward == "bench-length") {
+    t->set_reward(g.task.reward);
   }
   s.set_model_config_json(r.model_config_json);
   COHORT_CHECK(g.scale != grpo::AdvantageScale::batch,
@@ -150,6 +152,12 @@ RoundSpec read_round_settings(const wire::RoundSettings& s) {
   task.seed = t.seed();
   task.held_out_percent = static_cast<int>(
       in_range<uint32_t>(t.held_out_percent(), 1, 50, "task_settings.held_out_percent"));
+  if (t.name() != "jsonl") {
+    if (!t.reward().empty() && t.reward() != "bench-length")
+      throw SettingsError("task_settings.reward", "is '" + t.reward().substr(0, 32) +
+                                                      "', expected empty or bench-length");
+    if (!t.reward().empty()) task.reward = t.reward();
+  }
   if (t.name() == "arith") {
     task.digits = static_cast<int>(in_range<uint32_t>(t.digits(), 1, 9, "task_settings.digits"));
     task.ops = t.ops();

@@ -307,6 +307,8 @@ RewardBreakdown Task::score(const Prompt& prompt, std::string_view completion) c
   }
   r.format = well_formatted(completion) ? 1.0 : 0.0;
   r.total = r.accuracy + spec_.format_weight * r.format;
+  if (spec_.dataset.empty() && spec_.reward == "bench-length")
+    r.total += std::min(1.0, static_cast<double>(completion.size()) / 64.0);
   return r;
 }
 

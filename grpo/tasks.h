@@ -29,6 +29,9 @@ struct TaskSpec {
   // given, else on a held-out share of `dataset` (held_out_percent, after a seeded shuffle).
   std::string dataset, eval_dataset;
   std::string reward = "math";  // dataset reward: "math" (grpo/math_reward.h)
+  // Built-in tasks: "math" (the task's own verifier) or "bench-length", a BENCHMARK-ONLY reward
+  // that adds the completion's length / 64 (at most 1) so that an untrained model's groups get
+  // non-zero advantages and real-size runs move real gradients (never for training).
   // false: do not read eval_dataset (peers of a round only draw training prompts; the training
   // split does not depend on the eval file's content).
   bool load_eval = true;

@@ -109,6 +109,7 @@ TEST(RoundSettings, EveryMalformedValueIsRefusedNamingItsField) {
        [](auto& s) { s.mutable_task_settings()->set_held_out_percent(0); }},
       {"task_settings.format_weight",
        [](auto& s) { s.mutable_task_settings()->set_format_weight(-1); }},
+      {"task_settings.reward", [](auto& s) { s.mutable_task_settings()->set_reward("free"); }},
       {"model_config_json", [](auto& s) { s.set_model_config_json("{not json"); }},
       {"model_config_json", [](auto& s) { s.clear_model_config_json(); }},
       {"advantage_scale",
@@ -150,6 +151,16 @@ TEST(RoundSettings, ArithRangesAreTheTasksOwn) {
   s.mutable_task_settings()->set_digits(3);
   s.mutable_task_settings()->set_ops("+/");
   EXPECT_THROW((void)read_round_settings(s), SettingsError);
+}
+
+// The benchmark-only reward travels with a built-in task, so that node and coordinator score
+// alike; the task's own verifier (no reward field) stays the default.
+TEST(RoundSettings, BenchmarkRewardTravelsWithABuiltInTask) {
+  RoundSpec in = sample_spec();
+  in.grpo.task.name = "arith";
+  EXPECT_EQ(read_round_settings(make_round_settings(in)).grpo.task.reward, "math");
+  in.grpo.task.reward = "bench-length";
+  EXPECT_EQ(read_round_settings(make_round_settings(in)).grpo.task.reward, "bench-length");
 }
 
 }  // namespace

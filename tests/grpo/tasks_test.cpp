@@ -31,6 +31,18 @@ TEST(Arith, RewardsCorrectWrongMalformed) {
   EXPECT_EQ(task->score(p, overlong).accuracy, 0.0);
 }
 
+// Benchmarks only: + length / 64, at most 1, on top of the verifier's reward.
+TEST(Arith, BenchmarkRewardAddsTheCompletionLength) {
+  TaskSpec spec;
+  spec.reward = "bench-length";
+  auto task = make_task(spec);
+  Prompt p{"12+34=", "46", {}};
+  EXPECT_EQ(task->score(p, "7").total, 1.0 / 64);
+  EXPECT_EQ(task->score(p, std::string(32, 'x')).total, 0.5);
+  EXPECT_EQ(task->score(p, std::string(500, 'x')).total, 1.0);
+  EXPECT_EQ(task->score(p, "<answer>46</answer>").total, 1.0 + 19.0 / 64);
+}
+
 TEST(Arith, GeneratesConsistentProblems) {
   TaskSpec spec;
   spec.digits = 3;
