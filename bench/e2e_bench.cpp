@@ -68,6 +68,9 @@ int run_e2e(const E2EArgs& a) {
                                      : fs::path(a.dir);
   fs::remove_all(dir / "round");
   fs::create_directories(dir);
+  // Logs and summaries are appended to: a reused --dir starts from empty ones.
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".log" || e.path().extension() == ".json") fs::remove(e.path());
   std::string model = a.model;
   if (model.empty()) {
     model = (dir / "base").string();

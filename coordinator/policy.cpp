@@ -234,6 +234,10 @@ std::optional<exchange::Refusal> Policy::audit(const Published& sampled_on,
                                                std::span<const float> reported) {
   const double t0 = mono_s();
   grpo::Model& sampled = weights_of(sampled_on);
+  // The peer's own arithmetic (its update says which; the checks admitted only these names).
+  sampled.set_precision(u.compute_precision().empty()
+                            ? grpo::Precision::fp32
+                            : grpo::parse_precision(u.compute_precision()));
   const int g = cfg_.grpo.group_size;
   std::map<std::pair<uint64_t, uint32_t>, const wire::CompletionDigest*> by_key;
   for (const auto& c : u.completions()) by_key[{c.prompt_index(), c.completion()}] = &c;
@@ -275,9 +279,10 @@ std::optional<exchange::Refusal> Policy::audit(const Published& sampled_on,
   const double cosine = (a2 == 0 && b2 == 0) ? 1.0 : dot / std::max(1e-300, std::sqrt(a2 * b2));
   const double ratio = a2 > 0 ? std::sqrt(b2 / a2) : (b2 == 0 ? 1.0 : 1e300);
   spdlog::info(
-      "coordinator: recomputed lease {} on v{} (current v{}) in {:.2f} s: cosine {:.6f}, norm "
+      "coordinator: recomputed lease {} on v{} (current v{}, {}) in {:.2f} s: cosine {:.6f}, norm "
       "ratio {:.6f}",
-      u.lease_id(), u.policy_version(), version_, mono_s() - t0, cosine, ratio);
+      u.lease_id(), u.policy_version(), version_, grpo::precision_name(sampled.precision()),
+      mono_s() - t0, cosine, ratio);
   // The norm must agree too: a scaled honest gradient has cosine 1.
   if (cosine < cfg_.recompute_min_cosine || ratio > 1.5 || ratio < 1 / 1.5)
     return exchange::Refusal{

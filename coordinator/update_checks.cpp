@@ -33,6 +33,9 @@ CheckedBody UpdateChecker::check(const wire::GradientUpdate& u,
     out.refusal = std::move(r);
     return out;
   };
+  if (const std::string& p = u.compute_precision();
+      !p.empty() && p != "fp32" && p != "bf16" && p != "fp8")
+    return refuse(malformed("compute_precision must be fp32, bf16 or fp8"));
   const int g = ctx_.grpo.group_size;
   const size_t expected = lease_prompts.size() * static_cast<size_t>(g);
   if (static_cast<size_t>(u.completions_size()) != expected)

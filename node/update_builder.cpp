@@ -48,6 +48,7 @@ protocol::SealedUpdate UpdateBuilder::build(const wire::WorkLease& lease, uint64
   *u.mutable_rewards() = exchange::reward_stats(honest_rewards);
   u.set_loss(g.loss);
   u.set_compute_seconds(compute_seconds);  // diagnostic only
+  u.set_compute_precision(compute_precision);
   if (fault ==
       Fault::poison) {  // honest rewards; the gradient reversed, scaled up and drowned in noise
     std::mt19937 rng(static_cast<uint32_t>(sequence));

@@ -25,6 +25,7 @@ struct UpdateBuilder {
   protocol::PeerId coordinator;
   int group_size = 0;
   Fault fault = Fault::none;
+  std::string compute_precision = "fp32";  // how the linear layers computed (audits match it)
 
   // `g.grad` is consumed (encoded, and changed in place by Fault::poison). Throws cohort::Error
   // when the gradient holds NaN or Inf (nothing is sent).

@@ -65,7 +65,9 @@ std::optional<protocol::SealedUpdate> Node::work(const wire::WorkLease& lease) {
                               .identity = id_,
                               .coordinator = coordinator_,
                               .group_size = cfg_.group_size,
-                              .fault = opt_.fault};
+                              .fault = opt_.fault,
+                              .compute_precision = grpo::precision_name(
+                                  grpo::parse_precision(opt_.precision))};
   protocol::SealedUpdate su =
       builder.build(lease, sync_->version(), sequence_, g, *encoder_, mono_s() - t0);
   const double compute = mono_s() - t0;
