@@ -178,12 +178,15 @@ asio::awaitable<void> Coordinator::Impl::session(Channel ch) {
       } else if (env.has_work_request()) {
         out = co_await answer_work_request(peer, env.work_request());
       } else if (env.has_update()) {
-        auto in = std::make_shared<ArrivedUpdate>();
-        in->header = std::move(*env.mutable_update());
+        auto arrived = std::make_shared<ArrivedUpdate>();
+        arrived->header = std::move(*env.mutable_update());
         const double t0 = mono_s();
-        in->stream = co_await receive_stream(ch, in->header.stream_bytes());
+        arrived->stream = co_await receive_stream(ch, arrived->header.stream_bytes());
         sched->upload_measured(peer, mono_s() - t0);
-        *out.mutable_ack() = co_await handle_update(std::move(in), ch.peer());
+        // A named pointer of the parameter's type: no converted temporary in the co_await (GCC
+        // 12 may destroy such a temporary twice, coordinator_impl.h).
+        const std::shared_ptr<const ArrivedUpdate> in = std::move(arrived);
+        *out.mutable_ack() = co_await handle_update(in, ch.peer());
       } else if (env.has_heartbeat()) {
         continue;  // liveness only: it resets the channel's idle timer
       } else if (env.has_leave()) {
