@@ -130,8 +130,7 @@ TEST(TopkCodec, DecoderRefusesEveryBrokenRule) {
   ASSERT_FALSE(decode(good, out));
   auto refused = [&](std::string p, const char* what) {
     const auto err = decode(p, out);
-    ASSERT_TRUE(err) << what;
-    std::printf("  %-30s -> %s\n", what, err->c_str());
+    EXPECT_TRUE(err) << what;
   };
   const size_t second = chunk_bytes(64);  // where the short chunk starts
   const size_t idx = 2 + 16;
