@@ -21,10 +21,10 @@
 
 namespace cohort::exchange::topk {
 
-inline constexpr size_t kChunk = 4096;     // elements per chunk (the wire's block_size)
-inline constexpr size_t kKeepOneIn = 64;   // a chunk of n elements keeps at most ceil(n / 64)
-inline constexpr size_t kIndexBits = 12;   // log2(kChunk)
-inline constexpr size_t kLevels = 8;       // magnitudes in a chunk's codebook
+inline constexpr size_t kChunk = 4096;    // elements per chunk (the wire's block_size)
+inline constexpr size_t kKeepOneIn = 64;  // a chunk of n elements keeps at most ceil(n / 64)
+inline constexpr size_t kIndexBits = 12;  // log2(kChunk)
+inline constexpr size_t kLevels = 8;      // magnitudes in a chunk's codebook
 
 // At most this many entries of a chunk of n elements are kept.
 [[nodiscard]] constexpr size_t max_kept(size_t n) { return (n + kKeepOneIn - 1) / kKeepOneIn; }

@@ -32,7 +32,8 @@ class Reader {
   bool le(uint64_t& v, int bytes) {
     if (!ok_ || s_.size() - pos_ < static_cast<size_t>(bytes)) return ok_ = false;
     v = 0;
-    for (int i = 0; i < bytes; ++i) v |= uint64_t{static_cast<unsigned char>(s_[pos_ + i])} << (8 * i);
+    for (int i = 0; i < bytes; ++i)
+      v |= uint64_t{static_cast<unsigned char>(s_[pos_ + i])} << (8 * i);
     pos_ += static_cast<size_t>(bytes);
     return true;
   }
@@ -64,8 +65,7 @@ class Reader {
 }  // namespace
 
 std::string encode_patch(uint64_t from_version, uint64_t to_version,
-                         std::span<const TensorChange> tensors, PatchStats* stats,
-                         int zstd_level) {
+                         std::span<const TensorChange> tensors, PatchStats* stats, int zstd_level) {
   PatchStats st;
   std::string body(kMagic, sizeof kMagic);
   put_le(body, from_version, 8);
@@ -92,7 +92,8 @@ std::string encode_patch(uint64_t from_version, uint64_t to_version,
     put_le(per_tensor, e, 1);
     put_le(per_tensor, numel, 8);
     put_le(per_tensor, at.size(), 8);
-    for (size_t j = 0; j < at.size(); ++j) put_varint(per_tensor, j == 0 ? at[0] : at[j] - at[j - 1] - 1);
+    for (size_t j = 0; j < at.size(); ++j)
+      put_varint(per_tensor, j == 0 ? at[0] : at[j] - at[j - 1] - 1);
     for (uint64_t i : at) per_tensor.append(t.target.data() + i * e, e);
   }
   put_le(body, listed, 4);
@@ -152,7 +153,9 @@ std::optional<std::string> apply_patch(std::string_view patch, uint64_t expect_f
   if (from != expect_from)
     return "weight patch goes from version " + std::to_string(from) + ", not " +
            std::to_string(expect_from);
-  if (to <= from) return "weight patch: target version " + std::to_string(to) + " is not after " + std::to_string(from);
+  if (to <= from)
+    return "weight patch: target version " + std::to_string(to) + " is not after " +
+           std::to_string(from);
   struct Edit {
     std::string* bytes;
     size_t element;
@@ -167,13 +170,14 @@ std::optional<std::string> apply_patch(std::string_view patch, uint64_t expect_f
         !r.le(changed, 8))
       return "weight patch: tensor " + std::to_string(k) + " is truncated";
     auto it = held.find(std::string(name));
-    if (it == held.end()) return "weight patch names a tensor not held: " + std::string(name.substr(0, 128));
+    if (it == held.end())
+      return "weight patch names a tensor not held: " + std::string(name.substr(0, 128));
     for (const Edit& d : edits)
       if (d.bytes == &it->second) return "weight patch lists " + it->first + " twice";
     if ((e != 2 && e != 4) || it->second.size() != numel * e)
       return "weight patch: " + it->first + " has " + std::to_string(numel) + " elements of " +
-             std::to_string(e) + " bytes; the held tensor has " + std::to_string(it->second.size()) +
-             " bytes";
+             std::to_string(e) + " bytes; the held tensor has " +
+             std::to_string(it->second.size()) + " bytes";
     if (changed == 0 || changed > numel)
       return "weight patch: " + it->first + " changes " + std::to_string(changed) + " of " +
              std::to_string(numel) + " elements";
@@ -188,13 +192,15 @@ std::optional<std::string> apply_patch(std::string_view patch, uint64_t expect_f
       d.at.push_back(next + gap);
       next += gap + 1;
     }
-    if (!r.bytes(changed * e, d.values)) return "weight patch: " + it->first + "'s values are truncated";
+    if (!r.bytes(changed * e, d.values))
+      return "weight patch: " + it->first + "'s values are truncated";
     edits.push_back(std::move(d));
   }
   if (!r.done()) return "weight patch: bytes after the last tensor";
   for (const Edit& d : edits)
     for (size_t j = 0; j < d.at.size(); ++j)
-      std::memcpy(d.bytes->data() + d.at[j] * d.element, d.values.data() + j * d.element, d.element);
+      std::memcpy(d.bytes->data() + d.at[j] * d.element, d.values.data() + j * d.element,
+                  d.element);
   return std::nullopt;
 }
 

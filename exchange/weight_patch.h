@@ -29,8 +29,8 @@ struct TensorChange {
 };
 
 struct PatchStats {
-  uint64_t elements = 0;  // in the tensors given
-  uint64_t changed = 0;   // whose bits differ
+  uint64_t elements = 0;                     // in the tensors given
+  uint64_t changed = 0;                      // whose bits differ
   uint64_t body_bytes = 0, patch_bytes = 0;  // before and after zstd
 };
 

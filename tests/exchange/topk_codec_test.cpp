@@ -79,10 +79,12 @@ TEST(TopkCodec, OtherValuesWithinHalfACodebookStep) {
     if (out[i] == 0) continue;
     const float a = std::fabs(v[i]);
     // The nearest level: no level is closer than the one chosen.
-    for (float l : level) EXPECT_LE(std::fabs(std::fabs(out[i]) - a), std::fabs(l - a) * (1 + 1e-6f));
+    for (float l : level)
+      EXPECT_LE(std::fabs(std::fabs(out[i]) - a), std::fabs(l - a) * (1 + 1e-6f));
     // Geometric levels from the smallest to the largest kept magnitude (BF16-rounded: 2^-8).
     const float lo = level.front(), hi = level.back();
-    EXPECT_LE(std::fabs(std::fabs(out[i]) - a), a * (std::pow(hi / lo, 1.0f / 7) - 1) / 2 + a / 128);
+    EXPECT_LE(std::fabs(std::fabs(out[i]) - a),
+              a * (std::pow(hi / lo, 1.0f / 7) - 1) / 2 + a / 128);
   }
 }
 

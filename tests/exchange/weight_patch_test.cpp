@@ -48,7 +48,8 @@ TEST(WeightPatch, ApplyingReproducesTheTargetBitForBit) {
   for (uint32_t e : {4u, 2u}) {
     const std::string a0 = random_bytes(40000 * e, 1), b0 = random_bytes(37 * e, 2);
     const std::string a1 = changed(a0, e, 400, 3);  // ~1 % of the first tensor
-    const std::vector<TensorChange> t = {{"model.a.weight", e, a0, a1}, {"model.b.bias", e, b0, b0}};
+    const std::vector<TensorChange> t = {{"model.a.weight", e, a0, a1},
+                                         {"model.b.bias", e, b0, b0}};
     PatchStats st;
     const std::string p = encode_patch(3, 4, t, &st);
     EXPECT_EQ(st.elements, 40037u);

@@ -21,7 +21,7 @@ TEST(TokenBucket, LongRunRateIsTheCap) {
 
 TEST(TokenBucket, IdleTimeEarnsBackOneBurstAtMost) {
   TokenBucket b(1000, 500);
-  EXPECT_EQ(b.reserve(500, 0), 0.0);  // the first burst passes at once
+  EXPECT_EQ(b.reserve(500, 0), 0.0);          // the first burst passes at once
   EXPECT_DOUBLE_EQ(b.reserve(1000, 0), 1.0);  // then 1000 bytes wait a second
   // An hour idle refills the bucket to 500, not 3.6 MB: 1500 bytes wait a second.
   EXPECT_DOUBLE_EQ(b.reserve(1500, 3600), 1.0);

@@ -16,7 +16,7 @@ namespace topk = cohort::exchange::topk;
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 3) return 0;
   const std::size_t numel = (std::size_t{data[0]} | std::size_t{data[1]} << 8 |
-                             std::size_t{data[2] & 1} << 16);
+                             static_cast<std::size_t>(data[2] & 1) << 16);
   const std::string_view payload(reinterpret_cast<const char*>(data + 3), size - 3);
   std::vector<float> out(numel, 1.0f);
   if (topk::decode(payload, out)) return 0;
