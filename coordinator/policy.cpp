@@ -268,7 +268,7 @@ std::optional<exchange::Refusal> Policy::audit(const Published& sampled_on,
   exchange::flatten_grads(sampled, layout_, ours);
   clear_grads();
   // A top-k update is a pure function of the lease gradient: compare it with the same function
-  // of ours, not with ours (which holds the 63 in 64 entries top-k leaves out).
+  // of ours, not with ours (which holds the 47 in 48 entries top-k leaves out).
   if (cfg_.codec == GradientCodec::topk) exchange::round_trip(layout_, wire::CODEC_TOPK_Q4, ours);
   double dot = 0, a2 = 0, b2 = 0;
   for (size_t i = 0; i < ours.size(); ++i) {

@@ -1,7 +1,7 @@
 // The sparse gradient codec (wire::CODEC_TOPK_Q4, round setting gradient_codec = "topk"): in
-// every chunk of 4096 elements the 1-in-64 largest magnitudes, their 12-bit positions and a
+// every chunk of 4096 elements the 1-in-48 largest magnitudes, their 12-bit positions and a
 // 4-bit code each (sign + one of 8 magnitudes from the chunk's own BF16 codebook). About
-// 0.036 bytes per parameter against FP8's 1.04. docs/PROTOCOL.md ("Top-k codec") gives the
+// 0.046 bytes per parameter against FP8's 1.04. docs/PROTOCOL.md ("Top-k codec") gives the
 // format to the byte.
 //
 // The encoder is a pure function of the values: no error feedback, no state, no randomness. The
@@ -22,7 +22,7 @@
 namespace cohort::exchange::topk {
 
 inline constexpr size_t kChunk = 4096;    // elements per chunk (the wire's block_size)
-inline constexpr size_t kKeepOneIn = 64;  // a chunk of n elements keeps at most ceil(n / 64)
+inline constexpr size_t kKeepOneIn = 48;  // a chunk of n elements keeps at most ceil(n / 48)
 inline constexpr size_t kIndexBits = 12;  // log2(kChunk)
 inline constexpr size_t kLevels = 8;      // magnitudes in a chunk's codebook
 

@@ -1,6 +1,6 @@
 // libFuzzer target: the top-k gradient codec's decoder (exchange/topk_codec.h) on any payload for
 // any tensor size up to 2^17 elements. A payload is either refused with a sentence or decodes to
-// finite values, at most ceil(n / 64) of them non-zero in each chunk, and never reads or writes
+// finite values, at most ceil(n / 48) of them non-zero in each chunk, and never reads or writes
 // out of bounds (ASan).
 #include <cmath>
 #include <cstddef>
