@@ -19,7 +19,7 @@
 #include "coordinator/coordinator.h"
 #include "tools/local_cluster.h"
 #include "grpo/checkpoint.h"
-#include "grpo/tokenizer.h"
+#include "grpo/commands.h"
 #include "grpo/tokenizer.h"
 
 namespace cohort::bench {
@@ -43,8 +43,8 @@ struct E2EArgs {
   std::string ledger_sync = "full";
   bool ask_ahead = true;  // nodes pipeline the link with compute (node run --ask-ahead)
   std::string dir;
-  // A random-init model of this shape when --model is not given (0: the built-in shape's value).
-  int hidden = 0, layers = 0, heads = 0, kv_heads = 0, intermediate = 0;
+  // A random-init model of this shape when --model is not given.
+  grpo::ModelConfig shape = grpo::task_model_config();
   int max_new_tokens = 0;     // 0: the round's default
   double up_mbps = 0, down_mbps = 0;  // every node's link caps (0: none)
   double recompute_fraction = 0;
@@ -74,13 +74,7 @@ int run_e2e(const E2EArgs& a) {
   std::string model = a.model;
   if (model.empty()) {
     model = (dir / "base").string();
-    grpo::ModelConfig mc = grpo::task_model_config();
-    if (a.hidden) mc.hidden_size = a.hidden;
-    if (a.layers) mc.num_hidden_layers = a.layers;
-    if (a.heads) mc.num_attention_heads = a.heads;
-    if (a.kv_heads) mc.num_key_value_heads = a.kv_heads;
-    if (a.intermediate) mc.intermediate_size = a.intermediate;
-    grpo::Model m(mc, 1);
+    grpo::Model m(a.shape, 1);
     grpo::save_model(model, m);
   }
   const std::string data = (dir / "round").string();
@@ -88,14 +82,10 @@ int run_e2e(const E2EArgs& a) {
       "[round]\nid = \"bench\"\nsteps = {}\nprompts_per_step = {}\nstaleness_bound = {}\n"
       "checkpoint_interval = 1000000\nmin_peers = {}\ndata_dir = \"{}\"\nlinger_s = 3\nledger_sync = \"{}\"\n"
       "[network]\nlisten = \"127.0.0.1:0\"\nstatus_listen = \"\"\n[model]\npath = \"{}\"\n"
-      "[task]\nname = \"arith\"\n[grpo]\ngroup_size = {}\ngradient_codec = \"{}\"\n",
-      a.steps, a.prompts_per_step, a.staleness, a.nodes, data, a.ledger_sync, fs::absolute(model).string(), a.group_size,
-      a.codec);
+      "[task]\nname = \"arith\"\nreward = \"{}\"\n[grpo]\ngroup_size = {}\ngradient_codec = \"{}\"\n",
+      a.steps, a.prompts_per_step, a.staleness, a.nodes, data, a.ledger_sync, fs::absolute(model).string(),
+      a.bench_reward ? "bench-length" : "math", a.group_size, a.codec);
   if (a.lr > 0) toml += fmt::format("lr = {}\n", a.lr);
-  if (a.bench_reward) {
-    const std::string task = "[task]\nname = \"arith\"\n";
-    toml.replace(toml.find(task), task.size(), task + "reward = \"bench-length\"\n");
-  }
   if (a.max_new_tokens > 0) toml += fmt::format("[sampling]\nmax_new_tokens = {}\n", a.max_new_tokens);
   if (a.recompute_fraction > 0)
     toml += fmt::format("[verification]\nrecompute_fraction = {}\n", a.recompute_fraction);
@@ -244,11 +234,7 @@ void add_e2e_bench(CLI::App& bench) {
   cmd->add_option("--node-threads", a->node_threads, "Threads per node")->capture_default_str();
   cmd->add_option("--model", a->model, "Model folder (default: random init of the built-in shape)");
   cmd->add_option("--codec", a->codec, "Gradient codec: fp8 | raw | topk")->capture_default_str();
-  cmd->add_option("--hidden", a->hidden, "Random-init model: width (default: the built-in shape)");
-  cmd->add_option("--layers", a->layers, "Random-init model: transformer blocks");
-  cmd->add_option("--heads", a->heads, "Random-init model: attention heads");
-  cmd->add_option("--kv-heads", a->kv_heads, "Random-init model: key/value heads");
-  cmd->add_option("--intermediate", a->intermediate, "Random-init model: SwiGLU width");
+  grpo::add_model_shape_options(*cmd, a->shape);  // the random-init model, without --model
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "Completion length cap (0: the round's default)");
   cmd->add_option("--lr", a->lr, "AdamW learning rate (0: the round's default)");
   cmd->add_flag("--bench-reward", a->bench_reward,

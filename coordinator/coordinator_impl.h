@@ -149,8 +149,8 @@ struct Coordinator::Impl {
   // body — completions re-scored, counts, reward statistics, loss, the decoded gradient and its
   // norm, and for a sampled share a full recomputation (executor); the lease once more; then the
   // ledger records it before the Ack leaves.
-  asio::awaitable<wire::Ack> handle_update(std::shared_ptr<const ArrivedUpdate> in,
-                                           PeerId channel_peer);
+  // The stream is read on the executor, then moved into the ledger record (not copied).
+  asio::awaitable<wire::Ack> handle_update(std::shared_ptr<ArrivedUpdate> in, PeerId channel_peer);
 
   // session.cpp
   asio::awaitable<void> send_tensors(Channel& ch, const wire::TensorRequest& req);

@@ -31,9 +31,11 @@ class Stmt {
     sqlite3_bind_text(st_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
     return *this;
   }
+  // Not copied (SQLITE_STATIC): a statement is bound and run within one expression, while the
+  // caller's string lives; an update's stream can be hundreds of MB.
   Stmt& bind(int i, Blob b) {
     if (b.s->empty()) sqlite3_bind_null(st_, i);
-    else sqlite3_bind_blob(st_, i, b.s->data(), static_cast<int>(b.s->size()), SQLITE_TRANSIENT);
+    else sqlite3_bind_blob64(st_, i, b.s->data(), b.s->size(), SQLITE_STATIC);
     return *this;
   }
   bool step() {

@@ -10,6 +10,14 @@
 
 namespace cohort::coordinator {
 
+namespace {
+// The measured quantities (throughput, link seconds) as an even moving average; the first
+// measurement is taken as it is.
+void blend(double& average, double sample) {
+  average = average > 0 ? 0.5 * average + 0.5 * sample : sample;
+}
+}  // namespace
+
 LeaseScheduler::LeaseScheduler(SchedulerConfig cfg, uint64_t version)
     : cfg_(cfg), version_(version) {
   COHORT_CHECK(cfg_.groups_per_step > 0 && cfg_.steps >= 0);
@@ -84,13 +92,11 @@ double LeaseScheduler::share_of(const std::string& peer) const {
 }
 
 void LeaseScheduler::upload_measured(const std::string& peer, double seconds) {
-  double& s = peers_[peer].upload_s;
-  s = s > 0 ? 0.5 * s + 0.5 * seconds : seconds;
+  blend(peers_[peer].upload_s, seconds);
 }
 
 void LeaseScheduler::download_measured(const std::string& peer, double seconds) {
-  double& s = peers_[peer].download_s;
-  s = s > 0 ? 0.5 * s + 0.5 * seconds : seconds;
+  blend(peers_[peer].download_s, seconds);
 }
 
 int64_t LeaseScheduler::lease_size(const std::string& peer, int64_t pending,
@@ -170,7 +176,7 @@ ActiveLease LeaseScheduler::complete(const std::string& lease_id, double now) {
   Peer& p = peers_[l.rec.peer];
   const double elapsed = std::max(1e-3, now - std::max(l.issued_mono, p.last_delivery));
   const double thr = double(l.groups.size()) / elapsed;
-  p.throughput = p.throughput > 0 ? 0.5 * p.throughput + 0.5 * thr : thr;
+  blend(p.throughput, thr);
   p.last_delivery = now;
   return l;
 }

@@ -183,10 +183,9 @@ asio::awaitable<void> Coordinator::Impl::session(Channel ch) {
         const double t0 = mono_s();
         arrived->stream = co_await receive_stream(ch, arrived->header.stream_bytes());
         sched->upload_measured(peer, mono_s() - t0);
-        // A named pointer of the parameter's type: no converted temporary in the co_await (GCC
-        // 12 may destroy such a temporary twice, coordinator_impl.h).
-        const std::shared_ptr<const ArrivedUpdate> in = std::move(arrived);
-        *out.mutable_ack() = co_await handle_update(in, ch.peer());
+        // A named pointer of the parameter's own type: no converted temporary in the co_await
+        // (GCC 12 may destroy such a temporary twice, coordinator_impl.h).
+        *out.mutable_ack() = co_await handle_update(arrived, ch.peer());
       } else if (env.has_heartbeat()) {
         continue;  // liveness only: it resets the channel's idle timer
       } else if (env.has_leave()) {

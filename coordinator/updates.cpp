@@ -86,7 +86,7 @@ std::optional<std::pair<int64_t, Refusal>> Coordinator::Impl::lease_refusal(
 // norm, and for a sampled share a full recomputation (executor); the lease once more; then the
 // ledger records it before the Ack leaves.
 asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
-    std::shared_ptr<const ArrivedUpdate> in, PeerId channel_peer) {
+    std::shared_ptr<ArrivedUpdate> in, PeerId channel_peer) {
   const std::string peer = channel_peer.hex();
   const size_t bytes = in->header.ByteSizeLong() + in->stream.size();
   wire::Ack ack;
@@ -165,7 +165,7 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
   u.received_ms = unix_ms();
   u.body = in->header.body();
   u.signature = in->header.signature();
-  u.stream = in->stream;
+  u.stream = std::move(in->stream);  // the checks on the executor are done with it
   const double recorded0 = mono_s();
   {
     Ledger::Transaction tx(*ledger);

@@ -137,7 +137,7 @@ std::optional<std::string> decode(std::string_view payload, std::span<float> out
     int bits = 0;
     size_t byte = pos;
     int64_t previous = -1;
-    std::vector<uint32_t> at(kept);
+    std::array<uint16_t, max_kept(kChunk)> at;  // kept <= max_kept(n) <= this
     for (size_t j = 0; j < kept; ++j) {
       while (bits < static_cast<int>(kIndexBits)) {
         acc |= uint64_t{p[byte++]} << bits;
@@ -149,7 +149,7 @@ std::optional<std::string> decode(std::string_view payload, std::span<float> out
       if (i >= n) return fail(c, "position " + std::to_string(i) + " is past its end");
       if (static_cast<int64_t>(i) <= previous) return fail(c, "positions are not increasing");
       previous = i;
-      at[j] = i;
+      at[j] = static_cast<uint16_t>(i);
     }
     if (acc != 0) return fail(c, "padding bits after the positions are not zero");
     pos += index_bytes;

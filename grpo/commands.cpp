@@ -120,13 +120,7 @@ void add_pretrain(CLI::App& app) {
   cmd->add_option("--eval-every", a->cfg.eval_every, "Steps between evaluations")->capture_default_str();
   cmd->add_option("--eval-n", a->cfg.eval_n, "Held-out prompts per evaluation")->capture_default_str();
   cmd->add_option("--seed", a->cfg.seed, "Initialization and data seed")->capture_default_str();
-  cmd->add_option("--hidden", a->cfg.model.hidden_size, "Model width")->capture_default_str();
-  cmd->add_option("--layers", a->cfg.model.num_hidden_layers, "Transformer blocks")->capture_default_str();
-  cmd->add_option("--heads", a->cfg.model.num_attention_heads, "Attention heads")->capture_default_str();
-  cmd->add_option("--kv-heads", a->cfg.model.num_key_value_heads, "Key/value heads (GQA)")
-      ->capture_default_str();
-  cmd->add_option("--intermediate", a->cfg.model.intermediate_size, "SwiGLU width")
-      ->capture_default_str();
+  add_model_shape_options(*cmd, a->cfg.model);
   cmd->add_option("--dtype", a->dtype, "Checkpoint dtype: f32 | bf16 | f16")->capture_default_str();
   add_threads_option(cmd, a->threads);
   cmd->callback([a] {
@@ -340,7 +334,14 @@ void add_eval(CLI::App& app) {
 
 }  // namespace
 
-
+void add_model_shape_options(CLI::App& cmd, ModelConfig& shape) {
+  cmd.add_option("--hidden", shape.hidden_size, "Model width")->capture_default_str();
+  cmd.add_option("--layers", shape.num_hidden_layers, "Transformer blocks")->capture_default_str();
+  cmd.add_option("--heads", shape.num_attention_heads, "Attention heads")->capture_default_str();
+  cmd.add_option("--kv-heads", shape.num_key_value_heads, "Key/value heads (GQA)")
+      ->capture_default_str();
+  cmd.add_option("--intermediate", shape.intermediate_size, "SwiGLU width")->capture_default_str();
+}
 
 void add_commands(CLI::App& app) {
   add_pretrain(app);

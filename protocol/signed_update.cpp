@@ -106,8 +106,8 @@ SealedUpdate seal_update(wire::GradientUpdate update, const Identity& signer) {
   wire::GradientUpdate bulk;
   bulk.mutable_completions()->Swap(update.mutable_completions());
   bulk.mutable_tensors()->Swap(update.mutable_tensors());
-  if (bulk.ByteSizeLong() > kMaxStreamBytes)
-    throw Error("the update's stream would be " + std::to_string(bulk.ByteSizeLong()) +
+  if (const size_t bytes = bulk.ByteSizeLong(); bytes > kMaxStreamBytes)
+    throw Error("the update's stream would be " + std::to_string(bytes) +
                 " bytes, over the 2 GiB a stream may hold: use a smaller gradient codec");
   SealedUpdate out;
   out.stream = bulk.SerializeAsString();

@@ -50,15 +50,21 @@ TEST(LeaseScheduler, UnmeasuredPeerGetsAProbeOfAnEighthThenItsShare) {
   EXPECT_EQ(next->rec.step, 1);
 }
 
-TEST(LeaseScheduler, GuidedSizingSplitsByThroughputAndShrinksAsThePoolDrains) {
+// Two peers of a 32-group step, measured on a first probe lease each: "fast" at 3 groups/s,
+// "slow" at 1 group/s; 8 groups of step 1 are done, 24 pending.
+LeaseScheduler measured_fast_and_slow() {
   LeaseScheduler s(config(32));
   for (const char* p : {"fast", "slow"}) s.peer_connected(p), s.peer_working(p);
-  // Measure: fast 3 groups/s, slow 1 group/s.
   auto f = s.issue("fast", 0, 0.0, 0);
   auto w = s.issue("slow", 0, 0.0, 0);
-  ASSERT_TRUE(f && w);
+  EXPECT_TRUE(f && w);
   s.complete(f->rec.lease_id, double(f->groups.size()) / 3.0);
   s.complete(w->rec.lease_id, double(w->groups.size()) / 1.0);
+  return s;
+}
+
+TEST(LeaseScheduler, GuidedSizingSplitsByThroughputAndShrinksAsThePoolDrains) {
+  LeaseScheduler s = measured_fast_and_slow();
   ASSERT_NEAR(s.throughput("fast"), 3.0, 1e-9);
   ASSERT_NEAR(s.throughput("slow"), 1.0, 1e-9);
   // 32 - 8 = 24 pending; fast's share is 3/4 → 18 (its full share of a step is 24).
@@ -72,13 +78,7 @@ TEST(LeaseScheduler, GuidedSizingSplitsByThroughputAndShrinksAsThePoolDrains) {
 // A peer behind a slow link: its leases grow until their compute (groups / throughput) covers
 // the seconds its update upload and weight download take, even past its share of the step.
 TEST(LeaseScheduler, SlowLinkGetsLeasesLongEnoughToHideTheTransfer) {
-  LeaseScheduler s(config(32));
-  for (const char* p : {"fast", "slow"}) s.peer_connected(p), s.peer_working(p);
-  auto f = s.issue("fast", 0, 0.0, 0);
-  auto w = s.issue("slow", 0, 0.0, 0);
-  ASSERT_TRUE(f && w);
-  s.complete(f->rec.lease_id, double(f->groups.size()) / 3.0);
-  s.complete(w->rec.lease_id, double(w->groups.size()) / 1.0);
+  LeaseScheduler s = measured_fast_and_slow();
   ASSERT_EQ(s.lease_size("slow", 24, 0), 6);  // as above, with no transfer measured
   s.upload_measured("slow", 6.0);
   s.download_measured("slow", 4.0);  // 10 s of link per lease at 1 group/s: 10 groups
