@@ -125,7 +125,7 @@ struct ChannelRun {
 };
 
 // `messages` messages of `size` bytes from a client to a server, until the server's
-// acknowledgement of the last one. With `envelopes`, TensorChunk Envelopes (serialize + parse).
+// acknowledgement of the last one. With `envelopes`, BlobChunk Envelopes (serialize + parse).
 ChannelRun channel_run(std::size_t size, int messages, bool envelopes) {
   const p::Identity server_id = p::Identity::generate(), client_id = p::Identity::generate();
   auto receiver_cpu = std::make_shared<double>(0.0);
@@ -153,8 +153,8 @@ ChannelRun channel_run(std::size_t size, int messages, bool envelopes) {
     p::Channel ch = co_await p::Channel::connect(server.endpoint(), client_id, options);
     const p::Bytes body(size, 0x5a);
     w::Envelope env;
-    env.mutable_tensor_chunk()->set_data(std::string(size, '\x5a'));
-    env.mutable_tensor_chunk()->set_total_bytes(size);
+    env.mutable_blob_chunk()->set_data(std::string(size, '\x5a'));
+    env.mutable_blob_chunk()->set_total_bytes(size);
     const auto t0 = Clock::now();
     const double cpu0 = thread_cpu_seconds();
     for (int i = 0; i < messages; ++i) {
@@ -263,7 +263,7 @@ int run(const Options& opt) {
   std::printf("  raw ChaCha20-Poly1305 IETF (1 core)     %9.1f MB/s   (baseline)\n", f.raw_mbps);
   std::printf("  channel, %4d KiB frames                %9.1f MB/s   ratio %.2f  (target >= 0.70)\n",
               opt.message_kb, f.frame_mbps, f.frame_mbps / f.raw_mbps);
-  std::printf("  channel, %4d KiB TensorChunk envelopes %9.1f MB/s   ratio %.2f\n", opt.message_kb,
+  std::printf("  channel, %4d KiB BlobChunk envelopes %9.1f MB/s   ratio %.2f\n", opt.message_kb,
               f.envelope_mbps, f.envelope_mbps / f.raw_mbps);
   std::printf("  channel CPU efficiency                               ratio %.2f  (CPU time of raw encrypt+decrypt\n"
               "                                                      / CPU time of both channel threads)\n",

@@ -89,7 +89,7 @@ void Coordinator::Impl::serve() {
   if (!cfg.status_listen.empty()) {
     http = std::make_unique<StatusHttpServer>(
         cfg.status_listen,
-        [this](const std::string&, const std::string& path) { return http_get(path); });
+        [this](const HttpRequest& req) { return http_get(req); });
     status_port = http->port();
   }
   json ep = {{"host", host},

@@ -66,6 +66,9 @@ struct Coordinator::Impl {
   wire::RoundSettings settings;
   protocol::ReplayGuard replays;
   std::deque<std::shared_ptr<const Published>> published;
+  // The blob store the published versions live in, for the HTTP threads (set once in open()).
+  std::shared_ptr<const exchange::BlobStore> blob_store;
+  uint64_t policy_params = 0;  // the model's parameter count
   std::set<PeerId> allowed;
   std::map<std::string, int64_t> misbehaviour;  // refusals for misbehaviour per peer (hex)
   std::set<std::string> banned;
@@ -153,7 +156,9 @@ struct Coordinator::Impl {
   asio::awaitable<wire::Ack> handle_update(std::shared_ptr<ArrivedUpdate> in, PeerId channel_peer);
 
   // session.cpp
-  asio::awaitable<void> send_tensors(Channel& ch, const wire::TensorRequest& req);
+  // One blob from the blob store as BlobChunks (a chunk read at a time), or an Error when no
+  // served version lists it.
+  asio::awaitable<void> send_blob(Channel& ch, const wire::BlobRequest& req);
   // The UpdateChunks that follow an update's header; throws (ending the session) on chunks out
   // of order or a stream over max_stream_bytes.
   asio::awaitable<std::string> receive_stream(Channel& ch, uint64_t bytes);
@@ -164,7 +169,8 @@ struct Coordinator::Impl {
 
   // status.cpp: the live status document (network thread); the HTTP threads' entry point.
   std::string live_status();
-  HttpResponse http_get(const std::string& path);
+  HttpResponse http_get(const HttpRequest& req);
+  HttpResponse http_blob(const HttpRequest& req);
 
   // coordinator.cpp: timers (lease deadlines, signals, the end of the round) and the wiring.
   asio::awaitable<void> housekeeping();

@@ -17,6 +17,7 @@
 #include "coordinator/aggregation.h"
 #include "exchange/gradient_wire.h"
 #include "exchange/manifest.h"
+#include "exchange/weights.h"
 #include "grpo/checkpoint.h"
 #include "grpo/safetensors.h"
 #include "grpo/trainer.h"
@@ -69,6 +70,15 @@ Policy::Policy(const RoundConfig& cfg, const protocol::Identity& identity, const
       .eps(cfg.grpo.adam_eps)
       .weight_decay(cfg.grpo.weight_decay);
   opt_ = std::make_unique<Optimizer>(Optimizer{torch::optim::AdamW(model_->parameters(), o)});
+  dtype_ = cfg.policy_dtype == "auto"
+               ? (fs::exists(fs::path(cfg.model_path) / "tokenizer.json") ? wire::DTYPE_BF16
+                                                                         : wire::DTYPE_F32)
+               : exchange::parse_policy_dtype(cfg.policy_dtype);
+  std::vector<exchange::TensorInfo> tensors;
+  for (const auto& s : layout_.slots) tensors.push_back({s.name, s.shape, s.numel});
+  publisher_ = std::make_unique<exchange::Publisher>(
+      std::make_shared<exchange::BlobStore>(fs::path(cfg.data_dir) / "blobs"), dtype_,
+      std::move(tensors), cfg.mirrors, std::max<size_t>(2, cfg.staleness_bound + 2));
 }
 
 Policy::~Policy() = default;
@@ -190,38 +200,69 @@ Policy::Applied Policy::apply(int64_t step, bool replaying) {
 }
 
 std::shared_ptr<const Published> Policy::publish() {
+  const auto& offsets = publisher_->offsets();
+  std::string bytes(offsets.back(), '\0');
+  {
+    at::NoGradGuard no_grad;
+    const auto params = model_->parameters();
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto t = params[i].detach().contiguous().to(at::kFloat);
+      const auto n = static_cast<size_t>(t.numel());
+      COHORT_CHECK(n * exchange::element_bytes(dtype_) == offsets[i + 1] - offsets[i],
+                   "the layout fits the model");
+      exchange::to_published(dtype_, std::span<const float>(t.data_ptr<float>(), n),
+                             bytes.data() + offsets[i]);
+    }
+  }
+  exchange::PublishedVersion v =
+      publisher_->publish(cfg_.round_id, version_, unix_ms(), std::move(bytes));
   auto p = std::make_shared<Published>();
   p->version = version_;
-  std::vector<exchange::NamedBytes> named;
-  std::vector<std::shared_ptr<const std::string>> bytes;
-  for (const auto& nt : model_->named_parameters()) {
-    auto t = nt.tensor.detach().contiguous().to(at::kFloat);
-    bytes.push_back(
-        std::make_shared<std::string>(reinterpret_cast<const char*>(t.data_ptr<float>()),
-                                      static_cast<size_t>(t.numel()) * sizeof(float)));
-    named.push_back({nt.name, t.sizes().vec(), *bytes.back()});
-  }
-  std::vector<protocol::Digest> digests;
-  const wire::WeightManifest m =
-      exchange::build_manifest(cfg_.round_id, version_, unix_ms(), named, &digests);
-  for (size_t i = 0; i < named.size(); ++i) {
-    p->tensors[digests[i]] = bytes[i];
-    p->names.emplace_back(named[i].name, digests[i]);
-  }
-  p->manifest = protocol::sign_manifest(m, identity_);
+  p->dtype = dtype_;
+  p->store = publisher_->store();
+  p->manifest = protocol::sign_manifest(v.manifest, identity_);
+  p->shards = std::move(v.shards);
+  p->blobs = std::move(v.blobs);
+  p->snapshot_bytes = v.snapshot_bytes;
+  p->patch = v.patch;
+  const double params = static_cast<double>(layout_.total);
+  spdlog::info(
+      "coordinator: published v{} ({}): snapshot {} B in {} shards{}", version_,
+      exchange::dtype_name(dtype_), p->snapshot_bytes, p->shards.size(),
+      p->patch.elements
+          ? fmt::format("; patch from v{} {} B ({:.4f} B/param), {} of {} elements changed ({:.3f} %)",
+                        version_ - 1, p->patch.patch_bytes, double(p->patch.patch_bytes) / params,
+                        p->patch.changed, p->patch.elements,
+                        100.0 * double(p->patch.changed) / double(p->patch.elements))
+          : std::string());
   return p;
 }
 
 grpo::Model& Policy::weights_of(const Published& p) {
-  if (p.version == version_) return *model_;
+  // The live model is the published policy only when it is published as is (F32).
+  if (p.version == version_ && dtype_ == wire::DTYPE_F32) return *model_;
   if (!audit_model_) audit_model_ = std::make_unique<grpo::Model>(model_->config(), 1);
   if (audit_version_ != p.version) {
+    std::string from_store;
+    const bool current = publisher_->current_version() == p.version;
+    if (!current) {
+      // An older version: its snapshot from the blob store (the versions still served keep it).
+      for (const auto& d : p.shards) {
+        const auto size = p.store->size(d);
+        COHORT_CHECK(size.has_value(), "a served version's snapshot is in the blob store");
+        from_store += p.store->read(d, 0, *size);
+      }
+    }
+    const std::string_view bytes = current ? publisher_->current() : from_store;
+    const auto& offsets = publisher_->offsets();
+    COHORT_CHECK(bytes.size() == offsets.back(), "a snapshot fits the model");
     at::NoGradGuard no_grad;
-    for (const auto& [name, digest] : p.names) {
-      at::Tensor* t = audit_model_->find(name);
-      const auto& bytes = *p.tensors.at(digest);
-      COHORT_CHECK(t && static_cast<size_t>(t->numel()) * sizeof(float) == bytes.size());
-      t->copy_(at::from_blob(const_cast<char*>(bytes.data()), t->sizes(), at::kFloat));
+    auto params = audit_model_->parameters();
+    for (size_t i = 0; i < params.size(); ++i) {
+      auto& t = params[i];
+      exchange::from_published(
+          dtype_, bytes.substr(offsets[i], offsets[i + 1] - offsets[i]),
+          std::span<float>(t.data_ptr<float>(), static_cast<size_t>(t.numel())));
     }
     audit_version_ = p.version;
   }

@@ -15,14 +15,18 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "coordinator/ledger.h"
 #include "coordinator/round_config.h"
+#include "exchange/blob_store.h"
+#include "exchange/publisher.h"
 #include "exchange/param_layout.h"
 #include "exchange/refusal.h"
+#include "exchange/weight_patch.h"
 #include "protocol/digest.h"
 #include "protocol/identity.h"
 #include "protocol/messages.pb.h"
@@ -36,13 +40,20 @@ struct ModelConfig;
 
 namespace cohort::coordinator {
 
-// One published policy version: its signed manifest and the F32 bytes of every tensor by digest
-// (immutable once built: shared between the network thread, which serves it, and audits).
+// One published policy version (immutable once built: shared between the network thread, which
+// serves it, and audits): its signed manifest and the blobs it lists (snapshot shards and the
+// patch chain), which live as files in the blob store, not in memory.
 struct Published {
   uint64_t version = 0;
   wire::SignedManifest manifest;
-  std::map<protocol::Digest, std::shared_ptr<const std::string>> tensors;
-  std::vector<std::pair<std::string, protocol::Digest>> names;  // parameter → its bytes' digest
+  wire::DType dtype = wire::DTYPE_F32;
+  std::vector<protocol::Digest> shards;  // the snapshot, in order
+  std::set<protocol::Digest> blobs;      // every blob the manifest lists
+  std::shared_ptr<const exchange::BlobStore> store;
+  // What this version cost to publish: the snapshot, and the patch from the previous version
+  // (patch.changed == 0 and patch_bytes == 0 when there is none).
+  uint64_t snapshot_bytes = 0;
+  exchange::PatchStats patch;
 };
 
 // What an accepted update adds to its step besides the gradient (the coordinator's own figures).
@@ -65,6 +76,8 @@ class Policy {
   [[nodiscard]] uint64_t version() const { return version_; }
   [[nodiscard]] const exchange::ParamLayout& layout() const { return layout_; }
   [[nodiscard]] const grpo::ModelConfig& model_config() const;
+  // What versions are published in (the round's policy_dtype, "auto" resolved).
+  [[nodiscard]] wire::DType dtype() const { return dtype_; }
 
   // The update's gradient sum into `out` (layout().total floats), or why it is refused.
   [[nodiscard]] std::optional<exchange::Refusal> decode(const wire::GradientUpdate& u,
@@ -86,7 +99,9 @@ class Policy {
   };
   // Aggregates step `step` (= version() + 1), steps AdamW and publishes the new version.
   Applied apply(int64_t step, bool replaying);
-  // Publishes the current weights as version().
+  // Publishes the current weights as version(): the policy in dtype() as snapshot shards, a patch
+  // from the previous version when there is one (kept in the chain while the chain weighs less
+  // than a snapshot), the signed manifest; blobs no version still served lists are removed.
   std::shared_ptr<const Published> publish();
   // Writes the checkpoint folder of `step` (weights, optimizer, state.json) atomically; returns
   // its path. The caller records it in the ledger.
@@ -109,6 +124,9 @@ class Policy {
   std::unique_ptr<Optimizer> opt_;
   exchange::ParamLayout layout_;
   uint64_t version_ = 0;
+  wire::DType dtype_ = wire::DTYPE_F32;
+  // Blobs, patches and the current version's published bytes (audits of it load them).
+  std::unique_ptr<exchange::Publisher> publisher_;
   std::map<int64_t, std::unique_ptr<StepSums>> steps_;
 };
 

@@ -74,6 +74,8 @@ void Coordinator::Impl::open() {
     replays.remember(PeerId::parse(s.peer), s.sequence, d);
   }
   published.push_back(policy->publish());
+  blob_store = published.back()->store;
+  policy_params = policy->layout().total;
   replay_ledger();
   // Leases that were out when the coordinator stopped stay out until their deadline, so a
   // peer that reconnects can still deliver them.
@@ -139,6 +141,7 @@ wire::RoundSettings Coordinator::Impl::make_settings() const {
   r.grpo = cfg.grpo;
   r.model_config_json = policy->model_config().to_json();
   r.staleness_bound = cfg.staleness_bound;
+  r.policy_dtype = policy->dtype();
   r.codec = cfg.codec == GradientCodec::fp8    ? wire::CODEC_FP8_E4M3_BLOCK
             : cfg.codec == GradientCodec::topk ? wire::CODEC_TOPK_Q4
                                                : wire::CODEC_RAW;

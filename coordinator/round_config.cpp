@@ -126,6 +126,7 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
     s.get("status_listen", c.status_listen);
     s.get("idle_timeout_s", c.idle_timeout_s);
     s.get("key", c.key_file);
+    s.get("mirrors", c.mirrors);
     s.finish();
   }
   {
@@ -142,7 +143,10 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
     Section s(root["model"].as_table(), "model");
     s.get("path", c.model_path);
     s.get("system_prompt", c.system_prompt);
+    s.get("policy_dtype", c.policy_dtype);
     s.finish();
+    if (c.policy_dtype != "auto" && c.policy_dtype != "fp32" && c.policy_dtype != "bf16")
+      s.fail("policy_dtype", "must be \"auto\", \"fp32\" or \"bf16\"");
   }
   {
     Section s(root["task"].as_table(), "task");

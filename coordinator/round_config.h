@@ -39,6 +39,12 @@ struct RoundConfig {
   std::vector<std::string> allowlist;  // hex Ed25519 public keys
   std::string model_path;              // checkpoint folder (config.json + model.safetensors)
   std::string system_prompt = "r1";    // chat models: "r1" | "default" (the template's) | text
+  // [model] policy_dtype: what nodes receive and compute on ("auto": bf16 for a Hugging Face model
+  // folder, one with tokenizer.json; fp32 for the built-in character-level models).
+  std::string policy_dtype = "auto";
+  // [network] mirrors: base URLs serving a copy of <data_dir>/blobs as GET <url>/blobs/<hex>,
+  // listed in every manifest; nodes try them first and fall back to the channel.
+  std::vector<std::string> mirrors;
   GradientCodec codec = GradientCodec::fp8;
   double max_update_norm = 0;          // refuse updates whose mean-gradient norm exceeds (0: off)
   AggregationConfig aggregation;       // how a step's updates combine ([aggregation])

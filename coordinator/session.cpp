@@ -49,32 +49,33 @@ void Coordinator::Impl::log_closed(const ClosedLease& c) {
                c.lease_id, c.groups, c.peer.substr(0, 12), c.state, c.reason);
 }
 
-asio::awaitable<void> Coordinator::Impl::send_tensors(Channel& ch, const wire::TensorRequest& req) {
-  for (const auto& want : req.blake2b()) {
-    std::shared_ptr<const std::string> bytes;
-    protocol::Digest d{};
-    if (want.size() == d.size()) {
-      std::memcpy(d.data(), want.data(), d.size());
-      for (const auto& p : published)
-        if (auto it = p->tensors.find(d); it != p->tensors.end()) bytes = it->second;
-    }
-    if (!bytes) {
-      wire::Envelope e;
-      e.mutable_error()->set_code(wire::ACK_VERSION_MISMATCH);
-      e.mutable_error()->set_message("tensor no longer published; fetch the manifest again");
-      co_await ch.send(e);
-      co_return;
-    }
-    for (size_t off = 0; off < bytes->size() || off == 0; off += kChunkBytes) {
-      wire::Envelope e;
-      auto* c = e.mutable_tensor_chunk();
-      c->set_blake2b(want);
-      c->set_offset(off);
-      c->set_total_bytes(bytes->size());
-      c->set_data(bytes->data() + off, std::min(kChunkBytes, bytes->size() - off));
-      co_await ch.send(e);
-      if (bytes->empty()) break;
-    }
+asio::awaitable<void> Coordinator::Impl::send_blob(Channel& ch, const wire::BlobRequest& req) {
+  const std::shared_ptr<const exchange::BlobStore> store = published.back()->store;
+  std::optional<uint64_t> size;
+  protocol::Digest d{};
+  if (req.blake2b().size() == d.size()) {
+    std::memcpy(d.data(), req.blake2b().data(), d.size());
+    for (const auto& p : published)
+      if (p->blobs.contains(d)) size = store->size(d);
+  }
+  if (!size || req.offset() > *size) {
+    wire::Envelope e;
+    e.mutable_error()->set_code(wire::ACK_VERSION_MISMATCH);
+    e.mutable_error()->set_message(size ? "blob offset past its end"
+                                        : "blob no longer published; fetch the manifest again");
+    co_await ch.send(e);
+    co_return;
+  }
+  // Read a chunk at a time (a blob may be hundreds of MB): what the session holds is one chunk.
+  for (uint64_t off = req.offset(); off < *size || off == req.offset(); off += kChunkBytes) {
+    wire::Envelope e;
+    auto* c = e.mutable_blob_chunk();
+    c->set_blake2b(req.blake2b());
+    c->set_offset(off);
+    c->set_total_bytes(*size);
+    if (off < *size) c->set_data(store->read(d, off, kChunkBytes));
+    co_await ch.send(e);
+    if (off >= *size) break;
   }
 }
 
@@ -165,15 +166,22 @@ asio::awaitable<void> Coordinator::Impl::session(Channel ch) {
       rep->set_heartbeat_interval_ms(static_cast<uint32_t>(cfg.idle_timeout_s * 1000 / 4));
       co_await ch.send(r);
     }
+    // A version's weights come as several blob requests: their time is summed and reported as
+    // one download when the peer asks for something else.
+    double download_s = 0;
     for (;;) {
       wire::Envelope env = co_await ch.receive();
       wire::Envelope out;
+      if (download_s > 0 && !env.has_blob_request()) {
+        sched->download_measured(peer, download_s);
+        download_s = 0;
+      }
       if (env.has_manifest_request()) {
         *out.mutable_manifest() = manifest_for(env.manifest_request().policy_version()).manifest;
-      } else if (env.has_tensor_request()) {
+      } else if (env.has_blob_request()) {
         const double t0 = mono_s();
-        co_await send_tensors(ch, env.tensor_request());
-        sched->download_measured(peer, mono_s() - t0);
+        co_await send_blob(ch, env.blob_request());
+        download_s += mono_s() - t0;
         continue;
       } else if (env.has_work_request()) {
         out = co_await answer_work_request(peer, env.work_request());

@@ -1,11 +1,13 @@
 // The status document (JSON, and Prometheus text through metrics.h), built on the network thread
 // from the ledger and live state; the HTTP server's threads ask for it.
+#include <charconv>
 #include <chrono>
 #include <future>
 #include <nlohmann/json.hpp>
 
 #include "coordinator/coordinator_impl.h"
 #include "coordinator/metrics.h"
+#include "exchange/weights.h"
 
 namespace cohort::coordinator {
 
@@ -18,6 +20,17 @@ std::string Coordinator::Impl::live_status() {
   j["step"] = sched->version();
   j["steps_total"] = cfg.steps;
   j["finished"] = finished;
+  {
+    // What the latest version costs a node to fetch: the snapshot, or the patch from the one before.
+    const Published& p = *published.back();
+    const double params = static_cast<double>(policy_params);
+    j["weights"] = {{"policy_dtype", exchange::dtype_name(p.dtype)},
+                    {"snapshot_bytes", p.snapshot_bytes},
+                    {"patch_bytes", p.patch.patch_bytes},
+                    {"patch_bytes_per_param", params > 0 ? double(p.patch.patch_bytes) / params : 0.0},
+                    {"changed_elements", p.patch.changed},
+                    {"changed_fraction", p.patch.elements ? double(p.patch.changed) / double(p.patch.elements) : 0.0}};
+  }
   j["coordinator"] = identity.id().hex();
   j["uptime_s"] = mono_s() - started_mono;
   j["active_leases"] = sched->active();
@@ -39,9 +52,75 @@ std::string Coordinator::Impl::live_status() {
   return j.dump();
 }
 
-HttpResponse Coordinator::Impl::http_get(const std::string& path) {
+namespace {
+
+// A single "bytes=" range of a blob of `size` bytes as [begin, end), nullopt when there is none
+// this server applies (no Range, several ranges, another unit: the whole blob is sent, as RFC 9110
+// allows), or {size, size} when it cannot be satisfied.
+std::optional<std::pair<uint64_t, uint64_t>> parse_range(const std::string& h, uint64_t size) {
+  if (!h.starts_with("bytes=") || h.find(',') != std::string::npos) return std::nullopt;
+  const std::string spec = h.substr(6);
+  const auto dash = spec.find('-');
+  if (dash == std::string::npos) return std::nullopt;
+  auto number = [](const std::string& t, uint64_t& v) {
+    auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+    return !t.empty() && ec == std::errc{} && end == t.data() + t.size();
+  };
+  const std::string a = spec.substr(0, dash), b = spec.substr(dash + 1);
+  uint64_t first = 0, last = 0;
+  const std::pair<uint64_t, uint64_t> unsatisfiable{size, size};
+  if (a.empty()) {  // the last b bytes
+    if (!number(b, last)) return std::nullopt;
+    if (last == 0 || size == 0) return unsatisfiable;
+    return std::pair{size - std::min(size, last), size};
+  }
+  if (!number(a, first) || (!b.empty() && (!number(b, last) || last < first))) return std::nullopt;
+  if (first >= size) return unsatisfiable;
+  return std::pair{first, b.empty() ? size : std::min(size, last + 1)};
+}
+
+}  // namespace
+
+// GET /blobs/<hex>: a published blob from the blob store, Range requests answered 206; the reply
+// is read from the file as it is written (a blob may be hundreds of MB).
+HttpResponse Coordinator::Impl::http_blob(const HttpRequest& req) {
+  const auto d = exchange::parse_digest_hex(req.path.substr(7));
+  const auto store = blob_store;
+  const auto size = d && store ? store->size(*d) : std::nullopt;
+  if (!size)
+    return {404, "application/json",
+            R"({"error":"no such blob: GET /blobs/<64 lowercase hex BLAKE2b-256> of a published one"})"};
+  HttpResponse r{200, "application/octet-stream", {}};
+  r.headers.emplace_back("Accept-Ranges", "bytes");
+  r.headers.emplace_back("Cache-Control", "public, max-age=31536000, immutable");
+  uint64_t begin = 0, end = *size;
+  if (auto range = parse_range(req.range, *size)) {
+    if (range->first == *size && range->second == *size) {
+      r.status = 416;
+      r.headers.emplace_back("Content-Range", "bytes */" + std::to_string(*size));
+      r.body = R"({"error":"range not satisfiable"})";
+      r.content_type = "application/json";
+      return r;
+    }
+    std::tie(begin, end) = *range;
+    r.status = 206;
+    r.headers.emplace_back("Content-Range", "bytes " + std::to_string(begin) + "-" +
+                                                std::to_string(end - 1) + "/" +
+                                                std::to_string(*size));
+  }
+  r.stream_bytes = end - begin;
+  r.stream = [store, d = *d, begin](uint64_t offset, uint64_t max) {
+    return store->read(d, begin + offset, max);
+  };
+  return r;
+}
+
+HttpResponse Coordinator::Impl::http_get(const HttpRequest& req) {
+  const std::string& path = req.path;
+  if (path.starts_with("/blobs/")) return http_blob(req);
   if (path != "/status" && path != "/" && path != "/metrics")
-    return {404, "application/json", R"({"error":"try GET /status or GET /metrics"})"};
+    return {404, "application/json",
+            R"({"error":"try GET /status, GET /metrics or GET /blobs/<hex>"})"};
   auto done = std::make_shared<std::promise<std::string>>();
   std::future<std::string> f = done->get_future();
   asio::post(io, [this, done] {

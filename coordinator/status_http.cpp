@@ -337,15 +337,29 @@ class GuardedServer final : public httplib::Server {
                                " bytes; GET takes none");
     }
     HttpResponse r;
+    // The handler applies a Range itself (or ignores it, as RFC 9110 allows); httplib must not
+    // cut the reply again.
+    const std::string range = req.get_header_value("Range");
+    const_cast<httplib::Request&>(req).ranges.clear();  // the server's own object, not const
     try {
-      r = handler_(req.method, req.path);
+      r = handler_(HttpRequest{req.method, req.path, range});
     } catch (const std::exception& e) {
       return refuse(500, std::string("status handler failed: ") + e.what());
     }
     if (r.status < 100 || r.status > 599)
       return refuse(500, "status handler returned HTTP status " + std::to_string(r.status));
     res.status = r.status;
-    res.set_content(r.body, r.content_type);
+    for (const auto& [k, v] : r.headers) res.set_header(k, v);
+    if (r.stream) {
+      res.set_content_provider(
+          r.stream_bytes, r.content_type,
+          [stream = r.stream](size_t offset, size_t length, httplib::DataSink& sink) {
+            const std::string piece = stream(offset, std::min<size_t>(length, size_t{1} << 20));
+            return !piece.empty() && sink.write(piece.data(), piece.size());
+          });
+    } else {
+      res.set_content(r.body, r.content_type);
+    }
   }
 
   const HttpLimits& limits_;

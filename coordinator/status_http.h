@@ -17,22 +17,34 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace cohort::coordinator {
+
+struct HttpRequest {
+  std::string method;  // "GET" or "HEAD" (for HEAD the server sends the headers, no body)
+  std::string path;    // the request target's path, percent-decoded, without the query string
+  std::string range;   // the Range header as sent ("" when none); the handler applies it or not
+};
 
 struct HttpResponse {
   int status = 200;
   std::string content_type = "application/json";
   std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;  // e.g. Content-Range
+  // A body too large to hold (a blob): `stream_bytes` bytes that `stream(offset, max)` returns a
+  // piece at a time (offset from 0, at most `max` bytes each), while the reply is written. Used
+  // instead of `body` when set.
+  uint64_t stream_bytes = 0;
+  std::function<std::string(uint64_t offset, uint64_t max)> stream;
 };
 
-// Called for GET and HEAD only (any other method is answered 405 without calling it). `method` is
-// "GET" or "HEAD" (for HEAD the server sends the headers of the response, no body); `path` is the
-// request target's path, percent-decoded, without the query string. It runs on the server's
-// worker threads, possibly on several at once, so it must be thread-safe; it holds a connection
-// slot while it runs, so it should be quick. An exception from it is answered 500 with its
-// message.
-using HttpHandler = std::function<HttpResponse(const std::string& method, const std::string& path)>;
+// Called for GET and HEAD only (any other method is answered 405 without calling it). It runs on
+// the server's worker threads, possibly on several at once, so it must be thread-safe; it holds a
+// connection slot while it runs, so it should be quick. An exception from it is answered 500 with
+// its message.
+using HttpHandler = std::function<HttpResponse(const HttpRequest& request)>;
 
 // Every connection carries one request (`Connection: close`, no keep-alive), so a slot is held
 // for at most read_timeout + the handler + write_timeout, plus up to a second while the server

@@ -2,10 +2,13 @@
 
 #include <cstring>
 
+#include "exchange/weights.h"
+
 namespace cohort::exchange {
 
 wire::WeightManifest build_manifest(const std::string& round_id, uint64_t version,
-                                    int64_t created_unix_ms, std::span<const NamedBytes> tensors,
+                                    int64_t created_unix_ms, wire::DType dtype,
+                                    std::span<const NamedBytes> tensors,
                                     std::vector<protocol::Digest>* digests) {
   wire::WeightManifest m;
   m.set_round_id(round_id);
@@ -16,7 +19,7 @@ wire::WeightManifest build_manifest(const std::string& round_id, uint64_t versio
         protocol::ByteView(reinterpret_cast<const uint8_t*>(t.bytes.data()), t.bytes.size()));
     auto* e = m.add_tensors();
     e->set_name(t.name);
-    e->set_dtype(wire::DTYPE_F32);
+    e->set_dtype(dtype);
     for (int64_t s : t.shape) e->add_shape(static_cast<uint64_t>(s));
     e->set_blake2b(d.data(), d.size());
     e->set_size_bytes(t.bytes.size());
@@ -26,7 +29,8 @@ wire::WeightManifest build_manifest(const std::string& round_id, uint64_t versio
 }
 
 std::optional<std::string> manifest_mismatch(const wire::WeightManifest& m,
-                                             const ParamLayout& layout) {
+                                             const ParamLayout& layout, wire::DType dtype) {
+  const uint32_t eb = element_bytes(dtype);
   if (static_cast<size_t>(m.tensors_size()) != layout.slots.size())
     return "manifest names " + std::to_string(m.tensors_size()) + " tensors, the model has " +
            std::to_string(layout.slots.size());
@@ -34,8 +38,8 @@ std::optional<std::string> manifest_mismatch(const wire::WeightManifest& m,
     const auto& e = m.tensors(static_cast<int>(i));
     const auto& slot = layout.slots[i];
     const std::vector<int64_t> shape(e.shape().begin(), e.shape().end());
-    if (e.name() != slot.name || e.dtype() != wire::DTYPE_F32 || shape != slot.shape ||
-        e.size_bytes() != slot.numel * sizeof(float) || e.blake2b().size() != protocol::kDigestLen)
+    if (e.name() != slot.name || e.dtype() != dtype || shape != slot.shape ||
+        e.size_bytes() != slot.numel * eb || e.blake2b().size() != protocol::kDigestLen)
       return "manifest entry " + std::to_string(i) + " does not match the model's parameter " +
              slot.name;
   }

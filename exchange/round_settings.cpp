@@ -71,6 +71,7 @@ wire::RoundSettings make_round_settings(const RoundSpec& r) {
   s.set_kl_beta(g.loss.beta);
   s.set_staleness_bound(r.staleness_bound);
   s.set_gradient_codec(r.codec);
+  s.set_policy_dtype(r.policy_dtype);
   auto* t = s.mutable_task_settings();
   t->set_name(r.dataset ? "jsonl" : g.task.name);
   t->set_digits(static_cast<uint32_t>(g.task.digits));
@@ -141,6 +142,11 @@ RoundSpec read_round_settings(const wire::RoundSettings& s) {
     throw SettingsError("gradient_codec", "is " + std::to_string(s.gradient_codec()) +
                                               ", a codec this node does not have");
   r.codec = s.gradient_codec();
+  if (s.policy_dtype() != wire::DTYPE_UNSPECIFIED && s.policy_dtype() != wire::DTYPE_F32 &&
+      s.policy_dtype() != wire::DTYPE_BF16)
+    throw SettingsError("policy_dtype", "is " + std::to_string(s.policy_dtype()) +
+                                            ", not F32 or BF16");
+  r.policy_dtype = s.policy_dtype() == wire::DTYPE_BF16 ? wire::DTYPE_BF16 : wire::DTYPE_F32;
 
   if (!s.has_task_settings()) throw SettingsError("task_settings", "is missing");
   const wire::TaskSettings& t = s.task_settings();

@@ -54,6 +54,7 @@ struct RoundSpec {
   std::optional<SharedFile> dataset;        // JSONL rounds
   std::vector<SharedFile> tokenizer_files;  // Hugging Face models: tokenizer.json, ...
   std::string system_prompt;                // with tokenizer_files
+  wire::DType policy_dtype = wire::DTYPE_F32;  // what the policy is published in (F32 or BF16)
 };
 
 // Coordinator side. spec.model is ignored (model_config_json is sent as is).

@@ -52,9 +52,14 @@ void add_commands(CLI::App& app) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   run->add_option("--max-download-mbps", o->max_download_mbps,
-                  "Cap on what this node receives, in Mbit/s (0: none); weights take longer to fetch")
+                  "Cap on what this node receives over the channel, in Mbit/s (0: none); weights "
+                  "take longer to fetch")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  run->add_option("--mirror", o->mirrors,
+                  "Base URL of a blob mirror (serving GET URL/blobs/<hex>), tried before the "
+                  "round's own mirrors; every byte is checked against its signed digest "
+                  "(repeatable)");
   run->add_option("--max-backoff", o->max_backoff_s, "Longest wait between reconnection attempts (s)")
       ->capture_default_str();
   run->add_option("--give-up-after", o->give_up_s, "Stop after this long without a coordinator (s, 0: never)")

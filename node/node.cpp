@@ -184,7 +184,8 @@ void Node::setup(const wire::RoundSettings& s) {
                  : make_gpu_device_group(mc, opt_.gpus, grpo::parse_precision(opt_.precision));
   layout_ = exchange::ParamLayout(devices_->replica(0));
   encoder_ = std::make_unique<exchange::GradientEncoder>(layout_, spec.codec);
-  sync_ = std::make_unique<WeightSync>(layout_, coordinator_, round_id_);
+  sync_ = std::make_unique<WeightSync>(layout_, coordinator_, round_id_, spec.policy_dtype,
+                                       opt_.mirrors);
   spdlog::info("node: round {} task {} G={} model {} parameters", round_id_,
                cfg_.task.dataset.empty() ? cfg_.task.name : cfg_.task.dataset, cfg_.group_size,
                mc.parameter_count());
@@ -211,6 +212,13 @@ void Node::write_summary() {
             {"leases_given_back", leases_failed_},
             {"bytes_per_update", updates_sent_ ? bytes_sent_ / updates_sent_ : 0.0},
             {"weights_fetched_bytes", sync_ ? sync_->fetched_bytes() : 0.0},
+            {"weights_patch_bytes", sync_ ? sync_->stats().patch_bytes : 0.0},
+            {"weights_snapshot_bytes", sync_ ? sync_->stats().snapshot_bytes : 0.0},
+            {"weights_mirror_bytes", sync_ ? sync_->stats().mirror_bytes : 0.0},
+            {"weights_patches", sync_ ? sync_->stats().patches : 0},
+            {"weights_snapshots", sync_ ? sync_->stats().snapshots : 0},
+            {"weights_patch_fallbacks", sync_ ? sync_->stats().patch_fallbacks : 0},
+            {"mirrors_skipped", sync_ ? sync_->stats().mirrors_skipped : 0},
             {"lease_wait_s", lease_wait_s_},
             {"weights_s", weights_s_},
             {"ack_wait_s", ack_wait_s_},

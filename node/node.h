@@ -51,6 +51,7 @@ struct NodeOptions {
   // The volunteer's caps on this node's traffic with the coordinator, in Mbit/s (0: none).
   double max_upload_mbps = 0;
   double max_download_mbps = 0;
+  std::vector<std::string> mirrors;  // blob mirrors tried before the manifest's (--mirror)
 };
 
 // Returns when the round is complete or the node was asked to leave (or was stopped by a

@@ -1,14 +1,224 @@
 #include "node/weight_sync.h"
 
+#include <httplib.h>
 #include <spdlog/spdlog.h>
 
+#include <asio/post.hpp>
 #include <cstring>
+#include <exception>
 
 #include "common/check.h"
 #include "exchange/manifest.h"
+#include "exchange/weight_patch.h"
+#include "exchange/weights.h"
+#include "protocol/bytes.h"
 #include "protocol/signed_update.h"
 
 namespace cohort::node {
+
+namespace {
+
+// HTTP requests ask for this much at a time: each answer is quick (0.3 s at 100 Mbit/s) and a
+// failure costs at most this much again.
+constexpr uint64_t kRangeBytes = 4ull << 20;
+
+std::string hex_of(const std::string& raw) {
+  return protocol::to_hex(
+      protocol::ByteView(reinterpret_cast<const uint8_t*>(raw.data()), raw.size()));
+}
+
+bool digest_is(const std::string& bytes, const std::string& raw_digest) {
+  const protocol::Digest d = protocol::blake2b_256(
+      protocol::ByteView(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+  return raw_digest.size() == d.size() && std::memcmp(d.data(), raw_digest.data(), d.size()) == 0;
+}
+
+// Runs the blocking `f` on `pool`; the coroutine resumes on its own executor with the result.
+template <typename F>
+asio::awaitable<std::string> off_thread(asio::thread_pool& pool, F f) {
+  const auto home = co_await asio::this_coro::executor;
+  std::optional<std::string> result;
+  std::exception_ptr error;
+  co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
+      [&](auto resume) {
+        asio::post(pool, [&, resume = std::move(resume), home]() mutable {
+          try {
+            result.emplace(f());
+          } catch (...) {
+            error = std::current_exception();
+          }
+          asio::post(home, std::move(resume));
+        });
+      },
+      asio::use_awaitable);
+  if (error) std::rethrow_exception(error);
+  co_return std::move(*result);
+}
+
+}  // namespace
+
+std::string http_blob_range(const std::string& base, const std::string& hex, uint64_t offset,
+                            uint64_t length) {
+  // httplib takes "scheme://host:port"; a path after it is the mirror's prefix.
+  const auto scheme_end = base.find("://");
+  const auto path_at = scheme_end == std::string::npos ? std::string::npos
+                                                       : base.find('/', scheme_end + 3);
+  const std::string origin = base.substr(0, path_at);
+  std::string prefix = path_at == std::string::npos ? "" : base.substr(path_at);
+  while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
+  httplib::Client cli(origin);
+  if (!cli.is_valid()) throw Error("not a URL this node can fetch from");
+  cli.set_connection_timeout(5, 0);
+  cli.set_read_timeout(30, 0);
+  cli.set_follow_location(true);
+  const httplib::Headers headers = {
+      {"Range", "bytes=" + std::to_string(offset) + "-" + std::to_string(offset + length - 1)}};
+  auto res = cli.Get(prefix + "/blobs/" + hex, headers);
+  if (!res) throw Error("request failed: " + httplib::to_string(res.error()));
+  if (res->status == 206) {
+    if (res->body.size() != length)
+      throw Error("answered " + std::to_string(res->body.size()) + " bytes for a range of " +
+                  std::to_string(length));
+    return std::move(res->body);
+  }
+  // A server that ignores Range sends the whole blob.
+  if (res->status == 200 && res->body.size() >= offset + length)
+    return res->body.substr(offset, length);
+  throw Error("answered HTTP " + std::to_string(res->status));
+}
+
+WeightSync::WeightSync(const exchange::ParamLayout& layout, protocol::PeerId coordinator,
+                       std::string round_id, wire::DType dtype, std::vector<std::string> mirrors)
+    : layout_(layout),
+      coordinator_(coordinator),
+      round_id_(std::move(round_id)),
+      dtype_(dtype),
+      own_mirrors_(std::move(mirrors)) {}
+
+WeightSync::~WeightSync() { http_.join(); }
+
+asio::awaitable<std::string> WeightSync::from_channel(CoordinatorLink& link,
+                                                      const wire::BlobRef& ref) {
+  wire::Envelope req;
+  req.mutable_blob_request()->set_blake2b(ref.blake2b());
+  co_await link.send(req);
+  const uint64_t size = ref.size_bytes();
+  std::string out;
+  out.reserve(size);
+  // Chunks come in offset order (docs/PROTOCOL.md); anything else ends the fetch.
+  do {
+    const wire::Envelope c = co_await link.receive();
+    if (c.has_error()) throw Error("coordinator: " + c.error().message());
+    if (!c.has_blob_chunk()) throw Error("expected a blob chunk");
+    const auto& chunk = c.blob_chunk();
+    if (chunk.blake2b() != ref.blake2b() || chunk.total_bytes() != size ||
+        chunk.offset() != out.size() || chunk.data().size() > size - out.size() ||
+        (chunk.data().empty() && size > 0))
+      throw Error("blob chunk out of order or out of bounds");
+    out.append(chunk.data());
+  } while (out.size() < size);
+  stats_.channel_bytes += static_cast<double>(size);
+  co_return out;
+}
+
+asio::awaitable<std::string> WeightSync::fetch_blob(CoordinatorLink& link, const wire::BlobRef& ref,
+                                                    const std::vector<std::string>& mirrors) {
+  const std::string hex = hex_of(ref.blake2b());
+  for (const auto& base : mirrors) {
+    if (bad_mirrors_.contains(base)) continue;
+    std::string why;
+    try {
+      std::string bytes;
+      for (uint64_t off = 0; off < ref.size_bytes(); off += kRangeBytes) {
+        const uint64_t n = std::min(kRangeBytes, ref.size_bytes() - off);
+        auto get = [&base, &hex, off, n] { return http_blob_range(base, hex, off, n); };
+        bytes += co_await off_thread(http_, get);
+      }
+      if (digest_is(bytes, ref.blake2b())) {
+        stats_.mirror_bytes += static_cast<double>(bytes.size());
+        stats_.bytes += static_cast<double>(bytes.size());
+        co_return bytes;
+      }
+      why = "served bytes that do not match the blob's digest";
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+    bad_mirrors_.insert(base);
+    stats_.mirrors_skipped++;
+    spdlog::warn("node: mirror {} skipped for the rest of this session: blob {}: {}", base,
+                 hex.substr(0, 16), why);
+  }
+  std::string bytes = co_await from_channel(link, ref);
+  if (!digest_is(bytes, ref.blake2b()))
+    throw Error("the coordinator served blob " + hex.substr(0, 16) +
+                " with bytes that do not match its digest");
+  stats_.bytes += static_cast<double>(bytes.size());
+  co_return bytes;
+}
+
+asio::awaitable<bool> WeightSync::apply_patches(CoordinatorLink& link,
+                                                const wire::WeightManifest& m,
+                                                const std::vector<const wire::PatchRef*>& patches,
+                                                const std::vector<std::string>& mirrors) {
+  // A patch's body holds at most every element's position and value, and each tensor's header.
+  uint64_t max_body = 0;
+  for (const auto& e : m.tensors()) max_body += e.size_bytes() * 6 + e.name().size() + 64;
+  for (const wire::PatchRef* p : patches) {
+    const std::string patch = co_await fetch_blob(link, p->blob(), mirrors);
+    stats_.patch_bytes += static_cast<double>(patch.size());
+    if (auto err = exchange::apply_patch(patch, *bytes_version_, bytes_, max_body)) {
+      spdlog::warn("node: patch v{} -> v{} refused ({}); fetching the snapshot", p->from_version(),
+                   p->to_version(), *err);
+      bytes_version_.reset();
+      co_return false;
+    }
+    bytes_version_ = p->to_version();
+    stats_.patches++;
+  }
+  for (const auto& e : m.tensors())
+    if (!exchange::bytes_match(e, bytes_.at(e.name()))) {
+      spdlog::warn("node: patches to v{} do not rebuild {}'s signed bytes; fetching the snapshot",
+                   m.policy_version(), e.name());
+      bytes_version_.reset();
+      co_return false;
+    }
+  co_return true;
+}
+
+asio::awaitable<void> WeightSync::fetch_snapshot(CoordinatorLink& link,
+                                                 const wire::WeightManifest& m,
+                                                 const std::vector<std::string>& mirrors) {
+  bytes_version_.reset();
+  // Where each tensor sits in the concatenation the shards cut up.
+  std::vector<std::pair<uint64_t, std::string*>> at;
+  uint64_t total = 0;
+  for (const auto& e : m.tensors()) {
+    std::string& b = bytes_[e.name()];
+    b.resize(e.size_bytes());
+    at.emplace_back(total, &b);
+    total += e.size_bytes();
+  }
+  uint64_t pos = 0;
+  size_t t = 0;
+  for (const auto& shard : m.snapshot()) {
+    const std::string s = co_await fetch_blob(link, shard, mirrors);
+    stats_.snapshot_bytes += static_cast<double>(s.size());
+    for (uint64_t i = 0; i < s.size();) {
+      while (t + 1 < at.size() && at[t + 1].first <= pos) ++t;
+      std::string& dst = *at[t].second;
+      const uint64_t in_tensor = pos - at[t].first;
+      const uint64_t n = std::min<uint64_t>(s.size() - i, dst.size() - in_tensor);
+      std::memcpy(dst.data() + in_tensor, s.data() + i, n);
+      i += n;
+      pos += n;
+    }
+  }
+  for (const auto& e : m.tensors())
+    if (!exchange::bytes_match(e, bytes_.at(e.name())))
+      throw Error("snapshot tensor " + e.name() + " does not match its signed digest");
+  bytes_version_ = m.policy_version();
+  stats_.snapshots++;
+}
 
 asio::awaitable<StagedWeights> WeightSync::fetch(CoordinatorLink& link, uint64_t wanted) {
   wire::Envelope req;
@@ -18,45 +228,37 @@ asio::awaitable<StagedWeights> WeightSync::fetch(CoordinatorLink& link, uint64_t
   if (!env.has_manifest()) throw Error("expected a manifest");
   const wire::WeightManifest m = protocol::verify_manifest(env.manifest(), coordinator_);
   if (m.round_id() != round_id_) throw Error("manifest of another round");
-  if (auto why = exchange::manifest_mismatch(m, layout_)) throw Error(*why);
-  std::map<std::string, std::vector<const wire::ManifestEntry*>> by_digest;
-  for (const auto& e : m.tensors()) {
-    auto held = held_.find(e.name());
-    if (held == held_.end() || held->second != e.blake2b()) by_digest[e.blake2b()].push_back(&e);
-  }
+  if (auto why = exchange::manifest_mismatch(m, layout_, dtype_)) throw Error(*why);
+  if (auto why = exchange::blob_list_mismatch(m)) throw Error(*why);
   StagedWeights out;
   out.version = m.policy_version();
   if (out.version != wanted)
     spdlog::info("node: lease asked for version {}, coordinator published {}", wanted, out.version);
-  if (by_digest.empty()) co_return out;
-  wire::Envelope treq;
-  for (const auto& [d, es] : by_digest) treq.mutable_tensor_request()->add_blake2b(d);
-  co_await link.send(treq);
-  // Chunks come tensor by tensor in request order, each in offset order (docs/PROTOCOL.md).
-  for (const auto& [d, es] : by_digest) {
-    const uint64_t size = es.front()->size_bytes();
-    std::vector<float> values(size / sizeof(float));
-    uint64_t got = 0;
-    while (got < size || (size == 0 && got == 0)) {
-      const wire::Envelope c = co_await link.receive();
-      if (c.has_error()) throw Error("coordinator: " + c.error().message());
-      if (!c.has_tensor_chunk()) throw Error("expected a tensor chunk");
-      const auto& chunk = c.tensor_chunk();
-      if (chunk.blake2b() != d || chunk.total_bytes() != size || chunk.offset() != got ||
-          chunk.data().size() > size - got)
-        throw Error("tensor chunk out of order or out of bounds");
-      std::memcpy(reinterpret_cast<char*>(values.data()) + got, chunk.data().data(),
-                  chunk.data().size());
-      got += chunk.data().size();
-      if (size == 0) break;
+
+  std::vector<std::string> mirrors = own_mirrors_;
+  mirrors.insert(mirrors.end(), m.mirrors().begin(), m.mirrors().end());
+  const exchange::FetchPlan plan = exchange::plan_fetch(m, bytes_version_);
+  if (!plan.nothing) {
+    const bool patched =
+        !plan.patches.empty() && co_await apply_patches(link, m, plan.patches, mirrors);
+    if (!patched) {
+      if (!plan.patches.empty()) stats_.patch_fallbacks++;
+      co_await fetch_snapshot(link, m, mirrors);
     }
-    if (!exchange::bytes_match(
-            *es.front(), std::string_view(reinterpret_cast<const char*>(values.data()), size)))
-      throw Error("tensor " + es.front()->name() + " does not match its signed digest");
-    StagedWeights::Tensor t{.digest = d, .names = {}, .values = std::move(values)};
+  }
+
+  std::map<std::string, std::vector<const wire::ManifestEntry*>> by_digest;
+  for (const auto& e : m.tensors()) {
+    auto held = loaded_digests_.find(e.name());
+    if (held == loaded_digests_.end() || held->second != e.blake2b()) by_digest[e.blake2b()].push_back(&e);
+  }
+  for (const auto& [d, es] : by_digest) {
+    const std::string& bytes = bytes_.at(es.front()->name());
+    StagedWeights::Tensor t{
+        .digest = d, .names = {}, .values = std::vector<float>(bytes.size() / exchange::element_bytes(dtype_))};
+    exchange::from_published(dtype_, bytes, t.values);
     for (const auto* e : es) t.names.push_back(e->name());
     out.tensors.push_back(std::move(t));
-    fetched_bytes_ += static_cast<double>(size);
   }
   co_return out;
 }
@@ -67,7 +269,7 @@ void WeightSync::load(
   for (const auto& t : w.tensors)
     for (const auto& name : t.names) {
       put(name, t.values);
-      held_[name] = t.digest;
+      loaded_digests_[name] = t.digest;
     }
   version_ = w.version;
   loaded_ = true;

@@ -391,7 +391,7 @@ asio::awaitable<void> guarded(ImplPtr s, asio::awaitable<void> handshake) {
 MessageClass message_class(const wire::Envelope& envelope) {
   switch (envelope.payload_case()) {
     case wire::Envelope::kManifest:
-    case wire::Envelope::kTensorChunk:
+    case wire::Envelope::kBlobChunk:
     case wire::Envelope::kUpdate:
     case wire::Envelope::kUpdateChunk:
       return MessageClass::bulk;

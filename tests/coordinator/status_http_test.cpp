@@ -38,7 +38,8 @@ constexpr const char* kNotFound = R"({"error":"try GET /status or GET /metrics"}
 struct Routes {
   std::atomic<int> calls{0};
   HttpHandler handler() {
-    return [this](const std::string& method, const std::string& path) {
+    return [this](const HttpRequest& req) {
+      const std::string& path = req.path;
       ++calls;
       if (path == "/status" || path == "/") return HttpResponse{200, "application/json", kStatusBody};
       if (path == "/metrics") return HttpResponse{200, "text/plain; version=0.0.4", kMetricsBody};
@@ -361,7 +362,7 @@ TEST(StatusHttp, GetWithABodyOverTheLimitIs413) {
 }
 
 TEST(StatusHttp, HandlerFailureIs500WithItsMessage) {
-  StatusHttpServer server("127.0.0.1:0", [](const std::string&, const std::string&) -> HttpResponse {
+  StatusHttpServer server("127.0.0.1:0", [](const HttpRequest&) -> HttpResponse {
     throw Error("ledger unavailable");
   });
   Reply r = get(server.port(), "/status");

@@ -29,6 +29,7 @@
 #include "grpo/safetensors.h"
 #include "grpo/tokenizer.h"
 #include "grpo/trainer.h"
+#include "node/weight_sync.h"
 #include "protocol/identity.h"
 #include "tests/support/tiny_base.h"
 
@@ -102,6 +103,7 @@ struct Round {
   int max_new_tokens = 8;
   int min_peers = 1;
   double idle_timeout = 120;
+  std::string policy_dtype;  // "" leaves [model] policy_dtype at its default
 };
 
 class E2E : public ::testing::Test {
@@ -148,7 +150,9 @@ class E2E : public ::testing::Test {
       for (size_t i = 0; i < r.allowlist.size(); ++i) t << (i ? ", " : "") << '"' << r.allowlist[i] << '"';
       t << "]\n";
     }
-    t << "[model]\npath = \"" << base_ << "\"\n[task]\nname = \"arith\"\ndigits = " << r.digits << "\n";
+    t << "[model]\npath = \"" << base_ << "\"\n";
+    if (!r.policy_dtype.empty()) t << "policy_dtype = \"" << r.policy_dtype << "\"\n";
+    t << "[task]\nname = \"arith\"\ndigits = " << r.digits << "\n";
     t << "[grpo]\ngroup_size = " << r.group << "\nlr = " << r.lr << "\ngradient_codec = \"" << r.codec
       << "\"\nmask_truncated = " << (r.mask_truncated ? "true" : "false")
       << "\n[sampling]\nmax_new_tokens = " << r.max_new_tokens << "\n";
@@ -610,6 +614,60 @@ TEST_F(E2E, TopkUpdatesPassTheirAuditAndPoisonDoesNot) {
        at = coord.find("recomputed lease", at + 1))
     ++audits;
   EXPECT_GE(audits, db.count("SELECT COUNT(*) FROM updates WHERE accepted = 1") + 1);
+}
+
+// A BF16 policy: nodes sample and compute on the published bits and audits recompute every update
+// on the same bits (none refused); a node fetches the snapshot once and patches after, checking
+// every tensor's digest; a node that joins mid-round takes the snapshot; the coordinator serves
+// every blob over HTTP with Range requests (GET /blobs/<hex>).
+TEST_F(E2E, Bf16PolicyTravelsAsPatchesAndBlobsOverHttp) {
+  Round r;
+  r.steps = 6;
+  r.staleness = 1;
+  r.lr = 1e-5;  // most BF16 bits stay from one version to the next
+  r.policy_dtype = "bf16";
+  r.recompute_fraction = 1.0;
+  auto ep = start_coordinator(write_config(r));
+  const std::string early_json = (dir_ / "early.json").string(), late_json = (dir_ / "late.json").string();
+  start_node(ep, "early", {"--summary-out", early_json});
+  ASSERT_TRUE(wait_until("SELECT COUNT(*) FROM steps", 2)) << log("coordinator");
+
+  // Any published blob, by its digest, in ranges; an unknown digest is a 404.
+  const std::string base = "http://" + ep.host + ":" + std::to_string(ep.status_port);
+  int served = 0;
+  for (const auto& e : fs::directory_iterator(fs::path(data()) / "blobs")) {
+    std::ifstream in(e.path(), std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    if (bytes.size() < 100) continue;
+    try {
+      EXPECT_EQ(node::http_blob_range(base, e.path().filename().string(), 10, 90), bytes.substr(10, 90));
+      const uint64_t tail = std::min<uint64_t>(bytes.size(), 5 << 20);
+      EXPECT_EQ(node::http_blob_range(base, e.path().filename().string(), bytes.size() - tail, tail),
+                bytes.substr(bytes.size() - tail));
+      ++served;
+    } catch (const Error&) {
+      // Removed since it was listed: a version no longer served.
+    }
+  }
+  EXPECT_GE(served, 1);
+  EXPECT_THROW((void)node::http_blob_range(base, std::string(64, '0'), 0, 1), Error);
+
+  start_node(ep, "late", {"--summary-out", late_json});
+  ASSERT_EQ(wait_coordinator(), 0) << log("coordinator");
+  for (auto& n : nodes_) n.wait(60);
+  expect_each_group_counted_once(r);
+  Db db(ledger());
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 0"), 0) << log("coordinator");
+  const auto early = nlohmann::json::parse(std::ifstream(early_json));
+  EXPECT_EQ(early["weights_snapshots"].get<int>(), 1) << early.dump();
+  EXPECT_GE(early["weights_patches"].get<int>(), 1) << early.dump();
+  EXPECT_EQ(early["weights_patch_fallbacks"].get<int>(), 0) << early.dump();
+  EXPECT_LT(early["weights_patch_bytes"].get<double>(), early["weights_snapshot_bytes"].get<double>());
+  if (fs::exists(late_json)) {
+    const auto late = nlohmann::json::parse(std::ifstream(late_json));
+    if (late["leases"].get<int>() > 0) EXPECT_GE(late["weights_snapshots"].get<int>(), 1) << late.dump();
+  }
+  EXPECT_NE(log("coordinator").find("(bf16): snapshot"), std::string::npos);
 }
 
 // With S = 1 updates may arrive sampled on the version before the current one; audits rebuild

@@ -282,8 +282,8 @@ TEST(Channel, HandshakeAuthenticatesBothSidesAndCarriesEnvelopesBothWays) {
   sent.push_back(join);
   wire::Envelope chunk;  // 3 MiB: many transport messages
   chunk.set_id(2);
-  chunk.mutable_tensor_chunk()->set_data(std::string(3 << 20, '\x5a'));
-  chunk.mutable_tensor_chunk()->set_total_bytes(3 << 20);
+  chunk.mutable_blob_chunk()->set_data(std::string(3 << 20, '\x5a'));
+  chunk.mutable_blob_chunk()->set_total_bytes(3 << 20);
   sent.push_back(chunk);
   sent.push_back(heartbeat(3));
   for (const auto& env : sent) {
@@ -335,7 +335,7 @@ asio::awaitable<void> send_many(Channel& ch, int sender, int count, std::map<std
     // Sizes from 1 byte to ~300 KB: many writes span several transport messages.
     wire::Envelope env;
     env.set_id(id);
-    env.mutable_tensor_chunk()->set_data(std::string(1 + (id * 7919) % 300'000, static_cast<char>('a' + sender)));
+    env.mutable_blob_chunk()->set_data(std::string(1 + (id * 7919) % 300'000, static_cast<char>('a' + sender)));
     sent[id] = env.SerializeAsString();
     co_await ch.send(env);
   }
@@ -490,7 +490,7 @@ TEST(Channel, ReorderedFramesAreRejected) {
 
 TEST(Channel, TruncatedMessageIsNeverDelivered) {
   wire::Envelope big;
-  big.mutable_tensor_chunk()->set_data(std::string(300'000, 'x'));
+  big.mutable_blob_chunk()->set_data(std::string(300'000, 'x'));
   // Drop the last transport message of the big message, and separately cut one in half.
   auto [error, delivered] = send_mutated(
       [](std::vector<Bytes> r) {
@@ -662,7 +662,7 @@ TEST(Channel, EnvelopeInTheWrongClassOrUnparseableIsMalformed) {
     raw.handshake(node);
     raw.expect_accepted();
     wire::Envelope chunk;
-    chunk.mutable_tensor_chunk()->set_data("x");
+    chunk.mutable_blob_chunk()->set_data("x");
     const std::string body = chunk.SerializeAsString();
     raw.write(raw.seal(MessageClass::control, as_bytes(body)));  // bulk payload as control
     EXPECT_EQ(server.wait_session().error, ErrorCode::malformed);
