@@ -52,7 +52,41 @@ struct E2EArgs {
   int max_batch = 0;          // most prompts per lease (0: the coordinator decides)
   double lr = 0;              // 0: the round's default
   bool bench_reward = false;  // [task] reward = "bench-length": non-zero advantages untrained
+  std::string policy_dtype;   // [model] policy_dtype ("": the round's default)
+  // A Hugging Face-style random-init model: its tokenizer files from this folder, this vocabulary
+  // size (0: the tokenizer's) and model type; nodes get the folder as --tokenizer.
+  std::string hf_tokenizer;
+  int64_t vocab = 0;
+  std::string model_type = "qwen2";
 };
+
+// What publishing cost per version, from the coordinator's log lines "published vN (dtype):
+// snapshot S B in K shards; patch from vM P B (b B/param), C of E elements changed (d %)".
+struct Publications {
+  double snapshot_bytes = 0;
+  int patches = 0;
+  double patch_bytes = 0, changed = 0, elements = 0;  // sums over versions with a patch
+};
+
+Publications read_publications(const fs::path& log_path) {
+  Publications p;
+  std::ifstream log(log_path);
+  for (std::string line; std::getline(log, line);) {
+    const size_t s = line.find("): snapshot ");
+    if (line.find("coordinator: published v") == std::string::npos || s == std::string::npos) continue;
+    p.snapshot_bytes = std::stod(line.substr(s + 12));
+    const size_t pf = line.find("; patch from v");
+    if (pf == std::string::npos) continue;
+    const size_t b = line.find(' ', pf + 14), of = line.find(" of ", pf), el = line.find(" elements changed", pf);
+    const size_t c = line.rfind(", ", of);
+    if (b == std::string::npos || of == std::string::npos || el == std::string::npos || c == std::string::npos) continue;
+    p.patches++;
+    p.patch_bytes += std::stod(line.substr(b + 1));
+    p.changed += std::stod(line.substr(c + 2));
+    p.elements += std::stod(line.substr(of + 4));
+  }
+  return p;
+}
 
 double query(sqlite3* db, const char* sql) {
   sqlite3_stmt* st = nullptr;
@@ -74,16 +108,35 @@ int run_e2e(const E2EArgs& a) {
   std::string model = a.model;
   if (model.empty()) {
     model = (dir / "base").string();
-    grpo::Model m(a.shape, 1);
+    grpo::ModelConfig mc = a.shape;
+    if (!a.hf_tokenizer.empty()) {
+      // A Hugging Face-style folder: config.json + random weights + the tokenizer's files.
+      mc.tokenizer.clear();
+      mc.model_type = a.model_type;
+      mc.vocab_size = 1 << 20;  // provisional, to read the tokenizer's ids
+      const auto tok = grpo::tokenizer_for_model(a.hf_tokenizer, mc);
+      mc.vocab_size = a.vocab > 0 ? a.vocab : tok->vocab_size();
+      if (mc.vocab_size < tok->vocab_size())
+        throw Error(fmt::format("--vocab {} is below the tokenizer's {}", mc.vocab_size, tok->vocab_size()));
+      mc.bos_token_id = tok->bos_id();
+      mc.eos_token_id = tok->eos_id();
+      mc.pad_token_id = tok->pad_id();
+    }
+    std::printf("bench e2e: random-init model, %.1f M parameters\n", double(mc.parameter_count()) / 1e6);
+    grpo::Model m(mc, 1);
     grpo::save_model(model, m);
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+      if (!a.hf_tokenizer.empty() && fs::exists(fs::path(a.hf_tokenizer) / f))
+        fs::copy_file(fs::path(a.hf_tokenizer) / f, fs::path(model) / f, fs::copy_options::overwrite_existing);
   }
   const std::string data = (dir / "round").string();
   std::string toml = fmt::format(
       "[round]\nid = \"bench\"\nsteps = {}\nprompts_per_step = {}\nstaleness_bound = {}\n"
       "checkpoint_interval = 1000000\nmin_peers = {}\ndata_dir = \"{}\"\nlinger_s = 3\nledger_sync = \"{}\"\n"
-      "[network]\nlisten = \"127.0.0.1:0\"\nstatus_listen = \"\"\n[model]\npath = \"{}\"\n"
+      "[network]\nlisten = \"127.0.0.1:0\"\nstatus_listen = \"\"\n[model]\npath = \"{}\"\n{}"
       "[task]\nname = \"arith\"\nreward = \"{}\"\n[grpo]\ngroup_size = {}\ngradient_codec = \"{}\"\n",
       a.steps, a.prompts_per_step, a.staleness, a.nodes, data, a.ledger_sync, fs::absolute(model).string(),
+      a.policy_dtype.empty() ? std::string() : fmt::format("policy_dtype = \"{}\"\n", a.policy_dtype),
       a.bench_reward ? "bench-length" : "math", a.group_size, a.codec);
   if (a.lr > 0) toml += fmt::format("lr = {}\n", a.lr);
   if (a.max_new_tokens > 0) toml += fmt::format("[sampling]\nmax_new_tokens = {}\n", a.max_new_tokens);
@@ -97,18 +150,24 @@ int run_e2e(const E2EArgs& a) {
                                        (dir / "coordinator.log").string());
   auto ep = tools::wait_for_endpoint(data, 120, coord.pid());
   std::vector<Subprocess> nodes;
-  for (int i = 0; i < a.nodes; ++i)
-    nodes.push_back(Subprocess::spawn(
-        {exe, "node", "run", "--coordinator", ep.host + ":" + std::to_string(ep.port), "--coordinator-key",
+  const bool hf = fs::exists(fs::path(model) / "tokenizer.json");
+  for (int i = 0; i < a.nodes; ++i) {
+    std::vector<std::string> argv = {exe, "node", "run", "--coordinator", ep.host + ":" + std::to_string(ep.port), "--coordinator-key",
          ep.coordinator_key, "--key", (dir / fmt::format("node{}.key", i)).string(), "--name",
          fmt::format("node{}", i), "--threads", std::to_string(a.node_threads), "--summary-out",
          (dir / fmt::format("node{}.json", i)).string(), "--give-up-after", "30",
          a.ask_ahead ? "--ask-ahead" : "--no-ask-ahead", "--max-upload-mbps", fmt::format("{}", a.up_mbps),
          "--max-download-mbps", fmt::format("{}", a.down_mbps), "--precision", a.node_precision,
-         "--max-batch", std::to_string(a.max_batch)},
-        (dir / fmt::format("node{}.log", i)).string()));
+         "--max-batch", std::to_string(a.max_batch)};
+    if (hf) argv.insert(argv.end(), {"--tokenizer", fs::absolute(model).string()});
+    nodes.push_back(Subprocess::spawn(argv, (dir / fmt::format("node{}.log", i)).string()));
+  }
   const int rc = coord.wait().value_or(1);
-  for (auto& n : nodes) n.wait(30);
+  double node_rss = 0;
+  for (auto& n : nodes) {
+    n.wait(30);
+    node_rss = std::max(node_rss, n.max_rss_bytes());
+  }
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (rc != 0) {
     std::fprintf(stderr, "bench e2e: coordinator exited with %d (logs in %s)\n", rc, dir.c_str());
@@ -119,6 +178,7 @@ int run_e2e(const E2EArgs& a) {
   // weights, for Acks, and for the link's ask-ahead after computing.
   double lease_wait = 0, weights = 0, ack_wait = 0, ahead_wait = 0;
   double sent = 0, fetched = 0;  // update and weight bytes, all nodes
+  double patch_fetched = 0, snapshot_fetched = 0, patches_applied = 0, snapshots_fetched = 0;
   for (int i = 0; i < a.nodes; ++i) {
     std::ifstream in(dir / fmt::format("node{}.json", i));
     if (!in) continue;
@@ -132,7 +192,12 @@ int run_e2e(const E2EArgs& a) {
     ahead_wait += j.value("ahead_wait_s", 0.0);
     sent += j.value("bytes_per_update", 0.0) * j.value("updates_sent", 0.0);
     fetched += j.value("weights_fetched_bytes", 0.0);
+    patch_fetched += j.value("weights_patch_bytes", 0.0);
+    snapshot_fetched += j.value("weights_snapshot_bytes", 0.0);
+    patches_applied += j.value("weights_patches", 0.0);
+    snapshots_fetched += j.value("weights_snapshots", 0.0);
   }
+  const Publications pubs = read_publications(dir / "coordinator.log");
   sqlite3* db = nullptr;
   sqlite3_open_v2(coordinator::ledger_path(data).c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
   const double run_s = (query(db, "SELECT MAX(applied_ms) FROM steps") - query(db, "SELECT MIN(issued_ms) FROM leases")) / 1000.0;
@@ -189,7 +254,15 @@ int run_e2e(const E2EArgs& a) {
             {"weight_bytes_per_step_per_node", fetched / a.steps / a.nodes},
             {"up_mbps", a.up_mbps}, {"down_mbps", a.down_mbps}, {"node_precision", a.node_precision},
             {"audits", audits}, {"audit_min_cosine", min_cosine},
-            {"audit_max_norm_ratio_error", max_ratio_error}, {"refusals", refusals}};
+            {"audit_max_norm_ratio_error", max_ratio_error}, {"refusals", refusals},
+            {"policy_dtype", a.policy_dtype.empty() ? "auto" : a.policy_dtype},
+            {"snapshot_bytes", pubs.snapshot_bytes},
+            {"patch_bytes_mean", pubs.patches ? pubs.patch_bytes / pubs.patches : 0.0},
+            {"patch_bytes_per_param", pubs.patches && params > 0 ? pubs.patch_bytes / pubs.patches / params : 0.0},
+            {"changed_fraction", pubs.elements > 0 ? pubs.changed / pubs.elements : 0.0},
+            {"node_patches_applied", patches_applied}, {"node_snapshots_fetched", snapshots_fetched},
+            {"node_patch_bytes", patch_fetched}, {"node_snapshot_bytes", snapshot_fetched},
+            {"coordinator_max_rss_bytes", coord.max_rss_bytes()}, {"node_max_rss_bytes", node_rss}};
   std::printf("e2e: %d nodes, %d steps x %d prompts x G=%d, S=%d, %.0f params, codec %s, %s\n", a.nodes,
               a.steps, a.prompts_per_step, a.group_size, a.staleness, params, a.codec.c_str(),
               a.ask_ahead ? "nodes ask ahead" : "one lease at a time");
@@ -215,6 +288,16 @@ int run_e2e(const E2EArgs& a) {
     std::printf("  audits                       %lld, min cosine %.6f, max |norm ratio - 1| %.6f\n",
                 static_cast<long long>(audits), min_cosine, max_ratio_error);
   std::printf("  refused updates              %s\n", refusals.empty() ? "none" : refusals.c_str());
+  if (pubs.patches > 0)
+    std::printf("  weights per version          patch %.0f B (%.4f bytes/param, %.3f%% of elements changed) "
+                "vs snapshot %.0f B (%.2f bytes/param)\n",
+                pubs.patch_bytes / pubs.patches, pubs.patch_bytes / pubs.patches / params,
+                100 * pubs.changed / std::max(1.0, pubs.elements), pubs.snapshot_bytes,
+                pubs.snapshot_bytes / params);
+  std::printf("  node weight fetches          %.0f snapshots (%.0f B), %.0f patches (%.0f B), all nodes\n",
+              snapshots_fetched, snapshot_fetched, patches_applied, patch_fetched);
+  std::printf("  peak RSS                     coordinator %.2f GB, node (max) %.2f GB\n",
+              coord.max_rss_bytes() / 1e9, node_rss / 1e9);
   std::printf("%s\n", j.dump().c_str());
   if (a.dir.empty()) fs::remove_all(dir);
   return 0;
@@ -240,6 +323,12 @@ void add_e2e_bench(CLI::App& bench) {
   cmd->add_flag("--bench-reward", a->bench_reward,
                 "Benchmark-only reward (+ completion length / 64): an untrained model's groups get "
                 "non-zero advantages, so real-size runs move real gradients");
+  cmd->add_option("--policy-dtype", a->policy_dtype, "[model] policy_dtype: fp32 | bf16 (default: the round's)");
+  cmd->add_option("--hf-tokenizer", a->hf_tokenizer,
+                  "Random-init model as a Hugging Face folder with this folder's tokenizer.json and "
+                  "tokenizer_config.json (nodes get it as --tokenizer)");
+  cmd->add_option("--vocab", a->vocab, "With --hf-tokenizer: vocabulary size (0: the tokenizer's)");
+  cmd->add_option("--model-type", a->model_type, "With --hf-tokenizer: llama | qwen2")->capture_default_str();
   cmd->add_option("--up-mbps", a->up_mbps, "Every node's upload cap, Mbit/s (0: none)")->capture_default_str();
   cmd->add_option("--down-mbps", a->down_mbps, "Every node's download cap, Mbit/s (0: none)")->capture_default_str();
   cmd->add_option("--recompute-fraction", a->recompute_fraction, "Share of updates the coordinator audits")

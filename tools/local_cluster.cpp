@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -49,6 +50,7 @@ Subprocess& Subprocess::operator=(Subprocess&& o) noexcept {
     }
     pid_ = o.pid_;
     status_ = o.status_;
+    max_rss_bytes_ = o.max_rss_bytes_;
     o.pid_ = -1;
   }
   return *this;
@@ -71,8 +73,10 @@ std::optional<int> Subprocess::wait(double timeout_s) {
   const auto start = std::chrono::steady_clock::now();
   for (;;) {
     int st = 0;
-    pid_t r = ::waitpid(pid_, &st, timeout_s < 0 ? 0 : WNOHANG);
+    struct rusage ru {};
+    pid_t r = ::wait4(pid_, &st, timeout_s < 0 ? 0 : WNOHANG, &ru);
     if (r == pid_) {
+      max_rss_bytes_ = static_cast<double>(ru.ru_maxrss) * 1024.0;
       status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
       return status_;
     }

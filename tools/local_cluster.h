@@ -21,7 +21,10 @@ class Subprocess {
   // Starts argv[0] with argv; stdout/stderr go to `log_path` when given (appended), else inherit.
   static Subprocess spawn(const std::vector<std::string>& argv, const std::string& log_path = "");
   Subprocess() = default;
-  Subprocess(Subprocess&& o) noexcept : pid_(o.pid_) { o.pid_ = -1; }
+  Subprocess(Subprocess&& o) noexcept
+      : pid_(o.pid_), status_(o.status_), max_rss_bytes_(o.max_rss_bytes_) {
+    o.pid_ = -1;
+  }
   Subprocess& operator=(Subprocess&& o) noexcept;
   ~Subprocess();  // SIGKILL + reap if still running
 
@@ -30,10 +33,13 @@ class Subprocess {
   // Waits for exit; returns the exit code (128 + signal when killed), nullopt on timeout.
   std::optional<int> wait(double timeout_s = -1);
   [[nodiscard]] bool running();
+  // The child's peak resident set (getrusage's ru_maxrss), known once wait() has seen it exit.
+  [[nodiscard]] double max_rss_bytes() const { return max_rss_bytes_; }
 
  private:
   pid_t pid_ = -1;
   std::optional<int> status_;
+  double max_rss_bytes_ = 0;
 };
 
 struct Endpoint {
