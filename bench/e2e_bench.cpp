@@ -16,6 +16,7 @@
 
 #include "bench/bench.h"
 #include "common/check.h"
+#include "common/cpu_allocator.h"
 #include "coordinator/coordinator.h"
 #include "tools/local_cluster.h"
 #include "grpo/checkpoint.h"
@@ -105,6 +106,9 @@ int run_e2e(const E2EArgs& a) {
   // Logs and summaries are appended to: a reused --dir starts from empty ones.
   for (const auto& e : fs::directory_iterator(dir))
     if (e.path().extension() == ".log" || e.path().extension() == ".json") fs::remove(e.path());
+  // This harness only writes the random-init model: what it frees goes back to the system rather
+  // than sit in the caching allocator beside the processes it measures.
+  set_cpu_allocator_caching(false);
   std::string model = a.model;
   if (model.empty()) {
     model = (dir / "base").string();
@@ -232,8 +236,8 @@ int run_e2e(const E2EArgs& a) {
       max_ratio_error = std::max(max_ratio_error, std::abs(std::stod(line.substr(r + 11)) - 1));
     }
   }
-  auto params_model = grpo::load_model(model);
-  const double params = static_cast<double>(params_model->config().parameter_count());
+  const double params = static_cast<double>(
+      grpo::ModelConfig::load((fs::path(model) / "config.json").string()).parameter_count());
   const double samples = double(a.steps) * a.prompts_per_step * a.group_size;
   const double frac = node_wall > 0 ? compute / node_wall : 0;
   json j = {{"nodes", a.nodes}, {"steps", a.steps}, {"prompts_per_step", a.prompts_per_step},

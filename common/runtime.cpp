@@ -6,6 +6,7 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <thread>
@@ -41,7 +42,17 @@ void runtime_init(int argc, char** argv) {
     // exec failed (no /proc): carry on with the default policy.
   }
   set_num_threads(default_threads());
-  if (std::getenv("COHORT_NO_CACHING_ALLOCATOR") == nullptr) install_caching_cpu_allocator();
+  if (std::getenv("COHORT_NO_CACHING_ALLOCATOR") == nullptr) {
+    // Freed blocks held for reuse: up to 4 GiB, but no more than 1/16 of the machine's memory
+    // (a coordinator and nodes of a 0.5 B model share a 24 GiB machine in the benchmarks), or
+    // COHORT_CPU_CACHE_MB.
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    size_t cap = size_t{4} << 30;
+    if (pages > 0 && page > 0) cap = std::min(cap, static_cast<size_t>(pages) * static_cast<size_t>(page) / 16);
+    if (const char* mb = std::getenv("COHORT_CPU_CACHE_MB"); mb && std::atoll(mb) >= 0)
+      cap = static_cast<size_t>(std::atoll(mb)) << 20;
+    install_caching_cpu_allocator(cap);
+  }
   // Individual overrides, for measuring pool layouts (docs/RESULTS.md).
   if (const char* t = std::getenv("COHORT_TORCH_THREADS"); t && std::atoi(t) > 0)
     at::set_num_threads(std::atoi(t));

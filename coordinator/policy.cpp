@@ -130,15 +130,21 @@ Policy::Applied Policy::apply(int64_t step, bool replaying) {
   COHORT_CHECK(it != steps_.end(), "applying a step with no updates");
   StepSums& st = *it->second;
   const double units = std::max(st.units, 1.0);
-  // The step's mean gradient: Σ sums / Σ units (exact), or a robust rule over the updates.
-  std::vector<float> mean(layout_.total);
+  // The step's mean gradient: Σ sums / Σ units (exact, in place of the sum: no second copy of
+  // the model's size), or a robust rule over the updates.
+  std::vector<float> robust;
+  float* mean = nullptr;
   if (cfg_.aggregation.rule == AggregationRule::mean) {
     const auto u = static_cast<float>(units);
-    for (size_t i = 0; i < mean.size(); ++i) mean[i] = st.grad[i] / u;
+    for (float& x : st.grad) x /= u;
+    mean = st.grad.data();
   } else {
+    robust.resize(layout_.total);
+    mean = robust.data();
     std::vector<const float*> xs;
     for (const auto& m : st.update_means) xs.push_back(m.data());
-    const AggregationStats a = aggregate(cfg_.aggregation, xs, layout_.total, mean.data());
+    const AggregationStats a = aggregate(cfg_.aggregation, xs, layout_.total, mean);
+    st.update_means.clear();
     if (!replaying)
       spdlog::info("step {}: {} of {} updates{}", step,
                    aggregation_rule_name(cfg_.aggregation.rule), a.updates,
@@ -149,11 +155,11 @@ Policy::Applied Policy::apply(int64_t step, bool replaying) {
   auto params = model_->parameters();
   opt_->adamw.zero_grad();
   {
+    // Views of `mean`, not copies; dropped below before the buffer goes.
     at::NoGradGuard no_grad;
     for (size_t i = 0; i < params.size(); ++i) {
       const auto& slot = layout_.slots[i];
-      params[i].mutable_grad() =
-          at::from_blob(mean.data() + slot.offset, params[i].sizes(), at::kFloat).clone();
+      params[i].mutable_grad() = at::from_blob(mean + slot.offset, params[i].sizes(), at::kFloat);
     }
   }
   if (cfg_.dump_gradients && !replaying) {
@@ -174,6 +180,7 @@ Policy::Applied Policy::apply(int64_t step, bool replaying) {
   }
   if (std::isfinite(norm))
     opt_->adamw.step();  // as GrpoTrainer: a non-finite gradient skips the update
+  for (auto& p : params) p.mutable_grad().reset();
   if (const int64_t delay = test_step_delay_ms(); delay > 0 && !replaying)
     std::this_thread::sleep_for(std::chrono::milliseconds(delay));
   ++version_;

@@ -232,6 +232,7 @@ asio::awaitable<StagedWeights> WeightSync::fetch(CoordinatorLink& link, uint64_t
   if (auto why = exchange::blob_list_mismatch(m)) throw Error(*why);
   StagedWeights out;
   out.version = m.policy_version();
+  out.dtype = dtype_;
   if (out.version != wanted)
     spdlog::info("node: lease asked for version {}, coordinator published {}", wanted, out.version);
 
@@ -253,10 +254,7 @@ asio::awaitable<StagedWeights> WeightSync::fetch(CoordinatorLink& link, uint64_t
     if (held == loaded_digests_.end() || held->second != e.blake2b()) by_digest[e.blake2b()].push_back(&e);
   }
   for (const auto& [d, es] : by_digest) {
-    const std::string& bytes = bytes_.at(es.front()->name());
-    StagedWeights::Tensor t{
-        .digest = d, .names = {}, .values = std::vector<float>(bytes.size() / exchange::element_bytes(dtype_))};
-    exchange::from_published(dtype_, bytes, t.values);
+    StagedWeights::Tensor t{.digest = d, .names = {}, .bytes = bytes_.at(es.front()->name())};
     for (const auto* e : es) t.names.push_back(e->name());
     out.tensors.push_back(std::move(t));
   }
@@ -266,11 +264,15 @@ asio::awaitable<StagedWeights> WeightSync::fetch(CoordinatorLink& link, uint64_t
 void WeightSync::load(
     const StagedWeights& w,
     const std::function<void(const std::string&, const std::vector<float>&)>& put) {
-  for (const auto& t : w.tensors)
+  std::vector<float> values;
+  for (const auto& t : w.tensors) {
+    values.resize(t.bytes.size() / exchange::element_bytes(w.dtype));
+    exchange::from_published(w.dtype, t.bytes, values);
     for (const auto& name : t.names) {
-      put(name, t.values);
+      put(name, values);
       loaded_digests_[name] = t.digest;
     }
+  }
   version_ = w.version;
   loaded_ = true;
 }

@@ -32,13 +32,16 @@
 
 namespace cohort::node {
 
-// The tensors of one policy version that differ from what the replicas hold, verified, not loaded.
+// The tensors of one policy version that differ from what the replicas hold, verified, not loaded:
+// their published bytes (half the memory of F32 values in a BF16 round), converted one tensor at
+// a time when they are loaded.
 struct StagedWeights {
   uint64_t version = 0;
+  wire::DType dtype = wire::DTYPE_F32;
   struct Tensor {
     std::string digest;              // raw 32 bytes
     std::vector<std::string> names;  // parameters with these bytes (tied weights share one)
-    std::vector<float> values;
+    std::string bytes;               // published bytes, little-endian, in `dtype`
   };
   std::vector<Tensor> tensors;
 };
@@ -63,7 +66,7 @@ class WeightSync {
   // check out: a manifest not signed by it, of another round, not fitting the model; chunks out
   // of order or bounds; a snapshot not matching its signed digests.
   asio::awaitable<StagedWeights> fetch(CoordinatorLink& link, uint64_t wanted);
-  // Hands each staged tensor to `put` (parameter name, values) and records it as held.
+  // Hands each staged tensor to `put` (parameter name, F32 values) and records it as held.
   void load(const StagedWeights& w,
             const std::function<void(const std::string&, const std::vector<float>&)>& put);
 
