@@ -105,6 +105,9 @@ LeaseGradient compute_lease(DeviceGroup& devices, const LeaseContext& ctx,
       grads[w].resize(ctx.layout.total);
       exchange::flatten_grads(model, ctx.layout, grads[w]);
     }
+    // The flat copy is what travels on: the parameters' own gradients (the model's size again)
+    // are not held between leases.
+    for (auto& p : model.parameters()) p.mutable_grad().reset();
     counts[w] = {sums.units, sums.tokens, sums.loss_sum.item<double>()};
     share.seconds += mono_s() - t0;
   });
