@@ -26,7 +26,8 @@ ParamLayout::ParamLayout(const grpo::Model& model) {
   }
 }
 
-void flatten_grads(const grpo::Model& model, const ParamLayout& layout, std::span<float> out) {
+void flatten_grads(const grpo::Model& model, const ParamLayout& layout, std::span<float> out,
+                   bool release) {
   COHORT_CHECK(out.size() == layout.total);
   const auto& ps = model.named_parameters();
   COHORT_CHECK(ps.size() == layout.slots.size());
@@ -37,8 +38,11 @@ void flatten_grads(const grpo::Model& model, const ParamLayout& layout, std::spa
       std::fill_n(out.data() + slot.offset, slot.numel, 0.0f);
       continue;
     }
-    auto c = g.detach().to(at::kFloat).contiguous();
-    std::memcpy(out.data() + slot.offset, c.data_ptr<float>(), slot.numel * sizeof(float));
+    {
+      auto c = g.detach().to(at::kFloat).contiguous();
+      std::memcpy(out.data() + slot.offset, c.data_ptr<float>(), slot.numel * sizeof(float));
+    }
+    if (release) ps[i].tensor.mutable_grad().reset();
   }
 }
 

@@ -29,7 +29,10 @@ class Model;
 namespace cohort::exchange {
 
 // Copies every parameter's .grad (zeros where undefined) into `out` (size layout.total).
-void flatten_grads(const grpo::Model& model, const ParamLayout& layout, std::span<float> out);
+// With `release`, each parameter's gradient is dropped once copied, so the model's gradients and
+// their flat copy are never both whole in memory.
+void flatten_grads(const grpo::Model& model, const ParamLayout& layout, std::span<float> out,
+                   bool release = false);
 
 class GradientEncoder {
  public:

@@ -103,10 +103,11 @@ LeaseGradient compute_lease(DeviceGroup& devices, const LeaseContext& ctx,
       flats[w] = flat_gradient(model, ctx.layout);
     } else {
       grads[w].resize(ctx.layout.total);
-      exchange::flatten_grads(model, ctx.layout, grads[w]);
+      // Each parameter's gradient goes as soon as it is copied: the flat copy is what travels
+      // on, and the two are never both whole in memory.
+      exchange::flatten_grads(model, ctx.layout, grads[w], /*release=*/true);
     }
-    // The flat copy is what travels on: the parameters' own gradients (the model's size again)
-    // are not held between leases.
+    // Nor are the parameters' gradients (the model's size again) held between leases.
     for (auto& p : model.parameters()) p.mutable_grad().reset();
     counts[w] = {sums.units, sums.tokens, sums.loss_sum.item<double>()};
     share.seconds += mono_s() - t0;
