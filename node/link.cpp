@@ -87,6 +87,7 @@ asio::awaitable<void> Node::session(double& last_ok) {
     if (!staged && !sync_->holds(lease.policy_version()))
       staged = co_await sync_->fetch(link, lease.policy_version());
     if (staged) load(*staged);
+    staged.reset();  // loaded into the replicas: not held while they compute
     weights_s_ += mono_s() - fetch0;
 
     // The next lease is asked for just in time, shortly before this one should be done (by this
