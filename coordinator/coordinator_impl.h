@@ -46,6 +46,11 @@ using protocol::PeerId;
 // Peer-supplied text kept in logs, the ledger and pages (common/text.h escapes the rest).
 inline constexpr size_t kMaxDisplayName = 64;
 inline constexpr size_t kMaxPeerText = 256;
+// Leases one peer may hold at once: the one it computes and the next it asks ahead for.
+inline constexpr size_t kMaxLeasesHeld = 2;
+// Leases a peer may let go in a row (asking for new work without naming them, no update, no
+// reason) before each further such request is refused as misbehaviour.
+inline constexpr int kMaxUndelivered = 3;
 
 // An update as it arrived: the signed header and the stream its UpdateChunks carried.
 struct ArrivedUpdate {
@@ -71,6 +76,9 @@ struct Coordinator::Impl {
   uint64_t policy_params = 0;  // the model's parameter count
   std::set<PeerId> allowed;
   std::map<std::string, int64_t> misbehaviour;  // refusals for misbehaviour per peer (hex)
+  // Leases a peer let go without delivering or returning them since its last accepted update
+  // (closed when it asked for new work without naming them).
+  std::map<std::string, int> undelivered;
   std::set<std::string> banned;
   bool finished = false;
   bool applying = false;  // a step is being applied on the executor
@@ -140,6 +148,10 @@ struct Coordinator::Impl {
   void close_lease(const std::string& lease_id, const std::string& state,
                    const std::string& reason);
   void log_closed(const ClosedLease& c);
+
+  // A refusal for misbehaviour counted against `peer` (already recorded by the caller); bans the
+  // peer once it reaches ban_after.
+  void count_misbehaviour(const std::string& peer);
 
   // updates.cpp
   void refuse(const std::string& peer, const wire::GradientUpdate& h, const protocol::Digest& d,

@@ -299,6 +299,10 @@ std::map<std::string, int64_t> Ledger::misbehaviour_counts() const {
   std::map<std::string, int64_t> out;
   while (s.step())
     if (exchange::is_misbehaviour(s.text(1))) out[s.text(0)] += s.i64(2);
+  // Misbehaviour outside updates: abuse of leases (coordinator/session.cpp).
+  Stmt r(db_, "SELECT peer, COUNT(*) FROM refusals WHERE reason=? GROUP BY peer");
+  r.bind(1, std::string(kLeaseAbuse));
+  while (r.step()) out[r.text(0)] += r.i64(1);
   return out;
 }
 

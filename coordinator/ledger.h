@@ -12,6 +12,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 struct sqlite3;
@@ -114,8 +115,10 @@ class Ledger {
   struct Seen { std::string peer; uint64_t sequence; std::string digest; };
   [[nodiscard]] std::vector<Seen> accepted_digests() const;
   [[nodiscard]] std::vector<StepRecord> steps() const;
-  // Refused updates per peer whose reason is misbehaviour (exchange::is_misbehaviour): what bans
-  // are counted from after a restart.
+  // The `refusals` reason of a work request refused for abusing leases (misbehaviour).
+  static constexpr std::string_view kLeaseAbuse = "lease_abuse";
+  // Per peer, refused updates whose reason is misbehaviour (exchange::is_misbehaviour) plus
+  // refusals recorded as kLeaseAbuse: what bans are counted from after a restart.
   [[nodiscard]] std::map<std::string, int64_t> misbehaviour_counts() const;
 
   // Status JSON pieces, as JSON text (nlohmann stays out of this header).

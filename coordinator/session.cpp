@@ -115,10 +115,56 @@ asio::awaitable<wire::Envelope> Coordinator::Impl::answer_work_request(
   for (const auto& r : wr.returned())
     if (const ActiveLease* l = sched->find(r.lease_id()); l && l->rec.peer == peer)
       close_lease(r.lease_id(), "returned", "given back: " + printable(r.reason(), kMaxPeerText));
+  auto refuse_abuse = [&](wire::AckReason reason, const std::string& why) {
+    ledger->record_refusal(peer, "", std::string(Ledger::kLeaseAbuse), why, unix_ms());
+    count_misbehaviour(peer);
+    spdlog::warn("coordinator: work request from {} refused: {}", peer.substr(0, 12), why);
+    wire::Envelope out;
+    out.mutable_ack()->set_reason(reason);
+    out.mutable_ack()->set_message(why);
+    out.mutable_ack()->set_policy_version(sched->version());
+    return out;
+  };
+  // `holding` may name only leases this peer was issued (active, or closed since: a lease that
+  // expired while it computed is honest); anything else is made up, and no lease is issued.
+  if (wr.holding_size() > kMaxLeasesHeld)
+    co_return refuse_abuse(wire::ACK_UNKNOWN_LEASE,
+                           fmt::format("holding names {} leases; a peer holds at most {}",
+                                       wr.holding_size(), kMaxLeasesHeld));
   const std::set<std::string> holding(wr.holding().begin(), wr.holding().end());
+  for (const auto& id : holding) {
+    const ActiveLease* l = sched->find(id);
+    if (l ? l->rec.peer == peer : [&] {
+          const auto rec = ledger->lease(id);
+          return rec && rec->peer == peer;
+        }())
+      continue;
+    co_return refuse_abuse(wire::ACK_UNKNOWN_LEASE,
+                           "holding names lease " + printable(id, 80) + ", never issued to you");
+  }
+  int dropped = 0;
   for (const auto& id : sched->leases_of(peer))
-    if (!holding.count(id))
+    if (!holding.count(id)) {
       close_lease(id, "expired", "peer asked for new work without delivering it");
+      ++dropped;
+    }
+  // Leases taken and let go without an update or a reason, again and again, stall the steps they
+  // belong to and grow the ledger: past a few in a row (an honest node drops at most the one or
+  // two a crash cut off) each further request is refused as misbehaviour.
+  if (dropped > 0 && (undelivered[peer] += dropped) > kMaxUndelivered)
+    co_return refuse_abuse(
+        wire::ACK_UNKNOWN_LEASE,
+        fmt::format("{} leases in a row let go without an update or a reason (at most {})",
+                    undelivered[peer], kMaxUndelivered));
+  // What one peer may hold: the lease it computes and the next one it asks ahead for.
+  if (sched->leases_of(peer).size() >= kMaxLeasesHeld) {
+    wire::Envelope out;
+    out.mutable_ack()->set_reason(wire::ACK_OVERLOADED);
+    out.mutable_ack()->set_message(fmt::format(
+        "you hold {} leases; deliver or return one before asking for more", kMaxLeasesHeld));
+    out.mutable_ack()->set_policy_version(sched->version());
+    co_return out;
+  }
   // A peer asking ahead is answered at once: its update waits behind this reply. Otherwise the
   // request waits up to a second for work (a step being applied frees the next one).
   std::optional<wire::WorkLease> lease;
@@ -209,7 +255,7 @@ asio::awaitable<void> Coordinator::Impl::session(Channel ch) {
       if (banned.count(peer)) {
         wire::Envelope bye;
         bye.mutable_error()->set_code(wire::ACK_BANNED);
-        bye.mutable_error()->set_message("banned: too many updates refused for misbehaviour");
+        bye.mutable_error()->set_message("banned: too many refusals for misbehaviour");
         co_await ch.send(bye);
         throw Error("banned");
       }

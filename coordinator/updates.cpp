@@ -40,17 +40,20 @@ void Coordinator::Impl::refuse(const std::string& peer, const wire::GradientUpda
   u.bytes = static_cast<int64_t>(bytes);
   u.received_ms = unix_ms();
   ledger->record_update(u);
-  if (exchange::is_misbehaviour(r.reason) && ++misbehaviour[peer] >= cfg.ban_after &&
-      cfg.ban_after > 0 && banned.insert(peer).second) {
-    ledger->record_refusal(peer, "", "banned",
-                           fmt::format("{} updates refused for misbehaviour (ban_after = {})",
-                                       misbehaviour[peer], cfg.ban_after),
-                           unix_ms());
-    spdlog::warn("coordinator: peer {} banned after {} misbehaving updates", peer.substr(0, 12),
-                 misbehaviour[peer]);
-  }
+  if (exchange::is_misbehaviour(r.reason)) count_misbehaviour(peer);
   spdlog::warn("coordinator: refused update {} from {} ({}): {}", h.sequence(), peer.substr(0, 12),
                u.reason, u.detail);
+}
+
+void Coordinator::Impl::count_misbehaviour(const std::string& peer) {
+  if (++misbehaviour[peer] >= cfg.ban_after && cfg.ban_after > 0 && banned.insert(peer).second) {
+    ledger->record_refusal(peer, "", "banned",
+                           fmt::format("{} refusals for misbehaviour (ban_after = {})",
+                                       misbehaviour[peer], cfg.ban_after),
+                           unix_ms());
+    spdlog::warn("coordinator: peer {} banned after {} refusals for misbehaviour",
+                 peer.substr(0, 12), misbehaviour[peer]);
+  }
 }
 
 // Where a lease stands for this update, checked before the body is and again after (it may
@@ -176,6 +179,7 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
   const double handling_s = c.seconds + (mono_s() - recorded0);  // the step's `aggregate_s`
   replays.remember(channel_peer, u.sequence, vr.digest);
   sched->complete(lease.lease_id, mono_s());
+  undelivered.erase(peer);
   // Queued on the executor before any step application that could need it (one thread, FIFO).
   asio::post(compute, [this, step = lease.step, grad = std::move(c.grad),
                        k = Contribution{.units = u.units,

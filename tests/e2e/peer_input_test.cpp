@@ -11,6 +11,7 @@
 #include <asio/detached.hpp>
 #include <asio/io_context.hpp>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -60,7 +61,7 @@ class PeerInput : public ::testing::Test {
     if (!HasFailure()) fs::remove_all(dir_);
   }
 
-  tools::Endpoint start_coordinator() {
+  tools::Endpoint start_coordinator(int ban_after = 100) {
     grpo::Model m(test::tiny_model_config(), 7);
     grpo::save_model((dir_ / "base").string(), m);
     std::ofstream(dir_ / "round.toml")
@@ -71,7 +72,7 @@ class PeerInput : public ::testing::Test {
         << "[task]\nname = \"arith\"\n"
         << "[grpo]\ngroup_size = 2\nloss = \"grpo\"\ngradient_codec = \"raw\"\n"
         << "[sampling]\nmax_new_tokens = 16\n"
-        << "[verification]\nban_after = 100\n";
+        << "[verification]\nban_after = " << ban_after << "\n";
     coord_ = Subprocess::spawn({COHORT_BIN, "coordinator", "serve", "--config",
                                 (dir_ / "round.toml").string(), "--threads", "1"},
                                (dir_ / "coordinator.log").string());
@@ -236,6 +237,63 @@ TEST_F(PeerInput, IndependentClientFindingsAreRefusedOrEscaped) {
   EXPECT_LT(stored.size(), 256u);
   EXPECT_EQ(stored.find('\n'), std::string::npos);
   EXPECT_EQ(stored.rfind("mallory\\x0a", 0), 0u);
+}
+
+// An admitted peer that hoards or churns leases (an independent client's findings: looping
+// `holding: [every lease received]` collected 12 leases in 10 s; looping `holding: ["x"]` made tens
+// of thousands of lease rows). It holds at most two; a `holding` naming a lease never issued to it
+// is refused as misbehaviour, and so is letting leases go again and again; the peer is banned
+// after ban_after such refusals and the ledger's lease rows stay a handful.
+TEST_F(PeerInput, LeaseHoardingAndChurnAreRefusedAndBanned) {
+  const tools::Endpoint ep = start_coordinator(/*ban_after=*/3);
+  Client c(ep, "hoarder");
+  auto ask = [&](const std::vector<std::string>& holding) {
+    wire::Envelope w;
+    w.set_id(c.next_id++);
+    auto* wr = w.mutable_work_request();
+    for (const auto& h : holding) wr->add_holding(h);
+    c.ch.send(w);
+    return c.ch.receive();
+  };
+  const std::string l1 = c.lease().lease_id();
+  wire::Envelope r = ask({l1});  // asking ahead while computing l1: honest
+  ASSERT_TRUE(r.has_work_lease()) << r.DebugString();
+  const std::string l2 = r.work_lease().lease_id();
+  r = ask({l1, l2});  // a third while holding two: not given, not misbehaviour
+  ASSERT_TRUE(r.has_ack()) << r.DebugString();
+  EXPECT_EQ(r.ack().reason(), wire::ACK_OVERLOADED);
+  EXPECT_NE(r.ack().message().find("you hold 2 leases"), std::string::npos) << r.ack().message();
+  r = ask({"x"});  // a lease never issued to this peer
+  ASSERT_TRUE(r.has_ack()) << r.DebugString();
+  EXPECT_EQ(r.ack().reason(), wire::ACK_UNKNOWN_LEASE);
+  EXPECT_NE(r.ack().message().find("never issued to you"), std::string::npos) << r.ack().message();
+  // Churn: ask again and again naming nothing. l1 and l2 go (2 let go), a lease comes; it goes
+  // (3), another comes; it goes (4 > 3): refused; ... until the third refusal bans the peer.
+  int issued = 0, refused = 0;
+  bool banned = false;
+  for (int i = 0; i < 12 && !banned; ++i) {
+    r = ask({});
+    if (r.has_work_lease()) ++issued;
+    if (r.has_ack() && r.ack().reason() == wire::ACK_UNKNOWN_LEASE && ++refused == 2) {
+      const wire::Envelope bye = c.ch.receive();  // after the refusal that bans
+      banned = bye.has_error() && bye.error().code() == wire::ACK_BANNED;
+    }
+  }
+  EXPECT_TRUE(banned);
+  EXPECT_EQ(refused, 2);
+  EXPECT_EQ(issued, 3);
+  coord_.signal(SIGTERM);
+  coord_.wait(30);
+  coordinator::Ledger ledger(coordinator::ledger_path((dir_ / "round").string()));
+  const auto counts = ledger.misbehaviour_counts();
+  ASSERT_EQ(counts.size(), 1u);
+  EXPECT_EQ(counts.begin()->second, 3);
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(ledger.handle(), "SELECT COUNT(*) FROM leases", -1, &st, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int64(st, 0), 5);  // l1, l2 and the three the churn got
+  sqlite3_finalize(st);
 }
 
 // A stand-in coordinator that admits a node and sends it settings with one bad field.
