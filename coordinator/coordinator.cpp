@@ -2,6 +2,7 @@
 // the compute executor (one thread: checking and auditing updates, optimizer steps, publication,
 // checkpoints), which the sessions co_await. The parts: coordinator_impl.h lists them.
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -84,6 +85,29 @@ void Coordinator::Impl::serve() {
   server = std::make_unique<protocol::Server>(
       io.get_executor(), asio::ip::tcp::endpoint(asio::ip::make_address(host), port), identity,
       opts, [this](Channel ch) { return session(std::move(ch)); });
+  server->set_max_pending_handshakes(static_cast<size_t>(cfg.max_pending_handshakes));
+  server->set_address_limits(static_cast<size_t>(cfg.max_connections_per_ip),
+                             cfg.handshakes_per_ip_per_s, cfg.handshake_burst_per_ip);
+  {
+    // Every peer is a socket: raise the soft limit on open files to the hard one and say how many
+    // peers that leaves room for (the rest: the ledger, blobs, HTTP, logs).
+    constexpr rlim_t kReserve = 64;
+    rlimit fds{};
+    if (::getrlimit(RLIMIT_NOFILE, &fds) == 0) {
+      const rlim_t before = fds.rlim_cur;
+      if (fds.rlim_cur < fds.rlim_max) {
+        fds.rlim_cur = fds.rlim_max;
+        if (::setrlimit(RLIMIT_NOFILE, &fds) != 0) fds.rlim_cur = before;
+      }
+      const rlim_t room = fds.rlim_cur > kReserve ? fds.rlim_cur - kReserve : 0;
+      spdlog::info("coordinator: open-file limit {} (was {}): room for about {} connections; "
+                   "max_peers {}", fds.rlim_cur, before, room, cfg.max_peers);
+      if (static_cast<rlim_t>(cfg.max_peers) + static_cast<rlim_t>(cfg.max_pending_handshakes) > room)
+        spdlog::warn("coordinator: max_peers + max_pending_handshakes ({}) is over the open-file "
+                     "room ({}): raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower them",
+                     cfg.max_peers + cfg.max_pending_handshakes, room);
+    }
+  }
   server->start();
   uint16_t status_port = 0;
   if (!cfg.status_listen.empty()) {

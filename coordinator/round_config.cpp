@@ -127,7 +127,17 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
     s.get("idle_timeout_s", c.idle_timeout_s);
     s.get("key", c.key_file);
     s.get("mirrors", c.mirrors);
+    s.get("max_peers", c.max_peers);
+    s.get("max_pending_handshakes", c.max_pending_handshakes);
+    s.get("max_connections_per_ip", c.max_connections_per_ip);
+    s.get("handshakes_per_ip_per_s", c.handshakes_per_ip_per_s);
+    s.get("handshake_burst_per_ip", c.handshake_burst_per_ip);
     s.finish();
+    if (c.max_peers < 1) s.fail("max_peers", "must be at least 1");
+    if (c.max_pending_handshakes < 1) s.fail("max_pending_handshakes", "must be at least 1");
+    if (c.max_connections_per_ip < 0) s.fail("max_connections_per_ip", "must be >= 0 (0: no bound)");
+    if (!(c.handshakes_per_ip_per_s >= 0)) s.fail("handshakes_per_ip_per_s", "must be >= 0 (0: no bound)");
+    if (!(c.handshake_burst_per_ip >= 1)) s.fail("handshake_burst_per_ip", "must be at least 1");
   }
   {
     Section s(root["admission"].as_table(), "admission");

@@ -31,6 +31,13 @@ struct RoundConfig {
   std::string data_dir = "runs/round";
   std::string listen = "127.0.0.1:7070";
   std::string status_listen = "127.0.0.1:0";  // "" disables the HTTP status endpoint
+  // [network] limits that keep an open round alive (docs/ROUND_CONFIG.md): connected peers,
+  // handshakes in progress, connections and new connections per second per source address.
+  int max_peers = 1000;
+  int max_pending_handshakes = 256;
+  int max_connections_per_ip = 16;
+  double handshakes_per_ip_per_s = 5;
+  double handshake_burst_per_ip = 20;
   // A peer connection silent this long is closed (its leases then wait reconnect_grace_s); peers
   // are asked to send a heartbeat every quarter of it while they compute.
   double idle_timeout_s = 120;

@@ -198,6 +198,18 @@ asio::awaitable<void> Coordinator::Impl::session(Channel ch) {
     const std::string name = printable(jr.display_name(), kMaxDisplayName);
     ledger->record_peer(
         peer, name, printable(jr.capabilities().ShortDebugString(), 4 * kMaxPeerText), unix_ms());
+    if (sched->connected() >= cfg.max_peers && !sched->peer_is_connected(peer)) {
+      // Full: a clear answer, and the node tries again later (its backoff spreads the retries).
+      wire::Envelope r;
+      r.set_reply_to(first.id());
+      auto* rep = r.mutable_join_reply();
+      rep->set_admitted(false);
+      rep->set_reason(wire::ACK_OVERLOADED);
+      rep->set_message(fmt::format("the round is full ({} peers connected, max_peers {}); try again later",
+                                   sched->connected(), cfg.max_peers));
+      co_await ch.send(r);
+      throw Error("refused: the round is full (max_peers)");
+    }
     sched->peer_connected(peer, jr.capabilities().measured_throughput());
     counted = true;
     spdlog::info("coordinator: peer {} ({}) joined with {} device(s)", peer.substr(0, 12), name,

@@ -37,6 +37,9 @@ asio::awaitable<void> Node::session(double& last_ok) {
   const wire::Envelope reply = co_await link.receive();
   if (!reply.has_join_reply()) throw Error("expected a join reply");
   const auto& rep = reply.join_reply();
+  // A full round is a passing state: try again with backoff. Any other refusal is final.
+  if (!rep.admitted() && rep.reason() == wire::ACK_OVERLOADED)
+    throw Error("not admitted now: " + rep.message());
   if (!rep.admitted()) throw RoundOver(2, "not admitted: " + rep.message());
   setup(rep.settings());
   // The coordinator closes a connection silent for four of these; older ones send none.

@@ -4,6 +4,9 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <chrono>
+#include <map>
+#include <mutex>
 #include <cstring>
 #include <deque>
 
@@ -548,11 +551,53 @@ struct Server::State : std::enable_shared_from_this<Server::State> {
   std::atomic<std::size_t> pending{0};
   std::atomic<std::size_t> max_pending{1024};
   std::atomic<bool> stopped{false};
+
+  // Per source address: open connections and a token bucket of new ones.
+  struct Address {
+    std::size_t open = 0;
+    double tokens = 0, at = 0;  // tokens as of `at` (steady seconds)
+  };
+  std::mutex mu;
+  std::map<asio::ip::address, Address> addresses;
+  std::size_t max_per_address = 0;
+  double per_s = 0, burst = 0;
+
+  // Admits a new connection from `a` (and counts it open), or says which bound it is over.
+  const char* admit(const asio::ip::address& a) {
+    std::lock_guard<std::mutex> lock(mu);
+    const double now =
+        std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    if (addresses.size() > 65536)  // forget idle addresses whose buckets are full again
+      std::erase_if(addresses, [&](const auto& kv) {
+        return kv.second.open == 0 && (per_s <= 0 || kv.second.tokens + (now - kv.second.at) * per_s >= burst);
+      });
+    Address& s = addresses[a];
+    if (max_per_address > 0 && s.open >= max_per_address) return "address";
+    if (per_s > 0) {
+      s.tokens = s.at == 0 ? burst : std::min(burst, s.tokens + (now - s.at) * per_s);
+      s.at = now;
+      if (s.tokens < 1) return "rate";
+      s.tokens -= 1;
+    }
+    ++s.open;
+    return nullptr;
+  }
+  void closed(const asio::ip::address& a) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto it = addresses.find(a); it != addresses.end() && it->second.open > 0) --it->second.open;
+  }
 };
 
 namespace {
 
-asio::awaitable<void> serve_connection(std::shared_ptr<Server::State> st, tcp::socket socket) {
+asio::awaitable<void> serve_connection(std::shared_ptr<Server::State> st, tcp::socket socket,
+                                       asio::ip::address address) {
+  // Counted open from accept to the end of the handler, whichever way it ends.
+  struct Open {
+    Server::State& st;
+    asio::ip::address a;
+    ~Open() { st.closed(a); }
+  } open{*st, address};
   std::error_code ec;
   const auto remote = socket.remote_endpoint(ec);
   const std::string who = ec ? std::string("?") : remote.address().to_string() + ":" + std::to_string(remote.port());
@@ -586,6 +631,10 @@ asio::awaitable<void> accept_loop(std::shared_ptr<Server::State> st) {
     if (ec) {
       if (st->stopped || ec == asio::error::operation_aborted) co_return;
       spdlog::warn("protocol: accept failed: {}", ec.message());
+      if (ec == asio::error::no_descriptors) {  // out of file descriptors: do not spin
+        asio::steady_timer pause(st->acceptor.get_executor(), std::chrono::milliseconds(100));
+        co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      }
       continue;
     }
     ++st->stats.accepted;
@@ -594,9 +643,16 @@ asio::awaitable<void> accept_loop(std::shared_ptr<Server::State> st) {
       socket.close(ec);
       continue;
     }
+    const auto address = socket.remote_endpoint(ec).address();
+    if (ec) continue;  // already gone
+    if (const char* over = st->admit(address)) {
+      ++(over[0] == 'a' ? st->stats.rejected_address : st->stats.rejected_rate);
+      socket.close(ec);
+      continue;
+    }
     ++st->pending;
     auto ex = socket.get_executor();
-    asio::co_spawn(ex, serve_connection(st, std::move(socket)), asio::detached);
+    asio::co_spawn(ex, serve_connection(st, std::move(socket), address), asio::detached);
   }
 }
 
@@ -622,6 +678,12 @@ void Server::stop() {
 std::uint16_t Server::port() const { return state_->port; }
 const Server::Stats& Server::stats() const { return state_->stats; }
 void Server::set_max_pending_handshakes(std::size_t n) { state_->max_pending = n; }
+void Server::set_address_limits(std::size_t max_connections, double per_s, double burst) {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->max_per_address = max_connections;
+  state_->per_s = per_s;
+  state_->burst = std::max(1.0, burst);
+}
 void Server::set_handshake_error_handler(
     std::function<void(const tcp::endpoint&, const ProtocolError&)> on_error) {
   state_->on_handshake_error = std::move(on_error);

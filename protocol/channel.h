@@ -126,11 +126,17 @@ class Server {
     std::atomic<std::uint64_t> accepted{0};
     std::atomic<std::uint64_t> handshakes_ok{0};
     std::atomic<std::uint64_t> handshakes_failed{0};
-    std::atomic<std::uint64_t> rejected_busy{0};  // over max_pending_handshakes
+    std::atomic<std::uint64_t> rejected_busy{0};     // over max_pending_handshakes
+    std::atomic<std::uint64_t> rejected_address{0};  // over the connections of one address
+    std::atomic<std::uint64_t> rejected_rate{0};     // over one address's connection rate
   };
   [[nodiscard]] const Stats& stats() const;
   // Connections still in the handshake beyond this are closed at once (slowloris guard).
   void set_max_pending_handshakes(std::size_t n);
+  // Per source address (IP): at most `max_connections` open at once, handshakes included, and
+  // new connections at `per_s` a second with bursts of `burst` (0: no bound). A connection over
+  // either is closed at once, before any byte is read, so one address cannot crowd out the rest.
+  void set_address_limits(std::size_t max_connections, double per_s, double burst);
   // Called (on the connection's strand) for every failed handshake, e.g. to count bad signatures
   // per address. Set before start().
   void set_handshake_error_handler(

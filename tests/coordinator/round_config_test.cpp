@@ -53,6 +53,13 @@ TEST(RoundConfig, DocumentedExampleStatesTheDefaults) {
   EXPECT_EQ(doc.ledger_sync, def.ledger_sync);
   EXPECT_EQ(doc.listen, def.listen);
   EXPECT_EQ(doc.status_listen, def.status_listen);
+  EXPECT_EQ(doc.max_peers, def.max_peers);
+  EXPECT_EQ(doc.max_pending_handshakes, def.max_pending_handshakes);
+  EXPECT_EQ(doc.max_connections_per_ip, def.max_connections_per_ip);
+  EXPECT_EQ(doc.handshakes_per_ip_per_s, def.handshakes_per_ip_per_s);
+  EXPECT_EQ(doc.handshake_burst_per_ip, def.handshake_burst_per_ip);
+  EXPECT_EQ(doc.mirrors, def.mirrors);
+  EXPECT_EQ(doc.policy_dtype, def.policy_dtype);
   EXPECT_EQ(doc.admission, def.admission);
   EXPECT_EQ(doc.codec, def.codec);
   EXPECT_EQ(doc.max_update_norm, def.max_update_norm);

@@ -61,13 +61,13 @@ class PeerInput : public ::testing::Test {
     if (!HasFailure()) fs::remove_all(dir_);
   }
 
-  tools::Endpoint start_coordinator(int ban_after = 100) {
+  tools::Endpoint start_coordinator(int ban_after = 100, int max_peers = 1000) {
     grpo::Model m(test::tiny_model_config(), 7);
     grpo::save_model((dir_ / "base").string(), m);
     std::ofstream(dir_ / "round.toml")
         << "[round]\nid = \"pi\"\nsteps = 50\nprompts_per_step = 8\n"
         << "data_dir = \"" << (dir_ / "round").string() << "\"\n"
-        << "[network]\nlisten = \"127.0.0.1:0\"\n"
+        << "[network]\nlisten = \"127.0.0.1:0\"\nmax_peers = " << max_peers << "\n"
         << "[model]\npath = \"" << (dir_ / "base").string() << "\"\n"
         << "[task]\nname = \"arith\"\n"
         << "[grpo]\ngroup_size = 2\nloss = \"grpo\"\ngradient_codec = \"raw\"\n"
@@ -294,6 +294,37 @@ TEST_F(PeerInput, LeaseHoardingAndChurnAreRefusedAndBanned) {
   ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
   EXPECT_EQ(sqlite3_column_int64(st, 0), 5);  // l1, l2 and the three the churn got
   sqlite3_finalize(st);
+}
+
+// A full round says so: past [network] max_peers a join is answered admitted = false with
+// ACK_OVERLOADED and a sentence (a node tries again with backoff), and there is room again once a
+// peer leaves.
+TEST_F(PeerInput, JoinBeyondMaxPeersIsRefusedOverloadedUntilThereIsRoom) {
+  const tools::Endpoint ep = start_coordinator(/*ban_after=*/3, /*max_peers=*/1);
+  auto first = std::make_unique<Client>(ep, "first");
+  const protocol::Identity second = protocol::Identity::generate();
+  auto join = [&] {
+    auto ch = protocol::BlockingChannel::connect(
+        ep.host, static_cast<uint16_t>(ep.port), second,
+        {.expected_peer = protocol::PeerId::parse(ep.coordinator_key)});
+    wire::Envelope j;
+    j.set_id(1);
+    j.mutable_join_request()->set_display_name("second");
+    ch.send(j);
+    return ch.receive().join_reply();
+  };
+  const wire::JoinReply full = join();
+  EXPECT_FALSE(full.admitted());
+  EXPECT_EQ(full.reason(), wire::ACK_OVERLOADED);
+  EXPECT_NE(full.message().find("the round is full"), std::string::npos) << full.message();
+  first->ch.close();
+  first.reset();
+  bool admitted = false;
+  for (int i = 0; i < 50 && !admitted; ++i) {  // the coordinator notices the close
+    admitted = join().admitted();
+    if (!admitted) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(admitted);
 }
 
 // A stand-in coordinator that admits a node and sends it settings with one bad field.

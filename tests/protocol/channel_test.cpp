@@ -104,6 +104,9 @@ class TestServer {
   std::uint16_t port() const { return server_->port(); }
   const PeerId& id() const { return identity_.id(); }
   const Server::Stats& stats() const { return server_->stats(); }
+  void set_address_limits(std::size_t n, double per_s, double burst) {
+    server_->set_address_limits(n, per_s, burst);
+  }
 
   Session wait_session() {
     std::unique_lock lock(mu_);
@@ -553,6 +556,34 @@ TEST(Channel, StalledHandshakeTimesOutWithoutLeakingSockets) {
   // An honest client still gets in afterwards.
   BlockingChannel ch = BlockingChannel::connect("127.0.0.1", server.port(), node, {.limits = test_limits()});
   EXPECT_EQ(ch.peer(), coord.id());
+}
+
+// One source address cannot crowd out the rest: a connection over its bound (open at once, or
+// new ones too fast) is closed before a byte is read; when its others end there is room again.
+TEST(Channel, PerAddressLimitsCloseExtraConnectionsAtOnce) {
+  const Identity coord = Identity::generate(), node = Identity::generate();
+  TestServer server(coord, {.limits = test_limits(5000ms)});
+  server.set_address_limits(2, 0, 1);
+  {
+    RawPeer a(server.port()), b(server.port());
+    RawPeer c(server.port());  // a third from 127.0.0.1 while two are open
+    EXPECT_TRUE(c.wait_closed(2000ms));
+    EXPECT_FALSE(a.wait_closed(200ms));  // the first two are still in their handshakes
+    EXPECT_EQ(server.stats().rejected_address, 1u);
+  }
+  // a and b hung up: their handshakes end, and the address has room again.
+  EXPECT_TRUE(server.wait_handshake_error().has_value());
+  EXPECT_TRUE(server.wait_handshake_error().has_value());
+  {
+    BlockingChannel ch = BlockingChannel::connect("127.0.0.1", server.port(), node, {.limits = test_limits()});
+    EXPECT_EQ(ch.peer(), coord.id());
+  }
+  // A rate of 0.5 new connections per second with a burst of 2: the third at once is closed.
+  server.set_address_limits(0, 0.5, 2);
+  RawPeer d(server.port()), e(server.port());
+  RawPeer f(server.port());
+  EXPECT_TRUE(f.wait_closed(2000ms));
+  EXPECT_EQ(server.stats().rejected_rate, 1u);
 }
 
 TEST(Channel, SilentResponderTimesOutTheInitiator) {
