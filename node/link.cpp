@@ -16,7 +16,6 @@ asio::awaitable<void> Node::session(double& last_ok) {
       {.expected_peer = coordinator_,
        .max_send_bytes_per_s = opt_.max_upload_mbps * 1e6 / 8,
        .max_receive_bytes_per_s = opt_.max_download_mbps * 1e6 / 8});
-  last_ok = mono_s();
   ChannelLink link(ch);
   wire::Envelope join;
   auto* jr = join.mutable_join_request();
@@ -41,6 +40,7 @@ asio::awaitable<void> Node::session(double& last_ok) {
   if (!rep.admitted() && rep.reason() == wire::ACK_OVERLOADED)
     throw Error("not admitted now: " + rep.message());
   if (!rep.admitted()) throw RoundOver(2, "not admitted: " + rep.message());
+  last_ok = mono_s();  // admitted: a full round's refusals keep the backoff growing
   setup(rep.settings());
   // The coordinator closes a connection silent for four of these; older ones send none.
   heartbeat_every_ =
