@@ -127,7 +127,7 @@ asio::awaitable<wire::Envelope> Coordinator::Impl::answer_work_request(
   };
   // `holding` may name only leases this peer was issued (active, or closed since: a lease that
   // expired while it computed is honest); anything else is made up, and no lease is issued.
-  if (wr.holding_size() > kMaxLeasesHeld)
+  if (static_cast<size_t>(wr.holding_size()) > kMaxLeasesHeld)
     co_return refuse_abuse(wire::ACK_UNKNOWN_LEASE,
                            fmt::format("holding names {} leases; a peer holds at most {}",
                                        wr.holding_size(), kMaxLeasesHeld));
