@@ -354,8 +354,14 @@ class GuardedServer final : public httplib::Server {
       res.set_content_provider(
           r.stream_bytes, r.content_type,
           [stream = r.stream](size_t offset, size_t length, httplib::DataSink& sink) {
-            const std::string piece = stream(offset, std::min<size_t>(length, size_t{1} << 20));
-            return !piece.empty() && sink.write(piece.data(), piece.size());
+            // A piece that cannot be read (e.g. a blob removed meanwhile) ends the reply early;
+            // nothing may escape into httplib's writer.
+            try {
+              const std::string piece = stream(offset, std::min<size_t>(length, size_t{1} << 20));
+              return !piece.empty() && sink.write(piece.data(), piece.size());
+            } catch (const std::exception&) {
+              return false;
+            }
           });
     } else {
       res.set_content(r.body, r.content_type);

@@ -35,7 +35,8 @@ struct HttpResponse {
   std::vector<std::pair<std::string, std::string>> headers;  // e.g. Content-Range
   // A body too large to hold (a blob): `stream_bytes` bytes that `stream(offset, max)` returns a
   // piece at a time (offset from 0, at most `max` bytes each), while the reply is written. Used
-  // instead of `body` when set.
+  // instead of `body` when set. A piece that throws or comes back empty cuts the reply short (the
+  // client sees fewer bytes than Content-Length).
   uint64_t stream_bytes = 0;
   std::function<std::string(uint64_t offset, uint64_t max)> stream;
 };

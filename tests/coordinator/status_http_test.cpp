@@ -18,6 +18,8 @@
 #include <cstring>
 #include <chrono>
 #include <map>
+#include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -418,6 +420,54 @@ TEST(StatusHttp, StopDisconnectsStalledClientsWithoutWaitingForTheirDeadline) {
   // The port is free again: a new server binds it.
   StatusHttpServer again("127.0.0.1:" + std::to_string(port), routes.handler());
   EXPECT_EQ(get(port, "/status").status, 200);
+}
+
+}  // namespace
+}  // namespace cohort::coordinator
+
+namespace cohort::coordinator {
+namespace {
+
+// A streamed body (a blob) arrives whole with its extra headers, a Range header reaches the
+// handler as sent, and a stream that fails part way cuts that reply short without taking the
+// server down: the next request is answered.
+TEST(StatusHttp, StreamedBodiesArriveWholeAndAFailingStreamOnlyCutsItsReply) {
+  std::string blob(3 << 20, '\0');
+  for (size_t i = 0; i < blob.size(); ++i) blob[i] = static_cast<char>(i * 7 + i / 4096);
+  std::atomic<int> pieces{0};
+  std::string range_seen;
+  std::mutex mu;
+  StatusHttpServer server("127.0.0.1:0", [&](const HttpRequest& req) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      range_seen = req.range;
+    }
+    HttpResponse r{200, "application/octet-stream", {}};
+    r.headers.emplace_back("X-Blob", "yes");
+    r.stream_bytes = blob.size();
+    const bool fail = req.path == "/fail";
+    r.stream = [&, fail](uint64_t offset, uint64_t max) {
+      if (fail && offset > 0) throw std::runtime_error("the blob went away");
+      ++pieces;
+      return blob.substr(offset, max);
+    };
+    return r;
+  });
+  Reply ok = roundtrip(server.port(), "GET /blob HTTP/1.1\r\nHost: x\r\nRange: bytes=5-9\r\n\r\n");
+  EXPECT_EQ(ok.status, 200);
+  EXPECT_EQ(ok.headers["x-blob"], "yes");
+  EXPECT_EQ(ok.body.size(), blob.size());
+  EXPECT_TRUE(ok.body == blob);
+  EXPECT_GE(pieces.load(), 3);  // written a piece (≤ 1 MiB) at a time
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(range_seen, "bytes=5-9");  // the handler's to apply; httplib did not cut the body
+  }
+  Reply cut = get(server.port(), "/fail");
+  EXPECT_LT(cut.body.size(), blob.size());
+  Reply again = get(server.port(), "/blob");
+  EXPECT_EQ(again.status, 200);
+  EXPECT_EQ(again.body.size(), blob.size());
 }
 
 }  // namespace
