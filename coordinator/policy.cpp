@@ -232,12 +232,14 @@ std::shared_ptr<const Published> Policy::publish() {
   p->blobs = std::move(v.blobs);
   p->snapshot_bytes = v.snapshot_bytes;
   p->patch = v.patch;
+  p->patch_kept = v.patch_kept;
   const double params = static_cast<double>(layout_.total);
   spdlog::info(
       "coordinator: published v{} ({}): snapshot {} B in {} shards{}", version_,
       exchange::dtype_name(dtype_), p->snapshot_bytes, p->shards.size(),
       p->patch.elements
-          ? fmt::format("; patch from v{} {} B ({:.4f} B/param), {} of {} elements changed ({:.3f} %)",
+          ? fmt::format("; {} from v{} {} B ({:.4f} B/param), {} of {} elements changed ({:.3f} %)",
+                        p->patch_kept ? "patch" : "no patch (heavier than the snapshot)",
                         version_ - 1, p->patch.patch_bytes, double(p->patch.patch_bytes) / params,
                         p->patch.changed, p->patch.elements,
                         100.0 * double(p->patch.changed) / double(p->patch.elements))

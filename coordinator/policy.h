@@ -54,6 +54,7 @@ struct Published {
   // (patch.changed == 0 and patch_bytes == 0 when there is none).
   uint64_t snapshot_bytes = 0;
   exchange::PatchStats patch;
+  bool patch_kept = false;  // listed in the manifest (not heavier than the snapshot)
 };
 
 // What an accepted update adds to its step besides the gradient (the coordinator's own figures).

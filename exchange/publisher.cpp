@@ -53,6 +53,7 @@ PublishedVersion Publisher::publish(const std::string& round_id, uint64_t versio
       ref.mutable_blob()->set_blake2b(d.data(), d.size());
       ref.mutable_blob()->set_size_bytes(patch.size());
       chain_.push_front(std::move(ref));
+      out.patch_kept = true;
     } else {
       chain_.clear();  // every element changed: a patch weighs more than the snapshot
     }

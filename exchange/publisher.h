@@ -37,6 +37,7 @@ struct PublishedVersion {
   std::set<protocol::Digest> blobs;      // every blob the manifest lists
   uint64_t snapshot_bytes = 0;
   PatchStats patch;  // from the previous version (all zero when there is none)
+  bool patch_kept = false;  // false: none, or heavier than the snapshot (not listed)
 };
 
 class Publisher {

@@ -222,6 +222,7 @@ TEST(Publisher, SnapshotTestVectorAndPatchChain) {
   w[17] = 0.5f;
   const PublishedVersion q2 = big.publish("r", 2, 0, to_published(wire::DTYPE_BF16, w));
   ASSERT_EQ(q2.manifest.patches_size(), 1);
+  EXPECT_TRUE(q2.patch_kept);
   EXPECT_EQ(q2.patch.changed, 1u);
   w[99] = 0.5f;
   const PublishedVersion q3 = big.publish("r", 3, 0, to_published(wire::DTYPE_BF16, w));
