@@ -156,15 +156,14 @@ asio::awaitable<wire::Envelope> Coordinator::Impl::answer_work_request(
         wire::ACK_UNKNOWN_LEASE,
         fmt::format("{} leases in a row let go without an update or a reason (at most {})",
                     undelivered[peer], kMaxUndelivered));
-  // What one peer may hold: the lease it computes and the next one it asks ahead for.
-  if (sched->leases_of(peer).size() >= kMaxLeasesHeld) {
-    wire::Envelope out;
-    out.mutable_ack()->set_reason(wire::ACK_OVERLOADED);
-    out.mutable_ack()->set_message(fmt::format(
-        "you hold {} leases; deliver or return one before asking for more", kMaxLeasesHeld));
-    out.mutable_ack()->set_policy_version(sched->version());
-    co_return out;
-  }
+  // What one peer may hold: the lease it computes and the next one it asks ahead for. A node
+  // following the protocol never asks while it holds both (it asks ahead once per lease); asking
+  // anyway is how a hoarder keeps the step's groups from everyone else.
+  if (sched->leases_of(peer).size() >= kMaxLeasesHeld)
+    co_return refuse_abuse(
+        wire::ACK_OVERLOADED,
+        fmt::format("you hold {} leases; deliver or return one before asking for more",
+                    kMaxLeasesHeld));
   // A peer asking ahead is answered at once: its update waits behind this reply. Otherwise the
   // request waits up to a second for work (a step being applied frees the next one).
   std::optional<wire::WorkLease> lease;

@@ -53,6 +53,8 @@ void Coordinator::Impl::count_misbehaviour(const std::string& peer) {
                            unix_ms());
     spdlog::warn("coordinator: peer {} banned after {} refusals for misbehaviour",
                  peer.substr(0, 12), misbehaviour[peer]);
+    // Its leases go back to the pool now, not at their deadline or after a reconnect grace.
+    for (const auto& id : sched->leases_of(peer)) close_lease(id, "expired", "peer banned");
   }
 }
 

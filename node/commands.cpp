@@ -66,7 +66,7 @@ void add_commands(CLI::App& app) {
       ->capture_default_str();
   // Fault injection for the fault tests; hidden from --help (group "").
   auto fault = std::make_shared<std::string>();
-  run->add_option("--fault", *fault, "Test only: false-reward | replay | poison | worker-throw")->group("");
+  run->add_option("--fault", *fault, "Test only: false-reward | replay | poison | worker-throw | hoard | churn")->group("");
   run->add_option("--delay-ms", o->delay_ms, "Test only: sleep before sending each update")->group("");
   run->callback([o, addr, devices, fault] {
     o->fault = parse_fault(*fault);

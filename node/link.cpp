@@ -51,6 +51,8 @@ asio::awaitable<void> Node::session(double& last_ok) {
     co_await deliver_pending(link, /*drop_expired=*/true);
   }
 
+  if (opt_.fault == Fault::hoard || opt_.fault == Fault::churn) co_await abuse_leases(link);
+
   std::optional<Ahead> next;  // the lease asked for ahead, with its weights staged
   for (;;) {
     last_ok = mono_s();
@@ -237,6 +239,32 @@ asio::awaitable<void> Node::send_heartbeat(CoordinatorLink& link) {
   h->set_status("computing");
   co_await link.send(std::move(e));
   ++heartbeats_sent_;
+}
+
+// The lease-abuse faults an independent client found (benchmarks and tests only): ask for work in
+// a loop, naming every lease received so far (hoard) or a lease that does not exist (churn),
+// computing nothing, until the coordinator ends the session.
+asio::awaitable<void> Node::abuse_leases(CoordinatorLink& link) {
+  std::vector<std::string> held;
+  asio::steady_timer pause(co_await asio::this_coro::executor);
+  for (int64_t asked = 0;; ++asked) {
+    wire::Envelope req;
+    auto* wr = req.mutable_work_request();
+    if (opt_.fault == Fault::hoard)
+      for (const auto& id : held) wr->add_holding(id);
+    else
+      wr->add_holding("x");
+    co_await link.send(std::move(req));
+    const wire::Envelope env = co_await link.receive();
+    if (env.has_work_lease()) held.push_back(env.work_lease().lease_id());
+    if (env.has_leave()) throw RoundOver(0, "round over: " + env.leave().reason());
+    if (asked % 50 == 0)
+      spdlog::warn("node: [fault {}] {} requests, {} leases held; last answer: {}",
+                   opt_.fault == Fault::hoard ? "hoard" : "churn", asked + 1, held.size(),
+                   env.has_ack() ? env.ack().message() : "a lease");
+    pause.expires_after(std::chrono::milliseconds(10));
+    co_await pause.async_wait(asio::use_awaitable);
+  }
 }
 
 // nullopt: no work yet (the coordinator answered "ask again").

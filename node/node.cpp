@@ -233,7 +233,10 @@ Fault parse_fault(const std::string& name) {
   if (name == "replay") return Fault::replay;
   if (name == "poison") return Fault::poison;
   if (name == "worker-throw") return Fault::worker_throw;
-  throw Error("unknown --fault '" + name + "' (false-reward | replay | poison | worker-throw)");
+  if (name == "hoard") return Fault::hoard;
+  if (name == "churn") return Fault::churn;
+  throw Error("unknown --fault '" + name +
+              "' (false-reward | replay | poison | worker-throw | hoard | churn)");
 }
 
 void run_node(const NodeOptions& options) {

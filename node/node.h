@@ -20,8 +20,11 @@ enum class Fault {
   replay,         // sends every accepted update a second time
   poison,         // honest rewards, a reversed, scaled, noisy gradient
   worker_throw,   // the last local worker throws on the first lease, which is given back
+  hoard,          // computes nothing: asks for work again and again naming every lease it got
+  churn,          // computes nothing: asks for work again and again naming a made-up lease
 };
-// "false-reward" | "replay" | "poison" | "worker-throw" | "" (none); throws cohort::Error.
+// "false-reward" | "replay" | "poison" | "worker-throw" | "hoard" | "churn" | "" (none); throws
+// cohort::Error.
 Fault parse_fault(const std::string& name);
 
 struct NodeOptions {

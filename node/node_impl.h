@@ -114,6 +114,7 @@ class Node {
   void start_compute(const wire::WorkLease& lease, std::shared_ptr<Computing> c);
   void setup(const wire::RoundSettings& s);
   void load(const StagedWeights& w);
+  asio::awaitable<void> abuse_leases(CoordinatorLink& link);
   void write_summary();
 
   // link.cpp
