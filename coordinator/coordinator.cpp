@@ -63,6 +63,30 @@ asio::awaitable<void> Coordinator::Impl::housekeeping() {
   io.stop();
 }
 
+namespace {
+
+// Every peer is a socket: raises the soft limit on open files to the hard one and says how many
+// peers that leaves room for (the rest: the ledger, blobs, HTTP, logs).
+void raise_open_file_limit(const RoundConfig& cfg) {
+  constexpr rlim_t kReserve = 64;
+  rlimit fds{};
+  if (::getrlimit(RLIMIT_NOFILE, &fds) != 0) return;
+  const rlim_t before = fds.rlim_cur;
+  if (fds.rlim_cur < fds.rlim_max) {
+    fds.rlim_cur = fds.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &fds) != 0) fds.rlim_cur = before;
+  }
+  const rlim_t room = fds.rlim_cur > kReserve ? fds.rlim_cur - kReserve : 0;
+  spdlog::info("coordinator: open-file limit {} (was {}): room for about {} connections; "
+               "max_peers {}", fds.rlim_cur, before, room, cfg.max_peers);
+  if (static_cast<rlim_t>(cfg.max_peers) + static_cast<rlim_t>(cfg.max_pending_handshakes) > room)
+    spdlog::warn("coordinator: max_peers + max_pending_handshakes ({}) is over the open-file "
+                 "room ({}): raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower them",
+                 cfg.max_peers + cfg.max_pending_handshakes, room);
+}
+
+}  // namespace
+
 void Coordinator::Impl::serve() {
   open();
   auto [host, port] = split_host_port(cfg.listen);
@@ -88,26 +112,7 @@ void Coordinator::Impl::serve() {
   server->set_max_pending_handshakes(static_cast<size_t>(cfg.max_pending_handshakes));
   server->set_address_limits(static_cast<size_t>(cfg.max_connections_per_ip),
                              cfg.handshakes_per_ip_per_s, cfg.handshake_burst_per_ip);
-  {
-    // Every peer is a socket: raise the soft limit on open files to the hard one and say how many
-    // peers that leaves room for (the rest: the ledger, blobs, HTTP, logs).
-    constexpr rlim_t kReserve = 64;
-    rlimit fds{};
-    if (::getrlimit(RLIMIT_NOFILE, &fds) == 0) {
-      const rlim_t before = fds.rlim_cur;
-      if (fds.rlim_cur < fds.rlim_max) {
-        fds.rlim_cur = fds.rlim_max;
-        if (::setrlimit(RLIMIT_NOFILE, &fds) != 0) fds.rlim_cur = before;
-      }
-      const rlim_t room = fds.rlim_cur > kReserve ? fds.rlim_cur - kReserve : 0;
-      spdlog::info("coordinator: open-file limit {} (was {}): room for about {} connections; "
-                   "max_peers {}", fds.rlim_cur, before, room, cfg.max_peers);
-      if (static_cast<rlim_t>(cfg.max_peers) + static_cast<rlim_t>(cfg.max_pending_handshakes) > room)
-        spdlog::warn("coordinator: max_peers + max_pending_handshakes ({}) is over the open-file "
-                     "room ({}): raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower them",
-                     cfg.max_peers + cfg.max_pending_handshakes, room);
-    }
-  }
+  raise_open_file_limit(cfg);
   server->start();
   uint16_t status_port = 0;
   if (!cfg.status_listen.empty()) {

@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/async.h"
 #include "common/clock.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/ledger.h"
@@ -102,29 +103,10 @@ struct Coordinator::Impl {
   ~Impl() { compute.join(); }
 
   // Runs f on the compute executor; the awaiting coroutine resumes on the network thread (f's
-  // result or exception is handed back there). Pass a named lambda, never a temporary: GCC 12
-  // destroys a temporary in a co_await expression twice (PR 100611), which frees what a lambda
-  // captured by value (a shared_ptr's count drops twice).
+  // result or exception is handed back there). Pass a named lambda (common/async.h).
   template <typename F>
   auto on_compute(const F& f) -> asio::awaitable<decltype(f())> {
-    using R = decltype(f());
-    const auto network = co_await asio::this_coro::executor;
-    std::optional<R> result;
-    std::exception_ptr error;
-    co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
-        [&](auto resume) {
-          asio::post(compute, [&, resume = std::move(resume), network]() mutable {
-            try {
-              result.emplace(f());
-            } catch (...) {
-              error = std::current_exception();
-            }
-            asio::post(network, std::move(resume));
-          });
-        },
-        asio::use_awaitable);
-    if (error) std::rethrow_exception(error);
-    co_return std::move(*result);
+    return run_on(compute.get_executor(), f);
   }
 
   // recovery.cpp: start-up and resume, before serving (nothing runs concurrently yet).

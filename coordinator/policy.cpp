@@ -225,24 +225,19 @@ std::shared_ptr<const Published> Policy::publish() {
       publisher_->publish(cfg_.round_id, version_, unix_ms(), std::move(bytes));
   auto p = std::make_shared<Published>();
   p->version = version_;
-  p->dtype = dtype_;
-  p->store = publisher_->store();
   p->manifest = protocol::sign_manifest(v.manifest, identity_);
-  p->shards = std::move(v.shards);
-  p->blobs = std::move(v.blobs);
-  p->snapshot_bytes = v.snapshot_bytes;
-  p->patch = v.patch;
-  p->patch_kept = v.patch_kept;
+  p->content = std::move(static_cast<exchange::VersionBlobs&>(v));
   const double params = static_cast<double>(layout_.total);
+  const exchange::VersionBlobs& c = p->content;
   spdlog::info(
       "coordinator: published v{} ({}): snapshot {} B in {} shards{}", version_,
-      exchange::dtype_name(dtype_), p->snapshot_bytes, p->shards.size(),
-      p->patch.elements
+      exchange::dtype_name(dtype_), c.snapshot_bytes, c.shards.size(),
+      c.patch.elements
           ? fmt::format("; {} from v{} {} B ({:.4f} B/param), {} of {} elements changed ({:.3f} %)",
-                        p->patch_kept ? "patch" : "no patch (heavier than the snapshot)",
-                        version_ - 1, p->patch.patch_bytes, double(p->patch.patch_bytes) / params,
-                        p->patch.changed, p->patch.elements,
-                        100.0 * double(p->patch.changed) / double(p->patch.elements))
+                        c.patch_kept ? "patch" : "no patch (heavier than the snapshot)",
+                        version_ - 1, c.patch.patch_bytes, double(c.patch.patch_bytes) / params,
+                        c.patch.changed, c.patch.elements,
+                        100.0 * double(c.patch.changed) / double(c.patch.elements))
           : std::string());
   return p;
 }
@@ -256,10 +251,11 @@ grpo::Model& Policy::weights_of(const Published& p) {
     const bool current = publisher_->current_version() == p.version;
     if (!current) {
       // An older version: its snapshot from the blob store (the versions still served keep it).
-      for (const auto& d : p.shards) {
-        const auto size = p.store->size(d);
+      const exchange::BlobStore& store = *publisher_->store();
+      for (const auto& d : p.content.shards) {
+        const auto size = store.size(d);
         COHORT_CHECK(size.has_value(), "a served version's snapshot is in the blob store");
-        from_store += p.store->read(d, 0, *size);
+        from_store += store.read(d, 0, *size);
       }
     }
     const std::string_view bytes = current ? publisher_->current() : from_store;

@@ -15,7 +15,6 @@
 #include <map>
 #include <memory>
 #include <optional>
-#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -46,15 +45,7 @@ namespace cohort::coordinator {
 struct Published {
   uint64_t version = 0;
   wire::SignedManifest manifest;
-  wire::DType dtype = wire::DTYPE_F32;
-  std::vector<protocol::Digest> shards;  // the snapshot, in order
-  std::set<protocol::Digest> blobs;      // every blob the manifest lists
-  std::shared_ptr<const exchange::BlobStore> store;
-  // What this version cost to publish: the snapshot, and the patch from the previous version
-  // (patch.changed == 0 and patch_bytes == 0 when there is none).
-  uint64_t snapshot_bytes = 0;
-  exchange::PatchStats patch;
-  bool patch_kept = false;  // listed in the manifest (not heavier than the snapshot)
+  exchange::VersionBlobs content;  // in the coordinator's blob store
 };
 
 // What an accepted update adds to its step besides the gradient (the coordinator's own figures).
@@ -79,6 +70,10 @@ class Policy {
   [[nodiscard]] const grpo::ModelConfig& model_config() const;
   // What versions are published in (the round's policy_dtype, "auto" resolved).
   [[nodiscard]] wire::DType dtype() const { return dtype_; }
+  // Where published versions' blobs live (files; read from any thread).
+  [[nodiscard]] std::shared_ptr<const exchange::BlobStore> blob_store() const {
+    return publisher_->store();
+  }
 
   // The update's gradient sum into `out` (layout().total floats), or why it is refused.
   [[nodiscard]] std::optional<exchange::Refusal> decode(const wire::GradientUpdate& u,

@@ -74,7 +74,7 @@ void Coordinator::Impl::open() {
     replays.remember(PeerId::parse(s.peer), s.sequence, d);
   }
   published.push_back(policy->publish());
-  blob_store = published.back()->store;
+  blob_store = policy->blob_store();
   policy_params = policy->layout().total;
   replay_ledger();
   // Leases that were out when the coordinator stopped stay out until their deadline, so a

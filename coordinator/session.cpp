@@ -50,13 +50,12 @@ void Coordinator::Impl::log_closed(const ClosedLease& c) {
 }
 
 asio::awaitable<void> Coordinator::Impl::send_blob(Channel& ch, const wire::BlobRequest& req) {
-  const std::shared_ptr<const exchange::BlobStore> store = published.back()->store;
   std::optional<uint64_t> size;
   protocol::Digest d{};
   if (req.blake2b().size() == d.size()) {
     std::memcpy(d.data(), req.blake2b().data(), d.size());
     for (const auto& p : published)
-      if (p->blobs.contains(d)) size = store->size(d);
+      if (p->content.blobs.contains(d)) size = blob_store->size(d);
   }
   if (!size || req.offset() > *size) {
     wire::Envelope e;
@@ -73,7 +72,7 @@ asio::awaitable<void> Coordinator::Impl::send_blob(Channel& ch, const wire::Blob
     c->set_blake2b(req.blake2b());
     c->set_offset(off);
     c->set_total_bytes(*size);
-    if (off < *size) c->set_data(store->read(d, off, kChunkBytes));
+    if (off < *size) c->set_data(blob_store->read(d, off, kChunkBytes));
     co_await ch.send(e);
     if (off >= *size) break;
   }
@@ -131,17 +130,16 @@ asio::awaitable<wire::Envelope> Coordinator::Impl::answer_work_request(
     co_return refuse_abuse(wire::ACK_UNKNOWN_LEASE,
                            fmt::format("holding names {} leases; a peer holds at most {}",
                                        wr.holding_size(), kMaxLeasesHeld));
+  auto issued_to_peer = [&](const std::string& id) {
+    if (const ActiveLease* l = sched->find(id)) return l->rec.peer == peer;
+    const auto rec = ledger->lease(id);  // closed since
+    return rec && rec->peer == peer;
+  };
   const std::set<std::string> holding(wr.holding().begin(), wr.holding().end());
-  for (const auto& id : holding) {
-    const ActiveLease* l = sched->find(id);
-    if (l ? l->rec.peer == peer : [&] {
-          const auto rec = ledger->lease(id);
-          return rec && rec->peer == peer;
-        }())
-      continue;
-    co_return refuse_abuse(wire::ACK_UNKNOWN_LEASE,
-                           "holding names lease " + printable(id, 80) + ", never issued to you");
-  }
+  for (const auto& id : holding)
+    if (!issued_to_peer(id))
+      co_return refuse_abuse(wire::ACK_UNKNOWN_LEASE,
+                             "holding names lease " + printable(id, 80) + ", never issued to you");
   int dropped = 0;
   for (const auto& id : sched->leases_of(peer))
     if (!holding.count(id)) {

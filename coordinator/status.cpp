@@ -22,14 +22,14 @@ std::string Coordinator::Impl::live_status() {
   j["finished"] = finished;
   {
     // What the latest version costs a node to fetch: the snapshot, or the patch from the one before.
-    const Published& p = *published.back();
+    const exchange::VersionBlobs& c = published.back()->content;
     const double params = static_cast<double>(policy_params);
-    j["weights"] = {{"policy_dtype", exchange::dtype_name(p.dtype)},
-                    {"snapshot_bytes", p.snapshot_bytes},
-                    {"patch_bytes", p.patch.patch_bytes},
-                    {"patch_bytes_per_param", params > 0 ? double(p.patch.patch_bytes) / params : 0.0},
-                    {"changed_elements", p.patch.changed},
-                    {"changed_fraction", p.patch.elements ? double(p.patch.changed) / double(p.patch.elements) : 0.0}};
+    j["weights"] = {{"policy_dtype", exchange::dtype_name(settings.policy_dtype())},
+                    {"snapshot_bytes", c.snapshot_bytes},
+                    {"patch_bytes", c.patch.patch_bytes},
+                    {"patch_bytes_per_param", params > 0 ? double(c.patch.patch_bytes) / params : 0.0},
+                    {"changed_elements", c.patch.changed},
+                    {"changed_fraction", c.patch.elements ? double(c.patch.changed) / double(c.patch.elements) : 0.0}};
   }
   j["coordinator"] = identity.id().hex();
   j["uptime_s"] = mono_s() - started_mono;

@@ -24,8 +24,7 @@ fs::path BlobStore::path(const protocol::Digest& d) const {
 }
 
 protocol::Digest BlobStore::put(std::string_view bytes) {
-  const protocol::Digest d = protocol::blake2b_256(
-      protocol::ByteView(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+  const protocol::Digest d = protocol::blake2b_256(protocol::as_bytes(bytes));
   const fs::path final_path = path(d);
   std::error_code ec;
   if (fs::exists(final_path, ec) && fs::file_size(final_path, ec) == bytes.size()) return d;

@@ -15,8 +15,7 @@ wire::WeightManifest build_manifest(const std::string& round_id, uint64_t versio
   m.set_policy_version(version);
   m.set_created_unix_ms(static_cast<uint64_t>(created_unix_ms));
   for (const NamedBytes& t : tensors) {
-    const protocol::Digest d = protocol::blake2b_256(
-        protocol::ByteView(reinterpret_cast<const uint8_t*>(t.bytes.data()), t.bytes.size()));
+    const protocol::Digest d = protocol::blake2b_256(protocol::as_bytes(t.bytes));
     auto* e = m.add_tensors();
     e->set_name(t.name);
     e->set_dtype(dtype);
@@ -46,11 +45,21 @@ std::optional<std::string> manifest_mismatch(const wire::WeightManifest& m,
   return std::nullopt;
 }
 
+namespace {
+
+bool digest_matches(std::string_view raw_digest, std::string_view bytes) {
+  const protocol::Digest d = protocol::blake2b_256(protocol::as_bytes(bytes));
+  return raw_digest.size() == d.size() && std::memcmp(d.data(), raw_digest.data(), d.size()) == 0;
+}
+
+}  // namespace
+
 bool bytes_match(const wire::ManifestEntry& e, std::string_view bytes) {
-  if (bytes.size() != e.size_bytes() || e.blake2b().size() != protocol::kDigestLen) return false;
-  const protocol::Digest d = protocol::blake2b_256(
-      protocol::ByteView(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
-  return std::memcmp(d.data(), e.blake2b().data(), d.size()) == 0;
+  return bytes.size() == e.size_bytes() && digest_matches(e.blake2b(), bytes);
+}
+
+bool bytes_match(const wire::BlobRef& b, std::string_view bytes) {
+  return bytes.size() == b.size_bytes() && digest_matches(b.blake2b(), bytes);
 }
 
 }  // namespace cohort::exchange

@@ -40,7 +40,9 @@ struct NamedBytes {
                                                            const ParamLayout& layout,
                                                            wire::DType dtype);
 
-// The bytes are the tensor the entry names (size and BLAKE2b-256).
+// The bytes are the tensor the entry names, or the blob the reference names (size and
+// BLAKE2b-256).
 [[nodiscard]] bool bytes_match(const wire::ManifestEntry& e, std::string_view bytes);
+[[nodiscard]] bool bytes_match(const wire::BlobRef& b, std::string_view bytes);
 
 }  // namespace cohort::exchange

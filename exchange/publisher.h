@@ -31,13 +31,17 @@ struct TensorInfo {
   uint64_t numel = 0;
 };
 
-struct PublishedVersion {
-  wire::WeightManifest manifest;
+// The blobs of one version and what they weigh.
+struct VersionBlobs {
   std::vector<protocol::Digest> shards;  // the snapshot, in order
   std::set<protocol::Digest> blobs;      // every blob the manifest lists
   uint64_t snapshot_bytes = 0;
   PatchStats patch;  // from the previous version (all zero when there is none)
   bool patch_kept = false;  // false: none, or heavier than the snapshot (not listed)
+};
+
+struct PublishedVersion : VersionBlobs {
+  wire::WeightManifest manifest;  // unsigned
 };
 
 class Publisher {

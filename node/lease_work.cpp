@@ -99,16 +99,15 @@ LeaseGradient compute_lease(DeviceGroup& devices, const LeaseContext& ctx,
     }
     const grpo::LossSums sums = grpo::accumulate_gradient(model, nullptr, share.batch.rollout,
                                                           share.batch.advantages, ctx.cfg);
+    // The flat copy is what travels on: the parameters' own gradients (the model's size again)
+    // are dropped, on the CPU each as soon as it is copied, and never held between leases.
     if (on_gpu) {
       flats[w] = flat_gradient(model, ctx.layout);
+      for (auto& p : model.parameters()) p.mutable_grad().reset();
     } else {
       grads[w].resize(ctx.layout.total);
-      // Each parameter's gradient goes as soon as it is copied: the flat copy is what travels
-      // on, and the two are never both whole in memory.
       exchange::flatten_grads(model, ctx.layout, grads[w], /*release=*/true);
     }
-    // Nor are the parameters' gradients (the model's size again) held between leases.
-    for (auto& p : model.parameters()) p.mutable_grad().reset();
     counts[w] = {sums.units, sums.tokens, sums.loss_sum.item<double>()};
     share.seconds += mono_s() - t0;
   });

@@ -3,10 +3,10 @@
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 
-#include <asio/post.hpp>
 #include <cstring>
 #include <exception>
 
+#include "common/async.h"
 #include "common/check.h"
 #include "exchange/manifest.h"
 #include "exchange/weight_patch.h"
@@ -21,39 +21,6 @@ namespace {
 // HTTP requests ask for this much at a time: each answer is quick (0.3 s at 100 Mbit/s) and a
 // failure costs at most this much again.
 constexpr uint64_t kRangeBytes = 4ull << 20;
-
-std::string hex_of(const std::string& raw) {
-  return protocol::to_hex(
-      protocol::ByteView(reinterpret_cast<const uint8_t*>(raw.data()), raw.size()));
-}
-
-bool digest_is(const std::string& bytes, const std::string& raw_digest) {
-  const protocol::Digest d = protocol::blake2b_256(
-      protocol::ByteView(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
-  return raw_digest.size() == d.size() && std::memcmp(d.data(), raw_digest.data(), d.size()) == 0;
-}
-
-// Runs the blocking `f` on `pool`; the coroutine resumes on its own executor with the result.
-template <typename F>
-asio::awaitable<std::string> off_thread(asio::thread_pool& pool, F f) {
-  const auto home = co_await asio::this_coro::executor;
-  std::optional<std::string> result;
-  std::exception_ptr error;
-  co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
-      [&](auto resume) {
-        asio::post(pool, [&, resume = std::move(resume), home]() mutable {
-          try {
-            result.emplace(f());
-          } catch (...) {
-            error = std::current_exception();
-          }
-          asio::post(home, std::move(resume));
-        });
-      },
-      asio::use_awaitable);
-  if (error) std::rethrow_exception(error);
-  co_return std::move(*result);
-}
 
 }  // namespace
 
@@ -123,7 +90,7 @@ asio::awaitable<std::string> WeightSync::from_channel(CoordinatorLink& link,
 
 asio::awaitable<std::string> WeightSync::fetch_blob(CoordinatorLink& link, const wire::BlobRef& ref,
                                                     const std::vector<std::string>& mirrors) {
-  const std::string hex = hex_of(ref.blake2b());
+  const std::string hex = protocol::to_hex(protocol::as_bytes(ref.blake2b()));
   for (const auto& base : mirrors) {
     if (bad_mirrors_.contains(base)) continue;
     std::string why;
@@ -132,9 +99,9 @@ asio::awaitable<std::string> WeightSync::fetch_blob(CoordinatorLink& link, const
       for (uint64_t off = 0; off < ref.size_bytes(); off += kRangeBytes) {
         const uint64_t n = std::min(kRangeBytes, ref.size_bytes() - off);
         auto get = [&base, &hex, off, n] { return http_blob_range(base, hex, off, n); };
-        bytes += co_await off_thread(http_, get);
+        bytes += co_await run_on(http_.get_executor(), get);
       }
-      if (digest_is(bytes, ref.blake2b())) {
+      if (exchange::bytes_match(ref, bytes)) {
         stats_.mirror_bytes += static_cast<double>(bytes.size());
         stats_.bytes += static_cast<double>(bytes.size());
         co_return bytes;
@@ -149,7 +116,7 @@ asio::awaitable<std::string> WeightSync::fetch_blob(CoordinatorLink& link, const
                  hex.substr(0, 16), why);
   }
   std::string bytes = co_await from_channel(link, ref);
-  if (!digest_is(bytes, ref.blake2b()))
+  if (!exchange::bytes_match(ref, bytes))
     throw Error("the coordinator served blob " + hex.substr(0, 16) +
                 " with bytes that do not match its digest");
   stats_.bytes += static_cast<double>(bytes.size());
