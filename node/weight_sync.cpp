@@ -103,7 +103,6 @@ asio::awaitable<std::string> WeightSync::fetch_blob(CoordinatorLink& link, const
       }
       if (exchange::bytes_match(ref, bytes)) {
         stats_.mirror_bytes += static_cast<double>(bytes.size());
-        stats_.bytes += static_cast<double>(bytes.size());
         co_return bytes;
       }
       why = "served bytes that do not match the blob's digest";
@@ -119,7 +118,6 @@ asio::awaitable<std::string> WeightSync::fetch_blob(CoordinatorLink& link, const
   if (!exchange::bytes_match(ref, bytes))
     throw Error("the coordinator served blob " + hex.substr(0, 16) +
                 " with bytes that do not match its digest");
-  stats_.bytes += static_cast<double>(bytes.size());
   co_return bytes;
 }
 

@@ -48,7 +48,6 @@ struct StagedWeights {
 
 // What fetching weights has cost so far (the node's summary reports it).
 struct WeightStats {
-  double bytes = 0;                            // every blob byte received, all sources
   double patch_bytes = 0, snapshot_bytes = 0;  // by kind
   double mirror_bytes = 0, channel_bytes = 0;  // by source
   int64_t patches = 0, snapshots = 0;          // applied / fetched
@@ -72,7 +71,8 @@ class WeightSync {
 
   [[nodiscard]] bool holds(uint64_t version) const { return loaded_ && version_ == version; }
   [[nodiscard]] uint64_t version() const { return version_; }
-  [[nodiscard]] double fetched_bytes() const { return stats_.bytes; }
+  // Every blob byte received, all sources.
+  [[nodiscard]] double fetched_bytes() const { return stats_.mirror_bytes + stats_.channel_bytes; }
   [[nodiscard]] const WeightStats& stats() const { return stats_; }
 
  private:

@@ -622,15 +622,18 @@ TEST_F(E2E, TopkUpdatesPassTheirAuditAndPoisonDoesNot) {
 // every blob over HTTP with Range requests (GET /blobs/<hex>).
 TEST_F(E2E, Bf16PolicyTravelsAsPatchesAndBlobsOverHttp) {
   Round r;
-  r.steps = 6;
+  r.steps = 10;
   r.staleness = 1;
   r.lr = 1e-5;  // most BF16 bits stay from one version to the next
   r.policy_dtype = "bf16";
   r.recompute_fraction = 1.0;
   auto ep = start_coordinator(write_config(r));
   const std::string early_json = (dir_ / "early.json").string(), late_json = (dir_ / "late.json").string();
-  start_node(ep, "early", {"--summary-out", early_json});
+  // The early node waits 400 ms before each update, so that the round lasts while the late one
+  // starts (a step of this model is otherwise over in a fraction of a second).
+  start_node(ep, "early", {"--summary-out", early_json, "--delay-ms", "400"});
   ASSERT_TRUE(wait_until("SELECT COUNT(*) FROM steps", 2)) << log("coordinator");
+  start_node(ep, "late", {"--summary-out", late_json});
 
   // Any published blob, by its digest, in ranges; an unknown digest is a 404.
   const std::string base = "http://" + ep.host + ":" + std::to_string(ep.status_port);
@@ -652,7 +655,6 @@ TEST_F(E2E, Bf16PolicyTravelsAsPatchesAndBlobsOverHttp) {
   EXPECT_GE(served, 1);
   EXPECT_THROW((void)node::http_blob_range(base, std::string(64, '0'), 0, 1), Error);
 
-  start_node(ep, "late", {"--summary-out", late_json});
   ASSERT_EQ(wait_coordinator(), 0) << log("coordinator");
   for (auto& n : nodes_) n.wait(60);
   expect_each_group_counted_once(r);
@@ -663,10 +665,11 @@ TEST_F(E2E, Bf16PolicyTravelsAsPatchesAndBlobsOverHttp) {
   EXPECT_GE(early["weights_patches"].get<int>(), 1) << early.dump();
   EXPECT_EQ(early["weights_patch_fallbacks"].get<int>(), 0) << early.dump();
   EXPECT_LT(early["weights_patch_bytes"].get<double>(), early["weights_snapshot_bytes"].get<double>());
-  if (fs::exists(late_json)) {
-    const auto late = nlohmann::json::parse(std::ifstream(late_json));
-    if (late["leases"].get<int>() > 0) EXPECT_GE(late["weights_snapshots"].get<int>(), 1) << late.dump();
-  }
+  // The joiner works mid-round, from the snapshot of the version it joined at.
+  ASSERT_TRUE(fs::exists(late_json)) << log("late");
+  const auto late = nlohmann::json::parse(std::ifstream(late_json));
+  EXPECT_GE(late["leases"].get<int>(), 1) << late.dump();
+  EXPECT_GE(late["weights_snapshots"].get<int>(), 1) << late.dump();
   EXPECT_NE(log("coordinator").find("(bf16): snapshot"), std::string::npos);
 }
 
