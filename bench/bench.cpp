@@ -11,6 +11,7 @@ void add_commands(CLI::App& app) {
   add_protocol_bench(*bench);
   add_devices_bench(*bench);
   add_e2e_bench(*bench);
+  add_swarm_bench(*bench);
 }
 
 }  // namespace cohort::bench

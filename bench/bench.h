@@ -1,4 +1,4 @@
-// `cohort bench [grpo|kernels|protocol|devices|e2e]`: benchmarks that print ratios against a baseline
+// `cohort bench [grpo|kernels|protocol|devices|e2e|swarm]`: benchmarks that print ratios against a baseline
 // measured in the same run (these machines are shared and noisy; absolute timings mislead).
 #pragma once
 
@@ -15,5 +15,6 @@ void add_protocol_bench(CLI::App& bench);
 void add_grpo_bench(CLI::App& bench);
 void add_devices_bench(CLI::App& bench);
 void add_e2e_bench(CLI::App& bench);
+void add_swarm_bench(CLI::App& bench);
 
 }  // namespace cohort::bench

@@ -81,6 +81,9 @@ struct Coordinator::Impl {
   // (closed when it asked for new work without naming them).
   std::map<std::string, int> undelivered;
   std::set<std::string> banned;
+  // The timers of work requests waiting for work, woken when some may have appeared (a lease
+  // closed, a step applied; work_may_be_available).
+  std::set<asio::steady_timer*> waiting_for_work;
   bool finished = false;
   bool applying = false;  // a step is being applied on the executor
   int64_t applying_step = 0;
@@ -130,6 +133,9 @@ struct Coordinator::Impl {
   void close_lease(const std::string& lease_id, const std::string& state,
                    const std::string& reason);
   void log_closed(const ClosedLease& c);
+  void work_may_be_available() {
+    for (asio::steady_timer* t : waiting_for_work) t->cancel();
+  }
 
   // A refusal for misbehaviour counted against `peer` (already recorded by the caller); bans the
   // peer once it reaches ban_after.

@@ -62,7 +62,8 @@ void Coordinator::Impl::open() {
                                                        .staleness_bound = cfg.staleness_bound,
                                                        .lease_timeout_s = cfg.lease_timeout_s,
                                                        .reconnect_grace_s = cfg.reconnect_grace_s,
-                                                       .min_peers = cfg.min_peers},
+                                                       .min_peers = cfg.min_peers,
+                                                       .backup_factor = cfg.backup_factor},
                                        version);
   misbehaviour = ledger->misbehaviour_counts();
   for (const auto& [p, n] : misbehaviour)

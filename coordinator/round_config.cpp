@@ -106,6 +106,7 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
     s.get("staleness_bound", c.staleness_bound);
     s.get("lease_timeout_s", c.lease_timeout_s);
     s.get("reconnect_grace_s", c.reconnect_grace_s);
+    s.get("backup_factor", c.backup_factor);
     s.get("min_peers", c.min_peers);
     s.get("checkpoint_interval", c.checkpoint_interval);
     s.get("eval_every", c.eval_every);
@@ -250,6 +251,8 @@ void RoundConfig::validate() const {
   if (grpo.prompts_per_step < 1) bad("[round] prompts_per_step must be at least 1");
   if (grpo.group_size < 2) bad("[grpo] group_size must be at least 2 (advantages are relative)");
   if (lease_timeout_s <= 0) bad("[round] lease_timeout_s must be positive");
+  if (!(backup_factor == 0 || backup_factor >= 1))
+    bad("[round] backup_factor must be 0 (no backup leases) or at least 1");
   if (checkpoint_interval < 1) bad("[round] checkpoint_interval must be at least 1");
   if (min_peers < 1) bad("[round] min_peers must be at least 1");
   if (!(idle_timeout_s >= 1)) bad("[network] idle_timeout_s must be at least 1");

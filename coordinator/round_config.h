@@ -24,6 +24,7 @@ struct RoundConfig {
   uint32_t staleness_bound = 1;        // S: updates on versions >= current - S are accepted
   double lease_timeout_s = 120;        // a lease not returned by then is re-issued
   double reconnect_grace_s = 10;       // a disconnected peer's lease waits this long for a resend
+  double backup_factor = 2;            // backup leases (scheduler.h); 0: off
   int min_peers = 1;                   // no lease is issued before this many peers are connected
   int64_t checkpoint_interval = 10;    // steps between checkpoints (the last step always)
   int64_t eval_every = 0;              // held-out evaluation interval in steps (0: off)

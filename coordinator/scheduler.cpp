@@ -33,6 +33,7 @@ LeaseScheduler::Step& LeaseScheduler::step(int64_t s) {
   if (it != steps_.end()) return it->second;
   Step& st = steps_[s];
   st.groups.assign(static_cast<size_t>(cfg_.groups_per_step), Group::pending);
+  st.pending = cfg_.groups_per_step;
   return st;
 }
 
@@ -118,6 +119,24 @@ int64_t LeaseScheduler::lease_size(const std::string& peer, int64_t pending,
   return std::max<int64_t>(0, std::min(size, pending));
 }
 
+ActiveLease LeaseScheduler::new_lease(const std::string& peer, int64_t s, double now,
+                                      int64_t now_ms) const {
+  ActiveLease l;
+  uint8_t rnd[6];
+  randombytes_buf(rnd, sizeof rnd);
+  char id[64];
+  std::snprintf(id, sizeof id, "s%lld-%02x%02x%02x%02x%02x%02x", static_cast<long long>(s), rnd[0],
+                rnd[1], rnd[2], rnd[3], rnd[4], rnd[5]);
+  l.rec.lease_id = id;
+  l.rec.step = s;
+  l.rec.peer = peer;
+  l.rec.policy_version = version_;
+  l.rec.issued_ms = now_ms;
+  l.rec.deadline_ms = now_ms + static_cast<int64_t>(cfg_.lease_timeout_s * 1000);
+  l.issued_mono = now;
+  return l;
+}
+
 std::optional<ActiveLease> LeaseScheduler::issue(const std::string& peer, uint32_t max_prompts,
                                                  double now, int64_t now_ms) {
   if (finished()) return std::nullopt;
@@ -129,41 +148,83 @@ std::optional<ActiveLease> LeaseScheduler::issue(const std::string& peer, uint32
       std::min<int64_t>(cfg_.steps, static_cast<int64_t>(version_) + 1 + cfg_.staleness_bound);
   for (int64_t s = static_cast<int64_t>(version_) + 1; s <= last; ++s) {
     Step& st = step(s);
+    if (st.pending == 0) continue;
     std::vector<int> pending;
     for (int i = 0; i < cfg_.groups_per_step; ++i)
       if (st.groups[static_cast<size_t>(i)] == Group::pending) pending.push_back(i);
     if (pending.empty()) continue;
     const int64_t size = lease_size(peer, static_cast<int64_t>(pending.size()), max_prompts);
-    ActiveLease l;
-    uint8_t rnd[6];
-    randombytes_buf(rnd, sizeof rnd);
-    char id[64];
-    std::snprintf(id, sizeof id, "s%lld-%02x%02x%02x%02x%02x%02x", static_cast<long long>(s),
-                  rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5]);
-    l.rec.lease_id = id;
-    l.rec.step = s;
-    l.rec.peer = peer;
-    l.rec.policy_version = version_;
-    l.rec.issued_ms = now_ms;
-    l.rec.deadline_ms = now_ms + static_cast<int64_t>(cfg_.lease_timeout_s * 1000);
-    l.issued_mono = now;
+    ActiveLease l = new_lease(peer, s, now, now_ms);
     for (int64_t i = 0; i < size; ++i) {
       const int pos = pending[static_cast<size_t>(i)];
       st.groups[static_cast<size_t>(pos)] = Group::leased;
+      --st.pending;
       l.groups.push_back(pos);
       l.rec.prompts.push_back(prompt_index(s, pos));
     }
     leases_[l.rec.lease_id] = l;
     return l;
   }
-  return std::nullopt;
+  return issue_backup(peer, max_prompts, now, now_ms);
 }
 
-ActiveLease LeaseScheduler::complete(const std::string& lease_id, double now) {
+// A peer that vanished with a lease (or is much slower than it looked) would hold its step until
+// the lease's deadline while the others idle: an idle peer that has delivered before takes the
+// same groups, and whichever update comes first counts (MapReduce's backup tasks).
+std::optional<ActiveLease> LeaseScheduler::issue_backup(const std::string& peer,
+                                                        uint32_t max_prompts, double now,
+                                                        int64_t now_ms) {
+  if (cfg_.backup_factor <= 0 || throughput(peer) <= 0) return std::nullopt;
+  // What an unmeasured holder is expected to manage: the median of the measured connected peers.
+  std::vector<double> measured;
+  for (const auto& [k, q] : peers_)
+    if (q.throughput > 0 && q.sessions > 0) measured.push_back(q.throughput);
+  std::nth_element(measured.begin(), measured.begin() + static_cast<std::ptrdiff_t>(measured.size() / 2),
+                   measured.end());
+  const double typical = measured[measured.size() / 2];  // non-empty: `peer` is measured
+  const ActiveLease* best = nullptr;
+  double best_ratio = 0;
+  const Peer none;
+  for (const auto& [id, l] : leases_) {
+    if (l.rec.peer == peer || !l.partner.empty()) continue;  // at most two holders
+    if (max_prompts > 0 && l.groups.size() > max_prompts) continue;
+    const auto h = peers_.find(l.rec.peer);
+    const Peer& holder = h == peers_.end() ? none : h->second;
+    const double thr = holder.throughput > 0 ? holder.throughput : typical;
+    const double expected = double(l.groups.size()) / thr + holder.upload_s + holder.download_s;
+    // A peer that asks ahead starts a lease when it delivers the one before.
+    const double age = now - std::max(l.issued_mono, holder.last_delivery);
+    const double ratio = age / std::max(cfg_.backup_factor * expected, cfg_.backup_min_s);
+    if (ratio < 1) continue;
+    if (!best || l.rec.step < best->rec.step || (l.rec.step == best->rec.step && ratio > best_ratio)) {
+      best = &l;
+      best_ratio = ratio;
+    }
+  }
+  if (!best) return std::nullopt;
+  ActiveLease b = new_lease(peer, best->rec.step, now, now_ms);
+  b.groups = best->groups;
+  b.rec.prompts = best->rec.prompts;
+  b.partner = best->rec.lease_id;
+  b.backup = true;
+  leases_[best->rec.lease_id].partner = b.rec.lease_id;
+  leases_[b.rec.lease_id] = b;
+  return b;
+}
+
+ActiveLease LeaseScheduler::complete(const std::string& lease_id, double now,
+                                     std::optional<ClosedLease>* superseded) {
   auto it = leases_.find(lease_id);
   COHORT_CHECK(it != leases_.end(), "completing a lease that is not active");
   ActiveLease l = std::move(it->second);
   leases_.erase(it);
+  if (auto p = leases_.find(l.partner); !l.partner.empty() && p != leases_.end()) {
+    ClosedLease c{p->first, p->second.rec.peer, p->second.groups.size(), "superseded",
+                  (l.backup ? "its backup lease " : "the lease it backed up, ") + lease_id +
+                      ", delivered the same groups first"};
+    leases_.erase(p);
+    if (superseded) *superseded = std::move(c);
+  }
   Step& st = step(l.rec.step);
   for (int pos : l.groups) {
     COHORT_CHECK(st.groups[static_cast<size_t>(pos)] == Group::leased,
@@ -186,10 +247,14 @@ std::optional<ClosedLease> LeaseScheduler::close(const std::string& lease_id,
                                                  const std::string& reason) {
   auto it = leases_.find(lease_id);
   if (it == leases_.end()) return std::nullopt;
-  if (auto st = steps_.find(it->second.rec.step); st != steps_.end())
+  if (auto p = leases_.find(it->second.partner); !it->second.partner.empty() && p != leases_.end())
+    p->second.partner.clear();  // the groups stay leased, to the partner
+  else if (auto st = steps_.find(it->second.rec.step); st != steps_.end())
     for (int pos : it->second.groups)
-      if (st->second.groups[static_cast<size_t>(pos)] == Group::leased)
+      if (st->second.groups[static_cast<size_t>(pos)] == Group::leased) {
         st->second.groups[static_cast<size_t>(pos)] = Group::pending;
+        ++st->second.pending;
+      }
   ClosedLease c{lease_id, it->second.rec.peer, it->second.groups.size(), state, reason};
   leases_.erase(it);
   return c;
@@ -227,6 +292,7 @@ bool LeaseScheduler::adopt(const LeaseRecord& rec, double now) {
     l.groups.push_back(pos);
   }
   for (int pos : l.groups) st.groups[static_cast<size_t>(pos)] = Group::leased;
+  st.pending -= static_cast<int>(l.groups.size());
   leases_[rec.lease_id] = std::move(l);
   return true;
 }
@@ -243,6 +309,7 @@ void LeaseScheduler::mark_done(int64_t s, const std::vector<uint64_t>& prompts) 
     COHORT_CHECK(pos >= 0 && pos < cfg_.groups_per_step &&
                      st.groups[static_cast<size_t>(pos)] != Group::done,
                  "a replayed prompt group counted twice");
+    if (st.groups[static_cast<size_t>(pos)] == Group::pending) --st.pending;
     st.groups[static_cast<size_t>(pos)] = Group::done;
     ++st.done;
   }

@@ -28,6 +28,11 @@ struct SchedulerConfig {
   double lease_timeout_s = 120;   // a lease not delivered by then goes back to the pool
   double reconnect_grace_s = 10;  // a disconnected peer's leases wait this long for it
   int min_peers = 1;              // no lease before this many peers are connected
+  // Backup leases: when nothing is pending, a lease out for this many times its expected duration
+  // (at least backup_min_s) is issued again to an idle peer that has delivered before; the first
+  // update completes its groups (0: never).
+  double backup_factor = 2;
+  double backup_min_s = 1;
 };
 
 // A lease out to a peer: its ledger record and its groups' positions inside the step.
@@ -35,6 +40,10 @@ struct ActiveLease {
   LeaseRecord rec;
   std::vector<int> groups;
   double issued_mono = 0;
+  // A lease and its backup (the same groups issued again while the first holder was overdue) name
+  // each other here: whichever is delivered first completes the groups and supersedes the other.
+  std::string partner;
+  bool backup = false;
 };
 
 // A lease that left the active set without an update: why, for the ledger and the log.
@@ -67,14 +76,19 @@ class LeaseScheduler {
 
   // ---- leases
   // A lease for `peer` from the oldest step in the staleness window with pending groups, sized
-  // by guided self-scheduling (see lease_size); nullopt when none can be issued now (round
-  // finished, fewer than min_peers connected so far, or nothing pending in the window).
+  // by guided self-scheduling (see lease_size). With nothing pending, a backup of the most
+  // overdue lease (oldest step first; see backup_factor) if `peer` has delivered before and none
+  // of its own. nullopt when none can be issued now (round finished, fewer than min_peers
+  // connected so far, nothing pending in the window and nothing overdue).
   std::optional<ActiveLease> issue(const std::string& peer, uint32_t max_prompts, double now,
                                    int64_t now_ms);
   // The lease's groups are done (its update was accepted). Updates the peer's measured
-  // throughput. Returns the lease as it was.
-  ActiveLease complete(const std::string& lease_id, double now);
-  // Back to the pool, with the reason recorded (no-op for an unknown id).
+  // throughput. Returns the lease as it was; its partner (a backup, or the lease it backed up),
+  // now superseded, leaves the active set and is reported in `superseded`.
+  ActiveLease complete(const std::string& lease_id, double now,
+                       std::optional<ClosedLease>* superseded = nullptr);
+  // Back to the pool, with the reason recorded (no-op for an unknown id). The groups of a lease
+  // with a partner stay with the partner.
   std::optional<ClosedLease> close(const std::string& lease_id, const std::string& state,
                                    const std::string& reason);
   // The active leases of `peer` not in `holding` (a work request names what it still computes).
@@ -116,6 +130,7 @@ class LeaseScheduler {
   struct Step {
     std::vector<Group> groups;
     int done = 0;
+    int pending = 0;  // groups in Group::pending (a full step is skipped without a scan)
   };
   struct Peer {
     double throughput = 0;  // groups per second, measured (EMA)
@@ -127,6 +142,10 @@ class LeaseScheduler {
   };
   Step& step(int64_t s);
   [[nodiscard]] double share_of(const std::string& peer) const;
+  [[nodiscard]] ActiveLease new_lease(const std::string& peer, int64_t step, double now,
+                                      int64_t now_ms) const;
+  std::optional<ActiveLease> issue_backup(const std::string& peer, uint32_t max_prompts,
+                                          double now, int64_t now_ms);
 
   SchedulerConfig cfg_;
   uint64_t version_ = 0;

@@ -25,6 +25,9 @@ std::optional<wire::WorkLease> Coordinator::Impl::try_issue(const std::string& p
                  cfg.min_peers);
   if (!l) return std::nullopt;
   ledger->record_lease(l->rec);
+  if (l->backup)
+    spdlog::info("coordinator: lease {} ({} groups) to peer {} backs up lease {}, overdue",
+                 l->rec.lease_id, l->groups.size(), peer.substr(0, 12), l->partner);
   wire::WorkLease w;
   w.set_lease_id(l->rec.lease_id);
   w.set_round_id(cfg.round_id);
@@ -45,8 +48,10 @@ void Coordinator::Impl::close_lease(const std::string& lease_id, const std::stri
 
 void Coordinator::Impl::log_closed(const ClosedLease& c) {
   ledger->close_lease(c.lease_id, c.state, c.reason, unix_ms());
-  spdlog::info("coordinator: lease {} ({} groups, peer {}) {}: {}; its prompts go back to the pool",
-               c.lease_id, c.groups, c.peer.substr(0, 12), c.state, c.reason);
+  spdlog::info("coordinator: lease {} ({} groups, peer {}) {}: {}{}", c.lease_id, c.groups,
+               c.peer.substr(0, 12), c.state, c.reason,
+               c.state == "superseded" ? "" : "; its prompts go back to the pool");
+  work_may_be_available();
 }
 
 asio::awaitable<void> Coordinator::Impl::send_blob(Channel& ch, const wire::BlobRequest& req) {
@@ -163,13 +168,22 @@ asio::awaitable<wire::Envelope> Coordinator::Impl::answer_work_request(
         fmt::format("you hold {} leases; deliver or return one before asking for more",
                     kMaxLeasesHeld));
   // A peer asking ahead is answered at once: its update waits behind this reply. Otherwise the
-  // request waits up to a second for work (a step being applied frees the next one).
+  // request waits up to a second for work: woken when a lease closes or a step is applied, and
+  // every 100 ms, when a backup lease may have come due.
   std::optional<wire::WorkLease> lease;
   asio::steady_timer timer(io);
+  struct Waiting {
+    std::set<asio::steady_timer*>& set;
+    asio::steady_timer* t;
+    ~Waiting() { set.erase(t); }
+  } waiting{waiting_for_work, &timer};
   const double give_up = mono_s() + (holding.empty() ? 1.0 : 0.0);
   while (!finished && !(lease = try_issue(peer, wr.max_prompts())) && mono_s() < give_up) {
-    timer.expires_after(std::chrono::milliseconds(3));
-    co_await timer.async_wait(asio::use_awaitable);
+    timer.expires_after(std::chrono::milliseconds(100));
+    waiting_for_work.insert(&timer);
+    asio::error_code ec;  // cancelled: work may have appeared
+    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    waiting_for_work.erase(&timer);
   }
   wire::Envelope out;
   if (lease) {

@@ -21,6 +21,7 @@ void Coordinator::Impl::record_checkpoint(int64_t step, const std::string& path)
 void Coordinator::Impl::step_applied(const Policy::Applied& a, bool replaying) {
   const StepRecord& r = a.record;
   sched->step_applied(r.step);
+  work_may_be_available();  // the staleness window moved on: a new step's groups
   published.push_back(a.published);
   const size_t keep = std::max<size_t>(2, cfg.staleness_bound + 2);
   while (published.size() > keep) published.pop_front();

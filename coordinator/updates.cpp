@@ -180,7 +180,9 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
   }
   const double handling_s = c.seconds + (mono_s() - recorded0);  // the step's `aggregate_s`
   replays.remember(channel_peer, u.sequence, vr.digest);
-  sched->complete(lease.lease_id, mono_s());
+  std::optional<ClosedLease> superseded;
+  sched->complete(lease.lease_id, mono_s(), &superseded);
+  if (superseded) log_closed(*superseded);
   undelivered.erase(peer);
   // Queued on the executor before any step application that could need it (one thread, FIFO).
   asio::post(compute, [this, step = lease.step, grad = std::move(c.grad),

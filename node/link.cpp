@@ -280,12 +280,14 @@ asio::awaitable<std::optional<wire::WorkLease>> Node::ask_for_work(CoordinatorLi
     r->set_lease_id(id);
     r->set_reason(why);
   }
+  const double t0 = mono_s();
   co_await link.send(std::move(req));
   returned_.clear();
   const wire::Envelope env = co_await link.receive();
   if (env.has_leave()) throw RoundOver(0, "round over: " + env.leave().reason());
   if (env.has_ack()) co_return std::nullopt;
   if (!env.has_work_lease()) throw Error("expected a lease");
+  lease_rtt_ms_.push_back(1e3 * (mono_s() - t0));
   co_return env.work_lease();
 }
 

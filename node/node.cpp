@@ -15,6 +15,7 @@
 
 #include "common/check.h"
 #include "common/clock.h"
+#include "common/quantile.h"
 #include "common/runtime.h"
 #include "exchange/round_settings.h"
 #include "node/node_impl.h"
@@ -223,7 +224,9 @@ void Node::write_summary() {
             {"weights_s", weights_s_},
             {"ack_wait_s", ack_wait_s_},
             {"ahead_wait_s", ahead_wait_s_},
-            {"heartbeats_sent", heartbeats_sent_}};
+            {"heartbeats_sent", heartbeats_sent_},
+            {"lease_rtt_p50_ms", quantile(lease_rtt_ms_, 0.5)},
+            {"lease_rtt_p99_ms", quantile(lease_rtt_ms_, 0.99)}};
   std::ofstream(opt_.summary_out) << j.dump() << "\n";
 }
 

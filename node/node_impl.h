@@ -107,6 +107,7 @@ class Node {
   double seconds_per_group_ = 0, link_seconds_ = 0;
   Clock::duration heartbeat_every_ = std::chrono::seconds(15);
   int64_t heartbeats_sent_ = 0;
+  std::vector<double> lease_rtt_ms_;  // WorkRequest → WorkLease, requests answered with a lease
   double first_lease_ = -1, last_ack_ = -1;
 
   // node.cpp

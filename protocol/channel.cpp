@@ -1,14 +1,18 @@
 #include "protocol/channel.h"
-#include "protocol/rate_limit.h"
 
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
-#include <map>
-#include <mutex>
 #include <cstring>
 #include <deque>
+#include <list>
+#include <map>
+#include <mutex>
+
+#include "protocol/rate_limit.h"
 
 namespace cohort::protocol {
 
@@ -66,7 +70,6 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   noise::Hash hash{};
   std::uint8_t version = 0;
   Bytes wbuf;
-  Bytes rbuf;
   // Send queue (see send_frame).
   bool writing = false;
   std::deque<Bytes> queue;
@@ -202,6 +205,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     }
     writing = false;
     write_done.cancel();
+    // A bulk message (a blob or update chunk) grew the buffer: not kept while the peer idles.
+    if (wbuf.capacity() > kReadBuffer / 4) Bytes().swap(wbuf);
   }
 
   // `allow_verdict`: only the initiator's first read may see the responder's verdict.
@@ -218,15 +223,24 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       }
       // Messages authenticated before a bad transport message are delivered first, in order.
       if (failure) std::rethrow_exception(failure);
-      if (rbuf.empty()) rbuf.resize(kReadBuffer);
       std::error_code ec;
       if (!handshake_timer) arm(read_timer, limits.idle_timeout, &Impl::read_timed_out);
-      const std::size_t n = co_await socket.async_read_some(
-          asio::buffer(rbuf.data(), receive_cap ? std::min<std::size_t>(rbuf.size(), 16 * 1024)
-                                                : rbuf.size()),
-          asio::redirect_error(asio::use_awaitable, ec));
+      // Wait until bytes are there, then read them synchronously into this thread's buffer: the
+      // opener copies what it needs, so a connection holds no read buffer of its own between
+      // reads (a thousand idle peers would otherwise pin 256 KiB each on the coordinator).
+      co_await socket.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+      thread_local Bytes rbuf(kReadBuffer);
+      std::size_t n = 0;
+      if (!ec) {
+        if (!socket.non_blocking()) socket.non_blocking(true, ec);
+        if (!ec)
+          n = socket.read_some(
+              asio::buffer(rbuf.data(), receive_cap ? std::min<std::size_t>(rbuf.size(), 16 * 1024)
+                                                    : rbuf.size()),
+              ec);
+      }
       if (!handshake_timer) read_timer.cancel();
-      if (!ec && receive_cap) co_await pace(receive_cap, n);  // before the next read
+      if (ec == asio::error::would_block || ec == asio::error::try_again) continue;  // spurious
       if (ec) {
         const bool mid = opener->mid_message();
         close();
@@ -243,11 +257,13 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
         continue;
       }
       try {
-        opener->feed(ByteView(rbuf.data(), n));
+        opener->feed(ByteView(rbuf.data(), n));  // before any suspension: rbuf is shared
       } catch (const ProtocolError&) {
         close();
         failure = std::current_exception();
+        continue;
       }
+      if (receive_cap) co_await pace(receive_cap, n);  // before the next read
     }
   }
 
@@ -420,6 +436,13 @@ asio::awaitable<Channel> Channel::connect(tcp::endpoint endpoint, const Identity
   auto connect_and_handshake = [](ImplPtr s, tcp::endpoint ep, Identity id,
                                   ChannelOptions options) -> asio::awaitable<void> {
     std::error_code ec;
+    if (options.local_address) {
+      s->socket.open(ep.protocol(), ec);
+      if (!ec) s->socket.bind(tcp::endpoint(*options.local_address, 0), ec);
+      if (ec)
+        throw ProtocolError(ErrorCode::io, "cannot connect from " + options.local_address->to_string() +
+                                                ": " + ec.message());
+    }
     co_await s->socket.async_connect(ep, asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       if (s->read_timed_out) throw ProtocolError(ErrorCode::timeout, "connect to " + ep.address().to_string() + " timed out");
@@ -548,7 +571,6 @@ struct Server::State : std::enable_shared_from_this<Server::State> {
   std::function<void(const tcp::endpoint&, const ProtocolError&)> on_handshake_error;
   Stats stats;
   std::uint16_t port = 0;
-  std::atomic<std::size_t> pending{0};
   std::atomic<std::size_t> max_pending{1024};
   std::atomic<bool> stopped{false};
 
@@ -586,12 +608,55 @@ struct Server::State : std::enable_shared_from_this<Server::State> {
     std::lock_guard<std::mutex> lock(mu);
     if (auto it = addresses.find(a); it != addresses.end() && it->second.open > 0) --it->second.open;
   }
+
+  // Handshakes in progress, oldest first. `fd` is a dup of the connection's socket: shutting it
+  // down ends that handshake from here (its strand sees the socket fail), and holding it keeps
+  // the descriptor number from being reused by another connection meanwhile.
+  struct Handshake {
+    std::uint64_t id;
+    asio::ip::address address;
+    int fd;
+  };
+  std::list<Handshake> handshakes;  // guarded by mu
+  std::uint64_t next_handshake = 0;
+
+  // Registers the handshake of a new connection from `a`; at max_pending, first evicts the oldest
+  // handshake of the address holding the most. nullopt: no room (no descriptor to spare).
+  std::optional<std::uint64_t> begin_handshake(const asio::ip::address& a, int socket_fd) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!handshakes.empty() && handshakes.size() >= max_pending) {
+      std::map<asio::ip::address, std::size_t> per_address;
+      for (const auto& h : handshakes) ++per_address[h.address];
+      auto victim = handshakes.begin();  // the oldest of the busiest address (the list is in age order)
+      std::size_t most = 0;
+      for (auto it = handshakes.begin(); it != handshakes.end(); ++it)
+        if (per_address[it->address] > most) most = per_address[it->address], victim = it;
+      ::shutdown(victim->fd, SHUT_RDWR);
+      ::close(victim->fd);
+      handshakes.erase(victim);
+      ++stats.evicted;
+    }
+    const int fd = ::dup(socket_fd);
+    if (fd < 0) return std::nullopt;
+    handshakes.push_back({next_handshake, a, fd});
+    return next_handshake++;
+  }
+  // The handshake ended (either way), or was evicted before.
+  void end_handshake(std::uint64_t id) {
+    std::lock_guard<std::mutex> lock(mu);
+    for (auto it = handshakes.begin(); it != handshakes.end(); ++it)
+      if (it->id == id) {
+        ::close(it->fd);
+        handshakes.erase(it);
+        return;
+      }
+  }
 };
 
 namespace {
 
 asio::awaitable<void> serve_connection(std::shared_ptr<Server::State> st, tcp::socket socket,
-                                       asio::ip::address address) {
+                                       asio::ip::address address, std::uint64_t handshake) {
   // Counted open from accept to the end of the handler, whichever way it ends.
   struct Open {
     Server::State& st;
@@ -605,13 +670,13 @@ asio::awaitable<void> serve_connection(std::shared_ptr<Server::State> st, tcp::s
   try {
     channel.emplace(co_await Channel::accept(std::move(socket), st->identity, st->options));
   } catch (const ProtocolError& e) {
-    --st->pending;
+    st->end_handshake(handshake);
     ++st->stats.handshakes_failed;
     spdlog::info("protocol: handshake with {} failed: {}", who, e.what());
     if (st->on_handshake_error) st->on_handshake_error(remote, e);
     co_return;
   }
-  --st->pending;
+  st->end_handshake(handshake);
   ++st->stats.handshakes_ok;
   spdlog::debug("protocol: {} authenticated as {}", who, channel->peer().fingerprint());
   try {
@@ -638,11 +703,6 @@ asio::awaitable<void> accept_loop(std::shared_ptr<Server::State> st) {
       continue;
     }
     ++st->stats.accepted;
-    if (st->pending >= st->max_pending) {
-      ++st->stats.rejected_busy;
-      socket.close(ec);
-      continue;
-    }
     const auto address = socket.remote_endpoint(ec).address();
     if (ec) continue;  // already gone
     if (const char* over = st->admit(address)) {
@@ -650,9 +710,15 @@ asio::awaitable<void> accept_loop(std::shared_ptr<Server::State> st) {
       socket.close(ec);
       continue;
     }
-    ++st->pending;
+    const std::optional<std::uint64_t> handshake = st->begin_handshake(address, socket.native_handle());
+    if (!handshake) {
+      ++st->stats.rejected_busy;
+      st->closed(address);
+      socket.close(ec);
+      continue;
+    }
     auto ex = socket.get_executor();
-    asio::co_spawn(ex, serve_connection(st, std::move(socket), address), asio::detached);
+    asio::co_spawn(ex, serve_connection(st, std::move(socket), address, *handshake), asio::detached);
   }
 }
 

@@ -45,6 +45,9 @@ struct ChannelOptions {
   ChannelLimits limits;
   // Initiator: the responder must prove this identity (nodes pin the coordinator).
   std::optional<PeerId> expected_peer;
+  // Initiator: connect from this local address (a load generator spreading its peers over
+  // loopback addresses, as many machines would reach a coordinator); unset: the system's choice.
+  std::optional<asio::ip::address> local_address;
   // Responder: return false to refuse an initiator (allowlist); empty admits everyone.
   std::function<bool(const PeerId&)> admit;
   // Caps on this end's traffic in bytes per second (0: none), as token buckets: the send side
@@ -126,12 +129,16 @@ class Server {
     std::atomic<std::uint64_t> accepted{0};
     std::atomic<std::uint64_t> handshakes_ok{0};
     std::atomic<std::uint64_t> handshakes_failed{0};
-    std::atomic<std::uint64_t> rejected_busy{0};     // over max_pending_handshakes
+    std::atomic<std::uint64_t> rejected_busy{0};     // no room for another handshake
+    std::atomic<std::uint64_t> evicted{0};  // handshakes closed to make room for a new connection
     std::atomic<std::uint64_t> rejected_address{0};  // over the connections of one address
     std::atomic<std::uint64_t> rejected_rate{0};     // over one address's connection rate
   };
   [[nodiscard]] const Stats& stats() const;
-  // Connections still in the handshake beyond this are closed at once (slowloris guard).
+  // At most this many connections in the handshake at once. A new connection beyond it takes the
+  // place of the oldest handshake of the address with the most of them: a flood of half-open or
+  // slowloris connections evicts itself, not the peer that just arrived (whose handshake takes a
+  // few round trips).
   void set_max_pending_handshakes(std::size_t n);
   // Per source address (IP): at most `max_connections` open at once, handshakes included, and
   // new connections at `per_s` a second with bursts of `burst` (0: no bound). A connection over

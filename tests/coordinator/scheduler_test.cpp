@@ -200,5 +200,81 @@ TEST(LeaseScheduler, FinishedRoundIssuesNothing) {
   EXPECT_FALSE(s.issue("a", 0, 0.0, 0));
 }
 
+// Backup leases (SchedulerConfig::backup_factor): a one-step window of 2 groups; "a" is measured
+// at 2 groups/s on its first lease, "v" took the other group and went silent.
+struct Overdue {
+  LeaseScheduler s{{.steps = 4,
+                    .groups_per_step = 2,
+                    .staleness_bound = 0,
+                    .lease_timeout_s = 100,
+                    .reconnect_grace_s = 2,
+                    .backup_factor = 2,
+                    .backup_min_s = 1}};
+  ActiveLease v;
+  Overdue() {
+    for (const char* p : {"a", "v"}) s.peer_connected(p), s.peer_working(p);
+    auto a1 = s.issue("a", 1, 0.0, 0);
+    v = *s.issue("v", 1, 0.0, 0);
+    s.complete(a1->rec.lease_id, 0.5);  // a: 1 group in 0.5 s
+  }
+};
+
+TEST(LeaseScheduler, OverdueLeaseIsBackedUpByAnIdlePeerThatHasDelivered) {
+  Overdue o;
+  // v is unmeasured: expected as the median peer (a, 0.5 s per group); due after
+  // max(2 x 0.5 s, 1 s) = 1 s.
+  EXPECT_FALSE(o.s.issue("a", 0, 0.9, 0));
+  EXPECT_FALSE(o.s.issue("v", 0, 1.2, 0));  // v has never delivered: no backup for it
+  auto b = o.s.issue("a", 0, 1.2, 0);
+  ASSERT_TRUE(b);
+  EXPECT_TRUE(b->backup);
+  EXPECT_EQ(b->partner, o.v.rec.lease_id);
+  EXPECT_EQ(b->rec.prompts, o.v.rec.prompts);
+  EXPECT_EQ(b->rec.step, 1);
+  EXPECT_FALSE(o.s.issue("a", 0, 5.0, 0));  // at most two holders of a group
+  std::optional<ClosedLease> superseded;
+  o.s.complete(b->rec.lease_id, 1.5, &superseded);
+  ASSERT_TRUE(superseded);
+  EXPECT_EQ(superseded->lease_id, o.v.rec.lease_id);
+  EXPECT_EQ(superseded->state, "superseded");
+  EXPECT_EQ(o.s.find(o.v.rec.lease_id), nullptr);  // v's late update finds no lease
+  EXPECT_TRUE(o.s.step_complete(1));
+}
+
+TEST(LeaseScheduler, FirstHolderDeliveringSupersedesItsBackup) {
+  Overdue o;
+  auto b = o.s.issue("a", 0, 1.2, 0);
+  ASSERT_TRUE(b);
+  std::optional<ClosedLease> superseded;
+  o.s.complete(o.v.rec.lease_id, 1.3, &superseded);
+  ASSERT_TRUE(superseded);
+  EXPECT_EQ(superseded->lease_id, b->rec.lease_id);
+  EXPECT_EQ(o.s.find(b->rec.lease_id), nullptr);
+  EXPECT_TRUE(o.s.step_complete(1));
+}
+
+TEST(LeaseScheduler, ClosingABackedUpLeaseLeavesItsGroupsWithTheBackup) {
+  Overdue o;
+  auto b = o.s.issue("a", 0, 1.2, 0);
+  ASSERT_TRUE(b);
+  ASSERT_TRUE(o.s.close(o.v.rec.lease_id, "expired", "deadline passed"));
+  o.s.peer_connected("c");
+  o.s.peer_working("c");
+  EXPECT_FALSE(o.s.issue("c", 0, 1.3, 0));  // not back in the pool: b holds them
+  std::optional<ClosedLease> superseded;
+  o.s.complete(b->rec.lease_id, 1.4, &superseded);
+  EXPECT_FALSE(superseded);
+  EXPECT_TRUE(o.s.step_complete(1));
+}
+
+TEST(LeaseScheduler, NoBackupLeasesWhenTurnedOff) {
+  LeaseScheduler off({.steps = 4, .groups_per_step = 2, .staleness_bound = 0, .backup_factor = 0});
+  for (const char* p : {"a", "v"}) off.peer_connected(p), off.peer_working(p);
+  auto a1 = off.issue("a", 1, 0.0, 0);
+  ASSERT_TRUE(off.issue("v", 1, 0.0, 0));
+  off.complete(a1->rec.lease_id, 0.5);
+  EXPECT_FALSE(off.issue("a", 0, 50.0, 0));
+}
+
 }  // namespace
 }  // namespace cohort::coordinator

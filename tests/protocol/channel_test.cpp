@@ -107,6 +107,7 @@ class TestServer {
   void set_address_limits(std::size_t n, double per_s, double burst) {
     server_->set_address_limits(n, per_s, burst);
   }
+  void set_max_pending_handshakes(std::size_t n) { server_->set_max_pending_handshakes(n); }
 
   Session wait_session() {
     std::unique_lock lock(mu_);
@@ -162,6 +163,12 @@ class RawPeer {
     socket_.set_option(tcp::no_delay(true));
   }
   explicit RawPeer(tcp::socket s) : socket_(std::move(s)) {}
+  // From another loopback address (127.0.0.2, ...): another machine, as the server sees it.
+  RawPeer(std::uint16_t port, const char* from) : socket_(io_) {
+    socket_.open(tcp::v4());
+    socket_.bind(tcp::endpoint(asio::ip::make_address(from), 0));
+    socket_.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+  }
 
   void write(ByteView b) { asio::write(socket_, asio::buffer(b.data(), b.size())); }
   Bytes read_exact(std::size_t n) {
@@ -584,6 +591,27 @@ TEST(Channel, PerAddressLimitsCloseExtraConnectionsAtOnce) {
   RawPeer f(server.port());
   EXPECT_TRUE(f.wait_closed(2000ms));
   EXPECT_EQ(server.stats().rejected_rate, 1u);
+}
+
+// A flood of half-open connections cannot keep a peer out: at max_pending_handshakes a new
+// connection takes the place of the oldest handshake of the address with the most of them.
+TEST(Channel, HalfOpenFloodEvictsItselfNotTheNewcomer) {
+  const Identity coord = Identity::generate(), node = Identity::generate();
+  TestServer server(coord, {.limits = test_limits(5000ms)});
+  server.set_max_pending_handshakes(3);
+  RawPeer lone(server.port(), "127.0.0.3");  // one handshake from another address, slow
+  std::vector<std::unique_ptr<RawPeer>> flood;
+  for (int i = 0; i < 2; ++i) flood.push_back(std::make_unique<RawPeer>(server.port(), "127.0.0.2"));
+  for (int i = 0; i < 200 && server.stats().accepted < 3; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(server.stats().accepted, 3u);
+  // Full: the newcomer gets in, and the oldest of the flood's two made room.
+  BlockingChannel ch = BlockingChannel::connect("127.0.0.1", server.port(), node, {.limits = test_limits()});
+  EXPECT_EQ(ch.peer(), coord.id());
+  EXPECT_EQ(server.stats().evicted, 1u);
+  EXPECT_EQ(server.stats().rejected_busy, 0u);
+  EXPECT_TRUE(flood[0]->wait_closed(2000ms));
+  EXPECT_FALSE(flood[1]->wait_closed(200ms));
+  EXPECT_FALSE(lone.wait_closed(200ms));
 }
 
 TEST(Channel, SilentResponderTimesOutTheInitiator) {
