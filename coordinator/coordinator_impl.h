@@ -83,7 +83,7 @@ struct Coordinator::Impl {
   std::set<std::string> banned;
   // The timers of work requests waiting for work, woken when some may have appeared (a lease
   // closed, a step applied; work_may_be_available).
-  std::set<asio::steady_timer*> waiting_for_work;
+  std::set<std::shared_ptr<asio::steady_timer>> waiting_for_work;
   bool finished = false;
   bool applying = false;  // a step is being applied on the executor
   int64_t applying_step = 0;
@@ -134,7 +134,7 @@ struct Coordinator::Impl {
                    const std::string& reason);
   void log_closed(const ClosedLease& c);
   void work_may_be_available() {
-    for (asio::steady_timer* t : waiting_for_work) t->cancel();
+    for (const auto& t : waiting_for_work) t->cancel();
   }
 
   // A refusal for misbehaviour counted against `peer` (already recorded by the caller); bans the

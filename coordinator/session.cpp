@@ -171,19 +171,16 @@ asio::awaitable<wire::Envelope> Coordinator::Impl::answer_work_request(
   // request waits up to a second for work: woken when a lease closes or a step is applied, and
   // every 100 ms, when a backup lease may have come due.
   std::optional<wire::WorkLease> lease;
-  asio::steady_timer timer(io);
-  struct Waiting {
-    std::set<asio::steady_timer*>& set;
-    asio::steady_timer* t;
-    ~Waiting() { set.erase(t); }
-  } waiting{waiting_for_work, &timer};
+  // Shared with waiting_for_work: a session ended mid-wait leaves a live timer there, not a
+  // dangling one.
+  const auto timer = std::make_shared<asio::steady_timer>(io);
   const double give_up = mono_s() + (holding.empty() ? 1.0 : 0.0);
   while (!finished && !(lease = try_issue(peer, wr.max_prompts())) && mono_s() < give_up) {
-    timer.expires_after(std::chrono::milliseconds(100));
-    waiting_for_work.insert(&timer);
+    timer->expires_after(std::chrono::milliseconds(100));
+    waiting_for_work.insert(timer);
     asio::error_code ec;  // cancelled: work may have appeared
-    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-    waiting_for_work.erase(&timer);
+    co_await timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    waiting_for_work.erase(timer);
   }
   wire::Envelope out;
   if (lease) {
