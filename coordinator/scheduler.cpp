@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 
 #include "common/check.h"
 
@@ -53,8 +54,11 @@ std::vector<LeaseRecord> LeaseScheduler::peer_disconnected(const std::string& pe
   Peer& p = it->second;
   if (--p.sessions > 0) return changed;
   p.working = false;
-  // A short grace to come back and deliver; then expire_due re-issues.
-  const int64_t grace = now_ms + static_cast<int64_t>(cfg_.reconnect_grace_s * 1000);
+  // A short grace to come back and deliver; then expire_due re-issues. A peer that never
+  // delivered gets none: a key that takes a lease and hangs up, again and again, would otherwise
+  // hold the step's groups for the grace each time.
+  const int64_t grace =
+      now_ms + (p.throughput > 0 ? static_cast<int64_t>(cfg_.reconnect_grace_s * 1000) : 0);
   for (auto& [id, l] : leases_)
     if (l.rec.peer == peer && l.rec.deadline_ms > grace) {
       l.rec.deadline_ms = grace;
@@ -70,13 +74,21 @@ double LeaseScheduler::throughput(const std::string& peer) const {
   return it == peers_.end() ? 0 : it->second.throughput;
 }
 
+bool LeaseScheduler::any_measured() const {
+  for (const auto& [k, q] : peers_)
+    if (q.throughput > 0 && q.sessions > 0) return true;
+  return false;
+}
+
 bool LeaseScheduler::peer_is_connected(const std::string& peer) const {
   auto it = peers_.find(peer);
   return it != peers_.end() && it->second.sessions > 0;
 }
 
 double LeaseScheduler::share_of(const std::string& peer) const {
-  // An unmeasured peer counts as the mean of the measured connected ones (1 if none is).
+  // An unmeasured peer is estimated at the mean of the measured connected ones (1 if none is),
+  // and does not count in the others' shares while any peer is measured: connected keys that
+  // asked once and never deliver (or have yet to) do not shrink the leases of those that do.
   double measured = 0;
   int n = 0;
   for (const auto& [k, q] : peers_)
@@ -86,9 +98,10 @@ double LeaseScheduler::share_of(const std::string& peer) const {
   };
   double total = 0;
   for (const auto& [k, p] : peers_)
-    if (p.sessions > 0 && p.working) total += estimate(p);
+    if (p.sessions > 0 && p.working && (p.throughput > 0 || n == 0)) total += estimate(p);
   auto it = peers_.find(peer);
   if (it == peers_.end() || total <= 0) return 1.0;
+  if (it->second.throughput <= 0 && n > 0) total += estimate(it->second);  // as if it were measured
   return std::min(1.0, estimate(it->second) / total);
 }
 
@@ -144,16 +157,31 @@ std::optional<ActiveLease> LeaseScheduler::issue(const std::string& peer, uint32
     if (connected_ < cfg_.min_peers) return std::nullopt;
     started_ = true;
   }
-  const int64_t last =
-      std::min<int64_t>(cfg_.steps, static_cast<int64_t>(version_) + 1 + cfg_.staleness_bound);
-  for (int64_t s = static_cast<int64_t>(version_) + 1; s <= last; ++s) {
+  const int64_t first = static_cast<int64_t>(version_) + 1;
+  const int64_t last = std::min<int64_t>(cfg_.steps, first + cfg_.staleness_bound);
+  // Keys that have never delivered (new peers, and anyone who takes leases and drops them) hold
+  // at most half of the window's groups once some peer has delivered, and only from its newest
+  // step (the window's only one at S = 0): the older steps, which move the round on, stay with
+  // peers that deliver, and churning keys cannot hold them (BOINC's quota for new hosts).
+  int64_t unmeasured_room = std::numeric_limits<int64_t>::max();
+  const bool reverse = throughput(peer) <= 0 && any_measured();
+  if (reverse) {
+    int64_t held = 0;
+    for (const auto& [id, l] : leases_)
+      if (throughput(l.rec.peer) <= 0) held += static_cast<int64_t>(l.groups.size());
+    unmeasured_room = std::max<int64_t>(1, (last - first + 1) * cfg_.groups_per_step / 2) - held;
+    if (unmeasured_room <= 0) return std::nullopt;
+  }
+  for (int64_t k = 0; k <= (reverse ? 0 : last - first); ++k) {
+    const int64_t s = reverse ? last : first + k;
     Step& st = step(s);
     if (st.pending == 0) continue;
     std::vector<int> pending;
     for (int i = 0; i < cfg_.groups_per_step; ++i)
       if (st.groups[static_cast<size_t>(i)] == Group::pending) pending.push_back(i);
     if (pending.empty()) continue;
-    const int64_t size = lease_size(peer, static_cast<int64_t>(pending.size()), max_prompts);
+    const int64_t size = std::min(
+        unmeasured_room, lease_size(peer, static_cast<int64_t>(pending.size()), max_prompts));
     ActiveLease l = new_lease(peer, s, now, now_ms);
     for (int64_t i = 0; i < size; ++i) {
       const int pos = pending[static_cast<size_t>(i)];

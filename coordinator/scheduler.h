@@ -76,7 +76,9 @@ class LeaseScheduler {
 
   // ---- leases
   // A lease for `peer` from the oldest step in the staleness window with pending groups, sized
-  // by guided self-scheduling (see lease_size). With nothing pending, a backup of the most
+  // by guided self-scheduling (see lease_size). A peer that has never delivered, once some peer
+  // has, takes from the window's newest step only, and such peers hold at most half of the
+  // window's groups together. With nothing pending, a backup of the most
   // overdue lease (oldest step first; see backup_factor) if `peer` has delivered before and none
   // of its own. nullopt when none can be issued now (round finished, fewer than min_peers
   // connected so far, nothing pending in the window and nothing overdue).
@@ -142,6 +144,7 @@ class LeaseScheduler {
   };
   Step& step(int64_t s);
   [[nodiscard]] double share_of(const std::string& peer) const;
+  [[nodiscard]] bool any_measured() const;  // a connected peer has delivered
   [[nodiscard]] ActiveLease new_lease(const std::string& peer, int64_t step, double now,
                                       int64_t now_ms) const;
   std::optional<ActiveLease> issue_backup(const std::string& peer, uint32_t max_prompts,

@@ -140,7 +140,8 @@ TEST(LeaseScheduler, DisconnectedPeerKeepsItsLeasesForTheGraceOnly) {
   LeaseScheduler s(config(8));
   s.peer_connected("a");
   s.peer_working("a");
-  auto l = s.issue("a", 0, 0.0, 1000);
+  s.complete(s.issue("a", 1, 0.0, 0)->rec.lease_id, 1.0);  // a has delivered before
+  auto l = s.issue("a", 0, 1.0, 1000);
   ASSERT_TRUE(l);
   const auto changed = s.peer_disconnected("a", 5000);
   ASSERT_EQ(changed.size(), 1u);
@@ -148,6 +149,35 @@ TEST(LeaseScheduler, DisconnectedPeerKeepsItsLeasesForTheGraceOnly) {
   EXPECT_TRUE(s.expire_due(6999).empty());
   EXPECT_EQ(s.expire_due(7001).size(), 1u);
   EXPECT_EQ(s.connected(), 0);
+}
+
+// A key that never delivered has nothing to come back for: its leases go back at once.
+TEST(LeaseScheduler, DisconnectedPeerThatNeverDeliveredGetsNoGrace) {
+  LeaseScheduler s(config(8));
+  s.peer_connected("v");
+  s.peer_working("v");
+  ASSERT_TRUE(s.issue("v", 0, 0.0, 1000));
+  const auto changed = s.peer_disconnected("v", 5000);
+  ASSERT_EQ(changed.size(), 1u);
+  EXPECT_EQ(changed[0].deadline_ms, 5000);
+  EXPECT_EQ(s.expire_due(5001).size(), 1u);
+}
+
+// Connected keys that asked once and never deliver do not shrink the leases of a peer that does.
+TEST(LeaseScheduler, SilentUnmeasuredPeersDoNotShrinkAMeasuredPeersShare) {
+  LeaseScheduler s(config(32, 0));
+  s.peer_connected("a");
+  s.peer_working("a");
+  s.complete(s.issue("a", 4, 0.0, 0)->rec.lease_id, 1.0);  // 4 groups/s
+  for (const char* v : {"v1", "v2", "v3"}) {
+    s.peer_connected(v);
+    s.peer_working(v);
+    ASSERT_EQ(s.issue(v, 1, 1.0, 0)->groups.size(), 1u);
+  }
+  // 25 pending: a alone is measured, so its share is the whole step, not a quarter.
+  auto l = s.issue("a", 0, 1.0, 0);
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->groups.size(), 25u);
 }
 
 TEST(LeaseScheduler, LeasesOfAPeerNameWhatItHolds) {
@@ -274,6 +304,39 @@ TEST(LeaseScheduler, NoBackupLeasesWhenTurnedOff) {
   ASSERT_TRUE(off.issue("v", 1, 0.0, 0));
   off.complete(a1->rec.lease_id, 0.5);
   EXPECT_FALSE(off.issue("a", 0, 50.0, 0));
+}
+
+// Keys that never deliver (new, or taking leases and dropping them) cannot hold the step that
+// moves the round on: once a peer has delivered, they take from the newest step of the window,
+// and hold at most half of its groups together.
+TEST(LeaseScheduler, NeverDeliveredKeysTakeTheNewestStepAndAtMostHalfTheWindow) {
+  LeaseScheduler s(config(8, 1));  // window: steps 1 and 2, 16 groups
+  s.peer_connected("a");
+  s.peer_working("a");
+  s.complete(s.issue("a", 1, 0.0, 0)->rec.lease_id, 1.0);  // a delivered step 1's group 0
+  int64_t held = 0;
+  for (int i = 0; i < 20; ++i) {
+    const std::string v = "v" + std::to_string(i);
+    s.peer_connected(v);
+    s.peer_working(v);
+    if (auto l = s.issue(v, 1, 1.0, 0)) {
+      EXPECT_EQ(l->rec.step, 2) << v;
+      held += static_cast<int64_t>(l->groups.size());
+    }
+  }
+  EXPECT_EQ(held, 8);  // half of 16
+  auto l = s.issue("a", 0, 1.0, 0);  // step 1's 7 pending groups are all a's
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->rec.step, 1);
+  EXPECT_EQ(l->groups.size(), 7u);
+  // The newest step's groups given back: still none of the older step for a new key.
+  for (const auto& id : s.leases_of("v0")) s.close(id, "returned", "peer left");
+  ASSERT_TRUE(s.close(l->rec.lease_id, "returned", "peer left"));
+  s.peer_connected("w");
+  s.peer_working("w");
+  auto w = s.issue("w", 0, 1.0, 0);
+  ASSERT_TRUE(w);
+  EXPECT_EQ(w->rec.step, 2);
 }
 
 }  // namespace
