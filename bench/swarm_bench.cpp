@@ -72,7 +72,8 @@ struct SwarmArgs {
   int attackers = 0;
   int attack_addresses = 32;
   double attack_lead_s = 3;  // the attack runs this long before the real node starts
-  std::string extra_config;  // appended to round.toml (e.g. "[network]\nmax_peers = 500")
+  std::string extra_config;  // appended to round.toml, after its [network] table
+  grpo::ModelConfig shape = grpo::task_model_config();  // the random-init model
   std::string dir;
   std::string json_out;
 };
@@ -566,9 +567,8 @@ int run_swarm(const SwarmArgs& a) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   set_cpu_allocator_caching(false);
-  const grpo::ModelConfig mc = grpo::task_model_config();
   {
-    const grpo::Model m(mc, 1);
+    const grpo::Model m(a.shape, 1);
     grpo::save_model((dir / "base").string(), m);
   }
   // Two leases' worth per peer: the staleness window (2 steps at S = 1) then never runs dry while
@@ -606,14 +606,19 @@ int run_swarm(const SwarmArgs& a) {
 
   // Connect phase: every simulated peer joins, at most connect_concurrency handshakes at once.
   std::printf("bench swarm: %d peers over %d loopback addresses, think %.1f s, %d prompts/step, G=%d, "
-              "codec %s, weights %s%s\n",
-              a.peers, a.addresses, a.think_s, prompts_per_step, a.group_size, a.codec.c_str(),
+              "%.1f M parameters, codec %s, weights %s%s\n",
+              a.peers, a.addresses, a.think_s, prompts_per_step, a.group_size,
+              double(a.shape.parameter_count()) / 1e6, a.codec.c_str(),
               a.weights.c_str(), a.attack.empty() ? "" : fmt::format(", attack {} x{}", a.attack, a.attackers).c_str());
   const double c0 = mono_s();
   int launched = 0;
   auto settled = [&] { return sw.stats.joined + sw.stats.join_refused + sw.stats.connect_failed; };
   while (launched < a.peers || settled() < a.peers) {
-    while (launched < a.peers && launched - settled() < a.connect_concurrency)
+    // The first peer alone: its join reply sets up the round in this process (the model's layout
+    // and the pre-encoded gradients, seconds for a large model), which would otherwise stall the
+    // other handshakes past their timeout.
+    const int concurrency = sw.stats.joined > 0 ? a.connect_concurrency : 1;
+    while (launched < a.peers && launched - settled() < concurrency)
       asio::co_spawn(io, sw.honest_peer(launched++), asio::detached);
     io.run_for(std::chrono::milliseconds(5));
     if (io.stopped()) io.restart();
@@ -666,6 +671,7 @@ int run_swarm(const SwarmArgs& a) {
   for (const auto& [k, v] : s.errors) errors[k] = v;
   json j = {
       {"peers", a.peers}, {"addresses", a.addresses}, {"think_s", a.think_s},
+      {"parameters", a.shape.parameter_count()},
       {"prompts_per_step", prompts_per_step}, {"prompts_per_lease", a.prompts_per_lease},
       {"group_size", a.group_size}, {"codec", a.codec}, {"weights", a.weights}, {"ledger_sync", a.ledger_sync},
       {"joined", s.joined}, {"join_refused", s.join_refused}, {"connect_failed", s.connect_failed},
@@ -753,6 +759,7 @@ void add_swarm_bench(CLI::App& bench) {
   cmd->add_option("-G,--group-size", a->group_size, "Completions per prompt")->capture_default_str();
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "Completion length cap")->capture_default_str();
   cmd->add_option("--codec", a->codec, "Gradient codec: fp8 | raw | topk")->capture_default_str();
+  grpo::add_model_shape_options(*cmd, a->shape);  // the random-init model (default: the demo's)
   cmd->add_option("--weights", a->weights,
                   "What peers fetch per version: none | manifest (the blobs from a mirror) | channel "
                   "(the blobs from the coordinator too)")

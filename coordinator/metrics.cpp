@@ -75,6 +75,12 @@ std::string prometheus_text(const std::string& status_json) {
   w.sample("banned_peers", num(j, "banned"));
   w.family("audits_total", "counter", "Updates whose gradient the coordinator recomputed in full.");
   w.sample("audits_total", num(j, "audits"));
+  if (auto c = j.find("connections"); c != j.end() && c->is_object()) {
+    w.family("connections_total", "counter",
+             "TCP connections accepted, and how their handshakes ended or why they were closed first.");
+    for (const auto& [k, v] : c->items())
+      if (v.is_number()) w.sample("connections_total", v.get<double>(), "result=\"" + k + "\"");
+  }
 
   if (auto s = j.find("steps"); s != j.end() && s->is_array() && !s->empty()) {
     const json& last = s->back();

@@ -41,6 +41,16 @@ std::string Coordinator::Impl::live_status() {
   j["audits"] = audits;
   j["applying_step"] = applying_step;  // 0: the executor is not applying a step
   j["aggregation"] = aggregation_rule_name(cfg.aggregation.rule);
+  if (server) {  // the door: connections accepted, and closed before or during the handshake
+    const protocol::Server::Stats& st = server->stats();
+    j["connections"] = {{"accepted", st.accepted.load()},
+                        {"handshakes_ok", st.handshakes_ok.load()},
+                        {"handshakes_failed", st.handshakes_failed.load()},
+                        {"rejected_address", st.rejected_address.load()},
+                        {"rejected_rate", st.rejected_rate.load()},
+                        {"rejected_busy", st.rejected_busy.load()},
+                        {"evicted", st.evicted.load()}};
+  }
   json open = json::object();
   for (const auto& [s, done] : sched->open_steps())
     open[std::to_string(s)] = {{"done", done}, {"of", cfg.grpo.prompts_per_step}};
