@@ -52,6 +52,9 @@ inline constexpr size_t kMaxLeasesHeld = 2;
 // Leases a peer may let go in a row (asking for new work without naming them, no update, no
 // reason) before each further such request is refused as misbehaviour.
 inline constexpr int kMaxUndelivered = 3;
+// Updates checked at once on the compute executor: peers can deliver faster than it decodes, and
+// each one waiting there holds a decoded, model-sized gradient (2 GB at 0.5 B parameters).
+inline constexpr int kMaxChecking = 2;
 
 // An update as it arrived: the signed header and the stream its UpdateChunks carried.
 struct ArrivedUpdate {
@@ -84,6 +87,10 @@ struct Coordinator::Impl {
   // The timers of work requests waiting for work, woken when some may have appeared (a lease
   // closed, a step applied; work_may_be_available).
   std::set<std::shared_ptr<asio::steady_timer>> waiting_for_work;
+  // Updates in the compute executor's queue for their checks (each decodes into a model-sized
+  // buffer that lives until the update is absorbed); more wait here, woken as checks finish.
+  int checking = 0;
+  std::deque<std::shared_ptr<asio::steady_timer>> waiting_to_check;  // first come, first checked
   bool finished = false;
   bool applying = false;  // a step is being applied on the executor
   int64_t applying_step = 0;

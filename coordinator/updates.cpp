@@ -146,7 +146,23 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
     out.seconds = mono_s() - t0;
     return out;
   };
+  // A bounded queue on the executor: the update's compact stream waits here, in arrival order,
+  // not a decoded copy. A finished check wakes the first waiter.
+  if (checking >= kMaxChecking || !waiting_to_check.empty()) {
+    const auto t = std::make_shared<asio::steady_timer>(io);
+    waiting_to_check.push_back(t);
+    while (checking >= kMaxChecking || waiting_to_check.front() != t) {
+      t->expires_at(asio::steady_timer::time_point::max());
+      asio::error_code ec;  // cancelled: its turn may have come
+      co_await t->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+    waiting_to_check.pop_front();
+  }
+  ++checking;
+  if (checking < kMaxChecking && !waiting_to_check.empty()) waiting_to_check.front()->cancel();
   Checked c = co_await on_compute(check);
+  --checking;
+  if (!waiting_to_check.empty()) waiting_to_check.front()->cancel();
   if (sampled_on) ++audits;
   if (c.refusal) co_return fail(lease.step, *c.refusal);
   if (auto r = lease_refusal(vr, channel_peer)) co_return fail(r->first, r->second);
