@@ -167,13 +167,12 @@ class Swarm {
         p->close(ec);
       }
   }
-  [[nodiscard]] bool stopping() const { return stopping_; }
 
   asio::awaitable<void> honest_peer(int i);
   asio::awaitable<void> attacker(int j);
 
  private:
-  // Waits until go() (or stop()).
+  // Waits until go().
   asio::awaitable<void> wait_go() {
     if (working_ || stopping_) co_return;
     asio::error_code ec;
@@ -442,6 +441,8 @@ asio::awaitable<void> Swarm::raw_attacker(int j, bool trickle) {
   const asio::ip::address from = loopback_address(20, j % a_.attack_addresses);
   while (!stopping_) {
     auto s = std::make_shared<tcp::socket>(io_);
+    if (held_sockets_.size() > 4 * static_cast<size_t>(a_.attackers) + 64)
+      std::erase_if(held_sockets_, [](const auto& w) { return w.expired(); });
     held_sockets_.push_back(s);
     asio::error_code ec;
     s->open(tcp::v4(), ec);

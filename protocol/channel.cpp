@@ -641,15 +641,37 @@ struct Server::State : std::enable_shared_from_this<Server::State> {
     handshakes.push_back({next_handshake, a, fd});
     return next_handshake++;
   }
-  // The handshake ended (either way), or was evicted before.
-  void end_handshake(std::uint64_t id) {
+  // The handshake ended (either way). False: it had been evicted.
+  bool end_handshake(std::uint64_t id) {
     std::lock_guard<std::mutex> lock(mu);
     for (auto it = handshakes.begin(); it != handshakes.end(); ++it)
       if (it->id == id) {
         ::close(it->fd);
         handshakes.erase(it);
-        return;
+        return true;
       }
+    return false;
+  }
+
+  // Failed handshakes are logged at most once a second, with how many went unlogged: a flood of
+  // half-open connections must not become a flood of log lines.
+  double failure_logged_at = -1;
+  std::uint64_t failures_unlogged = 0;
+  void log_failure(const std::string& who, const std::string& why) {
+    std::lock_guard<std::mutex> lock(mu);
+    const double now =
+        std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    if (failure_logged_at >= 0 && now - failure_logged_at < 1.0) {
+      ++failures_unlogged;
+      return;
+    }
+    if (failures_unlogged > 0)
+      spdlog::info("protocol: handshake with {} failed: {} ({} more failed since the last such line)",
+                   who, why, failures_unlogged);
+    else
+      spdlog::info("protocol: handshake with {} failed: {}", who, why);
+    failure_logged_at = now;
+    failures_unlogged = 0;
   }
 };
 
@@ -670,9 +692,11 @@ asio::awaitable<void> serve_connection(std::shared_ptr<Server::State> st, tcp::s
   try {
     channel.emplace(co_await Channel::accept(std::move(socket), st->identity, st->options));
   } catch (const ProtocolError& e) {
-    st->end_handshake(handshake);
+    const bool evicted = !st->end_handshake(handshake);
     ++st->stats.handshakes_failed;
-    spdlog::info("protocol: handshake with {} failed: {}", who, e.what());
+    st->log_failure(who, evicted ? "evicted to make room for a new connection "
+                                   "(max_pending_handshakes)"
+                                 : e.what());
     if (st->on_handshake_error) st->on_handshake_error(remote, e);
     co_return;
   }
