@@ -97,6 +97,26 @@ std::optional<exchange::Refusal> Policy::decode(const wire::GradientUpdate& u,
   return exchange::decode_gradient(u, layout_, out);
 }
 
+bool Policy::folds_sparse() const {
+  return cfg_.codec == GradientCodec::topk && cfg_.aggregation.rule == AggregationRule::mean;
+}
+
+std::optional<exchange::Refusal> Policy::decode_sparse(const wire::GradientUpdate& u,
+                                                       exchange::SparseGradient& out) const {
+  return exchange::decode_gradient_sparse(u, layout_, out);
+}
+
+void Policy::absorb(int64_t step, const Contribution& c, const exchange::SparseGradient& g) {
+  COHORT_CHECK(cfg_.aggregation.rule == AggregationRule::mean);
+  const double t0 = mono_s();
+  auto& slot = steps_[step];
+  if (!slot) slot = std::make_unique<StepSums>();
+  StepSums& st = *slot;
+  if (st.grad.empty()) st.grad.assign(layout_.total, 0.0f);  // once per step, not per update
+  for (size_t k = 0; k < g.index.size(); ++k) st.grad[g.index[k]] += g.value[k];
+  count(st, c, t0);
+}
+
 void Policy::absorb(int64_t step, const Contribution& c, std::vector<float> grad) {
   const double t0 = mono_s();
   auto& slot = steps_[step];
@@ -113,6 +133,10 @@ void Policy::absorb(int64_t step, const Contribution& c, std::vector<float> grad
     for (float& x : grad) x *= inv;
     st.update_means.push_back(std::move(grad));
   }
+  count(st, c, t0);
+}
+
+void Policy::count(StepSums& st, const Contribution& c, double t0) {
   st.units += c.units;
   st.tokens += c.tokens;
   st.loss += c.loss;

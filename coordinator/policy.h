@@ -37,6 +37,10 @@ class Tokenizer;
 struct ModelConfig;
 }  // namespace cohort::grpo
 
+namespace cohort::exchange {
+struct SparseGradient;
+}
+
 namespace cohort::coordinator {
 
 // One published policy version (immutable once built: shared between the network thread, which
@@ -86,8 +90,15 @@ class Policy {
                                                        std::span<const uint64_t> lease_prompts,
                                                        std::span<const float> reported);
 
+  // A top-k update under the mean rule, as its kept entries: no model-sized buffer per update.
+  [[nodiscard]] std::optional<exchange::Refusal> decode_sparse(const wire::GradientUpdate& u,
+                                                               exchange::SparseGradient& out) const;
+  // True when updates of this round go through decode_sparse (top-k codec, mean rule).
+  [[nodiscard]] bool folds_sparse() const;
+
   // Adds an accepted update to its step.
   void absorb(int64_t step, const Contribution& c, std::vector<float> gradient_sum);
+  void absorb(int64_t step, const Contribution& c, const exchange::SparseGradient& gradient_sum);
 
   struct Applied {
     StepRecord record;
@@ -108,6 +119,7 @@ class Policy {
  private:
   struct StepSums;
   grpo::Model& weights_of(const Published& p);
+  void count(StepSums& st, const Contribution& c, double t0);  // an update's counts, either form
 
   const RoundConfig& cfg_;
   const protocol::Identity& identity_;

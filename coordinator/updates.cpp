@@ -7,6 +7,7 @@
 
 #include "common/text.h"
 #include "coordinator/coordinator_impl.h"
+#include "exchange/gradient_wire.h"
 #include "exchange/refusal.h"
 
 namespace cohort::coordinator {
@@ -17,7 +18,9 @@ namespace {
 struct Checked {
   std::optional<Refusal> refusal;
   UpdateFacts facts;
-  std::vector<float> grad;
+  std::vector<float> grad;          // dense: every codec, audits, robust rules
+  exchange::SparseGradient sparse;  // top-k under the mean rule (Policy::folds_sparse)
+  bool is_sparse = false;
   double loss = 0;
   double seconds = 0;
 };
@@ -140,6 +143,15 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
     out.facts = body.facts;
     out.loss = full.loss();
     if ((out.refusal = body.refusal)) return out;
+    // Top-k under the mean rule: the kept entries only (the norm of the kept values is the
+    // update's norm); an audit compares dense gradients.
+    if (policy->folds_sparse() && !sampled_on) {
+      out.is_sparse = true;
+      if ((out.refusal = policy->decode_sparse(full, out.sparse))) return out;
+      out.refusal = check_norm(out.sparse.value, out.facts.units, cfg.max_update_norm);
+      out.seconds = mono_s() - t0;
+      return out;
+    }
     if ((out.refusal = policy->decode(full, out.grad))) return out;
     if ((out.refusal = check_norm(out.grad, out.facts.units, cfg.max_update_norm))) return out;
     if (sampled_on) out.refusal = policy->audit(*sampled_on, full, lease.prompts, out.grad);
@@ -202,6 +214,7 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
   undelivered.erase(peer);
   // Queued on the executor before any step application that could need it (one thread, FIFO).
   asio::post(compute, [this, step = lease.step, grad = std::move(c.grad),
+                       sparse = std::move(c.sparse), is_sparse = c.is_sparse,
                        k = Contribution{.units = u.units,
                                         .tokens = u.tokens,
                                         .loss = c.loss,
@@ -209,7 +222,10 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
                                         .accuracy = u.accuracy,
                                         .rows = u.sequences,
                                         .decode_s = handling_s}]() mutable {
-    policy->absorb(step, k, std::move(grad));
+    if (is_sparse)
+      policy->absorb(step, k, sparse);
+    else
+      policy->absorb(step, k, std::move(grad));
   });
   ack.set_reason(wire::ACK_OK);
   ack.set_policy_version(sched->version());

@@ -96,10 +96,14 @@ void round_trip(const ParamLayout& layout, wire::Codec codec, std::span<float> f
   }
 }
 
-std::optional<Refusal> decode_gradient(const wire::GradientUpdate& update,
-                                       const ParamLayout& layout, std::span<float> out) {
+namespace {
+
+// Every tensor of `update` checked against the layout (exactly one per parameter, F32, its
+// shape), then handed to `decode(slot, view, tensor)`, which decodes it or says why not.
+template <class Decode>
+std::optional<Refusal> for_each_tensor(const wire::GradientUpdate& update, const ParamLayout& layout,
+                                       Decode decode) {
   auto malformed = [](std::string why) { return Refusal{wire::ACK_MALFORMED, std::move(why)}; };
-  COHORT_CHECK(out.size() == layout.total);
   if (static_cast<size_t>(update.tensors_size()) != layout.slots.size()) {
     return malformed("expected " + std::to_string(layout.slots.size()) + " tensors, got " +
                      std::to_string(update.tensors_size()));
@@ -107,7 +111,6 @@ std::optional<Refusal> decode_gradient(const wire::GradientUpdate& update,
   std::unordered_map<std::string, size_t> index;
   for (size_t i = 0; i < layout.slots.size(); ++i) index[layout.slots[i].name] = i;
   std::vector<bool> seen(layout.slots.size(), false);
-  std::vector<uint8_t> buf;
   for (const auto& t : update.tensors()) {
     protocol::TensorView v;
     try {
@@ -124,6 +127,20 @@ std::optional<Refusal> decode_gradient(const wire::GradientUpdate& update,
     if (v.dtype != wire::DTYPE_F32 || v.shape != slot.shape) {
       return malformed("tensor " + slot.name + " has the wrong dtype or shape");
     }
+    if (auto r = decode(slot, v, t)) return r;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<Refusal> decode_gradient(const wire::GradientUpdate& update,
+                                       const ParamLayout& layout, std::span<float> out) {
+  auto malformed = [](std::string why) { return Refusal{wire::ACK_MALFORMED, std::move(why)}; };
+  COHORT_CHECK(out.size() == layout.total);
+  std::vector<uint8_t> buf;
+  return for_each_tensor(update, layout, [&](const ParamSlot& slot, const protocol::TensorView& v,
+                                             const wire::EncodedTensor& t) -> std::optional<Refusal> {
     std::span<float> dst = out.subspan(slot.offset, slot.numel);
     if (v.codec == wire::CODEC_RAW) {
       std::memcpy(dst.data(), v.payload.data(), slot.numel * sizeof(float));
@@ -153,8 +170,22 @@ std::optional<Refusal> decode_gradient(const wire::GradientUpdate& update,
       if (!std::isfinite(x)) {
         return Refusal{wire::ACK_BAD_NORM, "non-finite value in " + slot.name};
       }
-  }
-  return std::nullopt;
+    return std::nullopt;
+  });
+}
+
+std::optional<Refusal> decode_gradient_sparse(const wire::GradientUpdate& update,
+                                              const ParamLayout& layout, SparseGradient& out) {
+  out.index.clear();
+  out.value.clear();
+  return for_each_tensor(update, layout, [&](const ParamSlot& slot, const protocol::TensorView& v,
+                                             const wire::EncodedTensor& t) -> std::optional<Refusal> {
+    if (v.codec != wire::CODEC_TOPK_Q4)
+      return Refusal{wire::ACK_MALFORMED, "tensor " + slot.name + " is not top-k like the round's"};
+    if (auto err = topk::decode_entries(t.payload(), slot.numel, slot.offset, out.index, out.value))
+      return Refusal{wire::ACK_MALFORMED, "tensor " + slot.name + ": " + *err};
+    return std::nullopt;  // top-k values are finite by construction (a finite codebook)
+  });
 }
 
 }  // namespace cohort::exchange

@@ -62,4 +62,16 @@ void round_trip(const ParamLayout& layout, wire::Codec codec, std::span<float> f
                                                      const ParamLayout& layout,
                                                      std::span<float> out);
 
+// A top-k update's kept entries: positions in the flat layout (increasing within each tensor)
+// and their values; every other element is zero.
+struct SparseGradient {
+  std::vector<uint64_t> index;
+  std::vector<float> value;
+};
+// decode_gradient for an update whose tensors are all top-k, without a model-sized buffer: the
+// same checks and refusals (a tensor in another codec is malformed here).
+[[nodiscard]] std::optional<Refusal> decode_gradient_sparse(const wire::GradientUpdate& update,
+                                                            const ParamLayout& layout,
+                                                            SparseGradient& out);
+
 }  // namespace cohort::exchange

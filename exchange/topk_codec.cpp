@@ -105,17 +105,21 @@ std::string encode(std::span<const float> values) {
   return out;
 }
 
-std::optional<std::string> decode(std::string_view payload, std::span<float> out) {
+namespace {
+
+// The one decoder: every rule of the format checked, each chunk announced to `chunk(begin, n)`
+// before its kept entries go to `put(position in the tensor, value)`.
+template <class Chunk, class Put>
+std::optional<std::string> decode_with(std::string_view payload, size_t numel, Chunk chunk, Put put) {
   const auto* p = reinterpret_cast<const unsigned char*>(payload.data());
   const size_t size = payload.size();
   size_t pos = 0;
-  auto fail = [&](size_t chunk, const std::string& why) {
-    return std::optional<std::string>("top-k chunk " + std::to_string(chunk) + ": " + why);
+  auto fail = [&](size_t c, const std::string& why) {
+    return std::optional<std::string>("top-k chunk " + std::to_string(c) + ": " + why);
   };
-  for (size_t c = 0, begin = 0; begin < out.size(); ++c, begin += kChunk) {
-    const size_t n = std::min(kChunk, out.size() - begin);
-    std::span<float> dst = out.subspan(begin, n);
-    std::fill(dst.begin(), dst.end(), 0.0f);
+  for (size_t c = 0, begin = 0; begin < numel; ++c, begin += kChunk) {
+    const size_t n = std::min(kChunk, numel - begin);
+    chunk(begin, n);
     if (size - pos < 2) return fail(c, "truncated before its count");
     const size_t kept = get_u16(p + pos);
     if (kept > max_kept(n))
@@ -155,7 +159,7 @@ std::optional<std::string> decode(std::string_view payload, std::span<float> out
     pos += index_bytes;
     for (size_t j = 0; j < kept; ++j) {
       const uint8_t code = static_cast<uint8_t>((p[pos + j / 2] >> (4 * (j % 2))) & 0xf);
-      dst[at[j]] = (code & 8) ? -level[code & 7] : level[code & 7];
+      put(begin + at[j], (code & 8) ? -level[code & 7] : level[code & 7]);
     }
     if (kept % 2 && (p[pos + kept / 2] >> 4)) return fail(c, "the padding nibble is not zero");
     pos += (kept + 1) / 2;
@@ -163,6 +167,25 @@ std::optional<std::string> decode(std::string_view payload, std::span<float> out
   if (pos != size)
     return std::optional<std::string>(std::to_string(size - pos) + " bytes after the last chunk");
   return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<std::string> decode(std::string_view payload, std::span<float> out) {
+  return decode_with(
+      payload, out.size(),
+      [&](size_t begin, size_t n) { std::fill_n(out.begin() + static_cast<std::ptrdiff_t>(begin), n, 0.0f); },
+      [&](size_t i, float v) { out[i] = v; });
+}
+
+std::optional<std::string> decode_entries(std::string_view payload, size_t numel, uint64_t base,
+                                          std::vector<uint64_t>& index, std::vector<float>& value) {
+  return decode_with(
+      payload, numel, [](size_t, size_t) {},
+      [&](size_t i, float v) {
+        index.push_back(base + i);
+        value.push_back(v);
+      });
 }
 
 }  // namespace cohort::exchange::topk

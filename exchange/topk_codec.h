@@ -18,6 +18,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace cohort::exchange::topk {
 
@@ -41,5 +42,11 @@ inline constexpr size_t kLevels = 8;      // magnitudes in a chunk's codebook
 // Writes every element of `out` (zero where nothing was kept). On a payload that breaks any rule
 // of the format, returns a sentence saying which (and `out` holds nothing useful).
 [[nodiscard]] std::optional<std::string> decode(std::string_view payload, std::span<float> out);
+// The same checks, for a tensor of `numel` elements, without writing its zeros: appends each kept
+// entry's position (+ `base`, its tensor's offset in a flat layout), increasing, and its value.
+// On an error the appended entries mean nothing.
+[[nodiscard]] std::optional<std::string> decode_entries(std::string_view payload, size_t numel,
+                                                        uint64_t base, std::vector<uint64_t>& index,
+                                                        std::vector<float>& value);
 
 }  // namespace cohort::exchange::topk

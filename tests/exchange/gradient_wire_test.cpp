@@ -3,6 +3,7 @@
 // E4M3 blocks within the format's closed-form bound (3 mantissa bits: relative error <= 2^-4 of
 // the value, plus the subnormal step of the block's scale).
 #include "exchange/gradient_wire.h"
+#include "exchange/topk_codec.h"
 
 #include <gtest/gtest.h>
 
@@ -125,6 +126,35 @@ TEST(GradientWire, MalformedTensorsAreRefusedWithTheirReason) {
   auto r = decode_gradient(nan, l, out);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->reason, wire::ACK_BAD_NORM);
+}
+
+// The coordinator folds top-k updates from their kept entries (mean rule): scattered into zeros
+// they are the dense decode bit for bit, in a layout with a tensor over one chunk (4096) and one
+// under; a tensor in another codec is refused.
+TEST(GradientWire, SparseTopkDecodeScattersToTheDenseDecode) {
+  ParamLayout l;
+  l.slots.push_back({"model.a.weight", {3, 3000}, 0, 9000});
+  l.slots.push_back({"model.b.bias", {7}, 9000, 7});
+  l.total = 9007;
+  const auto v = random_values(l.total, 5);
+  const wire::GradientUpdate u = encoded(l, wire::CODEC_TOPK_Q4, v);
+  std::vector<float> dense(l.total);
+  ASSERT_FALSE(decode_gradient(u, l, dense));
+  SparseGradient sparse;
+  ASSERT_FALSE(decode_gradient_sparse(u, l, sparse));
+  ASSERT_EQ(sparse.index.size(), sparse.value.size());
+  EXPECT_EQ(sparse.index.size(), topk::max_kept(4096) * 2 + topk::max_kept(9000 - 8192) + topk::max_kept(7));
+  std::vector<float> scattered(l.total, 0.0f);
+  for (size_t k = 0; k < sparse.index.size(); ++k) {
+    ASSERT_LT(sparse.index[k], l.total);
+    scattered[sparse.index[k]] = sparse.value[k];
+  }
+  EXPECT_EQ(scattered, dense);
+  wire::GradientUpdate mixed = u;
+  *mixed.mutable_tensors(1) = encoded(l, wire::CODEC_RAW, v).tensors(1);
+  const auto r = decode_gradient_sparse(mixed, l, sparse);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->reason, wire::ACK_MALFORMED);
 }
 
 }  // namespace
