@@ -41,6 +41,8 @@
 #include "grpo/model.h"
 #include "grpo/scoring.h"
 #include "grpo/tokenizer.h"
+#include "node/link.h"
+#include "node/weight_sync.h"
 #include "protocol/channel.h"
 #include "protocol/signed_update.h"
 #include "tools/local_cluster.h"
@@ -58,7 +60,7 @@ struct SwarmArgs {
   double seconds = 30;       // the work phase
   double think_s = 5;        // per lease, standing in for compute (uniform ±20 %)
   int prompts_per_lease = 1; // what each simulated peer asks for (WorkRequest.max_prompts)
-  int prompts_per_step = 0;  // 0: one per simulated peer
+  int prompts_per_step = 0;  // 0: two leases per simulated peer (at least 8)
   int group_size = 4;
   int max_new_tokens = 16;
   std::string codec = "fp8";
@@ -178,17 +180,17 @@ class Swarm {
     asio::error_code ec;
     co_await go_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
-  // Sleeps `s` seconds or until stop(), sending a heartbeat on `ch` every `beat` seconds.
-  asio::awaitable<void> think(protocol::Channel& ch, double s, double beat);
-  asio::awaitable<wire::Envelope> request(protocol::Channel& ch, const wire::Envelope& e) {
-    co_await ch.send(e);
-    co_return co_await ch.receive();
+  // Sleeps `s` seconds or until stop(), sending a heartbeat on `link` every `beat` seconds.
+  asio::awaitable<void> think(node::CoordinatorLink& link, double s, double beat);
+  asio::awaitable<wire::Envelope> request(node::CoordinatorLink& link, const wire::Envelope& e) {
+    co_await link.send(e);
+    co_return co_await link.receive();
   }
   void init_round(const wire::RoundSettings& s);
   [[nodiscard]] protocol::SealedUpdate build_update(const protocol::Identity& id,
                                                     const wire::WorkLease& lease,
                                                     uint64_t sequence);
-  asio::awaitable<void> fetch_weights(protocol::Channel& ch, uint64_t version,
+  asio::awaitable<void> fetch_weights(node::CoordinatorLink& link, uint64_t version,
                                       std::optional<uint64_t>& held);
   asio::awaitable<void> raw_attacker(int j, bool trickle);
   asio::awaitable<void> session_attacker(int j, bool vanish, bool close_at_once);
@@ -281,7 +283,7 @@ protocol::SealedUpdate Swarm::build_update(const protocol::Identity& id,
   return protocol::seal_update(std::move(u), id);
 }
 
-asio::awaitable<void> Swarm::think(protocol::Channel& ch, double s, double beat) {
+asio::awaitable<void> Swarm::think(node::CoordinatorLink& link, double s, double beat) {
   asio::steady_timer t(io_);
   const double end = mono_s() + s;
   double next_beat = mono_s() + beat;
@@ -296,7 +298,7 @@ asio::awaitable<void> Swarm::think(protocol::Channel& ch, double s, double beat)
       wire::Envelope hb;
       hb.mutable_heartbeat()->set_sent_unix_ms(static_cast<uint64_t>(unix_ms()));
       hb.mutable_heartbeat()->set_status("computing");
-      co_await ch.send(hb);
+      co_await link.send(hb);
       next_beat += beat;
     }
   }
@@ -304,11 +306,11 @@ asio::awaitable<void> Swarm::think(protocol::Channel& ch, double s, double beat)
 
 // The signed manifest of `version` (what a node reads before fetching blobs from a mirror); with
 // --weights channel also the blobs a node holding `held` needs, over the channel, each checked.
-asio::awaitable<void> Swarm::fetch_weights(protocol::Channel& ch, uint64_t version,
+asio::awaitable<void> Swarm::fetch_weights(node::CoordinatorLink& link, uint64_t version,
                                            std::optional<uint64_t>& held) {
   wire::Envelope req;
   req.mutable_manifest_request()->set_policy_version(version);
-  const wire::Envelope env = co_await request(ch, req);
+  const wire::Envelope env = co_await request(link, req);
   if (!env.has_manifest()) throw Error("expected a manifest");
   const wire::WeightManifest m = protocol::verify_manifest(env.manifest(), coordinator_);
   ++stats.manifests;
@@ -318,16 +320,7 @@ asio::awaitable<void> Swarm::fetch_weights(protocol::Channel& ch, uint64_t versi
     for (const auto* p : plan.patches) blobs.push_back(p->blob());
     if (plan.patches.empty() && !plan.nothing) blobs.assign(m.snapshot().begin(), m.snapshot().end());
     for (const wire::BlobRef& b : blobs) {
-      wire::Envelope br;
-      br.mutable_blob_request()->set_blake2b(b.blake2b());
-      co_await ch.send(br);
-      std::string bytes;
-      while (bytes.size() < b.size_bytes()) {
-        const wire::Envelope c = co_await ch.receive();
-        if (!c.has_blob_chunk()) throw Error("expected a blob chunk");
-        bytes += c.blob_chunk().data();
-        if (c.blob_chunk().data().empty()) break;
-      }
+      const std::string bytes = co_await node::fetch_blob_over_channel(link, b);
       if (!exchange::bytes_match(b, bytes)) throw Error("a blob does not match its digest");
       stats.weight_bytes += static_cast<double>(bytes.size());
     }
@@ -344,12 +337,13 @@ asio::awaitable<void> Swarm::honest_peer(int i) {
   try {
     const double t0 = mono_s();
     protocol::Channel ch = co_await protocol::Channel::connect(ep_, id, opt);
+    node::ChannelLink link(ch);
     const double t1 = mono_s();
     stats.handshake_ms.push_back(1e3 * (t1 - t0));
     wire::Envelope join;
     join.mutable_join_request()->set_display_name(fmt::format("swarm{}", i));
     join.mutable_join_request()->mutable_capabilities()->set_software_version("cohort bench swarm");
-    const wire::Envelope reply = co_await request(ch, join);
+    const wire::Envelope reply = co_await request(link, join);
     if (!reply.has_join_reply()) throw Error("expected a join reply");
     if (!reply.join_reply().admitted()) {
       ++stats.join_refused;
@@ -369,7 +363,7 @@ asio::awaitable<void> Swarm::honest_peer(int i) {
     std::mt19937 rng(static_cast<uint32_t>(i));
     // Peers of a running round are at every point of their leases, not in step: each starts
     // somewhere within one think time.
-    co_await think(ch, a_.think_s * std::uniform_real_distribution<double>(0, 1)(rng), beat);
+    co_await think(link, a_.think_s * std::uniform_real_distribution<double>(0, 1)(rng), beat);
     std::optional<uint64_t> held;
     uint64_t sequence = 0;
     while (!stopping_) {
@@ -377,7 +371,7 @@ asio::awaitable<void> Swarm::honest_peer(int i) {
       wr.mutable_work_request()->set_max_prompts(static_cast<uint32_t>(a_.prompts_per_lease));
       wr.mutable_work_request()->set_policy_version(held.value_or(0));
       const double s0 = mono_s();
-      const wire::Envelope env = co_await request(ch, wr);
+      const wire::Envelope env = co_await request(link, wr);
       if (env.has_leave()) break;  // the round is over
       if (env.has_ack()) {
         ++stats.no_work;
@@ -390,28 +384,19 @@ asio::awaitable<void> Swarm::honest_peer(int i) {
       ++stats.leases;
       const wire::WorkLease& lease = env.work_lease();
       if (a_.weights != "none" && held != lease.policy_version())
-        co_await fetch_weights(ch, lease.policy_version(), held);
-      co_await think(ch, a_.think_s * std::uniform_real_distribution<double>(0.8, 1.2)(rng), beat);
+        co_await fetch_weights(link, lease.policy_version(), held);
+      co_await think(link, a_.think_s * std::uniform_real_distribution<double>(0.8, 1.2)(rng), beat);
       if (stopping_) {
         wire::Envelope leave;
         leave.mutable_leave()->set_reason("bench over");
-        co_await ch.send(leave);
+        co_await link.send(leave);
         break;
       }
       sequence = std::max(sequence + 1, static_cast<uint64_t>(unix_ms()) * 1000);
       const protocol::SealedUpdate su = build_update(id, lease, sequence);
-      wire::Envelope head;
-      *head.mutable_update() = su.header;
-      co_await ch.send(head);
-      for (size_t off = 0; off < su.stream.size(); off += protocol::kUpdateChunkBytes) {
-        wire::Envelope c;
-        c.mutable_update_chunk()->set_offset(off);
-        c.mutable_update_chunk()->set_data(
-            su.stream.data() + off, std::min(protocol::kUpdateChunkBytes, su.stream.size() - off));
-        co_await ch.send(c);
-      }
+      co_await node::send_sealed_update(link, su);
       const double sent = mono_s();
-      const wire::Envelope ack = co_await ch.receive();
+      const wire::Envelope ack = co_await link.receive();
       ++stats.updates_sent;
       stats.update_bytes += static_cast<double>(su.wire_bytes());
       if (!ack.has_ack()) throw Error("expected an Ack");
@@ -488,10 +473,11 @@ asio::awaitable<void> Swarm::session_attacker(int j, bool vanish, bool close_at_
     bool failed = false;
     try {
       protocol::Channel ch = co_await protocol::Channel::connect(ep_, id, opt);
+      node::ChannelLink link(ch);
       ++stats.attack_connections;
       wire::Envelope join;
       join.mutable_join_request()->set_display_name("attacker");
-      const wire::Envelope reply = co_await request(ch, join);
+      const wire::Envelope reply = co_await request(link, join);
       if (!reply.has_join_reply() || !reply.join_reply().admitted()) {
         ++stats.attack_refused;
         continue;
@@ -503,7 +489,7 @@ asio::awaitable<void> Swarm::session_attacker(int j, bool vanish, bool close_at_
       }
       wire::Envelope wr;
       wr.mutable_work_request()->set_max_prompts(0);
-      const wire::Envelope env = co_await request(ch, wr);
+      const wire::Envelope env = co_await request(link, wr);
       if (env.has_work_lease()) ++stats.attack_leases;
       if (close_at_once) {
         ch.close();
@@ -511,7 +497,7 @@ asio::awaitable<void> Swarm::session_attacker(int j, bool vanish, bool close_at_
       }
       const double t0 = mono_s();
       try {
-        for (;;) (void)co_await ch.receive();  // silent until the coordinator hangs up
+        for (;;) (void)co_await link.receive();  // silent until the coordinator hangs up
       } catch (const std::exception&) {
       }
       if (!stopping_) {

@@ -202,19 +202,10 @@ asio::awaitable<void> Node::deliver_pending(CoordinatorLink& link, bool drop_exp
   }
 }
 
-// The signed header, then its stream in UpdateChunks of at most 1 MiB, then the Ack.
+// The update (send_sealed_update), then the Ack.
 asio::awaitable<wire::AckReason> Node::send_update(CoordinatorLink& link,
                                                    const protocol::SealedUpdate& su) {
-  wire::Envelope e;
-  *e.mutable_update() = su.header;
-  co_await link.send(std::move(e));
-  for (size_t off = 0; off < su.stream.size(); off += protocol::kUpdateChunkBytes) {
-    wire::Envelope c;
-    c.mutable_update_chunk()->set_offset(off);
-    c.mutable_update_chunk()->set_data(su.stream.data() + off,
-                                       std::min(protocol::kUpdateChunkBytes, su.stream.size() - off));
-    co_await link.send(std::move(c));
-  }
+  co_await send_sealed_update(link, su);
   const wire::Envelope a = co_await link.receive();
   if (a.has_error())
     throw Error("the coordinator refused the update: " + printable(a.error().message(), 256));

@@ -9,7 +9,10 @@
 
 #include <cstdint>
 
+#include <algorithm>
+
 #include "protocol/channel.h"
+#include "protocol/signed_update.h"
 
 namespace cohort::node {
 
@@ -36,5 +39,21 @@ class ChannelLink final : public CoordinatorLink {
   protocol::Channel& ch_;
   uint64_t next_id_ = 0;
 };
+
+// A sealed update as the protocol carries it: the signed header, then its stream in UpdateChunks
+// of at most protocol::kUpdateChunkBytes (docs/PROTOCOL.md). Waiting for the Ack is the caller's.
+inline asio::awaitable<void> send_sealed_update(CoordinatorLink& link,
+                                                const protocol::SealedUpdate& su) {
+  wire::Envelope e;
+  *e.mutable_update() = su.header;
+  co_await link.send(std::move(e));
+  for (size_t off = 0; off < su.stream.size(); off += protocol::kUpdateChunkBytes) {
+    wire::Envelope c;
+    c.mutable_update_chunk()->set_offset(off);
+    c.mutable_update_chunk()->set_data(su.stream.data() + off,
+                                       std::min(protocol::kUpdateChunkBytes, su.stream.size() - off));
+    co_await link.send(std::move(c));
+  }
+}
 
 }  // namespace cohort::node

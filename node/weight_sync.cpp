@@ -64,8 +64,7 @@ WeightSync::WeightSync(const exchange::ParamLayout& layout, protocol::PeerId coo
 
 WeightSync::~WeightSync() { http_.join(); }
 
-asio::awaitable<std::string> WeightSync::from_channel(CoordinatorLink& link,
-                                                      const wire::BlobRef& ref) {
+asio::awaitable<std::string> fetch_blob_over_channel(CoordinatorLink& link, const wire::BlobRef& ref) {
   wire::Envelope req;
   req.mutable_blob_request()->set_blake2b(ref.blake2b());
   co_await link.send(req);
@@ -84,7 +83,6 @@ asio::awaitable<std::string> WeightSync::from_channel(CoordinatorLink& link,
       throw Error("blob chunk out of order or out of bounds");
     out.append(chunk.data());
   } while (out.size() < size);
-  stats_.channel_bytes += static_cast<double>(size);
   co_return out;
 }
 
@@ -114,7 +112,8 @@ asio::awaitable<std::string> WeightSync::fetch_blob(CoordinatorLink& link, const
     spdlog::warn("node: mirror {} skipped for the rest of this session: blob {}: {}", base,
                  hex.substr(0, 16), why);
   }
-  std::string bytes = co_await from_channel(link, ref);
+  std::string bytes = co_await fetch_blob_over_channel(link, ref);
+  stats_.channel_bytes += static_cast<double>(bytes.size());
   if (!exchange::bytes_match(ref, bytes))
     throw Error("the coordinator served blob " + hex.substr(0, 16) +
                 " with bytes that do not match its digest");

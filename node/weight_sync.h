@@ -79,7 +79,6 @@ class WeightSync {
   // One blob, verified against its digest, from the first source that serves it right.
   asio::awaitable<std::string> fetch_blob(CoordinatorLink& link, const wire::BlobRef& ref,
                                           const std::vector<std::string>& mirrors);
-  asio::awaitable<std::string> from_channel(CoordinatorLink& link, const wire::BlobRef& ref);
   // Rebuilds the manifest's version into bytes_ from patches (true) or returns false when they
   // do not apply or do not rebuild the signed bytes (bytes_ is then not a version).
   asio::awaitable<bool> apply_patches(CoordinatorLink& link, const wire::WeightManifest& m,
@@ -103,6 +102,11 @@ class WeightSync {
   bool loaded_ = false;
   WeightStats stats_;
 };
+
+// One blob over the channel: a BlobRequest, then its BlobChunks, each checked to continue the
+// blob in order and within its size. Throws cohort::Error on anything else; the bytes are not
+// checked against the digest here (exchange::bytes_match).
+asio::awaitable<std::string> fetch_blob_over_channel(CoordinatorLink& link, const wire::BlobRef& ref);
 
 // GET <base>/blobs/<hex> for bytes [offset, offset + length) with a Range request (blocking).
 // Throws cohort::Error with the reason when the mirror cannot be reached or answers anything but
