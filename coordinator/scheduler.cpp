@@ -222,7 +222,8 @@ std::optional<ActiveLease> LeaseScheduler::issue_backup(const std::string& peer,
     const double expected = double(l.groups.size()) / thr + holder.upload_s + holder.download_s;
     // A peer that asks ahead starts a lease when it delivers the one before.
     const double age = now - std::max(l.issued_mono, holder.last_delivery);
-    const double ratio = age / std::max(cfg_.backup_factor * expected, cfg_.backup_min_s);
+    const double floor = holder.throughput > 0 ? cfg_.backup_min_s : cfg_.backup_min_new_s;
+    const double ratio = age / std::max(cfg_.backup_factor * expected, floor);
     if (ratio < 1) continue;
     if (!best || l.rec.step < best->rec.step || (l.rec.step == best->rec.step && ratio > best_ratio)) {
       best = &l;

@@ -33,6 +33,9 @@ struct SchedulerConfig {
   // update completes its groups (0: never).
   double backup_factor = 2;
   double backup_min_s = 1;
+  // The floor for a holder that has never delivered: its first lease includes fetching the
+  // weights (a snapshot for a joiner), which the coordinator cannot see when a mirror serves them.
+  double backup_min_new_s = 10;
 };
 
 // A lease out to a peer: its ledger record and its groups' positions inside the step.

@@ -239,7 +239,8 @@ struct Overdue {
                     .lease_timeout_s = 100,
                     .reconnect_grace_s = 2,
                     .backup_factor = 2,
-                    .backup_min_s = 1}};
+                    .backup_min_s = 1,
+                    .backup_min_new_s = 1}};
   ActiveLease v;
   Overdue() {
     for (const char* p : {"a", "v"}) s.peer_connected(p), s.peer_working(p);
@@ -337,6 +338,19 @@ TEST(LeaseScheduler, NeverDeliveredKeysTakeTheNewestStepAndAtMostHalfTheWindow) 
   auto w = s.issue("w", 0, 1.0, 0);
   ASSERT_TRUE(w);
   EXPECT_EQ(w->rec.step, 2);
+}
+
+// A holder that has never delivered may still be fetching the weights (a joiner's snapshot): its
+// lease is backed up only after backup_min_new_s, whatever the median peer's pace.
+TEST(LeaseScheduler, NewHoldersLeaseIsBackedUpOnlyAfterItsFloor) {
+  LeaseScheduler s({.steps = 4, .groups_per_step = 2, .staleness_bound = 0, .backup_factor = 2,
+                    .backup_min_s = 1, .backup_min_new_s = 10});
+  for (const char* p : {"a", "v"}) s.peer_connected(p), s.peer_working(p);
+  auto a1 = s.issue("a", 1, 0.0, 0);
+  ASSERT_TRUE(s.issue("v", 1, 0.0, 0));
+  s.complete(a1->rec.lease_id, 0.5);
+  EXPECT_FALSE(s.issue("a", 0, 9.9, 0));
+  EXPECT_TRUE(s.issue("a", 0, 10.1, 0));
 }
 
 }  // namespace
