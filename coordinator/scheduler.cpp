@@ -34,6 +34,7 @@ LeaseScheduler::Step& LeaseScheduler::step(int64_t s) {
   if (it != steps_.end()) return it->second;
   Step& st = steps_[s];
   st.groups.assign(static_cast<size_t>(cfg_.groups_per_step), Group::pending);
+  st.reserved.assign(static_cast<size_t>(cfg_.groups_per_step), false);
   st.pending = cfg_.groups_per_step;
   return st;
 }
@@ -159,10 +160,11 @@ std::optional<ActiveLease> LeaseScheduler::issue(const std::string& peer, uint32
   }
   const int64_t first = static_cast<int64_t>(version_) + 1;
   const int64_t last = std::min<int64_t>(cfg_.steps, first + cfg_.staleness_bound);
-  // Keys that have never delivered (new peers, and anyone who takes leases and drops them) hold
-  // at most half of the window's groups once some peer has delivered, and only from its newest
-  // step (the window's only one at S = 0): the older steps, which move the round on, stay with
-  // peers that deliver, and churning keys cannot hold them (BOINC's quota for new hosts).
+  // Keys that have never delivered (new peers, and anyone who takes leases and drops them), once
+  // some peer has delivered: at most half of the window's groups together, newest step first, and
+  // never a group such a key let go (Step::reserved). Churning keys then take each group at most
+  // once, and the steps that move the round on stay with peers that deliver (BOINC's quota for
+  // new hosts).
   int64_t unmeasured_room = std::numeric_limits<int64_t>::max();
   const bool reverse = throughput(peer) <= 0 && any_measured();
   if (reverse) {
@@ -172,13 +174,15 @@ std::optional<ActiveLease> LeaseScheduler::issue(const std::string& peer, uint32
     unmeasured_room = std::max<int64_t>(1, (last - first + 1) * cfg_.groups_per_step / 2) - held;
     if (unmeasured_room <= 0) return std::nullopt;
   }
-  for (int64_t k = 0; k <= (reverse ? 0 : last - first); ++k) {
-    const int64_t s = reverse ? last : first + k;
+  for (int64_t k = 0; k <= last - first; ++k) {
+    const int64_t s = reverse ? last - k : first + k;
     Step& st = step(s);
     if (st.pending == 0) continue;
     std::vector<int> pending;
     for (int i = 0; i < cfg_.groups_per_step; ++i)
-      if (st.groups[static_cast<size_t>(i)] == Group::pending) pending.push_back(i);
+      if (st.groups[static_cast<size_t>(i)] == Group::pending &&
+          !(reverse && st.reserved[static_cast<size_t>(i)]))
+        pending.push_back(i);
     if (pending.empty()) continue;
     const int64_t size = std::min(
         unmeasured_room, lease_size(peer, static_cast<int64_t>(pending.size()), max_prompts));
@@ -278,12 +282,15 @@ std::optional<ClosedLease> LeaseScheduler::close(const std::string& lease_id,
   if (it == leases_.end()) return std::nullopt;
   if (auto p = leases_.find(it->second.partner); !it->second.partner.empty() && p != leases_.end())
     p->second.partner.clear();  // the groups stay leased, to the partner
-  else if (auto st = steps_.find(it->second.rec.step); st != steps_.end())
+  else if (auto st = steps_.find(it->second.rec.step); st != steps_.end()) {
+    const bool dropped_by_new_key = throughput(it->second.rec.peer) <= 0;
     for (int pos : it->second.groups)
       if (st->second.groups[static_cast<size_t>(pos)] == Group::leased) {
         st->second.groups[static_cast<size_t>(pos)] = Group::pending;
+        if (dropped_by_new_key) st->second.reserved[static_cast<size_t>(pos)] = true;
         ++st->second.pending;
       }
+  }
   ClosedLease c{lease_id, it->second.rec.peer, it->second.groups.size(), state, reason};
   leases_.erase(it);
   return c;

@@ -80,8 +80,9 @@ class LeaseScheduler {
   // ---- leases
   // A lease for `peer` from the oldest step in the staleness window with pending groups, sized
   // by guided self-scheduling (see lease_size). A peer that has never delivered, once some peer
-  // has, takes from the window's newest step only, and such peers hold at most half of the
-  // window's groups together. With nothing pending, a backup of the most
+  // has, takes from the window's newest step first, never groups that such a peer let go, and
+  // such peers hold at most half of the window's groups together. With nothing pending, a backup
+  // of the most
   // overdue lease (oldest step first; see backup_factor) if `peer` has delivered before and none
   // of its own. nullopt when none can be issued now (round finished, fewer than min_peers
   // connected so far, nothing pending in the window and nothing overdue).
@@ -134,6 +135,9 @@ class LeaseScheduler {
   enum class Group : uint8_t { pending, leased, done };
   struct Step {
     std::vector<Group> groups;
+    // Pending again after a key that never delivered let them go: for peers that deliver only,
+    // so churning keys cannot take the same groups again and again.
+    std::vector<bool> reserved;
     int done = 0;
     int pending = 0;  // groups in Group::pending (a full step is skipped without a scan)
   };

@@ -308,9 +308,9 @@ TEST(LeaseScheduler, NoBackupLeasesWhenTurnedOff) {
 }
 
 // Keys that never deliver (new, or taking leases and dropping them) cannot hold the step that
-// moves the round on: once a peer has delivered, they take from the newest step of the window,
-// and hold at most half of its groups together.
-TEST(LeaseScheduler, NeverDeliveredKeysTakeTheNewestStepAndAtMostHalfTheWindow) {
+// moves the round on: once a peer has delivered, they take from the newest step of the window
+// first, hold at most half of its groups together, and never take again a group such a key let go.
+TEST(LeaseScheduler, NeverDeliveredKeysTakeNewestFirstAtMostHalfTheWindowAndNotWhatTheyDropped) {
   LeaseScheduler s(config(8, 1));  // window: steps 1 and 2, 16 groups
   s.peer_connected("a");
   s.peer_working("a");
@@ -330,14 +330,16 @@ TEST(LeaseScheduler, NeverDeliveredKeysTakeTheNewestStepAndAtMostHalfTheWindow) 
   ASSERT_TRUE(l);
   EXPECT_EQ(l->rec.step, 1);
   EXPECT_EQ(l->groups.size(), 7u);
-  // The newest step's groups given back: still none of the older step for a new key.
+  // v0 lets its group go: no new key takes it again, a peer that delivers does.
+  const std::vector<uint64_t> dropped = s.find(s.leases_of("v0").at(0))->rec.prompts;
   for (const auto& id : s.leases_of("v0")) s.close(id, "returned", "peer left");
-  ASSERT_TRUE(s.close(l->rec.lease_id, "returned", "peer left"));
   s.peer_connected("w");
   s.peer_working("w");
-  auto w = s.issue("w", 0, 1.0, 0);
-  ASSERT_TRUE(w);
-  EXPECT_EQ(w->rec.step, 2);
+  EXPECT_FALSE(s.issue("w", 0, 1.0, 0));
+  s.complete(l->rec.lease_id, 2.0);
+  auto again = s.issue("a", 0, 2.0, 0);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->rec.prompts, dropped);
 }
 
 // A holder that has never delivered may still be fetching the weights (a joiner's snapshot): its
