@@ -127,6 +127,7 @@ void Coordinator::Impl::serve() {
              {"coordinator_key", identity.id().hex()},
              {"pid", ::getpid()},
              {"round_id", cfg.round_id}};
+  if (http) publish_round_card(host, server->port(), status_port);
   grpo::write_file_atomic(endpoint_path(cfg.data_dir), ep.dump());
   spdlog::info("coordinator: round {} on {}:{} (status http://{}:{}/status), key {}, version {}",
                cfg.round_id, host, server->port(), host, status_port, identity.id().hex(),

@@ -14,6 +14,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <set>
@@ -29,6 +30,7 @@
 #include "coordinator/scheduler.h"
 #include "coordinator/status_http.h"
 #include "coordinator/update_checks.h"
+#include "exchange/round_card.h"
 #include "grpo/tasks.h"
 #include "grpo/tokenizer.h"
 #include "protocol/channel.h"
@@ -109,6 +111,12 @@ struct Coordinator::Impl {
 
   std::string fatal;  // why the model side failed, if it did
 
+  // The files every node needs (dataset, tokenizer files), pinned in the blob store (open()), and
+  // the signed round card naming them (serve(), once the ports are bound), for GET /round.
+  std::vector<exchange::CardFile> round_files;
+  mutable std::mutex card_mutex;
+  std::string round_card;
+
   explicit Impl(RoundConfig c) : cfg(std::move(c)) {}
   ~Impl() { compute.join(); }
 
@@ -124,6 +132,12 @@ struct Coordinator::Impl {
   // Re-applies the accepted updates the last checkpoint does not contain, in acceptance order.
   void replay_ledger();
   wire::RoundSettings make_settings() const;
+
+  // round_card.cpp
+  void put_round_files();
+  // The card's text, signed; `peer_address` and `http_base` as the outside sees them.
+  std::string make_round_card(const std::string& peer_address, const std::string& http_base) const;
+  void publish_round_card(const std::string& host, uint16_t port, uint16_t status_port);
 
   // steps.cpp
   bool checkpoint_due(int64_t step) const;

@@ -4,6 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <set>
 #include <sstream>
 #include <variant>
 
@@ -80,7 +82,8 @@ CREATE TABLE IF NOT EXISTS updates(
   id INTEGER PRIMARY KEY AUTOINCREMENT, peer TEXT, sequence INTEGER, lease_id TEXT,
   step INTEGER, policy_version INTEGER, digest BLOB, accepted INTEGER, reason TEXT, detail TEXT,
   units REAL, tokens REAL, sequences INTEGER, reward_mean REAL, accuracy REAL, bytes INTEGER,
-  received_ms INTEGER, body BLOB, signature BLOB, stream BLOB);
+  received_ms INTEGER, body BLOB, signature BLOB, stream BLOB, completion_tokens REAL,
+  groups INTEGER);
 CREATE INDEX IF NOT EXISTS updates_step ON updates(step, accepted);
 CREATE TABLE IF NOT EXISTS steps(
   step INTEGER PRIMARY KEY, version INTEGER, units REAL, updates INTEGER, reward_mean REAL,
@@ -123,10 +126,15 @@ Ledger::Ledger(const std::string& path, LedgerSync sync) {
   // the ledger rolls back to an earlier consistent state (the lost updates' leases are re-issued).
   exec(db_, sync == LedgerSync::full ? "PRAGMA synchronous=FULL;" : "PRAGMA synchronous=NORMAL;");
   exec(db_, kSchema);
-  // Ledgers written before updates were streamed have no stream column (their bodies hold it all).
-  bool has_stream = false;
-  for (Stmt s(db_, "PRAGMA table_info(updates)"); s.step();) has_stream |= s.text(1) == "stream";
-  if (!has_stream) exec(db_, "ALTER TABLE updates ADD COLUMN stream BLOB;");
+  // Ledgers written by earlier versions lack the newer columns: before updates were streamed
+  // (no `stream`: their bodies hold it all), before credits (no `completion_tokens`, `groups`:
+  // those updates earn no credit, as nothing recorded what they verified).
+  std::set<std::string> columns;
+  for (Stmt s(db_, "PRAGMA table_info(updates)"); s.step();) columns.insert(s.text(1));
+  if (!columns.contains("stream")) exec(db_, "ALTER TABLE updates ADD COLUMN stream BLOB;");
+  if (!columns.contains("completion_tokens"))
+    exec(db_, "ALTER TABLE updates ADD COLUMN completion_tokens REAL;");
+  if (!columns.contains("groups")) exec(db_, "ALTER TABLE updates ADD COLUMN groups INTEGER;");
 }
 
 Ledger::~Ledger() { sqlite3_close(db_); }
@@ -176,14 +184,14 @@ void Ledger::close_lease(const std::string& id, const std::string& state, const 
 int64_t Ledger::record_update(const UpdateRecord& u) {
   Stmt(db_,
        "INSERT INTO updates(peer,sequence,lease_id,step,policy_version,digest,accepted,reason,"
-       "detail,units,tokens,sequences,reward_mean,accuracy,bytes,received_ms,body,signature,stream) "
-       "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+       "detail,units,tokens,sequences,reward_mean,accuracy,bytes,received_ms,body,signature,stream,"
+       "completion_tokens,groups) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
       .bind(1, u.peer).bind(2, u.sequence).bind(3, u.lease_id).bind(4, u.step)
       .bind(5, u.policy_version).bind(6, Blob{&u.digest}).bind(7, u.accepted ? 1 : 0)
       .bind(8, u.reason).bind(9, u.detail).bind(10, u.units).bind(11, u.tokens)
       .bind(12, u.sequences).bind(13, u.reward_mean).bind(14, u.accuracy).bind(15, u.bytes)
       .bind(16, u.received_ms).bind(17, Blob{&u.body}).bind(18, Blob{&u.signature})
-      .bind(19, Blob{&u.stream}).run();
+      .bind(19, Blob{&u.stream}).bind(20, u.completion_tokens).bind(21, u.groups).run();
   return sqlite3_last_insert_rowid(db_);
 }
 
@@ -333,31 +341,61 @@ std::vector<StepRecord> Ledger::steps() const {
 std::string Ledger::status_json() const {
   using nlohmann::json;
   json j;
+  // What the accepted updates of each step carried: their completions' mean length, and their
+  // bytes on the wire (what the step cost the peers' uplinks).
+  std::map<int64_t, std::pair<double, int64_t>> per_step;  // step -> (length, bytes)
+  {
+    Stmt s(db_,
+           "SELECT step, SUM(completion_tokens) / NULLIF(SUM(sequences), 0), SUM(bytes) "
+           "FROM updates WHERE accepted=1 GROUP BY step");
+    while (s.step()) per_step[s.i64(0)] = {s.f64(1), s.i64(2)};
+  }
   json steps = json::array();
-  for (const auto& s : this->steps())
+  for (const auto& s : this->steps()) {
+    const auto [length, bytes] = per_step[s.step];
     steps.push_back({{"step", s.step}, {"version", s.version}, {"units", s.units},
                      {"updates", s.updates}, {"reward_mean", s.reward_mean},
                      {"accuracy", s.accuracy}, {"loss", s.loss}, {"grad_norm", s.grad_norm},
                      {"aggregate_s", s.aggregate_s}, {"optimizer_s", s.optimizer_s},
-                     {"publish_s", s.publish_s}});
+                     {"publish_s", s.publish_s}, {"applied_ms", s.applied_ms},
+                     {"completion_len", length}, {"bytes_up", bytes}});
+  }
   j["steps"] = steps;
   json peers = json::object();
   {
-    Stmt s(db_, "SELECT peer,name FROM peers");
-    while (s.step()) peers[s.text(0)] = {{"name", s.text(1)}, {"accepted", 0}, {"refused", 0}};
+    Stmt s(db_, "SELECT peer,name,last_seen_ms FROM peers");
+    while (s.step())
+      peers[s.text(0)] = {{"name", s.text(1)},      {"accepted", 0},      {"refused", 0},
+                          {"accepted_bytes", 0},    {"credit_tokens", 0}, {"credit_groups", 0},
+                          {"last_seen_ms", s.i64(2)}, {"refused_reasons", json::object()}};
   }
+  // Credit is only for work that passed every check: accepted updates' completion tokens and
+  // prompt groups (a refused or superseded update earns nothing).
+  double credit_tokens = 0;
+  int64_t credit_groups = 0;
   {
     Stmt s(db_,
-           "SELECT peer, SUM(accepted), SUM(1-accepted), SUM(CASE WHEN accepted=1 THEN bytes ELSE 0 END) "
+           "SELECT peer, SUM(accepted), SUM(1-accepted), "
+           "SUM(CASE WHEN accepted=1 THEN bytes ELSE 0 END), "
+           "SUM(CASE WHEN accepted=1 THEN COALESCE(completion_tokens, 0) ELSE 0 END), "
+           "SUM(CASE WHEN accepted=1 THEN COALESCE(groups, 0) ELSE 0 END), MAX(received_ms) "
            "FROM updates GROUP BY peer");
     while (s.step()) {
       auto& p = peers[s.text(0)];
       p["accepted"] = s.i64(1);
       p["refused"] = s.i64(2);
       p["accepted_bytes"] = s.i64(3);
+      p["credit_tokens"] = s.f64(4);
+      p["credit_groups"] = s.i64(5);
+      p["last_seen_ms"] = std::max(p.value("last_seen_ms", int64_t{0}), s.i64(6));
+      credit_tokens += s.f64(4);
+      credit_groups += s.i64(5);
     }
+    Stmt r(db_, "SELECT peer, reason, COUNT(*) FROM updates WHERE accepted=0 GROUP BY peer, reason");
+    while (r.step()) peers[r.text(0)]["refused_reasons"][r.text(1)] = r.i64(2);
   }
   j["peers"] = peers;
+  j["credits"] = {{"tokens", credit_tokens}, {"groups", credit_groups}};
   json reasons = json::object();
   {
     Stmt s(db_, "SELECT reason, COUNT(*) FROM updates WHERE accepted=0 GROUP BY reason");

@@ -53,6 +53,10 @@ struct UpdateRecord {
   int64_t received_ms = 0;
   std::string body, signature;      // accepted updates only: the signed header ...
   std::string stream;               // ... and its stream (completions and tensors)
+  // The verified work it carried, its author's credit when accepted: completion tokens (every
+  // one sampled, loss-carrying or not) and prompt groups.
+  double completion_tokens = 0;
+  int64_t groups = 0;
 };
 
 struct StepRecord {

@@ -94,6 +94,10 @@ std::string prometheus_text(const std::string& status_json) {
     w.sample("step_grad_norm", num(last, "grad_norm"));
     w.family("step_updates", "gauge", "Updates aggregated into the last applied step.");
     w.sample("step_updates", num(last, "updates"));
+    w.family("step_completion_tokens_mean", "gauge", "Mean completion length (tokens) of the last applied step.");
+    w.sample("step_completion_tokens_mean", num(last, "completion_len"));
+    w.family("step_update_bytes", "gauge", "Bytes of the updates accepted for the last applied step.");
+    w.sample("step_update_bytes", num(last, "bytes_up"));
     w.family("step_seconds", "gauge", "Coordinator time of the last step by phase.");
     w.sample("step_seconds", num(last, "aggregate_s"), "phase=\"aggregate\"");
     w.sample("step_seconds", num(last, "optimizer_s"), "phase=\"optimizer\"");
@@ -126,6 +130,14 @@ std::string prometheus_text(const std::string& status_json) {
     }
     w.family("peer_throughput_groups_per_second", "gauge", "Measured throughput per peer (EMA).");
     for (const auto& [l, v] : peers) w.sample("peer_throughput_groups_per_second", num(*v, "throughput_groups_per_s"), l);
+    w.family("peer_credit_tokens_total", "counter",
+             "Completion tokens per peer in updates that passed every check (credit).");
+    for (const auto& [l, v] : peers) w.sample("peer_credit_tokens_total", num(*v, "credit_tokens"), l);
+    w.family("peer_credit_groups_total", "counter",
+             "Prompt groups per peer in updates that passed every check (credit).");
+    for (const auto& [l, v] : peers) w.sample("peer_credit_groups_total", num(*v, "credit_groups"), l);
+    w.family("peer_banned", "gauge", "1 for a peer banned for misbehaviour.");
+    for (const auto& [l, v] : peers) w.sample("peer_banned", num(*v, "banned"), l);
   }
   return w.str();
 }

@@ -79,6 +79,10 @@ class Policy {
     return publisher_->store();
   }
 
+  // A round file (dataset, tokenizer) into the blob store, kept for the whole round (the round
+  // card lists it as GET /blobs/<hex>).
+  protocol::Digest put_round_file(std::string_view bytes) { return publisher_->put_pinned(bytes); }
+
   // The update's gradient sum into `out` (layout().total floats), or why it is refused.
   [[nodiscard]] std::optional<exchange::Refusal> decode(const wire::GradientUpdate& u,
                                                         std::vector<float>& out) const;

@@ -74,6 +74,7 @@ void Coordinator::Impl::open() {
     if (s.digest.size() == d.size()) std::memcpy(d.data(), s.digest.data(), d.size());
     replays.remember(PeerId::parse(s.peer), s.sequence, d);
   }
+  put_round_files();  // pinned before the first publication prunes the store
   published.push_back(policy->publish());
   blob_store = policy->blob_store();
   policy_params = policy->layout().total;

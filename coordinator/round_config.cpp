@@ -87,7 +87,7 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
   }
   static const std::set<std::string> kSections = {"round", "network", "admission", "model",
                                                   "task", "grpo", "sampling", "aggregation",
-                                                  "verification", "debug"};
+                                                  "verification", "card", "debug"};
   for (const auto& [k, v] : root) {
     if (!kSections.count(std::string(k.str())))
       throw Error("round config: unknown section [" + std::string(k.str()) + "]");
@@ -139,6 +139,20 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
     if (c.max_connections_per_ip < 0) s.fail("max_connections_per_ip", "must be >= 0 (0: no bound)");
     if (!(c.handshakes_per_ip_per_s >= 0)) s.fail("handshakes_per_ip_per_s", "must be >= 0 (0: no bound)");
     if (!(c.handshake_burst_per_ip >= 1)) s.fail("handshake_burst_per_ip", "must be at least 1");
+  }
+  {
+    Section s(root["card"].as_table(), "card");
+    s.get("addresses", c.card.addresses);
+    s.get("url", c.card.url);
+    s.get("min_down_mbps", c.card.min_down_mbps);
+    s.get("min_up_mbps", c.card.min_up_mbps);
+    s.finish();
+    for (const auto& a : c.card.addresses)
+      if (a.rfind(':') == std::string::npos) s.fail("addresses", "must hold HOST:PORT entries (got '" + a + "')");
+    if (!c.card.url.empty() && !c.card.url.starts_with("http://") && !c.card.url.starts_with("https://"))
+      s.fail("url", "must start with http:// or https://");
+    if (!(c.card.min_down_mbps >= 0) || !(c.card.min_up_mbps >= 0))
+      s.fail("min_down_mbps", "and min_up_mbps must be >= 0");
   }
   {
     Section s(root["admission"].as_table(), "admission");

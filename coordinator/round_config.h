@@ -18,6 +18,18 @@ namespace cohort::coordinator {
 enum class Admission { open, allowlist };
 enum class GradientCodec { fp8, raw, topk };
 
+// [card]: what the round card (GET /round) tells volunteers beyond what the coordinator knows
+// (docs/ROUND_CONFIG.md).
+struct CardConfig {
+  // The peer protocol's public HOST:PORT (default: `listen` with its bound port, which is only
+  // reachable from elsewhere when it is a public address).
+  std::vector<std::string> addresses;
+  // The public base URL of the HTTP endpoint (default: http://<status_listen>): the card's status
+  // URL and the files' first source are under it.
+  std::string url;
+  double min_down_mbps = 0, min_up_mbps = 0;  // the stated minimum link (0: none)
+};
+
 struct RoundConfig {
   std::string round_id = "round";
   int64_t steps = 20;
@@ -56,6 +68,7 @@ struct RoundConfig {
   GradientCodec codec = GradientCodec::fp8;
   double max_update_norm = 0;          // refuse updates whose mean-gradient norm exceeds (0: off)
   AggregationConfig aggregation;       // how a step's updates combine ([aggregation])
+  CardConfig card;                     // [card]
   // [verification]: the share of accepted-so-far updates whose gradient the coordinator
   // recomputes in full from the reported completions, the cosine similarity the reported
   // gradient must reach, and the misbehaviour refusals after which a peer is banned.

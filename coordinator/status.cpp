@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "coordinator/coordinator_impl.h"
+#include "coordinator/dashboard.h"
 #include "coordinator/metrics.h"
 #include "exchange/weights.h"
 
@@ -58,7 +59,9 @@ std::string Coordinator::Impl::live_status() {
   for (auto& [k, p] : j["peers"].items()) {
     p["connected"] = sched->peer_is_connected(k);
     p["throughput_groups_per_s"] = sched->throughput(k);
+    p["banned"] = banned.contains(k);
   }
+  j["now_ms"] = unix_ms();  // the clock last_seen_ms and applied_ms are read against
   return j.dump();
 }
 
@@ -128,9 +131,20 @@ HttpResponse Coordinator::Impl::http_blob(const HttpRequest& req) {
 HttpResponse Coordinator::Impl::http_get(const HttpRequest& req) {
   const std::string& path = req.path;
   if (path.starts_with("/blobs/")) return http_blob(req);
-  if (path != "/status" && path != "/" && path != "/metrics")
+  if (path == "/" || path == "/index.html") {
+    HttpResponse r{200, "text/html; charset=utf-8", std::string(dashboard_html())};
+    r.headers.emplace_back("Cache-Control", "no-cache");
+    return r;
+  }
+  if (path == "/round") {
+    std::lock_guard lock(card_mutex);
+    if (round_card.empty())
+      return {503, "application/json", R"({"error":"the round card is not ready yet"})"};
+    return {200, "application/json", round_card};
+  }
+  if (path != "/status" && path != "/metrics")
     return {404, "application/json",
-            R"({"error":"try GET /status, GET /metrics or GET /blobs/<hex>"})"};
+            R"({"error":"try GET / (the dashboard), GET /round (the round card), GET /status, GET /metrics or GET /blobs/<hex>"})"};
   auto done = std::make_shared<std::promise<std::string>>();
   std::future<std::string> f = done->get_future();
   asio::post(io, [this, done] {

@@ -192,6 +192,8 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
   u.units = c.facts.units;
   u.tokens = c.facts.loss_tokens;
   u.sequences = c.facts.sequences;
+  u.completion_tokens = c.facts.tokens;
+  u.groups = static_cast<int64_t>(lease.prompts.size());
   u.reward_mean = c.facts.reward_mean;
   u.accuracy = c.facts.accuracy;
   u.bytes = static_cast<int64_t>(bytes);

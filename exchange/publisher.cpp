@@ -90,10 +90,16 @@ PublishedVersion Publisher::publish(const std::string& round_id, uint64_t versio
 
   served_.push_back(out.blobs);
   while (served_.size() > versions_served_) served_.pop_front();
-  std::set<protocol::Digest> keep;
+  std::set<protocol::Digest> keep = pinned_;
   for (const auto& s : served_) keep.insert(s.begin(), s.end());
   store_->keep_only(keep);
   return out;
+}
+
+protocol::Digest Publisher::put_pinned(std::string_view bytes) {
+  const protocol::Digest d = store_->put(bytes);
+  pinned_.insert(d);
+  return d;
 }
 
 }  // namespace cohort::exchange

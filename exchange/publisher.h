@@ -57,6 +57,11 @@ class Publisher {
   PublishedVersion publish(const std::string& round_id, uint64_t version, int64_t created_unix_ms,
                            std::string bytes);
 
+  // Stores `bytes` as a blob that stays whatever versions are served (the round's files: a
+  // dataset, tokenizer files), so it is fetched like a weight blob, at GET /blobs/<hex> and from
+  // mirrors holding a copy of the folder. Returns its digest.
+  protocol::Digest put_pinned(std::string_view bytes);
+
   [[nodiscard]] std::string_view current() const { return current_; }
   [[nodiscard]] std::optional<uint64_t> current_version() const { return current_version_; }
   // Where tensor i starts in the concatenation; offsets().back() is its size.
@@ -76,6 +81,7 @@ class Publisher {
   std::optional<uint64_t> current_version_;
   std::deque<wire::PatchRef> chain_;               // newest first
   std::deque<std::set<protocol::Digest>> served_;  // blobs of the versions still served
+  std::set<protocol::Digest> pinned_;              // put_pinned
 };
 
 }  // namespace cohort::exchange

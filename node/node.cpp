@@ -53,8 +53,13 @@ void Node::run() {
   if (opt_.threads > 0) set_num_threads(opt_.threads);
   if (opt_.devices < 1) throw Error("--devices must be at least 1");
   if (!fs::exists(opt_.key_file)) {
+    if (const fs::path dir = fs::path(opt_.key_file).parent_path(); !dir.empty())
+      fs::create_directories(dir);
     protocol::Identity::generate().save(opt_.key_file);
-    spdlog::info("node: new identity key {}", opt_.key_file);
+    // The key is the volunteer's identity: their credit and record in every round follow it.
+    spdlog::warn("node: created this node's identity key at {} — keep it (back it up): a lost key "
+                 "is a lost identity, with its credit",
+                 fs::absolute(opt_.key_file).string());
   }
   id_ = protocol::Identity::load(opt_.key_file);
   coordinator_ = PeerId::parse(opt_.coordinator_key);

@@ -1,9 +1,13 @@
 // The ledger (coordinator/ledger.h) on a real SQLite file: a transaction left by an exception
-// rolls back and the next one commits; misbehaviour is counted by the one shared definition.
+// rolls back and the next one commits; misbehaviour is counted by the one shared definition;
+// credit counts only accepted work, and a ledger written before credits opens and earns none.
 #include "coordinator/ledger.h"
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 #include <unistd.h>
+
+#include <nlohmann/json.hpp>
 
 #include <filesystem>
 #include <stdexcept>
@@ -74,6 +78,74 @@ TEST_F(LedgerTest, MisbehaviourCountsOnlyTheSharedReasons) {
   const auto counts = ledger.misbehaviour_counts();
   EXPECT_EQ(counts.at("aa"), 2);
   EXPECT_EQ(counts.at("bb"), 1);
+}
+
+TEST_F(LedgerTest, CreditCountsOnlyAcceptedWorkPerPeerAndPerStep) {
+  Ledger ledger((dir / "ledger.sqlite").string());
+  ledger.record_peer("aa", "alice", "{}", 1000);
+  ledger.record_peer("bb", "bob", "{}", 1000);
+  auto with = [](UpdateRecord u, double tokens, int64_t groups, int64_t sequences, int64_t bytes,
+                 int64_t at_ms) {
+    u.completion_tokens = tokens;
+    u.groups = groups;
+    u.sequences = sequences;
+    u.bytes = bytes;
+    u.received_ms = at_ms;
+    return u;
+  };
+  ledger.record_update(with(update("aa", 1, true, "ok"), 120, 2, 16, 1000, 5000));
+  ledger.record_update(with(update("aa", 2, true, "ok"), 80, 1, 8, 500, 7000));
+  // Refused work earns nothing, whatever it claimed.
+  ledger.record_update(with(update("aa", 3, false, "bad_reward"), 999, 9, 72, 9000, 8000));
+  ledger.record_update(with(update("bb", 4, false, "superseded"), 64, 1, 8, 400, 6000));
+  ledger.record_step({.step = 1, .version = 1, .units = 24, .updates = 2});
+
+  const auto j = nlohmann::json::parse(ledger.status_json());
+  const auto& a = j["peers"]["aa"];
+  EXPECT_EQ(a["credit_tokens"].get<double>(), 200.0);
+  EXPECT_EQ(a["credit_groups"].get<int64_t>(), 3);
+  EXPECT_EQ(a["accepted"].get<int64_t>(), 2);
+  EXPECT_EQ(a["refused"].get<int64_t>(), 1);
+  EXPECT_EQ(a["refused_reasons"]["bad_reward"].get<int64_t>(), 1);
+  EXPECT_EQ(a["last_seen_ms"].get<int64_t>(), 8000);  // its last update, after its join
+  const auto& b = j["peers"]["bb"];
+  EXPECT_EQ(b["credit_tokens"].get<double>(), 0.0);
+  EXPECT_EQ(b["credit_groups"].get<int64_t>(), 0);
+  EXPECT_EQ(b["refused_reasons"]["superseded"].get<int64_t>(), 1);
+  EXPECT_EQ(j["credits"]["tokens"].get<double>(), 200.0);
+  EXPECT_EQ(j["credits"]["groups"].get<int64_t>(), 3);
+  // Step 1's accepted updates: 200 completion tokens over 24 sequences, 1,500 bytes.
+  ASSERT_EQ(j["steps"].size(), 1u);
+  EXPECT_DOUBLE_EQ(j["steps"][0]["completion_len"].get<double>(), 200.0 / 24.0);
+  EXPECT_EQ(j["steps"][0]["bytes_up"].get<int64_t>(), 1500);
+}
+
+TEST_F(LedgerTest, ALedgerFromBeforeCreditsOpensAndItsUpdatesEarnNone) {
+  const std::string path = (dir / "ledger.sqlite").string();
+  {  // the updates table as the previous release wrote it
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db,
+                           "CREATE TABLE updates(id INTEGER PRIMARY KEY AUTOINCREMENT, peer TEXT, "
+                           "sequence INTEGER, lease_id TEXT, step INTEGER, policy_version INTEGER, "
+                           "digest BLOB, accepted INTEGER, reason TEXT, detail TEXT, units REAL, "
+                           "tokens REAL, sequences INTEGER, reward_mean REAL, accuracy REAL, "
+                           "bytes INTEGER, received_ms INTEGER, body BLOB, signature BLOB, stream BLOB);"
+                           "INSERT INTO updates(peer,sequence,accepted,reason,sequences,bytes) "
+                           "VALUES('aa',1,1,'ok',8,100);",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(db);
+  }
+  Ledger ledger(path);
+  UpdateRecord u = update("aa", 2, true, "ok");
+  u.completion_tokens = 50;
+  u.groups = 1;
+  ledger.record_update(u);
+  const auto j = nlohmann::json::parse(ledger.status_json());
+  EXPECT_EQ(j["peers"]["aa"]["accepted"].get<int64_t>(), 2);
+  EXPECT_EQ(j["peers"]["aa"]["credit_tokens"].get<double>(), 50.0);
+  EXPECT_EQ(j["peers"]["aa"]["credit_groups"].get<int64_t>(), 1);
 }
 
 }  // namespace

@@ -8,7 +8,9 @@
 #include <sqlite3.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <deque>
 #include <sstream>
@@ -25,11 +27,12 @@
 #include "coordinator/round_config.h"
 #include "exchange/seeds.h"
 #include "grpo/checkpoint.h"
-#include "grpo/tokenizer.h"
+#include "exchange/round_card.h"
 #include "grpo/safetensors.h"
 #include "grpo/tokenizer.h"
 #include "grpo/trainer.h"
 #include "node/weight_sync.h"
+#include "protocol/digest.h"
 #include "protocol/identity.h"
 #include "tests/support/tiny_base.h"
 
@@ -870,8 +873,10 @@ TEST_F(E2E, DatasetRoundCompletesAndRefusesNodesWithAnotherFile) {
 // A Hugging Face model folder (config.json + model.safetensors + tokenizer.json) given with
 // `--model`: the coordinator prompts and scores with its byte-level BPE tokenizer, and nodes read
 // the tokenizer from their own copy of the folder (`--tokenizer`), checked by digest.
-TEST_F(E2E, HuggingFaceModelRoundChecksTheNodesTokenizer) {
-  // A byte-level BPE without merges: the 256 GPT-2 byte characters, then <|endoftext|> (EOS).
+// A tiny Hugging Face-style model folder: config.json + model.safetensors + a byte-level BPE
+// tokenizer.json without merges (the 256 GPT-2 byte characters, then <|endoftext|> as EOS) and
+// tokenizer_config.json; `other_config` gives tokenizer_config.json another (valid) content.
+void write_hf_model(const fs::path& dir, bool other_config = false) {
   nlohmann::json vocab = nlohmann::json::object();
   int shifted = 0;
   for (int b = 0; b < 256; ++b) {
@@ -893,30 +898,45 @@ TEST_F(E2E, HuggingFaceModelRoundChecksTheNodesTokenizer) {
       {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
       {"decoder", {{"type", "ByteLevel"}}},
       {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
-  const nlohmann::json tokenizer_config = {{"eos_token", "<|endoftext|>"}};
   grpo::ModelConfig mc = test::tiny_model_config();
   mc.tokenizer.clear();
   mc.vocab_size = 260;
   mc.bos_token_id = -1;
   mc.eos_token_id = 256;
   mc.pad_token_id = 256;
+  grpo::save_model(dir.string(), grpo::Model(mc, 3));
+  std::ofstream(dir / "tokenizer.json") << tokenizer.dump();
+  std::ofstream(dir / "tokenizer_config.json")
+      << (other_config ? nlohmann::json{{"eos_token", "<|endoftext|>"}, {"pad_token", "<|endoftext|>"}}
+                       : nlohmann::json{{"eos_token", "<|endoftext|>"}})
+             .dump();
+}
+
+// A small GSM8K-format JSONL dataset.
+void write_sums_dataset(const std::string& path) {
+  std::ofstream q(path);
+  for (int i = 0; i < 20; ++i)
+    q << "{\"question\": \"What is " << i << " plus one?\", \"answer\": \"Add one. #### " << i + 1 << "\"}\n";
+}
+
+TEST_F(E2E, HuggingFaceModelRoundChecksTheNodesTokenizer) {
   const fs::path model = dir_ / "hf-model", copy = dir_ / "node-copy", other = dir_ / "node-other";
-  grpo::save_model(model.string(), grpo::Model(mc, 3));
-  for (const fs::path& d : {model, copy, other}) {
+  write_hf_model(model);
+  // The nodes' copies: the same tokenizer files, or another tokenizer_config.json.
+  for (const fs::path& d : {copy, other}) {
     fs::create_directories(d);
-    std::ofstream(d / "tokenizer.json") << tokenizer.dump();
-    std::ofstream(d / "tokenizer_config.json")
-        << (d == other ? nlohmann::json{{"eos_token", "<|endoftext|>"}, {"pad_token", "<|endoftext|>"}}
-                       : tokenizer_config)
-               .dump();
+    fs::copy_file(model / "tokenizer.json", d / "tokenizer.json");
   }
+  fs::copy_file(model / "tokenizer_config.json", copy / "tokenizer_config.json");
+  {
+    const fs::path scratch = dir_ / "scratch";
+    write_hf_model(scratch, /*other_config=*/true);
+    fs::copy_file(scratch / "tokenizer_config.json", other / "tokenizer_config.json");
+  }
+  const grpo::ModelConfig mc = grpo::load_model(model.string())->config();
   ASSERT_EQ(grpo::tokenizer_for_model(model.string(), mc)->name(), "bpe");
   const std::string data_file = (dir_ / "q.jsonl").string();
-  {
-    std::ofstream q(data_file);
-    for (int i = 0; i < 20; ++i)
-      q << "{\"question\": \"What is " << i << " plus one?\", \"answer\": \"Add one. #### " << i + 1 << "\"}\n";
-  }
+  write_sums_dataset(data_file);
   Round r;
   r.steps = 1;
   r.prompts = 4;
@@ -941,6 +961,174 @@ TEST_F(E2E, HuggingFaceModelRoundChecksTheNodesTokenizer) {
   // The round's checkpoint opens like the folder it came from: weights and tokenizer together.
   const fs::path ck = fs::path(data()) / "checkpoints" / "step-000001";
   EXPECT_EQ(grpo::tokenizer_for_model(ck.string(), grpo::load_model(ck.string())->config())->name(), "bpe");
+}
+
+// As a new volunteer would join a public round: a coordinator serving a JSONL-dataset round with a
+// Hugging Face-style tokenizer folder publishes its signed card at GET /round; a node on an empty
+// cache and an empty config folder runs `cohort node join URL --coordinator-key HEX` with no other
+// flag (its key and cache in the XDG folders), fetches the three files, verifies them and works a
+// lease; started again, it fetches nothing. A card checked against another key is refused.
+TEST_F(E2E, NodeJoinsFromTheRoundCardAndItsCacheServesTheSecondStart) {
+  const fs::path model = dir_ / "hf-model";
+  write_hf_model(model);
+  const std::string data_file = (dir_ / "q.jsonl").string();
+  write_sums_dataset(data_file);
+  Round r;
+  r.steps = 3;
+  r.prompts = 4;
+  r.max_new_tokens = 4;
+  auto ep = start_coordinator(write_config(r), {"--model", model.string(), "--dataset", data_file});
+
+  // The card names the round's files by their digests; the copy beside the ledger is the same.
+  const std::string card_text = http_get(ep.host, ep.status_port, "/round");
+  const exchange::RoundCard card = exchange::read_round_card(card_text);
+  EXPECT_EQ(card.coordinator_key, ep.coordinator_key);
+  EXPECT_EQ(card.round_id, "e2e");
+  EXPECT_EQ(card.addresses, std::vector<std::string>{"127.0.0.1:" + std::to_string(ep.port)});
+  EXPECT_EQ(card.task, "dataset:math");
+  std::map<std::string, std::string> digests;
+  for (const auto& f : card.files) digests[f.name] = f.blake2b;
+  auto file_hex = [](const fs::path& p) {
+    const protocol::Digest d = protocol::blake2b_256_file(p.string());
+    return protocol::to_hex(protocol::ByteView(d.data(), d.size()));
+  };
+  ASSERT_EQ(digests.size(), 3u) << card_text;
+  EXPECT_EQ(digests["q.jsonl"], file_hex(data_file));
+  EXPECT_EQ(digests["tokenizer.json"], file_hex(model / "tokenizer.json"));
+  EXPECT_EQ(digests["tokenizer_config.json"], file_hex(model / "tokenizer_config.json"));
+  {
+    std::ifstream in(fs::path(data()) / "round-card.json");
+    std::stringstream beside;
+    beside << in.rdbuf();
+    EXPECT_EQ(exchange::read_round_card(beside.str()).coordinator_key, ep.coordinator_key);
+  }
+
+  const std::string url = "http://" + ep.host + ":" + std::to_string(ep.status_port) + "/round";
+  const fs::path home = dir_ / "home";
+  auto join = [&](const std::string& name, const std::string& key, std::vector<std::string> extra) -> Subprocess& {
+    std::vector<std::string> argv = {"/usr/bin/env", "XDG_CACHE_HOME=" + (home / "cache").string(),
+                                     "XDG_CONFIG_HOME=" + (home / "config").string(), COHORT_BIN,
+                                     "node", "join", url, "--coordinator-key", key};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    nodes_.push_back(Subprocess::spawn(argv, (dir_ / (name + ".log")).string()));
+    return nodes_.back();
+  };
+  Subprocess& wrong = join("wrong-key", key_hex("someone-else"), {});
+  EXPECT_EQ(wrong.wait(60).value_or(-1), 2) << log("wrong-key");
+  EXPECT_NE(log("wrong-key").find("not by the pinned --coordinator-key"), std::string::npos) << log("wrong-key");
+  EXPECT_FALSE(fs::exists(home / "cache" / "cohort" / "blobs" / digests["q.jsonl"]));
+
+  // First start: empty cache; leaves after one accepted lease (--max-leases only to stop it here).
+  Subprocess& first = join("first", ep.coordinator_key, {"--threads", "1", "--max-leases", "1"});
+  ASSERT_EQ(first.wait(120).value_or(-1), 0) << log("first");
+  const std::string first_log = log("first");
+  for (const auto& name : {"q.jsonl", "tokenizer.json", "tokenizer_config.json"})
+    EXPECT_NE(first_log.find(std::string(name) + ": fetched"), std::string::npos) << name << "\n" << first_log;
+  const fs::path key_file = home / "config" / "cohort" / "node.key";
+  ASSERT_TRUE(fs::exists(key_file)) << first_log;
+  EXPECT_NE(first_log.find("created this node's identity key at " + key_file.string()), std::string::npos) << first_log;
+  std::map<std::string, fs::file_time_type> written;
+  for (const auto& [name, hex] : digests) written[name] = fs::last_write_time(home / "cache" / "cohort" / "blobs" / hex);
+
+  // Second start: every file from the cache, none fetched; it works until the round ends.
+  join("second", ep.coordinator_key, {"--threads", "1"});
+  ASSERT_EQ(wait_coordinator(), 0) << log("coordinator") << log("second");
+  const std::string second_log = log("second");
+  for (const auto& name : {"q.jsonl", "tokenizer.json", "tokenizer_config.json"})
+    EXPECT_NE(second_log.find(std::string(name) + ": cached"), std::string::npos) << name << "\n" << second_log;
+  EXPECT_EQ(second_log.find(": fetched"), std::string::npos) << second_log;
+  for (const auto& [name, hex] : digests)
+    EXPECT_EQ(fs::last_write_time(home / "cache" / "cohort" / "blobs" / hex), written[name]) << name;
+  EXPECT_EQ(second_log.find("created this node's identity key"), std::string::npos) << second_log;
+
+  expect_each_group_counted_once(r);
+  const std::string me = protocol::Identity::load(key_file).id().hex();
+  Db db(ledger());
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 0"), 0) << log("coordinator");
+  EXPECT_GE(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 1 AND peer = '" + me + "'"), 2);
+}
+
+// The web dashboard at GET / in a real browser: headless Chromium loads the page from a live
+// coordinator (one step applied, its node gone, so the numbers hold still), runs its script, and
+// the DOM shows what GET /status reports: round, step, accepted updates, credits per peer, one
+// point per step on the curves. A screenshot is saved beside the logs. Skipped without Chromium
+// (scripts/bootstrap installs Debian's `chromium` for development).
+TEST_F(E2E, DashboardInChromiumShowsWhatStatusReports) {
+  std::string chromium;
+  for (const char* c : {"/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"})
+    if (fs::exists(c)) chromium = c;
+  if (chromium.empty()) GTEST_SKIP() << "no Chromium (apt-get install chromium; scripts/bootstrap does)";
+  Round r;
+  r.steps = 20;  // more than six leases can finish: the coordinator waits for peers, unchanging
+  r.prompts = 4;
+  auto ep = start_coordinator(write_config(r));
+  Subprocess& node = start_node(ep, "volunteer", {"--max-leases", "6"});
+  ASSERT_EQ(node.wait(120).value_or(-1), 0) << log("volunteer");
+  ASSERT_TRUE(wait_until("SELECT COUNT(*) FROM steps", 1)) << log("coordinator");
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // a step in flight is applied
+  const nlohmann::json status = nlohmann::json::parse(http_get(ep.host, ep.status_port, "/status"));
+  const int version = status["version"].get<int>();
+  ASSERT_GE(version, 1) << status.dump(1);
+
+  const std::string url = "http://" + ep.host + ":" + std::to_string(ep.status_port) + "/";
+  auto browse = [&](const std::string& what, const std::string& out) {
+    const std::string cmd = chromium + " --headless --no-sandbox --disable-gpu --hide-scrollbars "
+                            "--user-data-dir=" + (dir_ / "chromium").string() +
+                            " --virtual-time-budget=10000 --window-size=1280,1700 " + what + " " + url +
+                            " > " + out + " 2>> " + (dir_ / "chromium.log").string();
+    Subprocess b = Subprocess::spawn({"/bin/sh", "-c", cmd});
+    return b.wait(120).value_or(-1);
+  };
+  const fs::path dom_file = dir_ / "dashboard.dom.html";
+  ASSERT_EQ(browse("--dump-dom", dom_file.string()), 0) << log("chromium");
+  std::stringstream ss;
+  ss << std::ifstream(dom_file).rdbuf();
+  const std::string dom = ss.str();
+  ASSERT_NE(dom.find("data-loaded=\"1\""), std::string::npos) << "the page never rendered a status:\n" << dom;
+  auto text_of = [&](const std::string& id) {
+    const std::string open = "id=\"" + id + "\">";
+    const auto at = dom.find(open);
+    if (at == std::string::npos) return std::string("<no #" + id + ">");
+    const auto from = at + open.size();
+    return dom.substr(from, dom.find('<', from) - from);
+  };
+  EXPECT_EQ(text_of("round-id"), "e2e");
+  EXPECT_EQ(text_of("step"), std::to_string(version) + " / 20");
+  EXPECT_EQ(text_of("version"), std::to_string(version));
+  int64_t accepted = 0;
+  for (const auto& [hex, p] : status["peers"].items()) {
+    accepted += p["accepted"].get<int64_t>();
+    const std::string row = "<tr data-peer=\"" + hex + "\" data-credit-tokens=\"" +
+                            std::to_string(std::llround(p["credit_tokens"].get<double>())) +
+                            "\" data-credit-groups=\"" + std::to_string(p["credit_groups"].get<int64_t>()) + "\"";
+    EXPECT_NE(dom.find(row), std::string::npos) << row << "\n" << dom;
+    EXPECT_GT(p["credit_groups"].get<int64_t>(), 0);
+  }
+  EXPECT_EQ(text_of("updates-accepted"), std::to_string(accepted));
+  EXPECT_EQ(text_of("credit-tokens"), std::to_string(std::llround(status["credits"]["tokens"].get<double>())));
+  EXPECT_EQ(text_of("credit-groups"), std::to_string(status["credits"]["groups"].get<int64_t>()));
+  {
+    Db db(ledger());  // credit: the groups of the accepted updates' leases, each once
+    int64_t groups = 0;
+    for (auto& row : db.rows("SELECT l.prompts FROM updates u JOIN leases l ON u.lease_id = l.lease_id "
+                             "WHERE u.accepted = 1"))
+      groups += static_cast<int64_t>(split_indices(row[0]).size());
+    EXPECT_EQ(status["credits"]["groups"].get<int64_t>(), groups);
+  }
+  // The reward curve: one point per applied step.
+  const auto chart = dom.find("id=\"chart-reward\"");
+  ASSERT_NE(chart, std::string::npos);
+  const auto points = dom.find("points=\"", chart);
+  ASSERT_NE(points, std::string::npos);
+  const std::string pts = dom.substr(points + 8, dom.find('"', points + 8) - points - 8);
+  EXPECT_EQ(std::count(pts.begin(), pts.end(), ','), version) << pts;
+
+  const fs::path shot = dir_ / "dashboard.png";
+  ASSERT_EQ(browse("--screenshot=" + shot.string(), "/dev/null"), 0) << log("chromium");
+  std::string png(8, '\0');
+  std::ifstream(shot, std::ios::binary).read(png.data(), 8);
+  EXPECT_EQ(png, "\x89PNG\r\n\x1a\n");
+  EXPECT_GT(fs::file_size(shot), 20000u);  // a rendered page, not a blank one
 }
 
 }  // namespace

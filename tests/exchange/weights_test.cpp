@@ -185,6 +185,23 @@ std::string hex(const std::string& raw) {
   return protocol::to_hex(protocol::ByteView(reinterpret_cast<const uint8_t*>(raw.data()), raw.size()));
 }
 
+// A round file put pinned stays in the store while versions come and go (versions_served = 1
+// removes every earlier version's blobs at each publish).
+TEST(Publisher, PinnedRoundFilesOutliveEveryVersion) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("cohort-pin-" + std::to_string(std::random_device{}()));
+  auto store = std::make_shared<BlobStore>(dir);
+  Publisher pub(store, wire::DTYPE_F32, {{"w", {2}, 2}}, {}, /*versions_served=*/1);
+  const protocol::Digest file = pub.put_pinned("{\"question\": \"1+1\", \"answer\": \"2\"}\n");
+  const PublishedVersion v1 = pub.publish("r", 1, 0, to_published(wire::DTYPE_F32, std::vector<float>{1.0f, 2.0f}));
+  const PublishedVersion v2 = pub.publish("r", 2, 0, to_published(wire::DTYPE_F32, std::vector<float>{3.0f, 4.0f}));
+  (void)pub.publish("r", 3, 0, to_published(wire::DTYPE_F32, std::vector<float>{5.0f, 6.0f}));
+  EXPECT_FALSE(store->size(v1.shards[0]).has_value());  // versions no longer served are gone
+  EXPECT_FALSE(store->size(v2.shards[0]).has_value());
+  EXPECT_EQ(store->size(file), 35u);                     // the round file is not
+  std::filesystem::remove_all(dir);
+}
+
 // The snapshot test vector of docs/PROTOCOL.md ("Snapshots"): tensors a = [1, -2, 0.5] and b = [1]
 // in BF16, cut into shards of 4 bytes; then version 2 changes a[2] to -2 and is one patch.
 TEST(Publisher, SnapshotTestVectorAndPatchChain) {

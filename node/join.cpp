@@ -1,0 +1,235 @@
+#include "node/join.h"
+
+#include <httplib.h>
+#include <spdlog/spdlog.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cctype>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "common/check.h"
+#include "node/weight_sync.h"
+#include "protocol/digest.h"
+
+namespace cohort::node {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr uint64_t kMaxCardBytes = 1 << 20;
+constexpr uint64_t kRangeBytes = 4 << 20;  // one Range request, and the progress step
+
+fs::path xdg_dir(const char* variable, const char* fallback) {
+  // The XDG Base Directory rules: a relative value is ignored.
+  if (const char* v = std::getenv(variable); v && *v == '/') return fs::path(v) / "cohort";
+  const char* home = std::getenv("HOME");
+  if (!home || !*home)
+    throw Error(std::string("neither $") + variable + " nor $HOME is set: give the folder explicitly");
+  return fs::path(home) / fallback / "cohort";
+}
+
+std::string digest_hex_of_file(const fs::path& p) {
+  const protocol::Digest d = protocol::blake2b_256_file(p.string());
+  return protocol::to_hex(protocol::ByteView(d.data(), d.size()));
+}
+
+std::string read_card_text(const std::string& where) {
+  if (where.starts_with("https://"))
+    throw Error("this build fetches cards over http:// only: download the card (e.g. with curl) "
+                "and give its file, whose signature is checked the same way");
+  if (!where.starts_with("http://")) {
+    std::error_code ec;
+    const auto size = fs::file_size(where, ec);
+    if (ec) throw Error("round card " + where + ": " + ec.message());
+    if (size > kMaxCardBytes) throw Error("round card " + where + " is over 1 MiB: not a card");
+    std::ifstream in(where, std::ios::binary);
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+  const auto path_at = where.find('/', 7);
+  const std::string origin = where.substr(0, path_at);
+  const std::string path = path_at == std::string::npos ? "/round" : where.substr(path_at);
+  httplib::Client cli(origin);
+  if (!cli.is_valid()) throw Error("round card URL " + where + " is not one this node can fetch");
+  cli.set_connection_timeout(10, 0);
+  cli.set_read_timeout(30, 0);
+  cli.set_follow_location(true);
+  std::string body;
+  auto res = cli.Get(path, [&](const char* data, size_t n) {
+    body.append(data, n);
+    return body.size() <= kMaxCardBytes;  // a server sending more is not serving a card
+  });
+  if (!res) throw Error("round card " + where + ": " + httplib::to_string(res.error()));
+  if (res->status != 200)
+    throw Error("round card " + where + ": HTTP " + std::to_string(res->status) +
+                (res->status == 404 ? " (is this the coordinator's status address, path /round?)" : ""));
+  return body;
+}
+
+// The key a round id was first joined with (trust on first use), remembered in
+// <config>/known_rounds.json; a later card for that round signed by another key is refused.
+void check_known_key(const fs::path& config_dir, const exchange::RoundCard& card) {
+  const fs::path file = config_dir / "known_rounds.json";
+  json known = json::object();
+  if (fs::exists(file)) {
+    try {
+      known = json::parse(std::ifstream(file));
+    } catch (const json::exception& e) {
+      throw Error(file.string() + " is not JSON (" + e.what() + "): fix or remove it");
+    }
+  }
+  if (auto it = known.find(card.round_id); it != known.end() && it->is_string()) {
+    if (it->get<std::string>() != card.coordinator_key)
+      throw Error("round card: round '" + card.round_id + "' was first joined with coordinator key " +
+                      it->get<std::string>() + " but this card is signed by " + card.coordinator_key +
+                      ": refusing (a forged card, or the operator changed keys: check with them, "
+                      "then pass --coordinator-key or edit " + file.string() + ")",
+                  2);
+    return;
+  }
+  spdlog::warn("node: first use of round '{}': trusting coordinator key {} (fingerprint {}); "
+               "remembered in {}. Compare it with the key the round's operator publishes.",
+               card.round_id, card.coordinator_key, card.coordinator_key.substr(0, 12), file.string());
+  known[card.round_id] = card.coordinator_key;
+  fs::create_directories(config_dir);
+  // Written aside and renamed: an interrupted write never leaves half a file of trusted keys.
+  const fs::path tmp = file.string() + ".tmp";
+  std::ofstream(tmp) << known.dump(2) << "\n";
+  fs::rename(tmp, file);
+}
+
+// A file of the card in <cache>/blobs/<blake2b>: kept when already there and intact, else
+// fetched from its sources in order, appended to <blake2b>.part (so an interrupted fetch resumes
+// where it stopped), and renamed once its digest matches. Returns the bytes downloaded.
+uint64_t ensure_file(const fs::path& blobs, const exchange::CardFile& f, fs::path& out) {
+  out = blobs / f.blake2b;
+  if (fs::exists(out)) {
+    if (fs::file_size(out) == f.size && digest_hex_of_file(out) == f.blake2b) {
+      spdlog::info("node: {} {}: cached ({} bytes)", f.role, f.name, f.size);
+      return 0;
+    }
+    spdlog::warn("node: cached {} {} is damaged; fetching it again", f.role, f.name);
+    fs::remove(out);
+  }
+  const fs::path part = blobs / (f.blake2b + ".part");
+  uint64_t fetched = 0;
+  std::string why;
+  for (const std::string& base : f.sources) {
+    try {
+      uint64_t have = fs::exists(part) ? fs::file_size(part) : 0;
+      if (have > f.size) {
+        fs::remove(part);
+        have = 0;
+      }
+      if (have > 0) spdlog::info("node: {} {}: resuming at byte {} of {}", f.role, f.name, have, f.size);
+      std::ofstream o(part, std::ios::binary | std::ios::app);
+      const auto t0 = std::chrono::steady_clock::now();
+      uint64_t last_report = have;
+      while (have < f.size) {
+        const uint64_t n = std::min(kRangeBytes, f.size - have);
+        const std::string bytes = http_blob_range(base, f.blake2b, have, n);
+        o.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+        o.flush();
+        if (!o) throw Error("cannot write " + part.string());
+        have += n;
+        fetched += n;
+        if (have - last_report >= 16 * kRangeBytes && have < f.size) {
+          const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          spdlog::info("node: {} {}: {:.1f} of {:.1f} MiB ({:.1f} MiB/s)", f.role, f.name,
+                       double(have) / (1 << 20), double(f.size) / (1 << 20),
+                       s > 0 ? double(fetched) / (1 << 20) / s : 0.0);
+          last_report = have;
+        }
+      }
+      o.close();
+      if (digest_hex_of_file(part) != f.blake2b) {
+        fs::remove(part);  // a bad byte may be anywhere in it: start over from the next source
+        throw Error("its bytes do not match the card's BLAKE2b");
+      }
+      fs::rename(part, out);
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      spdlog::info("node: {} {}: fetched {} bytes from {} ({:.1f} s)", f.role, f.name, fetched, base, s);
+      return fetched;
+    } catch (const std::exception& e) {
+      why += "\n  " + base + ": " + e.what();
+    }
+  }
+  throw Error("cannot fetch " + f.role + " " + f.name + " (" + std::to_string(f.size) +
+              " bytes) from any source the card names:" + why);
+}
+
+// Round ids become folder names: anything but [A-Za-z0-9._-] is replaced.
+std::string folder_name(const std::string& id) {
+  std::string s;
+  for (char c : id) s += (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-') ? c : '_';
+  if (s.empty() || s == "." || s == "..") s = "round";
+  return s;
+}
+
+}  // namespace
+
+fs::path default_cache_dir() { return xdg_dir("XDG_CACHE_HOME", ".cache"); }
+fs::path default_config_dir() { return xdg_dir("XDG_CONFIG_HOME", ".config"); }
+fs::path default_key_file() { return default_config_dir() / "node.key"; }
+
+JoinedRound join_round(const JoinOptions& o) {
+  const fs::path cache = o.cache_dir.empty() ? default_cache_dir() : o.cache_dir;
+  const fs::path config = o.config_dir.empty() ? default_config_dir() : o.config_dir;
+  JoinedRound r;
+  r.card = exchange::read_round_card(read_card_text(o.card));
+  const exchange::RoundCard& c = r.card;
+  if (!o.coordinator_key.empty()) {
+    if (o.coordinator_key != c.coordinator_key)
+      throw Error("round card: signed by " + c.coordinator_key + ", not by the pinned --coordinator-key " +
+                      o.coordinator_key + ": refusing it",
+                  2);
+  } else {
+    check_known_key(config, c);
+  }
+  spdlog::info("node: round '{}': model {} ({} parameters, {}), task {}, codec {}{}; status {}",
+               c.round_id, c.model_name,
+               c.parameters >= 1000000 ? fmt::format("{:.1f} M", double(c.parameters) / 1e6)
+                                       : std::to_string(c.parameters),
+               c.policy_dtype, c.task,
+               c.gradient_codec, c.kl_beta > 0 ? fmt::format(", KL beta {}", c.kl_beta) : "",
+               c.status_url);
+  const auto& a = c.addresses.front();
+  const auto colon = a.rfind(':');
+  r.host = a.substr(0, colon);
+  if (r.host.size() > 2 && r.host.front() == '[' && r.host.back() == ']') r.host = r.host.substr(1, r.host.size() - 2);
+  const std::string port = a.substr(colon + 1);
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
+      std::stoi(port) > 65535)
+    throw Error("round card: address '" + a + "' has no valid port", 2);
+  r.port = static_cast<uint16_t>(std::stoi(port));
+
+  const fs::path blobs = cache / "blobs";
+  fs::create_directories(blobs);
+  const fs::path round_dir = cache / "rounds" / folder_name(c.round_id);
+  for (const auto& f : c.files) {
+    fs::path at;
+    r.fetched_bytes += ensure_file(blobs, f, at);
+    if (f.role == "dataset") {
+      r.dataset = at.string();
+    } else {
+      // Tokenizer files are read from a folder by name: linked there from the blob.
+      const fs::path dir = round_dir / "tokenizer";
+      fs::create_directories(dir);
+      const fs::path link = dir / f.name;
+      std::error_code ec;
+      fs::remove(link, ec);
+      fs::create_hard_link(at, link, ec);
+      if (ec) fs::copy_file(at, link, fs::copy_options::overwrite_existing);
+      r.tokenizer_dir = dir.string();
+    }
+  }
+  return r;
+}
+
+}  // namespace cohort::node
