@@ -115,6 +115,7 @@ struct DemoArgs {
   std::string codec = "fp8";  // gradient_codec: fp8 | raw | topk
   uint64_t seed = 1;          // the round's seed (prompt stream, sampling seeds)
   int digits = 2;             // arith operands of up to this many digits
+  double beta = 0;            // [grpo] beta: the KL term to the initial weights
 };
 
 std::string demo_round_toml(const DemoArgs& a, const std::string& base, const std::string& data_dir) {
@@ -129,7 +130,10 @@ std::string demo_round_toml(const DemoArgs& a, const std::string& base, const st
   t += "[task]\nname = \"arith\"\ndigits = " + std::to_string(a.digits) + "\n\n";
   char lr[32];
   std::snprintf(lr, sizeof lr, "%g", a.lr);
-  t += std::string("[grpo]\ngroup_size = 8\nlr = ") + lr + "\nloss = \"dapo\"\ngradient_codec = \"" + a.codec + "\"\n\n";
+  char beta[32];
+  std::snprintf(beta, sizeof beta, "%g", a.beta);
+  t += std::string("[grpo]\ngroup_size = 8\nlr = ") + lr + "\nbeta = " + beta +
+       "\nloss = \"dapo\"\ngradient_codec = \"" + a.codec + "\"\n\n";
   t += "[sampling]\ntemperature = 1.0\nmax_new_tokens = 16\n";
   return t;
 }
@@ -224,6 +228,10 @@ void add_demo(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--digits", a->digits, "Arith operands of up to this many digits (a base per value)")
       ->check(CLI::Range(1, 9))
+      ->capture_default_str();
+  cmd->add_option("--beta", a->beta,
+                  "KL coefficient to the initial weights ([grpo] beta; 0: no KL term, no reference policy)")
+      ->check(CLI::Range(0.0, 10.0))
       ->capture_default_str();
   cmd->callback([a] {
     if (const int rc = run_demo(*a); rc != 0) throw Error("the demo failed (see the log above)", rc);

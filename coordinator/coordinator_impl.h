@@ -77,6 +77,8 @@ struct Coordinator::Impl {
   wire::RoundSettings settings;
   protocol::ReplayGuard replays;
   std::deque<std::shared_ptr<const Published>> published;
+  // Rounds with a KL term: the reference policy's manifest and blobs (set once in open()).
+  std::shared_ptr<const Published> policy_reference;
   // The blob store the published versions live in, for the HTTP threads (set once in open()).
   std::shared_ptr<const exchange::BlobStore> blob_store;
   uint64_t policy_params = 0;  // the model's parameter count

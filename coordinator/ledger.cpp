@@ -88,7 +88,7 @@ CREATE INDEX IF NOT EXISTS updates_step ON updates(step, accepted);
 CREATE TABLE IF NOT EXISTS steps(
   step INTEGER PRIMARY KEY, version INTEGER, units REAL, updates INTEGER, reward_mean REAL,
   accuracy REAL, loss REAL, grad_norm REAL, aggregate_s REAL, optimizer_s REAL, publish_s REAL,
-  applied_ms INTEGER);
+  applied_ms INTEGER, kl REAL);
 CREATE TABLE IF NOT EXISTS checkpoints(step INTEGER PRIMARY KEY, path TEXT, created_ms INTEGER);
 CREATE TABLE IF NOT EXISTS evals(step INTEGER PRIMARY KEY, accuracy REAL, n INTEGER, created_ms INTEGER);
 )";
@@ -135,6 +135,9 @@ Ledger::Ledger(const std::string& path, LedgerSync sync) {
   if (!columns.contains("completion_tokens"))
     exec(db_, "ALTER TABLE updates ADD COLUMN completion_tokens REAL;");
   if (!columns.contains("groups")) exec(db_, "ALTER TABLE updates ADD COLUMN groups INTEGER;");
+  bool has_kl = false;  // steps recorded before rounds had a KL term
+  for (Stmt s(db_, "PRAGMA table_info(steps)"); s.step();) has_kl |= s.text(1) == "kl";
+  if (!has_kl) exec(db_, "ALTER TABLE steps ADD COLUMN kl REAL;");
 }
 
 Ledger::~Ledger() { sqlite3_close(db_); }
@@ -198,11 +201,11 @@ int64_t Ledger::record_update(const UpdateRecord& u) {
 void Ledger::record_step(const StepRecord& s) {
   Stmt(db_,
        "INSERT OR REPLACE INTO steps(step,version,units,updates,reward_mean,accuracy,loss,grad_norm,"
-       "aggregate_s,optimizer_s,publish_s,applied_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)")
+       "aggregate_s,optimizer_s,publish_s,applied_ms,kl) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)")
       .bind(1, s.step).bind(2, s.version).bind(3, s.units).bind(4, s.updates)
       .bind(5, s.reward_mean).bind(6, s.accuracy).bind(7, s.loss).bind(8, s.grad_norm)
       .bind(9, s.aggregate_s).bind(10, s.optimizer_s).bind(11, s.publish_s).bind(12, s.applied_ms)
-      .run();
+      .bind(13, s.kl).run();
 }
 
 void Ledger::record_checkpoint(int64_t step, const std::string& path, int64_t now) {
@@ -317,7 +320,7 @@ std::map<std::string, int64_t> Ledger::misbehaviour_counts() const {
 std::vector<StepRecord> Ledger::steps() const {
   Stmt s(db_,
          "SELECT step,version,units,updates,reward_mean,accuracy,loss,grad_norm,aggregate_s,"
-         "optimizer_s,publish_s,applied_ms FROM steps ORDER BY step");
+         "optimizer_s,publish_s,applied_ms,COALESCE(kl, 0) FROM steps ORDER BY step");
   std::vector<StepRecord> out;
   while (s.step()) {
     StepRecord r;
@@ -333,6 +336,7 @@ std::vector<StepRecord> Ledger::steps() const {
     r.optimizer_s = s.f64(9);
     r.publish_s = s.f64(10);
     r.applied_ms = s.i64(11);
+    r.kl = s.f64(12);
     out.push_back(r);
   }
   return out;
@@ -358,7 +362,7 @@ std::string Ledger::status_json() const {
                      {"accuracy", s.accuracy}, {"loss", s.loss}, {"grad_norm", s.grad_norm},
                      {"aggregate_s", s.aggregate_s}, {"optimizer_s", s.optimizer_s},
                      {"publish_s", s.publish_s}, {"applied_ms", s.applied_ms},
-                     {"completion_len", length}, {"bytes_up", bytes}});
+                     {"completion_len", length}, {"bytes_up", bytes}, {"kl", s.kl}});
   }
   j["steps"] = steps;
   json peers = json::object();

@@ -65,6 +65,7 @@ struct StepRecord {
   double units = 0;
   int64_t updates = 0;
   double reward_mean = 0, accuracy = 0, loss = 0, grad_norm = 0;
+  double kl = 0;  // mean k3 KL to the reference per loss token (0 when beta = 0)
   double aggregate_s = 0, optimizer_s = 0, publish_s = 0;
   int64_t applied_ms = 0;
 };

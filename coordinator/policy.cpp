@@ -55,7 +55,7 @@ struct Policy::Optimizer {
 struct Policy::StepSums {
   std::vector<float> grad;
   std::vector<std::vector<float>> update_means;
-  double units = 0, tokens = 0, loss = 0, reward_sum = 0, accuracy_sum = 0;
+  double units = 0, tokens = 0, loss = 0, kl_sum = 0, reward_sum = 0, accuracy_sum = 0;
   int64_t rows = 0, updates = 0;
   double aggregate_s = 0;
 };
@@ -79,6 +79,31 @@ Policy::Policy(const RoundConfig& cfg, const protocol::Identity& identity, const
   publisher_ = std::make_unique<exchange::Publisher>(
       std::make_shared<exchange::BlobStore>(fs::path(cfg.data_dir) / "blobs"), dtype_,
       std::move(tensors), cfg.mirrors, std::max<size_t>(2, cfg.staleness_bound + 2));
+  if (cfg.grpo.loss.beta > 0) {
+    // The initial weights (model_path, also after a resume from a checkpoint), rounded to the
+    // policy dtype exactly as nodes receive them, so that audits see the nodes' reference.
+    reference_ = grpo::load_model(cfg.model_path);
+    const auto& offsets = publisher_->offsets();
+    std::string bytes(offsets.back(), '\0');
+    at::NoGradGuard no_grad;
+    auto params = reference_->parameters();
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto n = static_cast<size_t>(params[i].numel());
+      const std::span<float> values(params[i].data_ptr<float>(), n);
+      exchange::to_published(dtype_, values, bytes.data() + offsets[i]);
+      exchange::from_published(dtype_, std::string_view(bytes).substr(offsets[i], offsets[i + 1] - offsets[i]),
+                               values);
+    }
+    exchange::PublishedVersion v = publisher_->publish_reference(cfg.round_id, unix_ms(), bytes);
+    auto p = std::make_shared<Published>();
+    p->version = 0;
+    p->manifest = protocol::sign_manifest(v.manifest, identity_);
+    p->content = std::move(static_cast<exchange::VersionBlobs&>(v));
+    reference_published_ = std::move(p);
+    spdlog::info("coordinator: KL term beta {}: reference policy published ({} B in {} shards)",
+                 cfg.grpo.loss.beta, reference_published_->content.snapshot_bytes,
+                 reference_published_->content.shards.size());
+  }
 }
 
 Policy::~Policy() = default;
@@ -140,6 +165,7 @@ void Policy::count(StepSums& st, const Contribution& c, double t0) {
   st.units += c.units;
   st.tokens += c.tokens;
   st.loss += c.loss;
+  st.kl_sum += c.kl_sum;
   st.reward_sum += c.reward_mean * double(c.rows);
   st.accuracy_sum += c.accuracy * double(c.rows);
   st.rows += c.rows;
@@ -221,6 +247,7 @@ Policy::Applied Policy::apply(int64_t step, bool replaying) {
   r.reward_mean = st.rows ? st.reward_sum / double(st.rows) : 0;
   r.accuracy = st.rows ? st.accuracy_sum / double(st.rows) : 0;
   r.loss = st.loss / units;
+  r.kl = st.tokens > 0 ? st.kl_sum / st.tokens : 0;
   r.grad_norm = norm;
   r.aggregate_s = st.aggregate_s;
   r.optimizer_s = t1 - t0;
@@ -333,7 +360,8 @@ std::optional<exchange::Refusal> Policy::audit(const Published& sampled_on,
     for (auto p : sampled.parameters()) p.mutable_grad().reset();
   };
   clear_grads();
-  grpo::accumulate_gradient(sampled, nullptr, r, adv, cfg_.grpo);
+  if (reference_) reference_->set_precision(sampled.precision());
+  grpo::accumulate_gradient(sampled, reference_.get(), r, adv, cfg_.grpo);
   std::vector<float> ours(layout_.total);
   exchange::flatten_grads(sampled, layout_, ours);
   clear_grads();

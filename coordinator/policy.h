@@ -55,6 +55,7 @@ struct Published {
 // What an accepted update adds to its step besides the gradient (the coordinator's own figures).
 struct Contribution {
   double units = 0, tokens = 0, loss = 0, reward_mean = 0, accuracy = 0;
+  double kl_sum = 0;    // Σ KL to the reference over its loss tokens (the update's kl_sum)
   int64_t rows = 0;     // completions
   double decode_s = 0;  // time spent decoding, checking (audit included) and recording it
 };
@@ -78,6 +79,11 @@ class Policy {
   [[nodiscard]] std::shared_ptr<const exchange::BlobStore> blob_store() const {
     return publisher_->store();
   }
+
+  // Rounds with a KL term (beta > 0): the reference policy, the round's initial weights as nodes
+  // hold them (rounded to the policy dtype), published once as a signed manifest of version 0
+  // whose blobs stay for the round. nullptr when beta = 0.
+  [[nodiscard]] std::shared_ptr<const Published> reference() const { return reference_published_; }
 
   // A round file (dataset, tokenizer) into the blob store, kept for the whole round (the round
   // card lists it as GET /blobs/<hex>).
@@ -131,6 +137,8 @@ class Policy {
   const grpo::Tokenizer& tok_;
   std::unique_ptr<grpo::Model> model_;
   std::unique_ptr<grpo::Model> audit_model_;  // an older published version, for audits
+  std::unique_ptr<grpo::Model> reference_;    // beta > 0: the reference policy (audits)
+  std::shared_ptr<const Published> reference_published_;
   uint64_t audit_version_ = UINT64_MAX;
   struct Optimizer;
   std::unique_ptr<Optimizer> opt_;

@@ -77,6 +77,7 @@ void Coordinator::Impl::open() {
   put_round_files();  // pinned before the first publication prunes the store
   published.push_back(policy->publish());
   blob_store = policy->blob_store();
+  policy_reference = policy->reference();
   policy_params = policy->layout().total;
   replay_ledger();
   // Leases that were out when the coordinator stopped stay out until their deadline, so a
@@ -121,6 +122,7 @@ void Coordinator::Impl::replay_ledger() {
                     .loss = full.loss(),
                     .reward_mean = u.reward_mean,
                     .accuracy = u.accuracy,
+                    .kl_sum = full.kl_sum(),
                     .rows = u.sequences},
                    std::move(grad));
     sched->mark_done(rec->step, rec->prompts);

@@ -273,8 +273,8 @@ void RoundConfig::validate() const {
   if (model_path.empty()) bad("[model] path is required (a folder with config.json + model.safetensors)");
   if (grpo.scale == grpo::AdvantageScale::batch)
     bad("[grpo] scale = \"batch\" needs the whole step's rewards on one peer; use \"group\" or \"none\"");
-  if (grpo.loss.beta != 0.0)
-    bad("[grpo] beta must be 0 in a decentralized round (peers hold no reference model yet)");
+  if (!(grpo.loss.beta >= 0 && grpo.loss.beta <= 10))
+    bad("[grpo] beta must be in [0, 10] (0: no KL term, no reference policy)");
   if (admission == Admission::allowlist && allowlist.empty())
     bad("[admission] mode = \"allowlist\" needs at least one key in allowlist");
   if (grpo.sampling.max_new_tokens < 1) bad("[sampling] max_new_tokens must be at least 1");

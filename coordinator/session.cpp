@@ -61,6 +61,7 @@ asio::awaitable<void> Coordinator::Impl::send_blob(Channel& ch, const wire::Blob
     std::memcpy(d.data(), req.blake2b().data(), d.size());
     for (const auto& p : published)
       if (p->content.blobs.contains(d)) size = blob_store->size(d);
+    if (policy_reference && policy_reference->content.blobs.contains(d)) size = blob_store->size(d);
   }
   if (!size || req.offset() > *size) {
     wire::Envelope e;
@@ -243,7 +244,15 @@ asio::awaitable<void> Coordinator::Impl::session(Channel ch) {
         download_s = 0;
       }
       if (env.has_manifest_request()) {
-        *out.mutable_manifest() = manifest_for(env.manifest_request().policy_version()).manifest;
+        const auto reference = policy_reference;
+        if (env.manifest_request().reference() && !reference) {
+          out.mutable_error()->set_code(wire::ACK_MALFORMED);
+          out.mutable_error()->set_message("this round has no reference policy (kl_beta = 0)");
+        } else {
+          *out.mutable_manifest() = env.manifest_request().reference()
+                                        ? reference->manifest
+                                        : manifest_for(env.manifest_request().policy_version()).manifest;
+        }
       } else if (env.has_blob_request()) {
         const double t0 = mono_s();
         co_await send_blob(ch, env.blob_request());

@@ -129,6 +129,11 @@ CheckedBody UpdateChecker::check(const wire::GradientUpdate& u,
                      rs.count(), rs.mean(), rs.std(), rs.min(), rs.max(), ours.count(), ours.mean(),
                      ours.std(), ours.min(), ours.max())});
   if (!std::isfinite(u.loss())) return refuse(malformed("loss is not finite"));
+  // k3 KL is >= 0 per token (float rounding of exp(d) - d - 1 leaves at most a few ulps below);
+  // with beta = 0 nothing is computed against a reference.
+  if (!std::isfinite(u.kl_sum()) || u.kl_sum() < -1e-4 * (static_cast<double>(u.tokens()) + 1) ||
+      (ctx_.grpo.loss.beta == 0 && u.kl_sum() != 0))
+    return refuse(malformed("kl_sum must be finite, >= 0, and 0 when the round has no KL term"));
   return out;
 }
 

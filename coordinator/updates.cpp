@@ -21,7 +21,7 @@ struct Checked {
   std::vector<float> grad;          // dense: every codec, audits, robust rules
   exchange::SparseGradient sparse;  // top-k under the mean rule (Policy::folds_sparse)
   bool is_sparse = false;
-  double loss = 0;
+  double loss = 0, kl_sum = 0;
   double seconds = 0;
 };
 
@@ -142,6 +142,7 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
     CheckedBody body = checker->check(full, lease.prompts);
     out.facts = body.facts;
     out.loss = full.loss();
+    out.kl_sum = full.kl_sum();
     if ((out.refusal = body.refusal)) return out;
     // Top-k under the mean rule: the kept entries only (the norm of the kept values is the
     // update's norm); an audit compares dense gradients.
@@ -222,6 +223,7 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
                                         .loss = c.loss,
                                         .reward_mean = u.reward_mean,
                                         .accuracy = u.accuracy,
+                                        .kl_sum = c.kl_sum,
                                         .rows = u.sequences,
                                         .decode_s = handling_s}]() mutable {
     if (is_sparse)

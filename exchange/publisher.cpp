@@ -96,6 +96,31 @@ PublishedVersion Publisher::publish(const std::string& round_id, uint64_t versio
   return out;
 }
 
+PublishedVersion Publisher::publish_reference(const std::string& round_id, int64_t created_unix_ms,
+                                              std::string_view bytes) {
+  if (bytes.size() != offsets_.back())
+    throw Error("reference bytes: " + std::to_string(bytes.size()) + " given, the tensors take " +
+                std::to_string(offsets_.back()));
+  PublishedVersion out;
+  std::vector<NamedBytes> named;
+  for (size_t i = 0; i < tensors_.size(); ++i)
+    named.push_back({tensors_[i].name, tensors_[i].shape,
+                     bytes.substr(offsets_[i], offsets_[i + 1] - offsets_[i])});
+  out.manifest = build_manifest(round_id, 0, created_unix_ms, dtype_, named);
+  out.snapshot_bytes = bytes.size();
+  out.manifest.set_shard_bytes(shard_bytes_);
+  for (const auto& [b, e] : shard_ranges(bytes.size(), shard_bytes_)) {
+    const protocol::Digest d = put_pinned(bytes.substr(b, e - b));
+    auto* ref = out.manifest.add_snapshot();
+    ref->set_blake2b(d.data(), d.size());
+    ref->set_size_bytes(e - b);
+    out.shards.push_back(d);
+    out.blobs.insert(d);
+  }
+  for (const auto& url : mirrors_) out.manifest.add_mirrors(url);
+  return out;
+}
+
 protocol::Digest Publisher::put_pinned(std::string_view bytes) {
   const protocol::Digest d = store_->put(bytes);
   pinned_.insert(d);

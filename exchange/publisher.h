@@ -57,6 +57,12 @@ class Publisher {
   PublishedVersion publish(const std::string& round_id, uint64_t version, int64_t created_unix_ms,
                            std::string bytes);
 
+  // The round's reference policy (rounds with a KL term): `bytes` as snapshot shards of version 0
+  // whose blobs stay for the whole round, outside the chain of versions (the current version and
+  // its patches are untouched). The manifest is unsigned: the caller signs it.
+  PublishedVersion publish_reference(const std::string& round_id, int64_t created_unix_ms,
+                                     std::string_view bytes);
+
   // Stores `bytes` as a blob that stays whatever versions are served (the round's files: a
   // dataset, tokenizer files), so it is fetched like a weight blob, at GET /blobs/<hex> and from
   // mirrors holding a copy of the folder. Returns its digest.

@@ -14,7 +14,8 @@ using nlohmann::json;
 
 constexpr size_t kMaxFiles = 64;
 constexpr size_t kMaxList = 16;       // addresses, sources, mirrors
-constexpr size_t kMaxString = 2048;   // any one string field
+constexpr size_t kMaxString = 2048;   // any one string field inside the card
+constexpr size_t kMaxCardBytes = 1 << 20;  // the card itself (a node reads at most 1 MiB)
 
 bool is_hex(std::string_view s, size_t n) {
   return s.size() == n && s.find_first_not_of("0123456789abcdef") == std::string_view::npos;
@@ -35,11 +36,11 @@ class Fields {
     if (it == j_.end()) fail(key, "is missing");
     return *it;
   }
-  std::string text(const std::string& key, bool allow_empty = true) const {
+  std::string text(const std::string& key, bool allow_empty = true, size_t max = kMaxString) const {
     const json& v = at(key);
     if (!v.is_string()) fail(key, "must be a string");
     std::string s = v.get<std::string>();
-    if (s.size() > kMaxString) fail(key, "is longer than " + std::to_string(kMaxString) + " bytes");
+    if (s.size() > max) fail(key, "is longer than " + std::to_string(max) + " bytes");
     if (!allow_empty && s.empty()) fail(key, "must not be empty");
     return s;
   }
@@ -118,7 +119,7 @@ RoundCard read_round_card(std::string_view text) {
   const Fields outer(file, "");
   if (outer.text("format") != kRoundCardFormat)
     outer.fail("format", "is not " + std::string(kRoundCardFormat) + " (a card from another version?)");
-  const std::string body = outer.text("card");
+  const std::string body = outer.text("card", false, kMaxCardBytes);
   const std::string sig_hex = outer.text("signature");
   json j;
   try {

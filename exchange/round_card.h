@@ -45,11 +45,11 @@ struct CardFile {
 struct RoundCard {
   std::string round_id;
   std::string coordinator_key;          // hex Ed25519: the card's signer
-  std::vector<std::string> addresses;   // HOST:PORT of the peer protocol, tried in order
+  std::vector<std::string> addresses;   // HOST:PORT of the peer protocol, preferred first (nodes use the first)
   std::string status_url;               // GET /status of the round (JSON); the dashboard at its /
   std::string model_name;
   uint64_t parameters = 0;
-  std::string policy_dtype;             // what nodes receive: "f32" | "bf16"
+  std::string policy_dtype;             // what nodes receive: "fp32" | "bf16"
   std::string config_blake2b;           // BLAKE2b-256 of the model's config.json as sent
   std::string task;                     // "arith" | "countdown" | "dataset:<reward>"
   std::string gradient_codec;           // "raw" | "fp8" | "topk"

@@ -133,8 +133,7 @@ RoundSpec read_round_settings(const wire::RoundSettings& s) {
   g.loss.epsilon_high = finite(s.clip_eps_high(), "clip_eps_high");
   if (!(g.loss.epsilon_high >= 0)) throw SettingsError("clip_eps_high", "must not be negative");
   g.loss.beta = finite(s.kl_beta(), "kl_beta");
-  if (g.loss.beta != 0)
-    throw SettingsError("kl_beta", "must be 0: this node holds no reference model");
+  if (!(g.loss.beta >= 0 && g.loss.beta <= 10)) throw SettingsError("kl_beta", "must be in [0, 10]");
   g.loss.max_completion_length = g.sampling.max_new_tokens;
   r.staleness_bound = s.staleness_bound();
   if (s.gradient_codec() != wire::CODEC_RAW && s.gradient_codec() != wire::CODEC_FP8_E4M3_BLOCK &&

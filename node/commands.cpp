@@ -4,12 +4,15 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 
 #include "common/check.h"
 #include "node/device_group.h"
 #include "node/join.h"
+#include "node/volunteer.h"
+#include "protocol/identity.h"
 #include "node/node.h"
 
 namespace cohort::node {
@@ -59,6 +62,16 @@ void add_work_options(CLI::App* cmd, NodeOptions& o, std::string& devices, std::
       ->capture_default_str();
   cmd->add_option("--give-up-after", o.give_up_s, "Stop after this long without a coordinator (s, 0: never)")
       ->capture_default_str();
+  cmd->add_flag("--when-idle", o.when_idle,
+                "Work only while this machine is otherwise idle: pause (after the lease in hand) "
+                "when other processes use more than --idle-threshold of the CPU or another process "
+                "uses the node's GPUs; resume after 30 s of quiet");
+  cmd->add_option("--idle-threshold", o.idle_threshold,
+                  "With --when-idle: the share of the whole machine's CPU other processes may use")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  cmd->add_flag("!--no-status-line", o.status_line,
+                "No live status line on the terminal (it is never drawn when stderr is not a terminal)");
   // Fault injection for the fault tests; hidden from --help (group "").
   cmd->add_option("--fault", fault, "Test only: false-reward | replay | poison | worker-throw | hoard | churn")->group("");
   cmd->add_option("--delay-ms", o.delay_ms, "Test only: sleep before sending each update")->group("");
@@ -104,6 +117,37 @@ void add_commands(CLI::App& app) {
     o->host = addr->substr(0, colon);
     o->port = static_cast<uint16_t>(std::stoi(addr->substr(colon + 1)));
     run_node(*o);
+  });
+
+  // Pause and resume a running node (the one using --key), without it leaving the round.
+  for (const bool pause : {true, false}) {
+    auto key = std::make_shared<std::string>();
+    auto* c = node->add_subcommand(
+        pause ? "pause" : "resume",
+        pause ? "Pause the running node: it finishes the lease in hand, delivers it, and takes no "
+                "more work until resumed (it stays in the round)"
+              : "Resume a paused node");
+    c->add_option("--key", *key, "The node's key file (default: the XDG one, as for node run)");
+    c->callback([key, pause] {
+      const std::string k = key->empty() ? default_key_file().string() : *key;
+      signal_node(k, pause);
+      std::printf("%s the node using %s\n", pause ? "paused" : "resumed", k.c_str());
+    });
+  }
+
+  // This node's own record in a round: its credit (verified work), refusals, last seen.
+  auto st_url = std::make_shared<std::string>();
+  auto st_key = std::make_shared<std::string>();
+  auto* st = node->add_subcommand("status", "This node's credit and record in a round, from its status page");
+  st->add_option("round", *st_url,
+                 "The round: its card (http://HOST:PORT/round or a file) or its status URL "
+                 "(http://HOST:PORT or http://HOST:PORT/status)")
+      ->required();
+  st->add_option("--key", *st_key, "The node's key file (default: the XDG one)");
+  st->callback([st_url, st_key] {
+    const std::string k = st_key->empty() ? default_key_file().string() : *st_key;
+    const std::string me = protocol::Identity::load(k).id().hex();
+    std::printf("%s\n", peer_status_text(*st_url, me).c_str());
   });
 
   auto jo = std::make_shared<NodeOptions>();

@@ -50,6 +50,30 @@ class ReplicaGroup : public DeviceGroup {
 
   grpo::Model& replica(int w) override { return *replicas_.at(w); }
 
+  void load_reference(const std::string& name, std::span<const float> values) override {
+    at::NoGradGuard g;
+    if (references_.empty())
+      for (const auto& r : replicas_) {
+        references_.push_back(std::make_unique<grpo::Model>(r->config(), 0));
+        references_.back()->set_precision(r->precision());
+        references_.back()->to(r->device());
+        for (auto& p : references_.back()->parameters()) p.requires_grad_(false);
+      }
+    // Loaded once per session: a plain copy into each device (no broadcast needed).
+    for (auto& r : references_) {
+      at::Tensor* p = r->find(name);
+      if (!p) throw Error("no parameter " + name + " in the local model");
+      if (static_cast<size_t>(p->numel()) != values.size())
+        throw Error("reference parameter " + name + " has " + std::to_string(p->numel()) +
+                    " values, got " + std::to_string(values.size()));
+      p->copy_(at::from_blob(const_cast<float*>(values.data()), p->sizes(), at::kFloat));
+    }
+  }
+
+  const grpo::Model* reference(int w) const override {
+    return references_.empty() ? nullptr : references_.at(w).get();
+  }
+
  protected:
   at::Tensor& parameter(int w, const std::string& name, size_t values) {
     at::Tensor* p = replicas_[w]->find(name);
@@ -61,6 +85,7 @@ class ReplicaGroup : public DeviceGroup {
   }
 
   std::vector<std::unique_ptr<grpo::Model>> replicas_;
+  std::vector<std::unique_ptr<grpo::Model>> references_;  // empty unless the round has a KL term
   std::unique_ptr<Collective> collective_;
 };
 

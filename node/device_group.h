@@ -50,6 +50,10 @@ class DeviceGroup {
   // Reduction and broadcast between the workers' buffers (each in its worker's memory).
   [[nodiscard]] virtual Collective& collective() = 0;
   [[nodiscard]] virtual grpo::Model& replica(int worker) = 0;
+  // Rounds with a KL term: a frozen reference replica beside each worker's policy (same device and
+  // precision), created by the first load_reference. reference() is nullptr before that.
+  virtual void load_reference(const std::string& name, std::span<const float> values) = 0;
+  [[nodiscard]] virtual const grpo::Model* reference(int worker) const = 0;
 };
 
 // What `workers` CPU workers advertise (kind "cpu", a share of host memory, no FP8 GEMM).

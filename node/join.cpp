@@ -174,6 +174,53 @@ std::string folder_name(const std::string& id) {
 
 }  // namespace
 
+std::string peer_status_text(const std::string& round, const std::string& me) {
+  std::string url = round;
+  if (!round.starts_with("http://") || round.ends_with("/round")) {
+    url = exchange::read_round_card(read_card_text(round)).status_url;
+  } else if (!round.ends_with("/status")) {
+    while (!url.empty() && url.back() == '/') url.pop_back();
+    url += "/status";
+  }
+  if (!url.starts_with("http://")) throw Error("status URL " + url + ": only http:// is fetched");
+  const auto path_at = url.find('/', 7);
+  httplib::Client cli(url.substr(0, path_at));
+  cli.set_connection_timeout(10, 0);
+  cli.set_read_timeout(30, 0);
+  auto res = cli.Get(url.substr(path_at));
+  if (!res) throw Error("status " + url + ": " + httplib::to_string(res.error()));
+  if (res->status != 200) throw Error("status " + url + ": HTTP " + std::to_string(res->status));
+  json j;
+  try {
+    j = json::parse(res->body);
+  } catch (const json::exception& e) {
+    throw Error("status " + url + " is not JSON: " + e.what());
+  }
+  std::string out = fmt::format("round {} (step {} of {}), {}\nthis node {}…: ", j.value("round_id", "?"),
+                                j.value("step", 0), j.value("steps_total", 0), url, me.substr(0, 16));
+  const auto peers = j.find("peers");
+  if (peers == j.end() || !peers->is_object() || !peers->contains(me))
+    return out + "not seen in this round yet";
+  const json& p = (*peers)[me];
+  const double tokens = p.value("credit_tokens", 0.0);
+  int rank = 1;
+  for (const auto& [k, v] : peers->items())
+    if (k != me && v.is_object() && v.value("credit_tokens", 0.0) > tokens) ++rank;
+  out += fmt::format("credit {:.0f} completion tokens, {} groups (rank {} of {}); {} updates accepted, {} refused",
+                     tokens, p.value("credit_groups", int64_t{0}), rank, peers->size(),
+                     p.value("accepted", int64_t{0}), p.value("refused", int64_t{0}));
+  if (auto r = p.find("refused_reasons"); r != p.end() && r->is_object() && !r->empty()) {
+    std::string reasons;
+    for (const auto& [k, v] : r->items())
+      reasons += (reasons.empty() ? "" : ", ") + k + " " + std::to_string(v.is_number() ? v.get<int64_t>() : 0);
+    out += " (" + reasons + ")";
+  }
+  if (p.value("banned", false)) out += "; BANNED";
+  const int64_t now = j.value("now_ms", int64_t{0}), seen = p.value("last_seen_ms", int64_t{0});
+  if (now > 0 && seen > 0) out += fmt::format("; last seen {:.0f} s ago", double(now - seen) / 1000);
+  return out;
+}
+
 fs::path default_cache_dir() { return xdg_dir("XDG_CACHE_HOME", ".cache"); }
 fs::path default_config_dir() { return xdg_dir("XDG_CONFIG_HOME", ".config"); }
 fs::path default_key_file() { return default_config_dir() / "node.key"; }

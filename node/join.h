@@ -37,6 +37,11 @@ struct JoinedRound {
 // than the pinned or remembered one; 1 for a card or file that cannot be fetched).
 JoinedRound join_round(const JoinOptions& options);
 
+// `cohort node status`: this peer's record in a round, from the round's GET /status, as text
+// (credit, accepted and refused updates with reasons, rank by credit, last seen). `round` is a
+// card (URL or file; its status_url is used) or a status URL. Throws cohort::Error.
+std::string peer_status_text(const std::string& round, const std::string& peer_hex);
+
 // $XDG_CACHE_HOME/cohort, else ~/.cache/cohort: fetched round files (safe to delete).
 std::filesystem::path default_cache_dir();
 // $XDG_CONFIG_HOME/cohort, else ~/.config/cohort: the node's key and remembered coordinators.

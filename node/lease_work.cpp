@@ -78,7 +78,7 @@ LeaseGradient compute_lease(DeviceGroup& devices, const LeaseContext& ctx,
   const bool on_gpu = devices.replica(0).device().is_cuda();
   std::vector<std::vector<float>> grads(workers);
   std::vector<at::Tensor> flats(workers);
-  std::vector<std::array<double, 3>> counts(workers, {0.0, 0.0, 0.0});  // units, tokens, loss
+  std::vector<std::array<double, 4>> counts(workers, {0.0, 0.0, 0.0, 0.0});  // units, tokens, loss, KL
   devices.run([&](int w, grpo::Model& model) {
     WorkerShare& share = out.shares[w];
     if (share.groups.size() == 0) {  // nothing to add, but the reduction takes its zeros
@@ -97,7 +97,9 @@ LeaseGradient compute_lease(DeviceGroup& devices, const LeaseContext& ctx,
       for (auto& p : model.parameters())
         if (p.grad().defined()) p.grad().zero_();
     }
-    const grpo::LossSums sums = grpo::accumulate_gradient(model, nullptr, share.batch.rollout,
+    const grpo::Model* reference = devices.reference(w);
+    if (ctx.cfg.loss.beta > 0 && !reference) throw Error("the round's KL term needs the reference policy, not loaded");
+    const grpo::LossSums sums = grpo::accumulate_gradient(model, reference, share.batch.rollout,
                                                           share.batch.advantages, ctx.cfg);
     // The flat copy is what travels on: the parameters' own gradients (the model's size again)
     // are dropped, on the CPU each as soon as it is copied, and never held between leases.
@@ -108,7 +110,7 @@ LeaseGradient compute_lease(DeviceGroup& devices, const LeaseContext& ctx,
       grads[w].resize(ctx.layout.total);
       exchange::flatten_grads(model, ctx.layout, grads[w], /*release=*/true);
     }
-    counts[w] = {sums.units, sums.tokens, sums.loss_sum.item<double>()};
+    counts[w] = {sums.units, sums.tokens, sums.loss_sum.item<double>(), sums.kl_sum};
     share.seconds += mono_s() - t0;
   });
 
@@ -127,6 +129,7 @@ LeaseGradient compute_lease(DeviceGroup& devices, const LeaseContext& ctx,
   out.units = counts[0][0];
   out.tokens = counts[0][1];
   out.loss = counts[0][2];
+  out.kl_sum = counts[0][3];
   return out;
 }
 

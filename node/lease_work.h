@@ -38,6 +38,7 @@ struct LeaseGradient {
   std::vector<WorkerShare> shares;         // one per worker, in worker (= lease) order
   std::vector<float> grad;                 // Σ of the workers' gradient sums, ParamLayout order
   double units = 0, tokens = 0, loss = 0;  // Σ over workers (grpo::LossSums)
+  double kl_sum = 0;                       // Σ KL to the reference (0 without a KL term)
 };
 
 // `split` has one range per worker covering [0, prompt_indices.size()) in order (split_lease).

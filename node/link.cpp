@@ -46,6 +46,8 @@ asio::awaitable<void> Node::session(double& last_ok) {
   heartbeat_every_ =
       std::chrono::milliseconds(rep.heartbeat_interval_ms() ? rep.heartbeat_interval_ms() : 15'000);
 
+  if (cfg_.loss.beta > 0 && !reference_loaded_) co_await fetch_reference(link);
+
   if (!pending_.empty()) {
     spdlog::info("node: delivering {} update(s) computed before the link dropped", pending_.size());
     co_await deliver_pending(link, /*drop_expired=*/true);
@@ -72,8 +74,16 @@ asio::awaitable<void> Node::session(double& last_ok) {
         throw RoundOver(0, "left the round (lease limit)");
       }
     }
+    if ((!next || !next->lease) && !pause_reason().empty()) {
+      // Paused: the leases in hand were finished; deliver them, keep the session, take nothing.
+      next.reset();
+      co_await deliver_pending(link);
+      co_await wait_while_paused(link);
+      continue;
+    }
     if (!next || !next->lease) {
       next.reset();
+      set_status("waiting for work");
       const double t0 = mono_s();
       co_await deliver_pending(link);
       const double asked = mono_s();
@@ -100,7 +110,7 @@ asio::awaitable<void> Node::session(double& last_ok) {
     // other peers cannot take, and the step it belongs to waits for it.
     const bool last = opt_.max_leases > 0 &&
                       leases_done_ + static_cast<int64_t>(pending_.size()) + 1 >= opt_.max_leases;
-    const bool ask = opt_.ask_ahead && !last;
+    const bool ask = opt_.ask_ahead && !last && pause_reason().empty();
     Clock::time_point ask_at = Clock::now();
     if (ask) {
       const double expected = seconds_per_group_ * lease.prompt_indices_size();
@@ -111,6 +121,7 @@ asio::awaitable<void> Node::session(double& last_ok) {
           std::chrono::duration<double>(std::max(0.0, expected - lead)));
     }
     auto c = std::make_shared<Computing>(co_await asio::this_coro::executor);
+    set_status("working", lease.lease_id(), lease.prompt_indices_size());
     start_compute(lease, c);
     std::optional<Ahead> ahead;
     std::exception_ptr link_error;
@@ -128,7 +139,9 @@ asio::awaitable<void> Node::session(double& last_ok) {
     if (c->update) {
       const double spg = c->seconds / std::max(1, lease.prompt_indices_size());
       seconds_per_group_ = seconds_per_group_ > 0 ? 0.7 * seconds_per_group_ + 0.3 * spg : spg;
-      pending_.push_back({std::move(*c->update), lease.deadline_unix_ms(), lease.lease_id()});
+      shown_tokens_per_s_ = last_tokens_per_s_;
+      pending_.push_back({std::move(*c->update), lease.deadline_unix_ms(), lease.lease_id(),
+                          last_generated_, lease.prompt_indices_size()});
     } else {  // given back: named in the next WorkRequest
       returned_.emplace_back(lease.lease_id(), std::exchange(given_back_, {}));
     }
@@ -171,6 +184,37 @@ asio::awaitable<Node::Ahead> Node::run_link(CoordinatorLink& link, Computing& c,
   }
 }
 
+asio::awaitable<void> Node::fetch_reference(CoordinatorLink& link) {
+  const double t0 = mono_s();
+  ref_sync_ = std::make_unique<WeightSync>(layout_, coordinator_, round_id_, policy_dtype_,
+                                           opt_.mirrors, /*reference=*/true);
+  const StagedWeights w = co_await ref_sync_->fetch(link, 0);
+  ref_sync_->load(w, [&](const std::string& name, const std::vector<float>& v) {
+    devices_->load_reference(name, v);
+  });
+  reference_loaded_ = true;
+  weights_s_ += mono_s() - t0;
+  spdlog::info("node: reference policy loaded for the KL term (beta {}): {:.1f} MB in {:.2f} s",
+               cfg_.loss.beta, ref_sync_->fetched_bytes() / 1e6, mono_s() - t0);
+}
+
+asio::awaitable<void> Node::wait_while_paused(CoordinatorLink& link) {
+  const std::string why = pause_reason();
+  spdlog::info("node: {}; the session stays open", why);
+  set_status(why);
+  asio::steady_timer tick(co_await asio::this_coro::executor);
+  auto beat = Clock::now() + heartbeat_every_;
+  while (!stop_requested() && !pause_reason().empty()) {
+    tick.expires_after(std::chrono::milliseconds(200));
+    co_await tick.async_wait(asio::use_awaitable);
+    if (Clock::now() >= beat) {
+      co_await send_heartbeat(link);
+      beat = Clock::now() + heartbeat_every_;
+    }
+  }
+  if (!stop_requested()) spdlog::info("node: resumed");
+}
+
 asio::awaitable<void> Node::leave(CoordinatorLink& link, const std::string& why) {
   wire::Envelope e;
   e.mutable_leave()->set_reason(why);
@@ -192,6 +236,10 @@ asio::awaitable<void> Node::deliver_pending(CoordinatorLink& link, bool drop_exp
           p.update_lease_id);
     } else {
       const wire::AckReason r = co_await send_update(link, p.update);
+      if (r == wire::ACK_OK) {
+        credit_tokens_ += p.completion_tokens;
+        credit_groups_ += p.groups;
+      }
       if (r == wire::ACK_OK && opt_.fault == Fault::replay) {
         spdlog::warn("node: [fault] sending the same update again");
         co_await send_update(link, p.update);
@@ -227,7 +275,7 @@ asio::awaitable<void> Node::send_heartbeat(CoordinatorLink& link) {
   auto* h = e.mutable_heartbeat();
   h->set_sent_unix_ms(static_cast<uint64_t>(unix_ms()));
   h->set_policy_version(sync_->version());
-  h->set_status("computing");
+  h->set_status(pause_reason().empty() ? "computing" : "paused");
   co_await link.send(std::move(e));
   ++heartbeats_sent_;
 }

@@ -10,6 +10,9 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <cstdio>
 #include <random>
 #include <thread>
 
@@ -65,8 +68,37 @@ void Node::run() {
   coordinator_ = PeerId::parse(opt_.coordinator_key);
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
-  spdlog::info("node {}: {} → {}:{}, {} device(s), max batch {}", id_.id().fingerprint(), opt_.name,
-               opt_.host, opt_.port, opt_.devices, opt_.max_batch);
+  install_pause_signals();
+  const PidFile pid_file(pid_file_for(opt_.key_file));
+  spdlog::info("node {}: {} → {}:{}, {} device(s), max batch {}; pause with `cohort node pause --key "
+               "{}` (or kill -USR1 {}), resume likewise",
+               id_.id().fingerprint(), opt_.name, opt_.host, opt_.port, opt_.devices, opt_.max_batch,
+               opt_.key_file, ::getpid());
+  if (opt_.when_idle) {
+    idle_ = std::make_unique<IdleWatch>(IdleOptions{.cpu_threshold = opt_.idle_threshold, .gpus = opt_.gpus});
+    spdlog::info("node: --when-idle: works while other processes use at most {:.0f} % of the CPU{}",
+                 100 * opt_.idle_threshold, opt_.gpus.empty() ? "" : " and no other process uses its GPUs");
+  }
+  // The status line: redrawn every second on a terminal; each log line clears it first.
+  std::jthread status_line;
+  if (opt_.status_line && ::isatty(STDERR_FILENO)) {
+    spdlog::set_pattern("\r\033[K[%Y-%m-%d %H:%M:%S.%e] [%^%l%$] %v");
+    status_line = std::jthread([this](std::stop_token stop) {
+      while (!stop.stop_requested()) {
+        std::string line;
+        {
+          std::lock_guard lock(status_mutex_);
+          line = format_status_line(status_);
+        }
+        std::fprintf(stderr, "\r%s\033[K", line.c_str());
+        std::fflush(stderr);
+        for (int i = 0; i < 10 && !stop.stop_requested(); ++i)
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      std::fprintf(stderr, "\r\033[K");
+    });
+  }
+  set_status("connecting");
   if (opt_.max_upload_mbps > 0 || opt_.max_download_mbps > 0)
     spdlog::info("node: link capped at {} up, {} down",
                  opt_.max_upload_mbps > 0 ? fmt::format("{} Mbit/s", opt_.max_upload_mbps) : "no cap",
@@ -121,6 +153,25 @@ void Node::run() {
   compute_.join();
   write_summary();
   if (rc != 0) throw Error(why, rc);
+}
+
+std::string Node::pause_reason() const {
+  if (pause_requested()) return "paused by you (resume: cohort node resume, or kill -USR2)";
+  if (idle_ && idle_->busy()) return "paused while the machine is busy: " + idle_->why();
+  return "";
+}
+
+void Node::set_status(const std::string& state, const std::string& lease, int groups) {
+  std::lock_guard lock(status_mutex_);
+  status_.state = state;
+  status_.lease = lease;
+  status_.lease_groups = groups;
+  status_.tokens_per_s = shown_tokens_per_s_;
+  status_.version = sync_ ? sync_->version() : 0;
+  status_.bytes_up = bytes_sent_;
+  status_.bytes_down = sync_ ? sync_->fetched_bytes() : 0;
+  status_.credit_tokens = credit_tokens_;
+  status_.credit_groups = credit_groups_;
 }
 
 // Runs the lease on the compute thread; the network thread learns of its end through `c`.
@@ -192,6 +243,7 @@ void Node::setup(const wire::RoundSettings& s) {
   encoder_ = std::make_unique<exchange::GradientEncoder>(layout_, spec.codec);
   sync_ = std::make_unique<WeightSync>(layout_, coordinator_, round_id_, spec.policy_dtype,
                                        opt_.mirrors);
+  policy_dtype_ = spec.policy_dtype;
   spdlog::info("node: round {} task {} G={} model {} parameters", round_id_,
                cfg_.task.dataset.empty() ? cfg_.task.name : cfg_.task.dataset, cfg_.group_size,
                mc.parameter_count());

@@ -55,6 +55,12 @@ struct NodeOptions {
   double max_upload_mbps = 0;
   double max_download_mbps = 0;
   std::vector<std::string> mirrors;  // blob mirrors tried before the manifest's (--mirror)
+  // Volunteer controls (node/volunteer.h): work only while the machine is otherwise idle (other
+  // processes' share of the CPU at most idle_threshold, no other process on the node's GPUs),
+  // and the live status line on a terminal.
+  bool when_idle = false;
+  double idle_threshold = 0.25;
+  bool status_line = true;
 };
 
 // Returns when the round is complete or the node was asked to leave (or was stopped by a

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,6 +24,7 @@
 #include "node/lease_split.h"
 #include "node/link.h"
 #include "node/node.h"
+#include "node/volunteer.h"
 #include "node/weight_sync.h"
 #include "protocol/identity.h"
 #include "protocol/signed_update.h"
@@ -86,11 +88,28 @@ class Node {
   exchange::ParamLayout layout_;
   std::unique_ptr<exchange::GradientEncoder> encoder_;
   std::unique_ptr<WeightSync> sync_;
+  // Volunteer controls: --when-idle's watch (nullptr without it), what the status line shows
+  // (written on the network thread, read by the line's own thread), and the work this session
+  // got acknowledged (the coordinator credits exactly that).
+  std::unique_ptr<IdleWatch> idle_;
+  mutable std::mutex status_mutex_;
+  StatusInfo status_;
+  double credit_tokens_ = 0;
+  int64_t credit_groups_ = 0;
+  // Of the last computed lease, written on the compute thread before it posts `done`.
+  double last_generated_ = 0, last_tokens_per_s_ = 0;
+  double shown_tokens_per_s_ = 0;  // last_tokens_per_s_ once the network thread saw it done
+  // Rounds with a KL term: the reference policy, fetched once per process into the device group.
+  std::unique_ptr<WeightSync> ref_sync_;
+  bool reference_loaded_ = false;
+  wire::DType policy_dtype_ = wire::DTYPE_F32;
   // Computed updates not yet acknowledged, in order; kept across a lost link.
   struct Pending {
     protocol::SealedUpdate update;
     uint64_t deadline_unix_ms = 0;
     std::string update_lease_id;
+    double completion_tokens = 0;  // what the coordinator credits once it accepts the update
+    int groups = 0;
   };
   std::deque<Pending> pending_;
   // Leases given back, with why: sent with the next WorkRequest. work() leaves its reason in
@@ -117,6 +136,11 @@ class Node {
   void load(const StagedWeights& w);
   asio::awaitable<void> abuse_leases(CoordinatorLink& link);
   void write_summary();
+  // Why the node should not take new work now ("" when it may): the volunteer paused it, or
+  // --when-idle found the machine busy.
+  std::string pause_reason() const;
+  // Refreshes what the status line shows (network thread).
+  void set_status(const std::string& state, const std::string& lease = "", int groups = 0);
 
   // link.cpp
   asio::awaitable<void> session(double& last_ok);
@@ -126,6 +150,11 @@ class Node {
   asio::awaitable<Ahead> run_link(CoordinatorLink& link, Computing& c, bool ask,
                                   Clock::time_point ask_at, const std::string& computing);
   asio::awaitable<void> leave(CoordinatorLink& link, const std::string& why);
+  // Fetches the round's reference policy (ManifestRequest.reference) into the device group.
+  asio::awaitable<void> fetch_reference(CoordinatorLink& link);
+  // While paused (pause_reason): heartbeats keep the session, nothing is asked for; returns when
+  // resumed or asked to stop.
+  asio::awaitable<void> wait_while_paused(CoordinatorLink& link);
   // Sends the computed updates in order, each removed once its Ack is in. After a lost link, an
   // update whose lease has expired meanwhile is dropped (its prompts went to another peer);
   // otherwise the coordinator's clock decides, and says why it refuses a late one.

@@ -47,6 +47,7 @@ protocol::SealedUpdate UpdateBuilder::build(const wire::WorkLease& lease, uint64
   u.set_tokens(static_cast<uint64_t>(std::llround(g.tokens)));
   *u.mutable_rewards() = exchange::reward_stats(honest_rewards);
   u.set_loss(g.loss);
+  u.set_kl_sum(g.kl_sum);
   u.set_compute_seconds(compute_seconds);  // diagnostic only
   u.set_compute_precision(compute_precision);
   if (fault ==

@@ -55,12 +55,14 @@ std::string http_blob_range(const std::string& base, const std::string& hex, uin
 }
 
 WeightSync::WeightSync(const exchange::ParamLayout& layout, protocol::PeerId coordinator,
-                       std::string round_id, wire::DType dtype, std::vector<std::string> mirrors)
+                       std::string round_id, wire::DType dtype, std::vector<std::string> mirrors,
+                       bool reference)
     : layout_(layout),
       coordinator_(coordinator),
       round_id_(std::move(round_id)),
       dtype_(dtype),
-      own_mirrors_(std::move(mirrors)) {}
+      own_mirrors_(std::move(mirrors)),
+      reference_(reference) {}
 
 WeightSync::~WeightSync() { http_.join(); }
 
@@ -187,17 +189,21 @@ asio::awaitable<void> WeightSync::fetch_snapshot(CoordinatorLink& link,
 asio::awaitable<StagedWeights> WeightSync::fetch(CoordinatorLink& link, uint64_t wanted) {
   wire::Envelope req;
   req.mutable_manifest_request()->set_policy_version(wanted);
+  req.mutable_manifest_request()->set_reference(reference_);
   co_await link.send(req);
   const wire::Envelope env = co_await link.receive();
+  if (env.has_error()) throw Error("coordinator: " + env.error().message());
   if (!env.has_manifest()) throw Error("expected a manifest");
   const wire::WeightManifest m = protocol::verify_manifest(env.manifest(), coordinator_);
   if (m.round_id() != round_id_) throw Error("manifest of another round");
+  if (reference_ && m.policy_version() != 0)
+    throw Error("the reference policy's manifest names version " + std::to_string(m.policy_version()));
   if (auto why = exchange::manifest_mismatch(m, layout_, dtype_)) throw Error(*why);
   if (auto why = exchange::blob_list_mismatch(m)) throw Error(*why);
   StagedWeights out;
   out.version = m.policy_version();
   out.dtype = dtype_;
-  if (out.version != wanted)
+  if (out.version != wanted && !reference_)
     spdlog::info("node: lease asked for version {}, coordinator published {}", wanted, out.version);
 
   std::vector<std::string> mirrors = own_mirrors_;

@@ -57,8 +57,11 @@ struct WeightStats {
 
 class WeightSync {
  public:
+  // `reference`: this instance fetches the round's reference policy (ManifestRequest.reference,
+  // a manifest of version 0) instead of policy versions.
   WeightSync(const exchange::ParamLayout& layout, protocol::PeerId coordinator,
-             std::string round_id, wire::DType dtype, std::vector<std::string> mirrors = {});
+             std::string round_id, wire::DType dtype, std::vector<std::string> mirrors = {},
+             bool reference = false);
   ~WeightSync();
 
   // Throws cohort::Error (or a protocol error) when the coordinator sends anything that does not
@@ -92,6 +95,7 @@ class WeightSync {
   std::string round_id_;
   wire::DType dtype_;
   std::vector<std::string> own_mirrors_;
+  bool reference_ = false;
   std::set<std::string> bad_mirrors_;
   asio::thread_pool http_{1};  // blocking HTTP requests, off the network thread
   // The published bytes of version bytes_version_ (nullopt: none whole), tensor name → bytes.

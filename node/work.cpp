@@ -72,6 +72,8 @@ std::optional<protocol::SealedUpdate> Node::work(const wire::WorkLease& lease) {
       builder.build(lease, sync_->version(), sequence_, g, *encoder_, mono_s() - t0);
   const double compute = mono_s() - t0;
   compute_s_ += compute;
+  last_generated_ = static_cast<double>(generated);
+  last_tokens_per_s_ = double(generated) / std::max(compute, 1e-9);
   samples_ += rows;
   groups_ += n;
   std::string shares;

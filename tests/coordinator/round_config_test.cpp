@@ -93,6 +93,13 @@ TEST(RoundConfig, RefusesUnknownKeysAndBadValuesByName) {
   EXPECT_NE(refusal("[rounds]\n").find("unknown section [rounds]"), std::string::npos);
   EXPECT_EQ(refusal("[round]\nmin_peers = 3\n"), "");
   EXPECT_EQ(RoundConfig::parse("[model]\npath = \"m\"\n[round]\nmin_peers = 3\n").min_peers, 3);
+  // The KL term: any beta in [0, 10] (nodes then hold the reference policy).
+  EXPECT_EQ(refusal("[grpo]\nbeta = 0.04\n"), "");
+  EXPECT_NE(refusal("[grpo]\nbeta = -1.0\n").find("beta must be in [0, 10]"), std::string::npos);
+  // [card]: what the round card says beyond what the coordinator knows.
+  EXPECT_EQ(refusal("[card]\naddresses = [\"203.0.113.7:7070\"]\nurl = \"https://round.example\"\n"), "");
+  EXPECT_NE(refusal("[card]\naddresses = [\"no-port\"]\n").find("[card] addresses"), std::string::npos);
+  EXPECT_NE(refusal("[card]\nurl = \"ftp://x\"\n").find("[card] url"), std::string::npos);
 }
 
 }  // namespace

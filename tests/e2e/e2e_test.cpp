@@ -107,6 +107,7 @@ struct Round {
   int min_peers = 1;
   double idle_timeout = 120;
   std::string policy_dtype;  // "" leaves [model] policy_dtype at its default
+  double beta = 0;           // [grpo] beta: the KL term
 };
 
 class E2E : public ::testing::Test {
@@ -157,7 +158,7 @@ class E2E : public ::testing::Test {
     if (!r.policy_dtype.empty()) t << "policy_dtype = \"" << r.policy_dtype << "\"\n";
     t << "[task]\nname = \"arith\"\ndigits = " << r.digits << "\n";
     t << "[grpo]\ngroup_size = " << r.group << "\nlr = " << r.lr << "\ngradient_codec = \"" << r.codec
-      << "\"\nmask_truncated = " << (r.mask_truncated ? "true" : "false")
+      << "\"\nmask_truncated = " << (r.mask_truncated ? "true" : "false") << "\nbeta = " << r.beta
       << "\n[sampling]\nmax_new_tokens = " << r.max_new_tokens << "\n";
     t << "[aggregation]\nrule = \"" << r.aggregation << "\"\n";
     t << "[verification]\nrecompute_fraction = " << r.recompute_fraction << "\nban_after = " << r.ban_after << "\n";
@@ -239,17 +240,24 @@ class E2E : public ::testing::Test {
               0);
   }
 
-  // The mean gradient of step 1 computed by one process: all prompts in one batch, same seeds.
-  std::map<std::string, at::Tensor> reference_step_one_gradient(const Round& r) {
+  // The mean gradient of `step` computed by one process: all its prompts in one batch, the same
+  // seeds, on `weights` (the version the step was sampled on; the base for step 1); with the
+  // round's beta against the base as the reference policy (`beta` overrides it when >= 0).
+  std::map<std::string, at::Tensor> reference_step_one_gradient(const Round& r, int step = 1,
+                                                                std::string weights = "",
+                                                                double beta = -1) {
     RoundConfig cfg = RoundConfig::load((dir_ / "round.toml").string());
-    auto model = grpo::load_model(base_);
+    if (beta >= 0) cfg.grpo.loss.beta = beta;
+    auto model = grpo::load_model(weights.empty() ? base_ : weights);
+    auto reference = cfg.grpo.loss.beta > 0 ? grpo::load_model(base_) : nullptr;
     auto task = grpo::make_task(cfg.grpo.task);
     grpo::CharTokenizer tok;
     grpo::ScoredBatch b;
     std::vector<std::vector<int64_t>> ids;
     grpo::SamplingParams sp = cfg.grpo.sampling;
     sp.stop_tokens = tok.stop_ids();
-    for (int i = 0; i < r.prompts; ++i) {
+    for (int p = 0; p < r.prompts; ++p) {
+      const uint64_t i = static_cast<uint64_t>((step - 1) * r.prompts + p);
       b.prompts.push_back(task->train_prompt(i));
       ids.push_back(grpo::encode_prompt(tok, b.prompts.back()));
       sp.group_seeds.push_back(exchange::prompt_seed(cfg.grpo.seed, i));
@@ -257,7 +265,7 @@ class E2E : public ::testing::Test {
     b.rollout = grpo::generate(*model, ids, r.group, sp, tok.pad_id());
     grpo::score_rollout(tok, *task, b);
     b.advantages = grpo::group_advantages(b.rewards, r.group, cfg.grpo.scale);
-    auto sums = grpo::accumulate_gradient(*model, nullptr, b.rollout, b.advantages, cfg.grpo);
+    auto sums = grpo::accumulate_gradient(*model, reference.get(), b.rollout, b.advantages, cfg.grpo);
     EXPECT_GT(sums.units, 0);
     std::map<std::string, at::Tensor> out;
     for (const auto& p : model->named_parameters()) out[p.name] = p.tensor.grad() / sums.units;
@@ -336,6 +344,47 @@ TEST_F(E2E, StepOneGradientEqualsSingleProcessGradient) {
   EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 0"), 0);
   EXPECT_EQ(db.count("SELECT COUNT(*) FROM leases WHERE reason LIKE 'peer asked for new work%'"), 0)
       << log("coordinator");
+}
+
+// The KL term in a round (beta > 0): nodes fetch the reference policy (the initial weights) once
+// and add the KL gradient; step 2, sampled on version 1 (which differs from the reference, so the
+// KL term has a gradient), equals the single-process gradient with the KL term, and differs from
+// the one without it by far more than the tolerance. The step's mean KL is in the ledger.
+TEST_F(E2E, KlTermStepGradientEqualsSingleProcessGradient) {
+  Round r;
+  r.dump = true;
+  r.steps = 2;
+  r.beta = 1.0;  // large, so that the KL part of the gradient is far above the tolerance
+  r.lr = 1e-2;   // a step 1 that moves the policy well away from the reference
+  r.recompute_fraction = 1;  // every update audited: the audit recomputes with the KL term too
+  auto ep = start_coordinator(write_config(r));
+  start_node(ep, "a", {"--max-batch", "2"});
+  start_node(ep, "b", {"--devices", "2", "--max-batch", "3"});
+  ASSERT_EQ(wait_coordinator(), 0) << log("coordinator");
+  expect_each_group_counted_once(r);
+  EXPECT_NE(log("a").find("reference policy loaded for the KL term"), std::string::npos) << log("a");
+
+  const std::string v1 = (fs::path(data()) / "checkpoints" / "step-000001").string();
+  auto with_kl = reference_step_one_gradient(r, 2, v1);
+  auto without_kl = reference_step_one_gradient(r, 2, v1, /*beta=*/0);
+  auto applied = applied_gradient(2);
+  double max_diff = 0, max_ref = 0, kl_part = 0;
+  for (const auto& [name, g] : with_kl) {
+    ASSERT_TRUE(applied.count(name)) << name;
+    max_diff = std::max(max_diff, (applied[name] - g).abs().max().item<double>());
+    max_ref = std::max(max_ref, g.abs().max().item<double>());
+    kl_part = std::max(kl_part, (without_kl[name] - g).abs().max().item<double>());
+  }
+  const double tolerance = 1e-5 * std::max(1.0, max_ref);
+  EXPECT_LE(max_diff, tolerance) << "max |applied - reference| " << max_diff;
+  EXPECT_GT(kl_part, 100 * tolerance) << "the KL term hardly changes the gradient: the test proves nothing";
+  Db db(ledger());
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE accepted = 0"), 0) << log("coordinator");
+  // Step 1 is sampled on the reference itself (KL 0); step 2 on version 1 (KL > 0).
+  const auto kl = db.rows("SELECT kl FROM steps ORDER BY step");
+  ASSERT_EQ(kl.size(), 2u);
+  EXPECT_NEAR(std::stod(kl[0][0]), 0.0, 1e-6);
+  EXPECT_GT(std::stod(kl[1][0]), 1e-6);
 }
 
 // A node killed with SIGKILL while it holds two leases (the one it computes and the one it asked
@@ -1129,6 +1178,62 @@ TEST_F(E2E, DashboardInChromiumShowsWhatStatusReports) {
   std::ifstream(shot, std::ios::binary).read(png.data(), 8);
   EXPECT_EQ(png, "\x89PNG\r\n\x1a\n");
   EXPECT_GT(fs::file_size(shot), 20000u);  // a rendered page, not a blank one
+}
+
+// A volunteer pauses their node (`cohort node pause`) and resumes it: paused, the node finishes
+// and delivers what it holds, takes no lease while its session stays open (no reconnect), and
+// works again once resumed; `cohort node status` shows its credit from the round's status page.
+TEST_F(E2E, PausedNodeKeepsItsSessionTakesNoLeaseAndResumes) {
+  Round r;
+  r.steps = 200;  // longer than the test: the coordinator keeps handing out work
+  r.prompts = 4;
+  auto ep = start_coordinator(write_config(r));
+  const std::string me = key_hex("volunteer");
+  Subprocess& node = start_node(ep, "volunteer", {"--max-batch", "1"});
+  const std::string mine = "SELECT COUNT(*) FROM updates WHERE accepted = 1 AND peer = '" + me + "'";
+  ASSERT_TRUE(wait_until(mine, 2)) << log("volunteer");
+  auto cli = [&](const std::string& verb) {
+    Subprocess c = Subprocess::spawn({COHORT_BIN, "node", verb, "--key", key("volunteer")},
+                                     (dir_ / ("cli-" + verb + ".log")).string());
+    return c.wait(30).value_or(-1);
+  };
+  ASSERT_EQ(cli("pause"), 0) << log("cli-pause");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (log("volunteer").find("paused by you") == std::string::npos && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_NE(log("volunteer").find("paused by you"), std::string::npos) << log("volunteer");
+  const std::string leases = "SELECT COUNT(*) FROM leases WHERE peer = '" + me + "'";
+  int64_t before = 0;
+  {
+    Db db(ledger());
+    before = db.count(leases);
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  {
+    Db db(ledger());
+    EXPECT_EQ(db.count(leases), before) << "a paused node was issued a lease";
+    EXPECT_EQ(db.count("SELECT COUNT(*) FROM leases WHERE peer = '" + me + "' AND state = 'active'"), 0);
+  }
+  EXPECT_TRUE(node.running());
+  int64_t accepted = 0;
+  {
+    Db db(ledger());
+    accepted = db.count(mine);
+  }
+  ASSERT_EQ(cli("resume"), 0) << log("cli-resume");
+  EXPECT_TRUE(wait_until(mine, accepted + 2, 60)) << log("volunteer");
+  EXPECT_NE(log("volunteer").find("node: resumed"), std::string::npos) << log("volunteer");
+  // One session throughout: the coordinator saw the peer join once.
+  const std::string c = log("coordinator");
+  EXPECT_EQ(c.find("joined"), c.rfind("joined")) << c;
+
+  // Its own record, as `cohort node status` prints it from the status page.
+  Subprocess st = Subprocess::spawn(
+      {COHORT_BIN, "node", "status", "http://" + ep.host + ":" + std::to_string(ep.status_port), "--key", key("volunteer")},
+      (dir_ / "cli-status.log").string());
+  ASSERT_EQ(st.wait(30).value_or(-1), 0) << log("cli-status");
+  EXPECT_NE(log("cli-status").find("this node " + me.substr(0, 16)), std::string::npos) << log("cli-status");
+  EXPECT_NE(log("cli-status").find("(rank 1 of 1)"), std::string::npos) << log("cli-status");
 }
 
 }  // namespace

@@ -114,6 +114,17 @@ TEST(RoundCard, ACardReSignedByAnotherKeyNamesThatKey) {
   EXPECT_NE(error_of(file.dump()).find("signature does not verify"), std::string::npos);
 }
 
+// A round with many mirrors makes a card of several KiB: it reads back whole.
+TEST(RoundCard, ALargeCardReadsBack) {
+  const protocol::Identity id = protocol::Identity::generate();
+  RoundCard c = sample_card();
+  for (int i = 0; i < 15; ++i) c.mirrors.push_back("https://mirror-" + std::to_string(i) + ".example/round");
+  for (auto& f : c.files) f.sources = c.mirrors;
+  const std::string text = sign_round_card(c, id);
+  ASSERT_GT(text.size(), 3000u);  // well over the 2,048 bytes any field inside the card may hold
+  EXPECT_EQ(read_round_card(text).files[0].sources.size(), 16u);
+}
+
 TEST(RoundCard, FieldsAreCheckedByName) {
   const protocol::Identity id = protocol::Identity::generate();
   auto with = [&](auto change) {
