@@ -107,6 +107,12 @@ void Coordinator::Impl::publish_round_card(const std::string& host, uint16_t por
   }
   while (!base.empty() && base.back() == '/') base.pop_back();
   std::string text = make_round_card(peer_address, base);
+  try {
+    (void)exchange::read_round_card(text);  // what every node will check, checked here first
+  } catch (const exchange::CardError& e) {
+    throw Error(std::string("the round card this configuration makes would be refused by nodes: ") +
+                e.what() + " (see [card] and [network] mirrors in docs/ROUND_CONFIG.md)");
+  }
   grpo::write_file_atomic((fs::path(cfg.data_dir) / "round-card.json").string(), text);
   {
     std::lock_guard lock(card_mutex);

@@ -135,6 +135,9 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
     s.get("handshake_burst_per_ip", c.handshake_burst_per_ip);
     s.finish();
     if (c.max_peers < 1) s.fail("max_peers", "must be at least 1");
+    // The round card lists each file's sources: the coordinator's own base URL and every mirror,
+    // at most 16 (exchange/round_card.h).
+    if (c.mirrors.size() > 15) s.fail("mirrors", "lists more than 15 mirrors");
     if (c.max_pending_handshakes < 1) s.fail("max_pending_handshakes", "must be at least 1");
     if (c.max_connections_per_ip < 0) s.fail("max_connections_per_ip", "must be >= 0 (0: no bound)");
     if (!(c.handshakes_per_ip_per_s >= 0)) s.fail("handshakes_per_ip_per_s", "must be >= 0 (0: no bound)");

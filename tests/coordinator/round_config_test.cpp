@@ -100,6 +100,9 @@ TEST(RoundConfig, RefusesUnknownKeysAndBadValuesByName) {
   EXPECT_EQ(refusal("[card]\naddresses = [\"203.0.113.7:7070\"]\nurl = \"https://round.example\"\n"), "");
   EXPECT_NE(refusal("[card]\naddresses = [\"no-port\"]\n").find("[card] addresses"), std::string::npos);
   EXPECT_NE(refusal("[card]\nurl = \"ftp://x\"\n").find("[card] url"), std::string::npos);
+  std::string many = "[network]\nmirrors = [";
+  for (int i = 0; i < 16; ++i) many += (i ? ", " : "") + std::string("\"http://m") + std::to_string(i) + "\"";
+  EXPECT_NE(refusal(many + "]\n").find("[network] mirrors lists more than 15 mirrors"), std::string::npos);
 }
 
 }  // namespace
