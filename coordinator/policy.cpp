@@ -361,7 +361,7 @@ std::optional<exchange::Refusal> Policy::audit(const Published& sampled_on,
   };
   clear_grads();
   if (reference_) reference_->set_precision(sampled.precision());
-  grpo::accumulate_gradient(sampled, reference_.get(), r, adv, cfg_.grpo);
+  const grpo::LossSums sums = grpo::accumulate_gradient(sampled, reference_.get(), r, adv, cfg_.grpo);
   std::vector<float> ours(layout_.total);
   exchange::flatten_grads(sampled, layout_, ours);
   clear_grads();
@@ -387,6 +387,13 @@ std::optional<exchange::Refusal> Policy::audit(const Published& sampled_on,
         wire::ACK_RECOMPUTE_MISMATCH,
         fmt::format("recomputed gradient differs: cosine {:.4f} (min {:.2f}), norm ratio {:.3f}",
                     cosine, cfg_.recompute_min_cosine, ratio)};
+  // The KL the peer reports feeds the step's statistics: it must be the one its completions give
+  // (5 %, and a little per token for FP8/BF16 arithmetic).
+  if (reference_ &&
+      std::abs(u.kl_sum() - sums.kl_sum) > 0.05 * std::abs(sums.kl_sum) + 1e-3 * (sums.tokens + 1))
+    return exchange::Refusal{
+        wire::ACK_RECOMPUTE_MISMATCH,
+        fmt::format("reported KL sum {:.6g} differs from the recomputed {:.6g}", u.kl_sum(), sums.kl_sum)};
   return std::nullopt;
 }
 

@@ -28,22 +28,23 @@ std::string read_whole(const std::string& path) {
 }
 
 // Bytes a worker device holds for a lease at precision p (a planning figure, docs/PEER.md): the
-// weights and their gradients in the compute dtype, the flat FP32 gradient sum, the reference
-// policy when beta > 0, and the activations autograd keeps for one micro-batch (per layer and
-// token: about 12 hidden-sized and 4 intermediate-sized tensors; the logits three times over).
+// model's parameters and their gradients in FP32 (bf16 and fp8 cast inside the linear layers, the
+// parameters stay FP32), the flat FP32 gradient sum, the reference policy when beta > 0, and the
+// activations autograd keeps for one micro-batch in the compute dtype (per layer and token: about
+// 12 hidden-sized and 4 intermediate-sized tensors; the logits, FP32, three times over).
 uint64_t memory_estimate(const grpo::ModelConfig& m, const grpo::GrpoConfig& g, uint64_t params,
                          const std::string& precision) {
-  const double w = precision == "fp32" ? 4 : 2;
+  const double a = precision == "fp32" ? 4 : 2;  // activation bytes per element
   const double p = static_cast<double>(params);
-  const double weights = p * w * (g.loss.beta > 0 ? 2 : 1);
-  const double grads = p * w + p * 4;
+  const double weights = p * 4 * (g.loss.beta > 0 ? 2 : 1);
+  const double grads = p * 4 + p * 4;
   const double rows = g.micro_batch > 0 ? g.micro_batch : g.group_size;
   const double tokens =
       rows * static_cast<double>(std::min<int64_t>(m.max_position_embeddings,
                                                    g.sampling.max_new_tokens + 256));
   const double activations =
       tokens * (static_cast<double>(m.num_hidden_layers) *
-                    (12.0 * static_cast<double>(m.hidden_size) + 4.0 * static_cast<double>(m.intermediate_size)) * w +
+                    (12.0 * static_cast<double>(m.hidden_size) + 4.0 * static_cast<double>(m.intermediate_size)) * a +
                 3.0 * static_cast<double>(m.vocab_size) * 4);
   return static_cast<uint64_t>(weights + grads + activations);
 }

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "common/check.h"
+#include "exchange/round_card.h"
 #include "grpo/grpo_config.h"
 
 namespace cohort::coordinator {
@@ -151,9 +152,12 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
     s.get("min_up_mbps", c.card.min_up_mbps);
     s.finish();
     for (const auto& a : c.card.addresses)
-      if (a.rfind(':') == std::string::npos) s.fail("addresses", "must hold HOST:PORT entries (got '" + a + "')");
-    if (!c.card.url.empty() && !c.card.url.starts_with("http://") && !c.card.url.starts_with("https://"))
-      s.fail("url", "must start with http:// or https://");
+      if (!exchange::is_host_port(a))
+        s.fail("addresses", "must hold HOST:PORT entries, port 1..65535, IPv6 in brackets (got '" + a + "')");
+    // Nodes fetch the card's files from this base over plain HTTP (their bytes are checked against
+    // the signed digests); a reverse proxy may serve https to browsers beside it.
+    if (!c.card.url.empty() && !c.card.url.starts_with("http://"))
+      s.fail("url", "must start with http:// (nodes fetch files over plain HTTP and check every byte)");
     if (!(c.card.min_down_mbps >= 0) || !(c.card.min_up_mbps >= 0))
       s.fail("min_down_mbps", "and min_up_mbps must be >= 0");
   }

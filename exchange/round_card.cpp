@@ -76,6 +76,18 @@ class Fields {
 
 }  // namespace
 
+bool is_host_port(std::string_view a) {
+  const auto colon = a.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) return false;
+  const std::string_view host = a.substr(0, colon), port = a.substr(colon + 1);
+  // A bare IPv6 address ("::1:7070") is ambiguous: it must be bracketed.
+  if (host.find(':') != std::string_view::npos && !(host.front() == '[' && host.back() == ']')) return false;
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string_view::npos)
+    return false;
+  const int n = std::stoi(std::string(port));
+  return n >= 1 && n <= 65535;
+}
+
 std::string sign_round_card(RoundCard c, const protocol::Identity& signer) {
   c.coordinator_key = signer.id().hex();
   json files = json::array();
@@ -144,8 +156,7 @@ RoundCard read_round_card(std::string_view text) {
   c.addresses = f.texts("addresses");
   if (c.addresses.empty()) f.fail("addresses", "must name at least one HOST:PORT");
   for (const auto& a : c.addresses)
-    if (a.rfind(':') == std::string::npos || a.rfind(':') + 1 == a.size())
-      f.fail("addresses", "must hold HOST:PORT entries (got '" + a + "')");
+    if (!is_host_port(a)) f.fail("addresses", "must hold HOST:PORT entries, port 1..65535 (got '" + a + "')");
   c.status_url = f.text("status_url");
   const Fields m(f.at("model"), "card.model");
   c.model_name = m.text("name");

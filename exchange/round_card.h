@@ -65,6 +65,10 @@ struct RoundCard {
   int64_t issued_ms = 0;                // unix ms
 };
 
+// "HOST:PORT" with a non-empty host (an IPv6 address in brackets) and a port in 1..65535: what a
+// card's addresses and [card] addresses must be.
+[[nodiscard]] bool is_host_port(std::string_view address);
+
 // The card file's text: {"format", "card" (the card's JSON as a string: the exact bytes signed),
 // "signature" (128 hex: Ed25519 by the coordinator over BLAKE2b-256(kRoundCardDomain || 0 ||
 // card))}. `card.coordinator_key` is set from `signer`.

@@ -100,7 +100,10 @@ void check_known_key(const fs::path& config_dir, const exchange::RoundCard& card
   fs::create_directories(config_dir);
   // Written aside and renamed: an interrupted write never leaves half a file of trusted keys.
   const fs::path tmp = file.string() + ".tmp";
-  std::ofstream(tmp) << known.dump(2) << "\n";
+  std::ofstream out(tmp);
+  out << known.dump(2) << "\n";
+  out.close();
+  if (!out) throw Error("cannot write " + tmp.string());
   fs::rename(tmp, file);
 }
 
@@ -184,6 +187,7 @@ std::string peer_status_text(const std::string& round, const std::string& me) {
   }
   if (!url.starts_with("http://")) throw Error("status URL " + url + ": only http:// is fetched");
   const auto path_at = url.find('/', 7);
+  if (path_at == std::string::npos) throw Error("status URL " + url + " has no path (…/status)");
   httplib::Client cli(url.substr(0, path_at));
   cli.set_connection_timeout(10, 0);
   cli.set_read_timeout(30, 0);
@@ -258,6 +262,14 @@ JoinedRound join_round(const JoinOptions& o) {
 
   const fs::path blobs = cache / "blobs";
   fs::create_directories(blobs);
+  // The card says how much will come: refuse before downloading what the disk cannot hold.
+  uint64_t missing = 0;
+  for (const auto& f : c.files)
+    if (!fs::exists(blobs / f.blake2b)) missing += f.size;
+  if (const fs::space_info space = fs::space(blobs); missing > space.available)
+    throw Error(fmt::format("the round's files need {:.1f} MiB in {} and only {:.1f} MiB are free: free "
+                            "some space or give another --cache-dir",
+                            double(missing) / (1 << 20), blobs.string(), double(space.available) / (1 << 20)));
   const fs::path round_dir = cache / "rounds" / folder_name(c.round_id);
   for (const auto& f : c.files) {
     fs::path at;

@@ -78,7 +78,7 @@ asio::awaitable<void> Node::session(double& last_ok) {
       // Paused: the leases in hand were finished; deliver them, keep the session, take nothing.
       next.reset();
       co_await deliver_pending(link);
-      co_await wait_while_paused(link);
+      co_await wait_while_paused(link, last_ok);
       continue;
     }
     if (!next || !next->lease) {
@@ -165,6 +165,10 @@ asio::awaitable<Node::Ahead> Node::run_link(CoordinatorLink& link, Computing& c,
   auto beat = Clock::now() + heartbeat_every_;
   for (;;) {
     if (!asked && (c.computed || (!c.done && Clock::now() >= ask_at))) {
+      if (!pause_reason().empty()) {  // paused since the lease started: no lease ahead
+        asked = true;
+        continue;
+      }
       const double t0 = mono_s();
       a = co_await ask_ahead(link, computing);
       link_seconds_ =
@@ -196,9 +200,10 @@ asio::awaitable<void> Node::fetch_reference(CoordinatorLink& link) {
   weights_s_ += mono_s() - t0;
   spdlog::info("node: reference policy loaded for the KL term (beta {}): {:.1f} MB in {:.2f} s",
                cfg_.loss.beta, ref_sync_->fetched_bytes() / 1e6, mono_s() - t0);
+  ref_sync_.reset();  // its copy of the published bytes: the replicas hold the reference now
 }
 
-asio::awaitable<void> Node::wait_while_paused(CoordinatorLink& link) {
+asio::awaitable<void> Node::wait_while_paused(CoordinatorLink& link, double& last_ok) {
   const std::string why = pause_reason();
   spdlog::info("node: {}; the session stays open", why);
   set_status(why);
@@ -210,6 +215,7 @@ asio::awaitable<void> Node::wait_while_paused(CoordinatorLink& link) {
     if (Clock::now() >= beat) {
       co_await send_heartbeat(link);
       beat = Clock::now() + heartbeat_every_;
+      last_ok = mono_s();  // the link works: a pause is not time without a coordinator
     }
   }
   if (!stop_requested()) spdlog::info("node: resumed");

@@ -99,7 +99,8 @@ class Node {
   // Of the last computed lease, written on the compute thread before it posts `done`.
   double last_generated_ = 0, last_tokens_per_s_ = 0;
   double shown_tokens_per_s_ = 0;  // last_tokens_per_s_ once the network thread saw it done
-  // Rounds with a KL term: the reference policy, fetched once per process into the device group.
+  // Rounds with a KL term: the reference policy, fetched once per process into the device group
+  // (the fetcher is dropped once the replicas hold it).
   std::unique_ptr<WeightSync> ref_sync_;
   bool reference_loaded_ = false;
   wire::DType policy_dtype_ = wire::DTYPE_F32;
@@ -154,7 +155,7 @@ class Node {
   asio::awaitable<void> fetch_reference(CoordinatorLink& link);
   // While paused (pause_reason): heartbeats keep the session, nothing is asked for; returns when
   // resumed or asked to stop.
-  asio::awaitable<void> wait_while_paused(CoordinatorLink& link);
+  asio::awaitable<void> wait_while_paused(CoordinatorLink& link, double& last_ok);
   // Sends the computed updates in order, each removed once its Ack is in. After a lost link, an
   // update whose lease has expired meanwhile is dropped (its prompts went to another peer);
   // otherwise the coordinator's clock decides, and says why it refuses a late one.

@@ -1,7 +1,9 @@
 #include "node/volunteer.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,9 +26,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
-volatile std::sig_atomic_t g_paused = 0;
-void on_pause(int) { g_paused = 1; }
-void on_resume(int) { g_paused = 0; }
+// Set by the handlers on whichever thread takes the signal, read by the network thread.
+std::atomic<bool> g_paused{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "signal handlers need a lock-free flag");
+void on_pause(int) { g_paused.store(true); }
+void on_resume(int) { g_paused.store(false); }
 
 std::string read_text(const char* path) {
   std::ifstream in(path);
@@ -72,30 +76,43 @@ void install_pause_signals() {
   ::sigaction(SIGUSR2, &sa, nullptr);
 }
 
-bool pause_requested() { return g_paused != 0; }
+bool pause_requested() { return g_paused.load(); }
 
 fs::path pid_file_for(const fs::path& key_file) { return fs::path(key_file.string() + ".pid"); }
 
+// The node holds an exclusive lock on its pid file while it runs: a second node with the same key
+// is refused, and a stale file (its node gone, its pid perhaps reused) is recognised as such.
 PidFile::PidFile(fs::path path) : path_(std::move(path)) {
-  std::ofstream(path_) << ::getpid() << "\n";
+  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd_ < 0) throw Error("cannot create " + path_.string() + ": " + std::strerror(errno));
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    ::close(fd_);
+    fd_ = -1;
+    throw Error("another node runs with this key (" + path_.string() +
+                " is locked): one identity, one node; give this one its own --key");
+  }
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size()))
+    throw Error("cannot write " + path_.string() + ": " + std::strerror(errno));
 }
 
 PidFile::~PidFile() {
-  // Only this process's own file: a second node started with the same key replaced it.
+  if (fd_ < 0) return;
   std::error_code ec;
-  if (std::atol(read_text(path_.c_str()).c_str()) == ::getpid()) fs::remove(path_, ec);
+  fs::remove(path_, ec);  // while still locked: no other node can have taken it
+  ::close(fd_);
 }
 
 void signal_node(const fs::path& key_file, bool pause) {
   const fs::path pid_path = pid_file_for(key_file);
-  if (!fs::exists(pid_path))
-    throw Error("no node runs with key " + key_file.string() + " (no " + pid_path.string() + ")");
+  const int fd = ::open(pid_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error("no node runs with key " + key_file.string() + " (no " + pid_path.string() + ")");
+  // A lock we can take means no node holds it: the file is stale.
+  const bool held = ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  ::close(fd);
+  if (!held) throw Error("no node runs with key " + key_file.string() + " (" + pid_path.string() + " is stale)");
   const long pid = std::atol(read_text(pid_path.c_str()).c_str());
-  // The pid must still be a cohort process (a stale file may name a reused pid).
-  const std::string cmdline = pid > 0 ? read_text(("/proc/" + std::to_string(pid) + "/cmdline").c_str()) : "";
-  if (cmdline.find("cohort") == std::string::npos)
-    throw Error("the node that wrote " + pid_path.string() + " (pid " + std::to_string(pid) +
-                ") no longer runs");
+  if (pid <= 0) throw Error(pid_path.string() + " names no process");
   if (::kill(static_cast<pid_t>(pid), pause ? SIGUSR1 : SIGUSR2) != 0)
     throw Error("cannot signal pid " + std::to_string(pid) + ": " + std::strerror(errno));
 }

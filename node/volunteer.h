@@ -27,7 +27,8 @@ void install_pause_signals();
 
 // The pid file of a node using `key_file`: <key_file>.pid, written at start, removed at exit.
 [[nodiscard]] std::filesystem::path pid_file_for(const std::filesystem::path& key_file);
-// Writes this process's pid there; removes it when destroyed.
+// Writes this process's pid there and holds an exclusive lock on it while it lives; removes it
+// when destroyed. Throws cohort::Error when another live node holds it (one key, one node).
 class PidFile {
  public:
   explicit PidFile(std::filesystem::path path);
@@ -37,9 +38,10 @@ class PidFile {
 
  private:
   std::filesystem::path path_;
+  int fd_ = -1;
 };
-// `cohort node pause|resume`: signals the node whose pid file is beside `key_file`. Throws
-// cohort::Error when no node with that key runs.
+// `cohort node pause|resume`: signals the node whose pid file is beside `key_file`, if a live node
+// holds its lock. Throws cohort::Error when no node with that key runs.
 void signal_node(const std::filesystem::path& key_file, bool pause);
 
 // CPU time counters, in clock ticks: the machine's (all cores, /proc/stat's first line) and this

@@ -3,6 +3,7 @@
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstring>
 #include <exception>
 
@@ -40,18 +41,42 @@ std::string http_blob_range(const std::string& base, const std::string& hex, uin
   cli.set_follow_location(true);
   const httplib::Headers headers = {
       {"Range", "bytes=" + std::to_string(offset) + "-" + std::to_string(offset + length - 1)}};
-  auto res = cli.Get(prefix + "/blobs/" + hex, headers);
-  if (!res) throw Error("request failed: " + httplib::to_string(res.error()));
-  if (res->status == 206) {
-    if (res->body.size() != length)
-      throw Error("answered " + std::to_string(res->body.size()) + " bytes for a range of " +
-                  std::to_string(length));
-    return std::move(res->body);
-  }
-  // A server that ignores Range sends the whole blob.
-  if (res->status == 200 && res->body.size() >= offset + length)
-    return res->body.substr(offset, length);
-  throw Error("answered HTTP " + std::to_string(res->status));
+  // The body is received piece by piece and never held past what was asked for: a mirror that
+  // sends more (or a whole huge blob) cannot make the node allocate it.
+  std::string out;
+  int status = 0;
+  uint64_t seen = 0;  // bytes of a 200 answer so far (a server that ignores Range)
+  bool overflow = false;
+  auto res = cli.Get(
+      prefix + "/blobs/" + hex, headers,
+      [&](const httplib::Response& r) {
+        status = r.status;
+        return status == 206 || status == 200;
+      },
+      [&](const char* data, size_t n) {
+        if (status == 206) {
+          if (out.size() + n > length) {
+            overflow = true;
+            return false;
+          }
+          out.append(data, n);
+          return true;
+        }
+        // 200: the whole blob; keep [offset, offset + length) and stop there.
+        const uint64_t begin = seen, end = seen + n;
+        seen = end;
+        if (end > offset && begin < offset + length) {
+          const uint64_t from = std::max(begin, offset), to = std::min(end, offset + length);
+          out.append(data + (from - begin), to - from);
+        }
+        return out.size() < length;
+      });
+  if (overflow) throw Error("answered more bytes than the range of " + std::to_string(length));
+  if ((status == 206 || status == 200) && out.size() == length) return out;
+  if (status == 0 && !res) throw Error("request failed: " + httplib::to_string(res.error()));
+  if (status == 206 || status == 200)
+    throw Error("answered " + std::to_string(out.size()) + " bytes for a range of " + std::to_string(length));
+  throw Error("answered HTTP " + std::to_string(status));
 }
 
 WeightSync::WeightSync(const exchange::ParamLayout& layout, protocol::PeerId coordinator,

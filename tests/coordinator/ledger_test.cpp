@@ -1,6 +1,7 @@
 // The ledger (coordinator/ledger.h) on a real SQLite file: a transaction left by an exception
 // rolls back and the next one commits; misbehaviour is counted by the one shared definition;
-// credit counts only accepted work, and a ledger written before credits opens and earns none.
+// credit counts only accepted work, and a ledger written before credits and the KL column opens
+// (its updates earn no credit, its steps read KL 0).
 #include "coordinator/ledger.h"
 
 #include <gtest/gtest.h>
@@ -131,6 +132,10 @@ TEST_F(LedgerTest, ALedgerFromBeforeCreditsOpensAndItsUpdatesEarnNone) {
                            "digest BLOB, accepted INTEGER, reason TEXT, detail TEXT, units REAL, "
                            "tokens REAL, sequences INTEGER, reward_mean REAL, accuracy REAL, "
                            "bytes INTEGER, received_ms INTEGER, body BLOB, signature BLOB, stream BLOB);"
+                           "CREATE TABLE steps(step INTEGER PRIMARY KEY, version INTEGER, units REAL, "
+                           "updates INTEGER, reward_mean REAL, accuracy REAL, loss REAL, grad_norm REAL, "
+                           "aggregate_s REAL, optimizer_s REAL, publish_s REAL, applied_ms INTEGER);"
+                           "INSERT INTO steps(step, version, units, updates) VALUES(1, 1, 8, 1);"
                            "INSERT INTO updates(peer,sequence,accepted,reason,sequences,bytes) "
                            "VALUES('aa',1,1,'ok',8,100);",
                            nullptr, nullptr, nullptr),
@@ -146,6 +151,12 @@ TEST_F(LedgerTest, ALedgerFromBeforeCreditsOpensAndItsUpdatesEarnNone) {
   EXPECT_EQ(j["peers"]["aa"]["accepted"].get<int64_t>(), 2);
   EXPECT_EQ(j["peers"]["aa"]["credit_tokens"].get<double>(), 50.0);
   EXPECT_EQ(j["peers"]["aa"]["credit_groups"].get<int64_t>(), 1);
+  // Steps recorded before the KL term read back with KL 0; new ones keep theirs.
+  ledger.record_step({.step = 2, .version = 2, .units = 8, .updates = 1, .kl = 0.125});
+  const auto steps = ledger.steps();
+  ASSERT_EQ(steps.size(), 2u);
+  EXPECT_EQ(steps[0].kl, 0.0);
+  EXPECT_EQ(steps[1].kl, 0.125);
 }
 
 }  // namespace

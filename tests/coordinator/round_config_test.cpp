@@ -97,7 +97,10 @@ TEST(RoundConfig, RefusesUnknownKeysAndBadValuesByName) {
   EXPECT_EQ(refusal("[grpo]\nbeta = 0.04\n"), "");
   EXPECT_NE(refusal("[grpo]\nbeta = -1.0\n").find("beta must be in [0, 10]"), std::string::npos);
   // [card]: what the round card says beyond what the coordinator knows.
-  EXPECT_EQ(refusal("[card]\naddresses = [\"203.0.113.7:7070\"]\nurl = \"https://round.example\"\n"), "");
+  EXPECT_EQ(refusal("[card]\naddresses = [\"203.0.113.7:7070\", \"[2001:db8::7]:7070\"]\nurl = \"http://round.example\"\n"), "");
+  EXPECT_NE(refusal("[card]\naddresses = [\"203.0.113.7:70700\"]\n").find("[card] addresses"), std::string::npos);
+  EXPECT_NE(refusal("[card]\naddresses = [\"2001:db8::7:7070\"]\n").find("IPv6 in brackets"), std::string::npos);
+  EXPECT_NE(refusal("[card]\nurl = \"https://round.example\"\n").find("[card] url must start with http://"), std::string::npos);
   EXPECT_NE(refusal("[card]\naddresses = [\"no-port\"]\n").find("[card] addresses"), std::string::npos);
   EXPECT_NE(refusal("[card]\nurl = \"ftp://x\"\n").find("[card] url"), std::string::npos);
   std::string many = "[network]\nmirrors = [";

@@ -7,6 +7,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <fstream>
+#include <sstream>
+
 #include "protocol/digest.h"
 
 namespace cohort::exchange {
@@ -76,6 +79,20 @@ TEST(RoundCard, SignatureCoversTheCardStringUnderItsDomain) {
   ASSERT_TRUE(sig.has_value());
   EXPECT_TRUE(protocol::verify_signature(id.id(), protocol::ByteView(d.data(), d.size()),
                                          protocol::ByteView(sig->data(), sig->size())));
+}
+
+// The worked example of docs/PROTOCOL.md (section 12), signed by the RFC 8032 test key 1 with an
+// independent implementation (Python's `cryptography`): this reader verifies it.
+TEST(RoundCard, TheDocumentedExampleVerifies) {
+  std::ifstream in(std::string(COHORT_SOURCE_DIR) + "/docs/round-card-example.json");
+  ASSERT_TRUE(in) << "docs/round-card-example.json";
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const RoundCard c = read_round_card(ss.str());
+  EXPECT_EQ(c.coordinator_key, "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a");
+  EXPECT_EQ(c.round_id, "gsm8k-qwen-0.5b");
+  EXPECT_EQ(c.parameters, 494032768u);
+  EXPECT_EQ(c.memory_bytes.at("bf16"), 8442223104u);
 }
 
 std::string error_of(const std::string& text) {

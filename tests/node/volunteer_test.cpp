@@ -5,10 +5,13 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "common/check.h"
@@ -41,16 +44,18 @@ TEST(Volunteer, OthersShareIsBusyTimeLessOwnOverAllTime) {
 }
 
 // Burns every core in child processes until killed.
+// Burns every core in child processes until killed (they die with the test, whatever ends it).
 std::vector<pid_t> burn_all_cores() {
   std::vector<pid_t> kids;
   const long cores = std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN));
   for (long i = 0; i < cores; ++i) {
     const pid_t pid = ::fork();
     if (pid == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       volatile unsigned long x = 0;
       for (;;) x = x + 1;
     }
-    kids.push_back(pid);
+    if (pid > 0) kids.push_back(pid);
   }
   return kids;
 }
@@ -58,6 +63,7 @@ std::vector<pid_t> burn_all_cores() {
 TEST(Volunteer, IdleWatchSeesAnotherProcessBurningTheCpu) {
   IdleWatch idle({.cpu_threshold = 0.3, .resume_after_s = 60, .period_s = 0.2});
   const auto kids = burn_all_cores();
+  ASSERT_FALSE(kids.empty()) << "fork failed";
   bool busy = false;
   for (int i = 0; i < 100 && !busy; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -76,9 +82,10 @@ TEST(Volunteer, PauseAndResumeReachTheNodeThroughItsPidFile) {
                    ("cohort-volunteer-" + std::to_string(::getpid()) + ".key");
   install_pause_signals();
   {
-    // This process plays the node: its pid file names it, and its cmdline names cohort's test.
+    // This process plays the node: its pid file names it and is locked while it lives.
     const PidFile pid(pid_file_for(key));
     ASSERT_TRUE(std::filesystem::exists(pid_file_for(key)));
+    EXPECT_THROW(PidFile second(pid_file_for(key)), Error);  // one key, one node
     EXPECT_FALSE(pause_requested());
     signal_node(key, /*pause=*/true);
     for (int i = 0; i < 100 && !pause_requested(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -89,6 +96,12 @@ TEST(Volunteer, PauseAndResumeReachTheNodeThroughItsPidFile) {
   }
   EXPECT_FALSE(std::filesystem::exists(pid_file_for(key)));  // removed at exit
   EXPECT_THROW(signal_node(key, true), Error);                 // no node runs with that key
+  // A stale file (a node killed with SIGKILL leaves it) naming a live process: nobody holds its
+  // lock, so nothing is signalled.
+  std::ofstream(pid_file_for(key)) << ::getpid() << "\n";
+  EXPECT_THROW(signal_node(key, true), Error);
+  EXPECT_FALSE(pause_requested());
+  std::filesystem::remove(pid_file_for(key));
 }
 
 TEST(Volunteer, StatusLineSaysWhatTheNodeDoes) {

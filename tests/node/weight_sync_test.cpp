@@ -438,5 +438,75 @@ TEST(WeightSyncMirrors, NodesFetchFromNginxAndSkipAMirrorThatCorruptsOrIsDown) {
   fs::remove_all(bad_root);
 }
 
+// A server that answers every request with `reply` (bytes as they are), then closes: a mirror
+// that does what it likes, for one connection at a time.
+class RawHttpServer {
+ public:
+  explicit RawHttpServer(std::string reply) : reply_(std::move(reply)) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    EXPECT_EQ(::listen(fd_, 8), 0);
+    socklen_t len = sizeof a;
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] {
+      for (;;) {
+        const int c = ::accept(fd_, nullptr, nullptr);
+        if (c < 0) return;
+        std::string head;
+        char buf[4096];
+        while (head.find("\r\n\r\n") == std::string::npos) {
+          const ssize_t n = ::recv(c, buf, sizeof buf, 0);
+          if (n <= 0) break;
+          head.append(buf, static_cast<size_t>(n));
+        }
+        for (size_t at = 0; at < reply_.size();) {
+          const ssize_t n = ::send(c, reply_.data() + at, reply_.size() - at, MSG_NOSIGNAL);
+          if (n <= 0) break;
+          at += static_cast<size_t>(n);
+        }
+        ::close(c);
+      }
+    });
+  }
+  ~RawHttpServer() {
+    ::shutdown(fd_, SHUT_RDWR);
+    ::close(fd_);
+    thread_.join();
+  }
+  std::string base() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  std::string reply_;
+  int fd_ = -1;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+// Mirrors are strangers: one that ignores Range answers 200 with the whole blob, and the node
+// keeps only the range it asked for and stops reading there; one that answers 206 with more
+// bytes than the range is refused without the node holding them.
+TEST(HttpBlobRange, KeepsOnlyTheRangeWhateverTheServerSends) {
+  std::string blob(6 << 20, '\0');
+  for (size_t i = 0; i < blob.size(); ++i) blob[i] = static_cast<char>((i * 131) >> 7);
+  const std::string head = "Content-Type: application/octet-stream\r\nContent-Length: " +
+                           std::to_string(blob.size()) + "\r\nConnection: close\r\n\r\n";
+  {
+    RawHttpServer whole("HTTP/1.1 200 OK\r\n" + head + blob);  // Range ignored: everything
+    EXPECT_EQ(http_blob_range(whole.base(), "x", 3 << 20, 1 << 20), blob.substr(3 << 20, 1 << 20));
+    EXPECT_EQ(http_blob_range(whole.base(), "x", 0, 10), blob.substr(0, 10));
+  }
+  RawHttpServer greedy("HTTP/1.1 206 Partial Content\r\n" + head + blob);  // claims a range
+  try {
+    (void)http_blob_range(greedy.base(), "x", 0, 1 << 20);
+    ADD_FAILURE() << "a 206 with more bytes than the range was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("more bytes than the range"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace cohort::node
