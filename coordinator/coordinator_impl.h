@@ -10,6 +10,7 @@
 //   status.cpp       the status document, over HTTP
 #pragma once
 
+#include <array>
 #include <asio/thread_pool.hpp>
 #include <deque>
 #include <map>
@@ -63,6 +64,11 @@ struct ArrivedUpdate {
   wire::SignedUpdate header;
   std::string stream;
 };
+
+// The files of a Hugging Face model folder every node must hold byte for byte (when present):
+// named in the round settings, listed in the round card.
+inline constexpr std::array<const char*, 2> kSharedTokenizerFiles = {"tokenizer.json",
+                                                                     "tokenizer_config.json"};
 
 struct Coordinator::Impl {
   RoundConfig cfg;

@@ -17,6 +17,7 @@
 #include "coordinator/aggregation.h"
 #include "exchange/gradient_wire.h"
 #include "exchange/manifest.h"
+#include "exchange/seeds.h"
 #include "exchange/weights.h"
 #include "grpo/checkpoint.h"
 #include "grpo/safetensors.h"
@@ -347,6 +348,29 @@ std::optional<exchange::Refusal> Policy::audit(const Published& sampled_on,
       completions.emplace_back(cd->token_ids().begin(), cd->token_ids().end());
       rewards.push_back(cd->reward());
     }
+  }
+  // Completions sampled on the CPU in FP32 are a pure function of the weights and the lease's
+  // seeds: sampled again here, they come out the same. Fabricated or cherry-picked completions,
+  // or ones sampled on other weights than the version claimed, do not. (GPU sampling uses the
+  // device's own generator, and BF16/FP8 arithmetic its own rounding: not re-sampled.)
+  const bool resample = (u.sampling_device().empty() || u.sampling_device() == "cpu") &&
+                        sampled.precision() == grpo::Precision::fp32;
+  if (resample) {
+    grpo::SamplingParams sp = cfg_.grpo.sampling;
+    sp.stop_tokens = tok_.stop_ids();
+    for (uint64_t idx : lease_prompts) sp.group_seeds.push_back(exchange::prompt_seed(cfg_.grpo.seed, idx));
+    at::NoGradGuard no_grad;
+    const grpo::Rollout again = grpo::generate(sampled, prompt_ids, g, sp, tok_.pad_id());
+    size_t same = 0;
+    for (size_t i = 0; i < completions.size() && i < again.completions.size(); ++i)
+      same += again.completions[i] == completions[i] ? 1 : 0;
+    // All of them, for an honest CPU peer; a margin for a near-tie that another CPU's rounding
+    // tips the other way.
+    if (same * 10 < completions.size() * 9)
+      return exchange::Refusal{
+          wire::ACK_NOT_SAMPLED,
+          fmt::format("{} of {} completions are not what the lease's seeds sample from version {}",
+                      completions.size() - same, completions.size(), u.policy_version())};
   }
   grpo::Rollout r =
       grpo::layout(prompt_ids, g, completions, cfg_.grpo.sampling.max_new_tokens, tok_.pad_id());

@@ -158,7 +158,7 @@ wire::RoundSettings Coordinator::Impl::make_settings() const {
   if (!cfg.grpo.task.dataset.empty())
     r.dataset = exchange::SharedFile{fs::path(cfg.grpo.task.dataset).filename().string(),
                                      digest(cfg.grpo.task.dataset)};
-  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+  for (const char* f : kSharedTokenizerFiles)
     if (const fs::path p = fs::path(cfg.model_path) / f; fs::exists(p))
       r.tokenizer_files.push_back({f, digest(p.string())});
   r.system_prompt = cfg.system_prompt;

@@ -58,7 +58,7 @@ void Coordinator::Impl::put_round_files() {
     round_files.push_back({role, fs::path(path).filename().string(), bytes.size(), hex_of(d), {}});
   };
   if (!cfg.grpo.task.dataset.empty()) add("dataset", cfg.grpo.task.dataset);
-  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+  for (const char* f : kSharedTokenizerFiles)
     if (const fs::path p = fs::path(cfg.model_path) / f; fs::exists(p)) add("tokenizer", p.string());
 }
 

@@ -19,6 +19,7 @@ bool is_misbehaviour(wire::AckReason r) {
     case wire::ACK_BAD_SIGNATURE:
     case wire::ACK_SIGNER_MISMATCH:
     case wire::ACK_RECOMPUTE_MISMATCH:
+    case wire::ACK_NOT_SAMPLED:
       return true;
     default:
       return false;

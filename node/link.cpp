@@ -101,7 +101,11 @@ asio::awaitable<void> Node::session(double& last_ok) {
     // Staged while the previous lease computed (or what the coordinator published instead).
     if (!staged && !sync_->holds(lease.policy_version()))
       staged = co_await sync_->fetch(link, lease.policy_version());
-    if (staged) load(*staged);
+    // A lazy peer (fault test) keeps the first weights it loaded.
+    if (staged && !(opt_.fault == Fault::lazy && lazy_loaded_)) {
+      load(*staged);
+      lazy_loaded_ = true;
+    }
     staged.reset();  // loaded into the replicas: not held while they compute
     weights_s_ += mono_s() - fetch0;
 

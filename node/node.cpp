@@ -295,8 +295,16 @@ Fault parse_fault(const std::string& name) {
   if (name == "worker-throw") return Fault::worker_throw;
   if (name == "hoard") return Fault::hoard;
   if (name == "churn") return Fault::churn;
+  if (name == "sign-flip") return Fault::sign_flip;
+  if (name == "scaled") return Fault::scaled;
+  if (name == "noise") return Fault::noise;
+  if (name == "nan") return Fault::nan;
+  if (name == "zero") return Fault::zero;
+  if (name == "stop-only") return Fault::stop_only;
+  if (name == "lazy") return Fault::lazy;
   throw Error("unknown --fault '" + name +
-              "' (false-reward | replay | poison | worker-throw | hoard | churn)");
+              "' (false-reward | replay | poison | worker-throw | hoard | churn | sign-flip | scaled | "
+              "noise | nan | zero | stop-only | lazy)");
 }
 
 void run_node(const NodeOptions& options) {

@@ -22,9 +22,17 @@ enum class Fault {
   worker_throw,   // the last local worker throws on the first lease, which is given back
   hoard,          // computes nothing: asks for work again and again naming every lease it got
   churn,          // computes nothing: asks for work again and again naming a made-up lease
+  // Adversaries of docs/OPERATOR.md ("Untrusted peers"), each honest in everything else:
+  sign_flip,      // the gradient reversed
+  scaled,         // the gradient ×10
+  noise,          // the gradient plus Gaussian noise of 3× its RMS
+  nan,            // a NaN in the encoded gradient
+  zero,           // free-rider: honest completions, a zero gradient
+  stop_only,      // free-rider: every completion the stop token alone, reward 0, zero gradient
+  lazy,           // keeps the first weights it loaded and labels its work with the lease's version
 };
-// "false-reward" | "replay" | "poison" | "worker-throw" | "hoard" | "churn" | "" (none); throws
-// cohort::Error.
+// "false-reward" | "replay" | "poison" | "worker-throw" | "hoard" | "churn" | "sign-flip" |
+// "scaled" | "noise" | "nan" | "zero" | "stop-only" | "lazy" | "" (none); throws cohort::Error.
 Fault parse_fault(const std::string& name);
 
 struct NodeOptions {

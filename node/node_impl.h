@@ -85,6 +85,7 @@ class Node {
   std::unique_ptr<DeviceGroup> devices_;
   std::unique_ptr<WorkerThroughput> speed_;  // per worker, for splitting leases
   bool fault_fired_ = false;
+  bool lazy_loaded_ = false;  // Fault::lazy: the first weights are loaded, no later ones
   exchange::ParamLayout layout_;
   std::unique_ptr<exchange::GradientEncoder> encoder_;
   std::unique_ptr<WeightSync> sync_;

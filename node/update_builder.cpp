@@ -1,5 +1,6 @@
 #include "node/update_builder.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -50,13 +51,38 @@ protocol::SealedUpdate UpdateBuilder::build(const wire::WorkLease& lease, uint64
   u.set_kl_sum(g.kl_sum);
   u.set_compute_seconds(compute_seconds);  // diagnostic only
   u.set_compute_precision(compute_precision);
+  u.set_sampling_device(sampling_device);
   if (fault ==
       Fault::poison) {  // honest rewards; the gradient reversed, scaled up and drowned in noise
     std::mt19937 rng(static_cast<uint32_t>(sequence));
     std::normal_distribution<float> noise(0.0f, 10.0f);
     for (float& x : g.grad) x = -20.0f * x + noise(rng);
   }
+  switch (fault) {  // the adversaries of the fault tests (node.h); each keeps honest rewards
+    case Fault::sign_flip:
+      for (float& x : g.grad) x = -x;
+      break;
+    case Fault::scaled:
+      for (float& x : g.grad) x *= 10.0f;
+      break;
+    case Fault::noise: {
+      double ss = 0;
+      for (float x : g.grad) ss += double(x) * x;
+      const double rms = std::sqrt(ss / std::max<size_t>(1, g.grad.size()));
+      std::mt19937 rng(static_cast<uint32_t>(sequence));
+      std::normal_distribution<float> noise(0.0f, static_cast<float>(3 * rms));
+      for (float& x : g.grad) x += noise(rng);
+      break;
+    }
+    case Fault::zero:
+      std::fill(g.grad.begin(), g.grad.end(), 0.0f);
+      break;
+    default:
+      break;
+  }
   encoder.encode(g.grad, *u.mutable_tensors());
+  if (fault == Fault::nan && u.tensors_size() > 0 && u.tensors(0).payload().size() >= 4)
+    u.mutable_tensors(0)->mutable_payload()->replace(0, 4, "\xff\xff\xff\xff", 4);  // NaN in raw and fp8
   return protocol::seal_update(std::move(u), identity);
 }
 

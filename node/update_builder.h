@@ -26,9 +26,11 @@ struct UpdateBuilder {
   int group_size = 0;
   Fault fault = Fault::none;
   std::string compute_precision = "fp32";  // how the linear layers computed (audits match it)
+  std::string sampling_device = "cpu";     // where completions were sampled (audits re-sample CPU ones)
 
-  // `g.grad` is consumed (encoded, and changed in place by Fault::poison). Throws cohort::Error
-  // when the gradient holds NaN or Inf (nothing is sent).
+  // `g.grad` is consumed (encoded, and changed in place by the gradient faults). Throws
+  // cohort::Error when the gradient holds NaN or Inf (nothing is sent; Fault::nan writes its NaN
+  // into the encoded bytes, past that check).
   [[nodiscard]] protocol::SealedUpdate build(const wire::WorkLease& lease, uint64_t policy_version,
                                          uint64_t sequence, LeaseGradient& g,
                                          exchange::GradientEncoder& encoder,

@@ -50,6 +50,21 @@ std::optional<protocol::SealedUpdate> Node::work(const wire::WorkLease& lease) {
     given_back_ = why;
     return std::nullopt;
   }
+  if (opt_.fault == Fault::stop_only) {
+    // The free-rider an independent client built: every completion the stop token alone, scored
+    // as the coordinator will score it, and no gradient; counts consistent with that.
+    const int64_t stop = tok_->stop_ids().front();
+    g.units = g.tokens = g.loss = g.kl_sum = 0;
+    for (auto& share : g.shares) {
+      for (auto& c : share.batch.rollout.completions) c = {stop};
+      grpo::score_rollout(*tok_, *task_, share.batch);
+      // One token each: units = sequences = tokens under every loss aggregation.
+      const double n = static_cast<double>(share.batch.rollout.completions.size());
+      g.tokens += n;
+      g.units += n;
+    }
+    std::fill(g.grad.begin(), g.grad.end(), 0.0f);
+  }
   int64_t rows = 0, generated = 0;
   double rsum = 0;
   for (int w = 0; w < devices_->size(); ++w) {
@@ -67,9 +82,11 @@ std::optional<protocol::SealedUpdate> Node::work(const wire::WorkLease& lease) {
                               .group_size = cfg_.group_size,
                               .fault = opt_.fault,
                               .compute_precision = grpo::precision_name(
-                                  grpo::parse_precision(opt_.precision))};
-  protocol::SealedUpdate su =
-      builder.build(lease, sync_->version(), sequence_, g, *encoder_, mono_s() - t0);
+                                  grpo::parse_precision(opt_.precision)),
+                              .sampling_device = opt_.gpus.empty() ? "cpu" : "cuda"};
+  // A lazy peer computes on the first weights it loaded and claims the lease's version.
+  const uint64_t version = opt_.fault == Fault::lazy ? lease.policy_version() : sync_->version();
+  protocol::SealedUpdate su = builder.build(lease, version, sequence_, g, *encoder_, mono_s() - t0);
   const double compute = mono_s() - t0;
   compute_s_ += compute;
   last_generated_ = static_cast<double>(generated);

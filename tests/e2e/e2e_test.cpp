@@ -1243,5 +1243,58 @@ TEST_F(E2E, PausedNodeKeepsItsSessionTakesNoLeaseAndResumes) {
   EXPECT_NE(log("cli-status").find("(rank 1 of 1)"), std::string::npos) << log("cli-status");
 }
 
+// Adversary kinds (node --fault) against a round that audits every update and bans at the first
+// misbehaviour: gradient attacks (reversed, ×10, noise, NaN, zero) are refused by recomputation
+// or the norm check; free-riders that send the stop token alone, and a lazy peer that keeps its
+// first weights and labels its work current, are refused `not_sampled`: the audit samples the
+// lease again from its seeds on the version claimed and gets other completions. The honest peers
+// are never refused for misbehaviour and the round completes with every group counted once.
+TEST_F(E2E, AdversariesAreRefusedWithTheirReasonsAndTheRoundCompletes) {
+  Round r;
+  r.steps = 4;
+  r.prompts = 8;
+  r.recompute_fraction = 1.0;
+  r.ban_after = 1;
+  auto ep = start_coordinator(write_config(r));
+  const std::vector<std::pair<std::string, std::string>> first = {
+      {"sign-flip", "1"}, {"scaled", "1"}, {"noise", "1"}, {"nan", "1"}, {"zero", "4"}, {"stop-only", "1"}};
+  for (const auto& [kind, batch] : first) start_node(ep, kind, {"--fault", kind, "--max-batch", batch});
+  // Each has had an update checked before the honest peers come.
+  for (const auto& [kind, batch] : first)
+    ASSERT_TRUE(wait_until("SELECT COUNT(*) FROM updates WHERE peer = '" + key_hex(kind) + "'", 1))
+        << kind << "\n" << log(kind) << log("coordinator");
+  start_node(ep, "lazy", {"--fault", "lazy", "--max-batch", "1"});
+  start_node(ep, "honest-a", {"--max-batch", "2"});
+  start_node(ep, "honest-b", {"--max-batch", "2"});
+  ASSERT_EQ(wait_coordinator(), 0) << log("coordinator");
+  expect_each_group_counted_once(r);
+
+  Db db(ledger());
+  auto count = [&](const std::string& who, const std::string& where) {
+    return db.count("SELECT COUNT(*) FROM updates WHERE peer = '" + key_hex(who) + "' AND " + where);
+  };
+  for (const char* kind : {"sign-flip", "scaled", "noise"}) {
+    EXPECT_EQ(count(kind, "accepted = 1"), 0) << kind;
+    EXPECT_GE(count(kind, "reason = 'recompute_mismatch'"), 1) << kind << "\n" << log("coordinator");
+  }
+  EXPECT_EQ(count("nan", "accepted = 1"), 0);
+  EXPECT_GE(count("nan", "reason IN ('bad_norm', 'malformed')"), 1) << log("coordinator");
+  // A zero gradient is the honest one for a lease whose groups all scored alike: refused once
+  // any group had a signal.
+  EXPECT_GE(count("zero", "reason = 'recompute_mismatch'"), 1) << log("coordinator");
+  EXPECT_EQ(count("stop-only", "accepted = 1"), 0);
+  EXPECT_GE(count("stop-only", "reason = 'not_sampled'"), 1) << log("coordinator");
+  EXPECT_GE(count("lazy", "reason = 'not_sampled'"), 1) << log("lazy") << log("coordinator");
+  for (const char* kind : {"sign-flip", "scaled", "noise", "nan", "zero", "stop-only", "lazy"})
+    EXPECT_GE(db.count("SELECT COUNT(*) FROM refusals WHERE reason = 'banned' AND peer = '" + key_hex(kind) + "'") +
+                  count(kind, "accepted = 0"),
+              1)
+        << kind;
+  for (const char* honest : {"honest-a", "honest-b"})
+    EXPECT_EQ(count(honest, "reason IN ('recompute_mismatch', 'not_sampled', 'bad_norm', 'malformed', 'bad_reward')"), 0)
+        << honest << "\n" << log("coordinator");
+  EXPECT_GE(count("honest-a", "accepted = 1") + count("honest-b", "accepted = 1"), r.steps);
+}
+
 }  // namespace
 }  // namespace cohort::coordinator

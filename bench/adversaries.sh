@@ -1,0 +1,70 @@
+#!/bin/bash
+# Adversary kinds against an audited round (issue 14, first part): one coordinator (every update
+# audited, ban at the first misbehaviour, S = 0) on the demo model and task, 2 honest peers and 7
+# adversaries (node --fault). The adversaries that attack from the first version join first; the
+# lazy peer and the honest ones after each of them has had an update checked. Prints, per peer,
+# accepted updates, refusals by reason, the step of its first refusal and whether it was banned.
+#   bench/adversaries.sh BASE_MODEL_DIR [OUT] [SEED]   (a base: `cohort demo` leaves one in <dir>/base)
+set -eu
+C=${COHORT:-build/app/cohort}
+BASE=$(realpath $1)
+OUT=${2:-/tmp/cohort-adversaries}
+SEED=${3:-1}
+rm -rf $OUT && mkdir -p $OUT/keys
+cat > $OUT/round.toml <<TOML
+[round]
+id = "adversaries"
+steps = 8
+prompts_per_step = 16
+staleness_bound = 0
+lease_timeout_s = 60
+data_dir = "$OUT/round"
+seed = $SEED
+linger_s = 2
+[network]
+listen = "127.0.0.1:0"
+status_listen = "127.0.0.1:0"
+[model]
+path = "$BASE"
+[task]
+name = "arith"
+digits = 2
+[grpo]
+group_size = 8
+lr = 3e-4
+loss = "dapo"
+gradient_codec = "raw"
+[sampling]
+max_new_tokens = 16
+[verification]
+recompute_fraction = 1.0
+ban_after = 1
+TOML
+$C coordinator serve --config $OUT/round.toml --threads 1 > $OUT/coordinator.log 2>&1 &
+COORD=$!
+for i in $(seq 1 100); do [ -f $OUT/round/endpoint.json ] && break; sleep 0.2; done
+PORT=$(python3 -c "import json;print(json.load(open('$OUT/round/endpoint.json'))['port'])")
+KEY=$(python3 -c "import json;print(json.load(open('$OUT/round/endpoint.json'))['coordinator_key'])")
+node() {  # name, then node flags
+  name=$1; shift
+  $C node run --coordinator 127.0.0.1:$PORT --coordinator-key $KEY --key $OUT/keys/$name.key \
+    --name $name --threads 1 --give-up-after 30 --max-backoff 1 "$@" > $OUT/$name.log 2>&1 &
+}
+for kind in sign-flip scaled noise nan zero stop-only; do node $kind --fault $kind --max-batch 2; done
+for i in $(seq 1 600); do
+  n=$(sqlite3 $OUT/round/ledger.sqlite "SELECT COUNT(DISTINCT peer) FROM updates" 2>/dev/null || echo 0)
+  [ "$n" -ge 6 ] && break; sleep 0.2
+done
+node lazy --fault lazy --max-batch 2
+node honest-a --max-batch 4
+node honest-b --max-batch 4
+wait $COORD || true
+sqlite3 -separator ' | ' $OUT/round/ledger.sqlite "
+  SELECT p.name,
+         (SELECT COUNT(*) FROM updates u WHERE u.peer = p.peer AND u.accepted = 1),
+         COALESCE((SELECT GROUP_CONCAT(reason || ' ' || n, ', ') FROM
+                    (SELECT reason, COUNT(*) AS n FROM updates u WHERE u.peer = p.peer AND u.accepted = 0 GROUP BY reason)), '-'),
+         COALESCE((SELECT MIN(step) FROM updates u WHERE u.peer = p.peer AND u.accepted = 0), '-'),
+         (SELECT COUNT(*) > 0 FROM refusals r WHERE r.peer = p.peer AND r.reason = 'banned')
+  FROM peers p ORDER BY p.name;
+  SELECT 'steps applied: ' || COUNT(*) FROM steps;"
