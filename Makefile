@@ -36,12 +36,12 @@ gpu-check:
 	@$(if $(TORCH_DIR),COHORT_SKIP_TORCH=1 )scripts/bootstrap
 	@scripts/gpu-check
 
-# libFuzzer targets (protocol frame reader, tensor decoder, top-k decoder, weight patches), built with clang in build-fuzz and
+# libFuzzer targets (protocol frame reader, tensor decoder, top-k decoder, weight patches, round cards), built with clang in build-fuzz and
 # run for FUZZ_SECONDS each; new inputs go to build-fuzz/corpus, seeds stay in tests/.
 .PHONY: fuzz
 FUZZ_BUILD   := build-fuzz
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := frame_reader tensor_decoder topk_decoder weight_patch
+FUZZ_TARGETS := frame_reader tensor_decoder topk_decoder weight_patch round_card
 fuzz: bootstrap
 	@cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOHORT_CUDA=OFF \
 	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ >/dev/null

@@ -5,16 +5,26 @@
 # lazy peer and the honest ones after each of them has had an update checked. Prints, per peer,
 # accepted updates, refusals by reason, the step of its first refusal and whether it was banned.
 #   bench/adversaries.sh BASE_MODEL_DIR [OUT] [SEED]   (a base: `cohort demo` leaves one in <dir>/base)
+#   ADAPTIVE=1: the recommended open-round settings instead (adaptive trust, trust_after 10, a 2 %
+#   floor); STEPS=N: a longer round (default 8).
 set -eu
 C=${COHORT:-build/app/cohort}
 BASE=$(realpath $1)
 OUT=${2:-/tmp/cohort-adversaries}
 SEED=${3:-1}
+STEPS=${STEPS:-8}
+if [ "${ADAPTIVE:-0}" = 1 ]; then
+  VERIFY="recompute_fraction = 0.02
+adaptive_trust = true
+trust_after = 10"
+else
+  VERIFY="recompute_fraction = 1.0"
+fi
 rm -rf $OUT && mkdir -p $OUT/keys
 cat > $OUT/round.toml <<TOML
 [round]
 id = "adversaries"
-steps = 8
+steps = $STEPS
 prompts_per_step = 16
 staleness_bound = 0
 lease_timeout_s = 60
@@ -37,7 +47,7 @@ gradient_codec = "raw"
 [sampling]
 max_new_tokens = 16
 [verification]
-recompute_fraction = 1.0
+$VERIFY
 ban_after = 1
 TOML
 $C coordinator serve --config $OUT/round.toml --threads 1 > $OUT/coordinator.log 2>&1 &
@@ -62,6 +72,7 @@ wait $COORD || true
 sqlite3 -separator ' | ' $OUT/round/ledger.sqlite "
   SELECT p.name,
          (SELECT COUNT(*) FROM updates u WHERE u.peer = p.peer AND u.accepted = 1),
+         (SELECT COUNT(*) FROM updates u WHERE u.peer = p.peer AND u.audited = 1) || ' audited',
          COALESCE((SELECT GROUP_CONCAT(reason || ' ' || n, ', ') FROM
                     (SELECT reason, COUNT(*) AS n FROM updates u WHERE u.peer = p.peer AND u.accepted = 0 GROUP BY reason)), '-'),
          COALESCE((SELECT MIN(step) FROM updates u WHERE u.peer = p.peer AND u.accepted = 0), '-'),

@@ -90,6 +90,8 @@ struct Coordinator::Impl {
   uint64_t policy_params = 0;  // the model's parameter count
   std::set<PeerId> allowed;
   std::map<std::string, int64_t> misbehaviour;  // refusals for misbehaviour per peer (hex)
+  // Accepted updates per peer since its last refusal for misbehaviour (adaptive trust).
+  std::map<std::string, int64_t> trust_streak;
   // Leases a peer let go without delivering or returning them since its last accepted update
   // (closed when it asked for new work without naming them).
   std::map<std::string, int> undelivered;
@@ -172,7 +174,7 @@ struct Coordinator::Impl {
 
   // updates.cpp
   void refuse(const std::string& peer, const wire::GradientUpdate& h, const protocol::Digest& d,
-              int64_t step, const Refusal& r, size_t bytes);
+              int64_t step, const Refusal& r, size_t bytes, bool audited = false);
   // Where a lease stands for this update, checked before the body is and again after (it may
   // have expired or been given back meanwhile): the refusal and the step to record it under.
   std::optional<std::pair<int64_t, Refusal>> lease_refusal(const protocol::VerifiedUpdate& vr,

@@ -83,7 +83,7 @@ CREATE TABLE IF NOT EXISTS updates(
   step INTEGER, policy_version INTEGER, digest BLOB, accepted INTEGER, reason TEXT, detail TEXT,
   units REAL, tokens REAL, sequences INTEGER, reward_mean REAL, accuracy REAL, bytes INTEGER,
   received_ms INTEGER, body BLOB, signature BLOB, stream BLOB, completion_tokens REAL,
-  groups INTEGER);
+  groups INTEGER, audited INTEGER);
 CREATE INDEX IF NOT EXISTS updates_step ON updates(step, accepted);
 CREATE TABLE IF NOT EXISTS steps(
   step INTEGER PRIMARY KEY, version INTEGER, units REAL, updates INTEGER, reward_mean REAL,
@@ -135,6 +135,7 @@ Ledger::Ledger(const std::string& path, LedgerSync sync) {
   if (!columns.contains("completion_tokens"))
     exec(db_, "ALTER TABLE updates ADD COLUMN completion_tokens REAL;");
   if (!columns.contains("groups")) exec(db_, "ALTER TABLE updates ADD COLUMN groups INTEGER;");
+  if (!columns.contains("audited")) exec(db_, "ALTER TABLE updates ADD COLUMN audited INTEGER;");
   bool has_kl = false;  // steps recorded before rounds had a KL term
   for (Stmt s(db_, "PRAGMA table_info(steps)"); s.step();) has_kl |= s.text(1) == "kl";
   if (!has_kl) exec(db_, "ALTER TABLE steps ADD COLUMN kl REAL;");
@@ -188,13 +189,14 @@ int64_t Ledger::record_update(const UpdateRecord& u) {
   Stmt(db_,
        "INSERT INTO updates(peer,sequence,lease_id,step,policy_version,digest,accepted,reason,"
        "detail,units,tokens,sequences,reward_mean,accuracy,bytes,received_ms,body,signature,stream,"
-       "completion_tokens,groups) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+       "completion_tokens,groups,audited) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
       .bind(1, u.peer).bind(2, u.sequence).bind(3, u.lease_id).bind(4, u.step)
       .bind(5, u.policy_version).bind(6, Blob{&u.digest}).bind(7, u.accepted ? 1 : 0)
       .bind(8, u.reason).bind(9, u.detail).bind(10, u.units).bind(11, u.tokens)
       .bind(12, u.sequences).bind(13, u.reward_mean).bind(14, u.accuracy).bind(15, u.bytes)
       .bind(16, u.received_ms).bind(17, Blob{&u.body}).bind(18, Blob{&u.signature})
-      .bind(19, Blob{&u.stream}).bind(20, u.completion_tokens).bind(21, u.groups).run();
+      .bind(19, Blob{&u.stream}).bind(20, u.completion_tokens).bind(21, u.groups)
+      .bind(22, u.audited ? 1 : 0).run();
   return sqlite3_last_insert_rowid(db_);
 }
 
@@ -317,6 +319,19 @@ std::map<std::string, int64_t> Ledger::misbehaviour_counts() const {
   return out;
 }
 
+std::map<std::string, int64_t> Ledger::trust_streaks() const {
+  // Walk each peer's updates in order: an accepted one extends the streak, a refusal for
+  // misbehaviour (the shared definition) ends it; other refusals (stale, expired) leave it.
+  Stmt s(db_, "SELECT peer, accepted, reason FROM updates ORDER BY id");
+  std::map<std::string, int64_t> out;
+  while (s.step()) {
+    int64_t& n = out[s.text(0)];
+    if (s.i64(1) == 1) ++n;
+    else if (exchange::is_misbehaviour(s.text(2))) n = 0;
+  }
+  return out;
+}
+
 std::vector<StepRecord> Ledger::steps() const {
   Stmt s(db_,
          "SELECT step,version,units,updates,reward_mean,accuracy,loss,grad_norm,aggregate_s,"
@@ -382,8 +397,8 @@ std::string Ledger::status_json() const {
            "SELECT peer, SUM(accepted), SUM(1-accepted), "
            "SUM(CASE WHEN accepted=1 THEN bytes ELSE 0 END), "
            "SUM(CASE WHEN accepted=1 THEN COALESCE(completion_tokens, 0) ELSE 0 END), "
-           "SUM(CASE WHEN accepted=1 THEN COALESCE(groups, 0) ELSE 0 END), MAX(received_ms) "
-           "FROM updates GROUP BY peer");
+           "SUM(CASE WHEN accepted=1 THEN COALESCE(groups, 0) ELSE 0 END), MAX(received_ms), "
+           "SUM(COALESCE(audited, 0)) FROM updates GROUP BY peer");
     while (s.step()) {
       auto& p = peers[s.text(0)];
       p["accepted"] = s.i64(1);
@@ -392,6 +407,7 @@ std::string Ledger::status_json() const {
       p["credit_tokens"] = s.f64(4);
       p["credit_groups"] = s.i64(5);
       p["last_seen_ms"] = std::max(p.value("last_seen_ms", int64_t{0}), s.i64(6));
+      p["audited"] = s.i64(7);
       credit_tokens += s.f64(4);
       credit_groups += s.i64(5);
     }

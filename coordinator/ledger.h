@@ -57,6 +57,7 @@ struct UpdateRecord {
   // one sampled, loss-carrying or not) and prompt groups.
   double completion_tokens = 0;
   int64_t groups = 0;
+  bool audited = false;  // recomputed in full (and re-sampled) before it was accepted or refused
 };
 
 struct StepRecord {
@@ -125,6 +126,9 @@ class Ledger {
   // Per peer, refused updates whose reason is misbehaviour (exchange::is_misbehaviour) plus
   // refusals recorded as kLeaseAbuse: what bans are counted from after a restart.
   [[nodiscard]] std::map<std::string, int64_t> misbehaviour_counts() const;
+  // Per peer, its accepted updates since its last refusal for misbehaviour: the streak adaptive
+  // trust is computed from (update_checks.h, audit_probability), rebuilt after a restart.
+  [[nodiscard]] std::map<std::string, int64_t> trust_streaks() const;
 
   // Status JSON pieces, as JSON text (nlohmann stays out of this header).
   [[nodiscard]] std::string status_json() const;

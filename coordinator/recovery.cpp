@@ -66,6 +66,7 @@ void Coordinator::Impl::open() {
                                                        .backup_factor = cfg.backup_factor},
                                        version);
   misbehaviour = ledger->misbehaviour_counts();
+  trust_streak = ledger->trust_streaks();
   for (const auto& [p, n] : misbehaviour)
     if (cfg.ban_after > 0 && n >= cfg.ban_after) banned.insert(p);
   if (!banned.empty()) spdlog::info("coordinator: {} banned peer(s) in the ledger", banned.size());

@@ -254,6 +254,8 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
     s.get("recompute_fraction", c.recompute_fraction);
     s.get("recompute_min_cosine", c.recompute_min_cosine);
     s.get("ban_after", c.ban_after);
+    s.get("adaptive_trust", c.adaptive_trust);
+    s.get("trust_after", c.trust_after);
     s.finish();
   }
   {
@@ -294,6 +296,7 @@ void RoundConfig::validate() const {
   if (!(recompute_min_cosine >= -1 && recompute_min_cosine <= 1))
     bad("[verification] recompute_min_cosine must be in [-1, 1]");
   if (ban_after < 0) bad("[verification] ban_after must be >= 0 (0: never ban)");
+  if (trust_after < 1) bad("[verification] trust_after must be at least 1");
   if (grpo.task.dataset.empty() && !grpo.task.eval_dataset.empty())
     bad("[task] eval_dataset needs dataset");
   if (!grpo.task.dataset.empty() && grpo.task.reward != "math")

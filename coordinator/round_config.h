@@ -73,6 +73,11 @@ struct RoundConfig {
   // recomputes in full from the reported completions, the cosine similarity the reported
   // gradient must reach, and the misbehaviour refusals after which a peer is banned.
   double recompute_fraction = 0;
+  // Adaptive trust (BOINC's adaptive replication): each peer's audit probability follows its
+  // record: 1 for its first `trust_after` accepted updates since its last misbehaviour, then
+  // trust_after / n for n accepted in a row, never below recompute_fraction (audit_probability).
+  bool adaptive_trust = false;
+  int trust_after = 10;
   double recompute_min_cosine = 0.9;
   int ban_after = 3;
   LedgerSync ledger_sync = LedgerSync::full;  // [round] ledger_sync: "full" | "normal"

@@ -60,6 +60,11 @@ std::string Coordinator::Impl::live_status() {
     p["connected"] = sched->peer_is_connected(k);
     p["throughput_groups_per_s"] = sched->throughput(k);
     p["banned"] = banned.contains(k);
+    const auto streak = trust_streak.find(k);
+    const int64_t n = streak == trust_streak.end() ? 0 : streak->second;
+    p["trust_streak"] = n;
+    p["audit_probability"] =
+        audit_probability(n, cfg.adaptive_trust, cfg.trust_after, cfg.recompute_fraction);
   }
   j["now_ms"] = unix_ms();  // the clock last_seen_ms and applied_ms are read against
   return j.dump();

@@ -148,4 +148,10 @@ std::optional<Refusal> check_norm(std::span<const float> grad, double units, dou
   return std::nullopt;
 }
 
+double audit_probability(int64_t streak, bool adaptive, int trust_after, double recompute_fraction) {
+  if (!adaptive) return recompute_fraction;
+  if (streak < trust_after) return 1.0;
+  return std::max(recompute_fraction, static_cast<double>(trust_after) / static_cast<double>(streak));
+}
+
 }  // namespace cohort::coordinator

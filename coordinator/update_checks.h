@@ -65,4 +65,12 @@ class UpdateChecker {
 [[nodiscard]] std::optional<Refusal> check_norm(std::span<const float> gradient_sum, double units,
                                                 double max_norm);
 
+// The probability that a peer's next update is audited. Fixed: recompute_fraction. Adaptive:
+// 1 while `streak` (its accepted updates since its last refusal for misbehaviour) is below
+// trust_after, then trust_after / streak, never below recompute_fraction: a new or just-caught
+// key is checked on every update, a long honest record on a shrinking share (about trust_after ×
+// (1 + ln(n / trust_after)) audits over its first n updates).
+[[nodiscard]] double audit_probability(int64_t streak, bool adaptive, int trust_after,
+                                       double recompute_fraction);
+
 }  // namespace cohort::coordinator

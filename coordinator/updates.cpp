@@ -29,7 +29,7 @@ struct Checked {
 
 void Coordinator::Impl::refuse(const std::string& peer, const wire::GradientUpdate& h,
                                const protocol::Digest& d, int64_t step, const Refusal& r,
-                               size_t bytes) {
+                               size_t bytes, bool audited) {
   UpdateRecord u;
   u.peer = peer;
   u.sequence = h.sequence();
@@ -42,6 +42,7 @@ void Coordinator::Impl::refuse(const std::string& peer, const wire::GradientUpda
   u.detail = printable(r.detail, 4 * kMaxPeerText);
   u.bytes = static_cast<int64_t>(bytes);
   u.received_ms = unix_ms();
+  u.audited = audited;
   ledger->record_update(u);
   if (exchange::is_misbehaviour(r.reason)) count_misbehaviour(peer);
   spdlog::warn("coordinator: refused update {} from {} ({}): {}", h.sequence(), peer.substr(0, 12),
@@ -49,6 +50,7 @@ void Coordinator::Impl::refuse(const std::string& peer, const wire::GradientUpda
 }
 
 void Coordinator::Impl::count_misbehaviour(const std::string& peer) {
+  trust_streak[peer] = 0;  // trust starts over: every update is audited again (adaptive trust)
   if (++misbehaviour[peer] >= cfg.ban_after && cfg.ban_after > 0 && banned.insert(peer).second) {
     ledger->record_refusal(peer, "", "banned",
                            fmt::format("{} refusals for misbehaviour (ban_after = {})",
@@ -107,8 +109,9 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
   const protocol::VerifiedUpdate vr = co_await on_compute(verify);
   ack.set_sequence(vr.header.sequence());
   ack.set_lease_id(printable(vr.header.lease_id(), kMaxPeerText));
+  bool audited = false;
   auto fail = [&](int64_t step, const Refusal& r) {
-    refuse(peer, vr.header, vr.digest, step, r, bytes);
+    refuse(peer, vr.header, vr.digest, step, r, bytes, audited);
     // A refused update frees its lease at once: the prompts go to someone else.
     if (const ActiveLease* l = sched->find(vr.header.lease_id()); l && l->rec.peer == peer)
       close_lease(vr.header.lease_id(), "expired",
@@ -124,11 +127,14 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
 
   // A sampled share of updates is recomputed in full (the peer cannot know which): the
   // gradient of the reported completions under the weights they were sampled with.
+  // With adaptive trust the share follows the peer's record (audit_probability).
   std::shared_ptr<const Published> sampled_on;
-  if (cfg.recompute_fraction > 0 &&
-      std::uniform_real_distribution<double>(0, 1)(audit_rng) < cfg.recompute_fraction)
+  const double p_audit = audit_probability(trust_streak[peer], cfg.adaptive_trust, cfg.trust_after,
+                                           cfg.recompute_fraction);
+  if (p_audit > 0 && std::uniform_real_distribution<double>(0, 1)(audit_rng) < p_audit)
     for (const auto& p : published)
       if (p->version == vr.header.policy_version()) sampled_on = p;
+  audited = sampled_on != nullptr;
   const auto check = [this, in, lease, sampled_on] {
     Checked out;
     const double t0 = mono_s();
@@ -195,6 +201,7 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
   u.sequences = c.facts.sequences;
   u.completion_tokens = c.facts.tokens;
   u.groups = static_cast<int64_t>(lease.prompts.size());
+  u.audited = audited;
   u.reward_mean = c.facts.reward_mean;
   u.accuracy = c.facts.accuracy;
   u.bytes = static_cast<int64_t>(bytes);
@@ -211,6 +218,7 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
   }
   const double handling_s = c.seconds + (mono_s() - recorded0);  // the step's `aggregate_s`
   replays.remember(channel_peer, u.sequence, vr.digest);
+  ++trust_streak[peer];
   std::optional<ClosedLease> superseded;
   sched->complete(lease.lease_id, mono_s(), &superseded);
   if (superseded) log_closed(*superseded);

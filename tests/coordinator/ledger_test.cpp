@@ -81,6 +81,24 @@ TEST_F(LedgerTest, MisbehaviourCountsOnlyTheSharedReasons) {
   EXPECT_EQ(counts.at("bb"), 1);
 }
 
+// The trust streak after a restart: accepted updates since the last refusal for misbehaviour;
+// refusals that are not misbehaviour (stale, expired) do not end it.
+TEST_F(LedgerTest, TrustStreaksCountAcceptedUpdatesSinceTheLastMisbehaviour) {
+  Ledger ledger((dir / "ledger.sqlite").string());
+  ledger.record_update(update("aa", 1, true, "ok"));
+  ledger.record_update(update("aa", 2, false, "recompute_mismatch"));
+  ledger.record_update(update("aa", 3, true, "ok"));
+  ledger.record_update(update("aa", 4, false, "lease_expired"));
+  ledger.record_update(update("aa", 5, true, "ok"));
+  ledger.record_update(update("bb", 6, true, "ok"));
+  ledger.record_update(update("bb", 7, true, "ok"));
+  ledger.record_update(update("cc", 8, false, "not_sampled"));
+  const auto streaks = ledger.trust_streaks();
+  EXPECT_EQ(streaks.at("aa"), 2);
+  EXPECT_EQ(streaks.at("bb"), 2);
+  EXPECT_EQ(streaks.at("cc"), 0);
+}
+
 TEST_F(LedgerTest, CreditCountsOnlyAcceptedWorkPerPeerAndPerStep) {
   Ledger ledger((dir / "ledger.sqlite").string());
   ledger.record_peer("aa", "alice", "{}", 1000);

@@ -71,6 +71,8 @@ TEST(RoundConfig, DocumentedExampleStatesTheDefaults) {
   EXPECT_EQ(doc.recompute_fraction, def.recompute_fraction);
   EXPECT_EQ(doc.recompute_min_cosine, def.recompute_min_cosine);
   EXPECT_EQ(doc.ban_after, def.ban_after);
+  EXPECT_EQ(doc.adaptive_trust, def.adaptive_trust);
+  EXPECT_EQ(doc.trust_after, def.trust_after);
   EXPECT_EQ(doc.dump_gradients, def.dump_gradients);
   // [grpo] and [sampling].
   EXPECT_EQ(doc.grpo.group_size, def.grpo.group_size);

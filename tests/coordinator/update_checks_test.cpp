@@ -207,5 +207,22 @@ TEST(Misbehaviour, OneDefinitionForBansAndTheLedger) {
   EXPECT_EQ(exchange::reason_name(wire::ACK_BAD_REWARD), "bad_reward");
 }
 
+// Adaptive trust: every update of a new (or just caught) key is audited; after trust_after
+// accepted in a row the probability falls as trust_after / n, down to the floor; fixed mode is
+// recompute_fraction whatever the record.
+TEST(AuditProbability, FollowsTheRecordDownToTheFloor) {
+  EXPECT_EQ(audit_probability(0, true, 10, 0.02), 1.0);
+  EXPECT_EQ(audit_probability(9, true, 10, 0.02), 1.0);
+  EXPECT_DOUBLE_EQ(audit_probability(10, true, 10, 0.02), 1.0);
+  EXPECT_DOUBLE_EQ(audit_probability(40, true, 10, 0.02), 0.25);
+  EXPECT_DOUBLE_EQ(audit_probability(1000, true, 10, 0.02), 0.02);  // the floor
+  EXPECT_DOUBLE_EQ(audit_probability(1000, true, 10, 0.0), 0.01);
+  EXPECT_DOUBLE_EQ(audit_probability(0, false, 10, 0.05), 0.05);
+  // Expected audits over a peer's first n updates: about trust_after × (1 + ln(n / trust_after)).
+  double expected = 0;
+  for (int n = 0; n < 1000; ++n) expected += audit_probability(n, true, 10, 0.0);
+  EXPECT_NEAR(expected, 10 * (1 + std::log(100.0)), 1.0);
+}
+
 }  // namespace
 }  // namespace cohort::coordinator

@@ -108,6 +108,8 @@ struct Round {
   double idle_timeout = 120;
   std::string policy_dtype;  // "" leaves [model] policy_dtype at its default
   double beta = 0;           // [grpo] beta: the KL term
+  bool adaptive_trust = false;
+  int trust_after = 10;
 };
 
 class E2E : public ::testing::Test {
@@ -161,7 +163,8 @@ class E2E : public ::testing::Test {
       << "\"\nmask_truncated = " << (r.mask_truncated ? "true" : "false") << "\nbeta = " << r.beta
       << "\n[sampling]\nmax_new_tokens = " << r.max_new_tokens << "\n";
     t << "[aggregation]\nrule = \"" << r.aggregation << "\"\n";
-    t << "[verification]\nrecompute_fraction = " << r.recompute_fraction << "\nban_after = " << r.ban_after << "\n";
+    t << "[verification]\nrecompute_fraction = " << r.recompute_fraction << "\nban_after = " << r.ban_after
+      << "\nadaptive_trust = " << (r.adaptive_trust ? "true" : "false") << "\ntrust_after = " << r.trust_after << "\n";
     if (r.dump) t << "[debug]\ndump_gradients = true\n";
     const std::string path = (dir_ / "round.toml").string();
     std::ofstream(path) << t.str();
@@ -1251,19 +1254,22 @@ TEST_F(E2E, PausedNodeKeepsItsSessionTakesNoLeaseAndResumes) {
 // are never refused for misbehaviour and the round completes with every group counted once.
 TEST_F(E2E, AdversariesAreRefusedWithTheirReasonsAndTheRoundCompletes) {
   Round r;
-  r.steps = 4;
+  r.steps = 6;
   r.prompts = 8;
+  r.lr = 1e-2;  // each step moves the policy enough that stale weights sample other completions
   r.recompute_fraction = 1.0;
   r.ban_after = 1;
   auto ep = start_coordinator(write_config(r));
+  // The lazy peer loads version 0 with the others and keeps it: honest at first, then further
+  // and further behind the version it claims.
   const std::vector<std::pair<std::string, std::string>> first = {
-      {"sign-flip", "1"}, {"scaled", "1"}, {"noise", "1"}, {"nan", "1"}, {"zero", "4"}, {"stop-only", "1"}};
+      {"sign-flip", "1"}, {"scaled", "1"}, {"noise", "1"}, {"nan", "1"},
+      {"zero", "4"},      {"stop-only", "1"}, {"lazy", "1"}};
   for (const auto& [kind, batch] : first) start_node(ep, kind, {"--fault", kind, "--max-batch", batch});
   // Each has had an update checked before the honest peers come.
   for (const auto& [kind, batch] : first)
     ASSERT_TRUE(wait_until("SELECT COUNT(*) FROM updates WHERE peer = '" + key_hex(kind) + "'", 1))
         << kind << "\n" << log(kind) << log("coordinator");
-  start_node(ep, "lazy", {"--fault", "lazy", "--max-batch", "1"});
   start_node(ep, "honest-a", {"--max-batch", "2"});
   start_node(ep, "honest-b", {"--max-batch", "2"});
   ASSERT_EQ(wait_coordinator(), 0) << log("coordinator");
@@ -1273,10 +1279,11 @@ TEST_F(E2E, AdversariesAreRefusedWithTheirReasonsAndTheRoundCompletes) {
   auto count = [&](const std::string& who, const std::string& where) {
     return db.count("SELECT COUNT(*) FROM updates WHERE peer = '" + key_hex(who) + "' AND " + where);
   };
-  for (const char* kind : {"sign-flip", "scaled", "noise"}) {
-    EXPECT_EQ(count(kind, "accepted = 1"), 0) << kind;
+  // A lease whose groups all scored alike has a zero gradient, which reversed, scaled or noised
+  // (noise in proportion to it) stays zero, the honest answer: accepted. Any lease with a signal
+  // is refused.
+  for (const char* kind : {"sign-flip", "scaled", "noise"})
     EXPECT_GE(count(kind, "reason = 'recompute_mismatch'"), 1) << kind << "\n" << log("coordinator");
-  }
   EXPECT_EQ(count("nan", "accepted = 1"), 0);
   EXPECT_GE(count("nan", "reason IN ('bad_norm', 'malformed')"), 1) << log("coordinator");
   // A zero gradient is the honest one for a lease whose groups all scored alike: refused once
@@ -1294,6 +1301,39 @@ TEST_F(E2E, AdversariesAreRefusedWithTheirReasonsAndTheRoundCompletes) {
     EXPECT_EQ(count(honest, "reason IN ('recompute_mismatch', 'not_sampled', 'bad_norm', 'malformed', 'bad_reward')"), 0)
         << honest << "\n" << log("coordinator");
   EXPECT_GE(count("honest-a", "accepted = 1") + count("honest-b", "accepted = 1"), r.steps);
+}
+
+// Adaptive trust: a poisoner, new, is audited at its first update and banned; an honest peer is
+// audited on each of its first trust_after updates, then on a shrinking share, and its record
+// (the ledger's `audited` column, /status audit_probability) says so.
+TEST_F(E2E, AdaptiveTrustAuditsNewKeysFullyAndTrustedOnesLess) {
+  Round r;
+  r.steps = 6;
+  r.prompts = 4;
+  r.adaptive_trust = true;
+  r.trust_after = 2;
+  r.recompute_fraction = 0;  // no floor: trust decides alone
+  r.ban_after = 1;
+  auto ep = start_coordinator(write_config(r));
+  start_node(ep, "poisoner", {"--fault", "poison", "--max-batch", "1"});
+  ASSERT_TRUE(wait_until("SELECT COUNT(*) FROM updates WHERE reason = 'recompute_mismatch'", 1)) << log("coordinator");
+  start_node(ep, "honest", {"--max-batch", "1"});
+  ASSERT_EQ(wait_coordinator(), 0) << log("coordinator");
+  expect_each_group_counted_once(r);
+  Db db(ledger());
+  const std::string h = key_hex("honest");
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE peer = '" + key_hex("poisoner") + "' AND accepted = 1"), 0);
+  const auto rows = db.rows("SELECT audited FROM updates WHERE peer = '" + h + "' AND accepted = 1 ORDER BY id");
+  ASSERT_GE(rows.size(), 12u);  // 24 groups in leases of one
+  EXPECT_EQ(rows[0][0], "1");
+  EXPECT_EQ(rows[1][0], "1");
+  int64_t audited = 0;
+  for (const auto& row : rows) audited += row[0] == "1";
+  // Expected about 2 × (1 + ln(n / 2)) ≈ 5 of 24: all of them would mean trust never grew.
+  EXPECT_LT(audited, static_cast<int64_t>(rows.size()) - 4) << audited << " of " << rows.size();
+  EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE peer = '" + h + "' AND accepted = 0 AND "
+                     "reason IN ('recompute_mismatch', 'not_sampled')"),
+            0);
 }
 
 }  // namespace
