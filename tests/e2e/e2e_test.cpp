@@ -677,7 +677,7 @@ TEST_F(E2E, TopkUpdatesPassTheirAuditAndPoisonDoesNot) {
 // every blob over HTTP with Range requests (GET /blobs/<hex>).
 TEST_F(E2E, Bf16PolicyTravelsAsPatchesAndBlobsOverHttp) {
   Round r;
-  r.steps = 10;
+  r.steps = 14;  // ~6 s at 400 ms a step: room for the late node's start (2+ s on a loaded VM)
   r.staleness = 1;
   r.lr = 1e-5;  // most BF16 bits stay from one version to the next
   r.policy_dtype = "bf16";
@@ -687,7 +687,7 @@ TEST_F(E2E, Bf16PolicyTravelsAsPatchesAndBlobsOverHttp) {
   // The early node waits 400 ms before each update, so that the round lasts while the late one
   // starts (a step of this model is otherwise over in a fraction of a second).
   start_node(ep, "early", {"--summary-out", early_json, "--delay-ms", "400"});
-  ASSERT_TRUE(wait_until("SELECT COUNT(*) FROM steps", 2)) << log("coordinator");
+  ASSERT_TRUE(wait_until("SELECT COUNT(*) FROM steps", 1)) << log("coordinator");
   start_node(ep, "late", {"--summary-out", late_json});
 
   // Any published blob, by its digest, in ranges; an unknown digest is a 404.
@@ -719,7 +719,9 @@ TEST_F(E2E, Bf16PolicyTravelsAsPatchesAndBlobsOverHttp) {
   EXPECT_EQ(early["weights_snapshots"].get<int>(), 1) << early.dump();
   EXPECT_GE(early["weights_patches"].get<int>(), 1) << early.dump();
   EXPECT_EQ(early["weights_patch_fallbacks"].get<int>(), 0) << early.dump();
-  EXPECT_LT(early["weights_patch_bytes"].get<double>(), early["weights_snapshot_bytes"].get<double>());
+  // Each patch weighs less than the snapshot it spares.
+  EXPECT_LT(early["weights_patch_bytes"].get<double>() / early["weights_patches"].get<double>(),
+            early["weights_snapshot_bytes"].get<double>() / early["weights_snapshots"].get<double>());
   // The joiner works mid-round, from the snapshot of the version it joined at.
   ASSERT_TRUE(fs::exists(late_json)) << log("late");
   const auto late = nlohmann::json::parse(std::ifstream(late_json));
