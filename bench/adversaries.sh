@@ -1,6 +1,6 @@
 #!/bin/bash
 # Adversary kinds against an audited round (issue 14, first part): one coordinator (every update
-# audited, ban at the first misbehaviour, S = 0) on the demo model and task, 2 honest peers and 7
+# audited, ban at the first misbehaviour, S = 0) on the demo model and task, 2 honest peers and 8
 # adversaries (node --fault). The adversaries that attack from the first version join first; the
 # lazy peer and the honest ones after each of them has had an update checked. Prints, per peer,
 # accepted updates, refusals by reason, the step of its first refusal and whether it was banned.
@@ -60,10 +60,10 @@ node() {  # name, then node flags
   $C node run --coordinator 127.0.0.1:$PORT --coordinator-key $KEY --key $OUT/keys/$name.key \
     --name $name --threads 1 --give-up-after 30 --max-backoff 1 "$@" > $OUT/$name.log 2>&1 &
 }
-for kind in sign-flip scaled noise nan zero stop-only; do node $kind --fault $kind --max-batch 2; done
+for kind in sign-flip scaled noise nan zero stop-only cherry-pick; do node $kind --fault $kind --max-batch 2; done
 for i in $(seq 1 600); do
   n=$(sqlite3 $OUT/round/ledger.sqlite "SELECT COUNT(DISTINCT peer) FROM updates" 2>/dev/null || echo 0)
-  [ "$n" -ge 6 ] && break; sleep 0.2
+  [ "$n" -ge 7 ] && break; sleep 0.2
 done
 node lazy --fault lazy --max-batch 2
 node honest-a --max-batch 4

@@ -73,7 +73,7 @@ void add_work_options(CLI::App* cmd, NodeOptions& o, std::string& devices, std::
   cmd->add_flag("!--no-status-line", o.status_line,
                 "No live status line on the terminal (it is never drawn when stderr is not a terminal)");
   // Fault injection for the fault tests; hidden from --help (group "").
-  cmd->add_option("--fault", fault, "Test only: false-reward | replay | poison | worker-throw | hoard | churn | sign-flip | scaled | noise | nan | zero | stop-only | lazy")->group("");
+  cmd->add_option("--fault", fault, "Test only: false-reward | replay | poison | worker-throw | hoard | churn | sign-flip | scaled | noise | nan | zero | stop-only | lazy | cherry-pick")->group("");
   cmd->add_option("--delay-ms", o.delay_ms, "Test only: sleep before sending each update")->group("");
 }
 

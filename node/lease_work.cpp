@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 
@@ -63,6 +64,31 @@ LeaseGradient compute_lease(DeviceGroup& devices, const LeaseContext& ctx,
     }
     share.batch.rollout = grpo::generate(model, ids, G, sp, ctx.tok.pad_id());
     grpo::score_rollout(ctx.tok, ctx.task, share.batch);
+    if (ctx.cherry_pick) {
+      grpo::ScoredBatch other;
+      other.prompts = share.batch.prompts;
+      grpo::SamplingParams sp2 = sp;
+      for (auto& seed : sp2.group_seeds) seed ^= 0x9e3779b97f4a7c15ull;
+      other.rollout = grpo::generate(model, ids, G, sp2, ctx.tok.pad_id());
+      grpo::score_rollout(ctx.tok, ctx.task, other);
+      std::vector<std::vector<int64_t>> chosen;
+      for (size_t i = 0; i < share.batch.rewards.size(); ++i)
+        chosen.push_back(share.batch.rewards[i] > other.rewards[i] ? share.batch.rollout.completions[i]
+                                                                   : other.rollout.completions[i]);
+      grpo::Rollout r = grpo::layout(ids, G, chosen, sp.max_new_tokens, ctx.tok.pad_id());
+      const auto stops = ctx.tok.stop_ids();
+      for (const auto& c : chosen) {
+        r.generated_tokens += static_cast<int64_t>(c.size());
+        r.truncated.push_back(static_cast<int64_t>(c.size()) == sp.max_new_tokens &&
+                              std::find(stops.begin(), stops.end(), c.back()) == stops.end());
+      }
+      {
+        at::NoGradGuard no_grad;
+        r.logprobs = grpo::completion_logprobs(model, r, sp.temperature) * r.completion_mask;
+      }
+      share.batch.rollout = std::move(r);
+      grpo::score_rollout(ctx.tok, ctx.task, share.batch);
+    }
     share.seconds += mono_s() - t0;
   });
 

@@ -26,6 +26,9 @@ struct LeaseContext {
   const grpo::GrpoConfig& cfg;
   const exchange::ParamLayout& layout;
   int fail_worker = -1;  // fault injection (`--fault worker-throw`): this worker throws
+  // Fault injection (`--fault cherry-pick`): each group is also sampled with other seeds, and
+  // every completion slot keeps the better-scored of the two (ties: the other seeds' one).
+  bool cherry_pick = false;
 };
 
 struct WorkerShare {

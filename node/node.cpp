@@ -302,9 +302,10 @@ Fault parse_fault(const std::string& name) {
   if (name == "zero") return Fault::zero;
   if (name == "stop-only") return Fault::stop_only;
   if (name == "lazy") return Fault::lazy;
+  if (name == "cherry-pick") return Fault::cherry_pick;
   throw Error("unknown --fault '" + name +
               "' (false-reward | replay | poison | worker-throw | hoard | churn | sign-flip | scaled | "
-              "noise | nan | zero | stop-only | lazy)");
+              "noise | nan | zero | stop-only | lazy | cherry-pick)");
 }
 
 void run_node(const NodeOptions& options) {

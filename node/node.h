@@ -30,9 +30,11 @@ enum class Fault {
   zero,           // free-rider: honest completions, a zero gradient
   stop_only,      // free-rider: every completion the stop token alone, reward 0, zero gradient
   lazy,           // keeps the first weights it loaded and labels its work with the lease's version
+  cherry_pick,    // samples each group twice, keeps the better-scored completion of each slot
 };
 // "false-reward" | "replay" | "poison" | "worker-throw" | "hoard" | "churn" | "sign-flip" |
-// "scaled" | "noise" | "nan" | "zero" | "stop-only" | "lazy" | "" (none); throws cohort::Error.
+// "scaled" | "noise" | "nan" | "zero" | "stop-only" | "lazy" | "cherry-pick" | "" (none); throws
+// cohort::Error.
 Fault parse_fault(const std::string& name);
 
 struct NodeOptions {

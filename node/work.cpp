@@ -29,6 +29,7 @@ std::optional<protocol::SealedUpdate> Node::work(const wire::WorkLease& lease) {
   }
   const std::vector<GroupRange> split = split_lease(n, speed_->weights());
   LeaseContext ctx{*task_, *tok_, cfg_, layout_};
+  ctx.cherry_pick = opt_.fault == Fault::cherry_pick;
   if (opt_.fault == Fault::worker_throw && !fault_fired_) {
     ctx.fail_worker = devices_->size() - 1;
     fault_fired_ = true;

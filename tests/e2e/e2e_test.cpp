@@ -1250,8 +1250,9 @@ TEST_F(E2E, PausedNodeKeepsItsSessionTakesNoLeaseAndResumes) {
 
 // Adversary kinds (node --fault) against a round that audits every update and bans at the first
 // misbehaviour: gradient attacks (reversed, ×10, noise, NaN, zero) are refused by recomputation
-// or the norm check; free-riders that send the stop token alone, and a lazy peer that keeps its
-// first weights and labels its work current, are refused `not_sampled`: the audit samples the
+// or the norm check; free-riders that send the stop token alone, a cherry-picker that keeps the
+// better of two samples per completion, and a lazy peer that keeps its first weights and labels
+// its work current, are refused `not_sampled`: the audit samples the
 // lease again from its seeds on the version claimed and gets other completions. The honest peers
 // are never refused for misbehaviour and the round completes with every group counted once.
 TEST_F(E2E, AdversariesAreRefusedWithTheirReasonsAndTheRoundCompletes) {
@@ -1266,7 +1267,7 @@ TEST_F(E2E, AdversariesAreRefusedWithTheirReasonsAndTheRoundCompletes) {
   // and further behind the version it claims.
   const std::vector<std::pair<std::string, std::string>> first = {
       {"sign-flip", "1"}, {"scaled", "1"}, {"noise", "1"}, {"nan", "1"},
-      {"zero", "4"},      {"stop-only", "1"}, {"lazy", "1"}};
+      {"zero", "4"},      {"stop-only", "1"}, {"lazy", "1"}, {"cherry-pick", "2"}};
   for (const auto& [kind, batch] : first) start_node(ep, kind, {"--fault", kind, "--max-batch", batch});
   // Each has had an update checked before the honest peers come.
   for (const auto& [kind, batch] : first)
@@ -1294,7 +1295,9 @@ TEST_F(E2E, AdversariesAreRefusedWithTheirReasonsAndTheRoundCompletes) {
   EXPECT_EQ(count("stop-only", "accepted = 1"), 0);
   EXPECT_GE(count("stop-only", "reason = 'not_sampled'"), 1) << log("coordinator");
   EXPECT_GE(count("lazy", "reason = 'not_sampled'"), 1) << log("lazy") << log("coordinator");
-  for (const char* kind : {"sign-flip", "scaled", "noise", "nan", "zero", "stop-only", "lazy"})
+  EXPECT_EQ(count("cherry-pick", "accepted = 1"), 0);
+  EXPECT_GE(count("cherry-pick", "reason = 'not_sampled'"), 1) << log("cherry-pick") << log("coordinator");
+  for (const char* kind : {"sign-flip", "scaled", "noise", "nan", "zero", "stop-only", "lazy", "cherry-pick"})
     EXPECT_GE(db.count("SELECT COUNT(*) FROM refusals WHERE reason = 'banned' AND peer = '" + key_hex(kind) + "'") +
                   count(kind, "accepted = 0"),
               1)
