@@ -9,6 +9,7 @@
 #   floor); STEPS=N: a longer round (default 8).
 set -eu
 C=${COHORT:-build/app/cohort}
+. "$(dirname "$0")/round.sh"
 BASE=$(realpath $1)
 OUT=${2:-/tmp/cohort-adversaries}
 SEED=${3:-1}
@@ -50,11 +51,7 @@ max_new_tokens = 16
 $VERIFY
 ban_after = 1
 TOML
-$C coordinator serve --config $OUT/round.toml --threads 1 > $OUT/coordinator.log 2>&1 &
-COORD=$!
-for i in $(seq 1 100); do [ -f $OUT/round/endpoint.json ] && break; sleep 0.2; done
-PORT=$(python3 -c "import json;print(json.load(open('$OUT/round/endpoint.json'))['port'])")
-KEY=$(python3 -c "import json;print(json.load(open('$OUT/round/endpoint.json'))['coordinator_key'])")
+start_coordinator $OUT/round.toml $OUT/round $OUT/coordinator.log
 node() {  # name, then node flags
   name=$1; shift
   $C node run --coordinator 127.0.0.1:$PORT --coordinator-key $KEY --key $OUT/keys/$name.key \

@@ -4,6 +4,7 @@
 # made-up lease), as docs/RESULTS.md reports. 10 steps x 32 prompts x G = 8, S = 1, on loopback.
 set -u
 C=${COHORT:-build/app/cohort}
+. "$(dirname "$0")/round.sh"
 BASE=${1:?usage: bench/lease_abuse.sh <model folder> (e.g. runs/demo/base)}
 OUT=${2:-/tmp/cohort-lease-abuse}
 run() {  # $1 = label, $2 = fault ("" for none)
@@ -29,11 +30,8 @@ lr = 1e-4
 [sampling]
 max_new_tokens = 16
 TOML
-  $C coordinator serve --config $D/round.toml --threads 1 > $D/coordinator.log 2>&1 &
-  CP=$!
-  for i in $(seq 1 100); do [ -f $D/round/endpoint.json ] && break; sleep 0.1; done
-  PORT=$(python3 -c "import json;print(json.load(open('$D/round/endpoint.json'))['port'])")
-  KEY=$(python3 -c "import json;print(json.load(open('$D/round/endpoint.json'))['coordinator_key'])")
+  start_coordinator $D/round.toml $D/round $D/coordinator.log
+  CP=$COORD
   if [ -n "$2" ]; then
     $C node run --coordinator 127.0.0.1:$PORT --coordinator-key $KEY --key $D/bad.key --name bad \
       --threads 1 --fault $2 --give-up-after 5 > $D/bad.log 2>&1 &

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <initializer_list>
 #include <set>
 #include <sstream>
 #include <variant>
@@ -69,6 +70,16 @@ void exec(sqlite3* db, const char* sql) {
   }
 }
 
+// ALTER TABLE for each (name, type) the table lacks.
+void add_missing_columns(sqlite3* db, const std::string& table,
+                         std::initializer_list<std::pair<const char*, const char*>> columns) {
+  std::set<std::string> have;
+  for (Stmt s(db, ("PRAGMA table_info(" + table + ")").c_str()); s.step();) have.insert(s.text(1));
+  for (const auto& [name, type] : columns)
+    if (!have.contains(name))
+      exec(db, ("ALTER TABLE " + table + " ADD COLUMN " + name + " " + type + ";").c_str());
+}
+
 constexpr const char* kSchema = R"(
 CREATE TABLE IF NOT EXISTS peers(
   peer TEXT PRIMARY KEY, name TEXT, capabilities TEXT, first_seen_ms INTEGER, last_seen_ms INTEGER);
@@ -128,17 +139,11 @@ Ledger::Ledger(const std::string& path, LedgerSync sync) {
   exec(db_, kSchema);
   // Ledgers written by earlier versions lack the newer columns: before updates were streamed
   // (no `stream`: their bodies hold it all), before credits (no `completion_tokens`, `groups`:
-  // those updates earn no credit, as nothing recorded what they verified).
-  std::set<std::string> columns;
-  for (Stmt s(db_, "PRAGMA table_info(updates)"); s.step();) columns.insert(s.text(1));
-  if (!columns.contains("stream")) exec(db_, "ALTER TABLE updates ADD COLUMN stream BLOB;");
-  if (!columns.contains("completion_tokens"))
-    exec(db_, "ALTER TABLE updates ADD COLUMN completion_tokens REAL;");
-  if (!columns.contains("groups")) exec(db_, "ALTER TABLE updates ADD COLUMN groups INTEGER;");
-  if (!columns.contains("audited")) exec(db_, "ALTER TABLE updates ADD COLUMN audited INTEGER;");
-  bool has_kl = false;  // steps recorded before rounds had a KL term
-  for (Stmt s(db_, "PRAGMA table_info(steps)"); s.step();) has_kl |= s.text(1) == "kl";
-  if (!has_kl) exec(db_, "ALTER TABLE steps ADD COLUMN kl REAL;");
+  // those updates earn no credit, as nothing recorded what they verified), before audits were
+  // recorded (`audited`), before the KL term (`steps.kl`).
+  add_missing_columns(db_, "updates", {{"stream", "BLOB"}, {"completion_tokens", "REAL"},
+                                       {"groups", "INTEGER"}, {"audited", "INTEGER"}});
+  add_missing_columns(db_, "steps", {{"kl", "REAL"}});
 }
 
 Ledger::~Ledger() { sqlite3_close(db_); }
@@ -411,15 +416,21 @@ std::string Ledger::status_json() const {
       credit_tokens += s.f64(4);
       credit_groups += s.i64(5);
     }
+  }
+  // Refused updates by peer and reason; the totals by reason are their sums.
+  std::map<std::string, int64_t> refused_by_reason;
+  {
     Stmt r(db_, "SELECT peer, reason, COUNT(*) FROM updates WHERE accepted=0 GROUP BY peer, reason");
-    while (r.step()) peers[r.text(0)]["refused_reasons"][r.text(1)] = r.i64(2);
+    while (r.step()) {
+      peers[r.text(0)]["refused_reasons"][r.text(1)] = r.i64(2);
+      refused_by_reason[r.text(1)] += r.i64(2);
+    }
   }
   j["peers"] = peers;
   j["credits"] = {{"tokens", credit_tokens}, {"groups", credit_groups}};
   json reasons = json::object();
   {
-    Stmt s(db_, "SELECT reason, COUNT(*) FROM updates WHERE accepted=0 GROUP BY reason");
-    while (s.step()) reasons[s.text(0)] = s.i64(1);
+    for (const auto& [reason, n] : refused_by_reason) reasons[reason] = n;
     Stmt r(db_, "SELECT reason, COUNT(*) FROM refusals GROUP BY reason");
     while (r.step()) reasons["connection:" + r.text(0)] = r.i64(1);
   }

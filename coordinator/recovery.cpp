@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "coordinator/coordinator_impl.h"
+#include "exchange/blob_store.h"
 #include "exchange/round_settings.h"
 #include "grpo/scoring.h"
 #include "protocol/digest.h"
@@ -151,8 +152,7 @@ wire::RoundSettings Coordinator::Impl::make_settings() const {
             : cfg.codec == GradientCodec::topk ? wire::CODEC_TOPK_Q4
                                                : wire::CODEC_RAW;
   auto digest = [](const std::string& path) {
-    const protocol::Digest d = protocol::blake2b_256_file(path);
-    return protocol::to_hex(protocol::ByteView(d.data(), d.size()));
+    return exchange::digest_hex(protocol::blake2b_256_file(path));
   };
   // Files every peer must hold byte for byte: the JSONL dataset and a Hugging Face model's
   // tokenizer files.

@@ -3,10 +3,10 @@
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
+#include "common/file.h"
 #include "coordinator/coordinator_impl.h"
+#include "exchange/blob_store.h"
 #include "grpo/safetensors.h"
 
 namespace cohort::coordinator {
@@ -14,18 +14,6 @@ namespace cohort::coordinator {
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string hex_of(const protocol::Digest& d) {
-  return protocol::to_hex(protocol::ByteView(d.data(), d.size()));
-}
-
-std::string read_whole(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("cannot read " + path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // Bytes a worker device holds for a lease at precision p (a planning figure, docs/PEER.md): the
 // model's parameters and their gradients in FP32 (bf16 and fp8 cast inside the linear layers, the
@@ -53,9 +41,9 @@ uint64_t memory_estimate(const grpo::ModelConfig& m, const grpo::GrpoConfig& g, 
 
 void Coordinator::Impl::put_round_files() {
   auto add = [this](const std::string& role, const std::string& path) {
-    const std::string bytes = read_whole(path);
+    const std::string bytes = read_file(path);
     const protocol::Digest d = policy->put_round_file(bytes);
-    round_files.push_back({role, fs::path(path).filename().string(), bytes.size(), hex_of(d), {}});
+    round_files.push_back({role, fs::path(path).filename().string(), bytes.size(), exchange::digest_hex(d), {}});
   };
   if (!cfg.grpo.task.dataset.empty()) add("dataset", cfg.grpo.task.dataset);
   for (const char* f : kSharedTokenizerFiles)
@@ -72,7 +60,7 @@ std::string Coordinator::Impl::make_round_card(const std::string& peer_address,
   if (c.model_name.empty()) c.model_name = fs::path(cfg.model_path).parent_path().filename().string();
   c.parameters = policy_params;
   c.policy_dtype = std::string(exchange::dtype_name(policy->dtype()));
-  c.config_blake2b = hex_of(protocol::blake2b_256(protocol::as_bytes(settings.model_config_json())));
+  c.config_blake2b = exchange::digest_hex(protocol::blake2b_256(protocol::as_bytes(settings.model_config_json())));
   c.task = cfg.grpo.task.dataset.empty() ? cfg.grpo.task.name : "dataset:" + cfg.grpo.task.reward;
   c.gradient_codec = cfg.codec == GradientCodec::fp8 ? "fp8" : cfg.codec == GradientCodec::topk ? "topk" : "raw";
   c.kl_beta = cfg.grpo.loss.beta;

@@ -20,7 +20,7 @@ BlobStore::BlobStore(fs::path dir) : dir_(std::move(dir)) {
 }
 
 fs::path BlobStore::path(const protocol::Digest& d) const {
-  return dir_ / protocol::to_hex(protocol::ByteView(d.data(), d.size()));
+  return dir_ / digest_hex(d);
 }
 
 protocol::Digest BlobStore::put(std::string_view bytes) {
@@ -84,6 +84,10 @@ std::optional<protocol::Digest> parse_digest_hex(std::string_view hex) {
   protocol::Digest d{};
   std::copy(bytes->begin(), bytes->end(), d.begin());
   return d;
+}
+
+std::string digest_hex(const protocol::Digest& d) {
+  return protocol::to_hex(protocol::ByteView(d.data(), d.size()));
 }
 
 }  // namespace cohort::exchange

@@ -46,5 +46,7 @@ class BlobStore {
 
 // "<64 lowercase hex>" → the digest, or nullopt for anything else.
 [[nodiscard]] std::optional<protocol::Digest> parse_digest_hex(std::string_view hex);
+// The digest as 64 lowercase hex digits (blob names, round settings, round cards).
+[[nodiscard]] std::string digest_hex(const protocol::Digest& d);
 
 }  // namespace cohort::exchange

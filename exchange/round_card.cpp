@@ -5,6 +5,7 @@
 #include <cmath>
 #include <set>
 
+#include "exchange/blob_store.h"
 #include "protocol/digest.h"
 
 namespace cohort::exchange {
@@ -15,10 +16,16 @@ using nlohmann::json;
 constexpr size_t kMaxFiles = 64;
 constexpr size_t kMaxList = 16;       // addresses, sources, mirrors
 constexpr size_t kMaxString = 2048;   // any one string field inside the card
-constexpr size_t kMaxCardBytes = 1 << 20;  // the card itself (a node reads at most 1 MiB)
 
-bool is_hex(std::string_view s, size_t n) {
-  return s.size() == n && s.find_first_not_of("0123456789abcdef") == std::string_view::npos;
+bool is_digest_hex(std::string_view s) { return parse_digest_hex(s).has_value(); }
+
+// Parses JSON text, a CardError naming `what` when it is not JSON.
+json parse_json(std::string_view text, const std::string& what) {
+  try {
+    return json::parse(text);
+  } catch (const json::exception& e) {
+    throw CardError(what + "not JSON: " + e.what());
+  }
 }
 
 // Typed access to the card's fields: a missing field or one of another type or out of range is a
@@ -76,16 +83,19 @@ class Fields {
 
 }  // namespace
 
-bool is_host_port(std::string_view a) {
+std::optional<std::pair<std::string, uint16_t>> split_host_port(std::string_view a) {
   const auto colon = a.rfind(':');
-  if (colon == std::string_view::npos || colon == 0) return false;
-  const std::string_view host = a.substr(0, colon), port = a.substr(colon + 1);
+  if (colon == std::string_view::npos || colon == 0) return std::nullopt;
+  std::string_view host = a.substr(0, colon);
+  const std::string_view port = a.substr(colon + 1);
   // A bare IPv6 address ("::1:7070") is ambiguous: it must be bracketed.
-  if (host.find(':') != std::string_view::npos && !(host.front() == '[' && host.back() == ']')) return false;
+  if (host.front() == '[' && host.back() == ']' && host.size() > 2) host = host.substr(1, host.size() - 2);
+  else if (host.find(':') != std::string_view::npos) return std::nullopt;
   if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string_view::npos)
-    return false;
+    return std::nullopt;
   const int n = std::stoi(std::string(port));
-  return n >= 1 && n <= 65535;
+  if (n < 1 || n > 65535) return std::nullopt;
+  return std::pair{std::string(host), static_cast<uint16_t>(n)};
 }
 
 std::string sign_round_card(RoundCard c, const protocol::Identity& signer) {
@@ -122,27 +132,17 @@ std::string sign_round_card(RoundCard c, const protocol::Identity& signer) {
 }
 
 RoundCard read_round_card(std::string_view text) {
-  json file;
-  try {
-    file = json::parse(text);
-  } catch (const json::exception& e) {
-    throw CardError(std::string("not JSON: ") + e.what());
-  }
+  const json file = parse_json(text, "");
   const Fields outer(file, "");
   if (outer.text("format") != kRoundCardFormat)
     outer.fail("format", "is not " + std::string(kRoundCardFormat) + " (a card from another version?)");
-  const std::string body = outer.text("card", false, kMaxCardBytes);
+  const std::string body = outer.text("card", false, kMaxRoundCardBytes);
   const std::string sig_hex = outer.text("signature");
-  json j;
-  try {
-    j = json::parse(body);
-  } catch (const json::exception& e) {
-    throw CardError(std::string("'card' is not JSON: ") + e.what());
-  }
+  const json j = parse_json(body, "'card' is ");
   const Fields f(j, "card");
   RoundCard c;
   c.coordinator_key = f.text("coordinator_key");
-  if (!is_hex(c.coordinator_key, 64)) f.fail("coordinator_key", "must be 64 lowercase hex digits");
+  if (!is_digest_hex(c.coordinator_key)) f.fail("coordinator_key", "must be 64 lowercase hex digits");
   // The signature first: nothing else in an unsigned card is worth reading.
   const auto sig = protocol::from_hex(sig_hex);
   if (!sig || sig->size() != protocol::kSignatureLen)
@@ -163,7 +163,7 @@ RoundCard read_round_card(std::string_view text) {
   c.parameters = m.count("parameters");
   c.policy_dtype = m.text("policy_dtype", false);
   c.config_blake2b = m.text("config_blake2b");
-  if (!is_hex(c.config_blake2b, 64)) m.fail("config_blake2b", "must be 64 lowercase hex digits");
+  if (!is_digest_hex(c.config_blake2b)) m.fail("config_blake2b", "must be 64 lowercase hex digits");
   c.task = f.text("task", false);
   c.gradient_codec = f.text("gradient_codec", false);
   c.kl_beta = f.number("kl_beta");
@@ -184,7 +184,7 @@ RoundCard read_round_card(std::string_view text) {
     if (!seen.insert({cf.role, cf.name}).second) e.fail("name", "names a file twice");
     cf.size = e.count("size");
     cf.blake2b = e.text("blake2b");
-    if (!is_hex(cf.blake2b, 64)) e.fail("blake2b", "must be 64 lowercase hex digits");
+    if (!is_digest_hex(cf.blake2b)) e.fail("blake2b", "must be 64 lowercase hex digits");
     cf.sources = e.texts("sources");
     if (cf.sources.empty()) e.fail("sources", "must name at least one base URL");
     c.files.push_back(std::move(cf));

@@ -12,8 +12,10 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/check.h"
@@ -24,6 +26,8 @@ namespace cohort::exchange {
 // The domain the card's signature covers (protocol/digest.h lists the others).
 inline constexpr std::string_view kRoundCardDomain = "cohort/round-card/v1";
 inline constexpr std::string_view kRoundCardFormat = "cohort-round-card/1";
+// The largest card file a node reads (and the largest `card` string in it).
+inline constexpr size_t kMaxRoundCardBytes = 1 << 20;
 
 // A card that is malformed, or whose signature does not verify; the message says which field.
 class CardError : public Error {
@@ -66,8 +70,12 @@ struct RoundCard {
 };
 
 // "HOST:PORT" with a non-empty host (an IPv6 address in brackets) and a port in 1..65535: what a
-// card's addresses and [card] addresses must be.
-[[nodiscard]] bool is_host_port(std::string_view address);
+// card's addresses, [card] addresses and a node's --coordinator must be. split_host_port returns
+// the host (brackets removed) and the port, or nullopt.
+[[nodiscard]] std::optional<std::pair<std::string, uint16_t>> split_host_port(std::string_view address);
+[[nodiscard]] inline bool is_host_port(std::string_view address) {
+  return split_host_port(address).has_value();
+}
 
 // The card file's text: {"format", "card" (the card's JSON as a string: the exact bytes signed),
 // "signature" (128 hex: Ed25519 by the coordinator over BLAKE2b-256(kRoundCardDomain || 0 ||

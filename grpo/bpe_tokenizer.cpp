@@ -18,6 +18,7 @@
 #include <unordered_map>
 
 #include "common/check.h"
+#include "common/file.h"
 
 namespace cohort::grpo {
 namespace {
@@ -174,14 +175,6 @@ struct PreTokenizerStep {
   bool add_prefix_space = false;
   bool individual_digits = false;
 };
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("cannot open " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 }  // namespace
 
@@ -360,7 +353,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_folder(const std::string& dir) 
     throw Error("no tokenizer.json in '" + dir + "' (byte-level BPE tokenizers are read from it)");
   const fs::path tc = fs::path(dir) / "tokenizer_config.json";
   try {
-    return from_json(read_text(tj.string()), fs::exists(tc) ? read_text(tc.string()) : "");
+    return from_json(read_file(tj.string()), fs::exists(tc) ? read_file(tc.string()) : "");
   } catch (const Error& e) {
     throw Error(dir + ": " + e.what());
   }

@@ -7,8 +7,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <tuple>
 
 #include "common/check.h"
+#include "exchange/round_card.h"
 #include "node/device_group.h"
 #include "node/join.h"
 #include "node/volunteer.h"
@@ -112,10 +114,9 @@ void add_commands(CLI::App& app) {
   add_work_options(run, *o, *devices, *fault);
   run->callback([o, addr, devices, fault] {
     finish_work_options(*o, *devices, *fault);
-    auto colon = addr->rfind(':');
-    if (colon == std::string::npos) throw Error("--coordinator must be HOST:PORT");
-    o->host = addr->substr(0, colon);
-    o->port = static_cast<uint16_t>(std::stoi(addr->substr(colon + 1)));
+    const auto address = exchange::split_host_port(*addr);
+    if (!address) throw Error("--coordinator must be HOST:PORT, port 1..65535 (got '" + *addr + "')");
+    std::tie(o->host, o->port) = *address;
     run_node(*o);
   });
 

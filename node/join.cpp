@@ -9,9 +9,11 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
-#include <sstream>
+#include <tuple>
 
 #include "common/check.h"
+#include "common/file.h"
+#include "exchange/blob_store.h"
 #include "node/weight_sync.h"
 #include "protocol/digest.h"
 
@@ -21,8 +23,8 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-constexpr uint64_t kMaxCardBytes = 1 << 20;
-constexpr uint64_t kRangeBytes = 4 << 20;  // one Range request, and the progress step
+// The status document can be large (a peer entry each): far above a card, still bounded.
+constexpr uint64_t kMaxStatusBytes = 256ull << 20;
 
 fs::path xdg_dir(const char* variable, const char* fallback) {
   // The XDG Base Directory rules: a relative value is ignored.
@@ -34,42 +36,44 @@ fs::path xdg_dir(const char* variable, const char* fallback) {
 }
 
 std::string digest_hex_of_file(const fs::path& p) {
-  const protocol::Digest d = protocol::blake2b_256_file(p.string());
-  return protocol::to_hex(protocol::ByteView(d.data(), d.size()));
+  return exchange::digest_hex(protocol::blake2b_256_file(p.string()));
+}
+
+// GET `url` (http:// only), its body as long as it stays within `max_bytes`; `what` names it in
+// errors. Throws cohort::Error.
+std::string http_get_text(const std::string& url, uint64_t max_bytes, const std::string& what) {
+  auto [origin, path] = split_url(url);
+  httplib::Client cli(origin);
+  if (!cli.is_valid()) throw Error(what + " " + url + " is not a URL this node can fetch");
+  cli.set_connection_timeout(10, 0);
+  cli.set_read_timeout(30, 0);
+  cli.set_follow_location(true);
+  std::string body;
+  auto res = cli.Get(path.empty() ? "/" : path, [&](const char* data, size_t n) {
+    body.append(data, n);
+    return body.size() <= max_bytes;  // a server sending more is not serving what was asked
+  });
+  if (!res) throw Error(what + " " + url + ": " + httplib::to_string(res.error()));
+  if (res->status != 200)
+    throw Error(what + " " + url + ": HTTP " + std::to_string(res->status) +
+                (res->status == 404 ? " (is this the coordinator's status address?)" : ""));
+  return body;
 }
 
 std::string read_card_text(const std::string& where) {
   if (where.starts_with("https://"))
     throw Error("this build fetches cards over http:// only: download the card (e.g. with curl) "
                 "and give its file, whose signature is checked the same way");
-  if (!where.starts_with("http://")) {
-    std::error_code ec;
-    const auto size = fs::file_size(where, ec);
-    if (ec) throw Error("round card " + where + ": " + ec.message());
-    if (size > kMaxCardBytes) throw Error("round card " + where + " is over 1 MiB: not a card");
-    std::ifstream in(where, std::ios::binary);
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
+  if (where.starts_with("http://")) {
+    // A URL without a path names the coordinator's card: /round.
+    return http_get_text(split_url(where).second.empty() ? where + "/round" : where,
+                         exchange::kMaxRoundCardBytes, "round card");
   }
-  const auto path_at = where.find('/', 7);
-  const std::string origin = where.substr(0, path_at);
-  const std::string path = path_at == std::string::npos ? "/round" : where.substr(path_at);
-  httplib::Client cli(origin);
-  if (!cli.is_valid()) throw Error("round card URL " + where + " is not one this node can fetch");
-  cli.set_connection_timeout(10, 0);
-  cli.set_read_timeout(30, 0);
-  cli.set_follow_location(true);
-  std::string body;
-  auto res = cli.Get(path, [&](const char* data, size_t n) {
-    body.append(data, n);
-    return body.size() <= kMaxCardBytes;  // a server sending more is not serving a card
-  });
-  if (!res) throw Error("round card " + where + ": " + httplib::to_string(res.error()));
-  if (res->status != 200)
-    throw Error("round card " + where + ": HTTP " + std::to_string(res->status) +
-                (res->status == 404 ? " (is this the coordinator's status address, path /round?)" : ""));
-  return body;
+  std::error_code ec;
+  const auto size = fs::file_size(where, ec);
+  if (ec) throw Error("round card " + where + ": " + ec.message());
+  if (size > exchange::kMaxRoundCardBytes) throw Error("round card " + where + " is over 1 MiB: not a card");
+  return read_file(where);
 }
 
 // The key a round id was first joined with (trust on first use), remembered in
@@ -135,14 +139,14 @@ uint64_t ensure_file(const fs::path& blobs, const exchange::CardFile& f, fs::pat
       const auto t0 = std::chrono::steady_clock::now();
       uint64_t last_report = have;
       while (have < f.size) {
-        const uint64_t n = std::min(kRangeBytes, f.size - have);
+        const uint64_t n = std::min(kHttpRangeBytes, f.size - have);
         const std::string bytes = http_blob_range(base, f.blake2b, have, n);
         o.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
         o.flush();
         if (!o) throw Error("cannot write " + part.string());
         have += n;
         fetched += n;
-        if (have - last_report >= 16 * kRangeBytes && have < f.size) {
+        if (have - last_report >= 16 * kHttpRangeBytes && have < f.size) {
           const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
           spdlog::info("node: {} {}: {:.1f} of {:.1f} MiB ({:.1f} MiB/s)", f.role, f.name,
                        double(have) / (1 << 20), double(f.size) / (1 << 20),
@@ -186,17 +190,9 @@ std::string peer_status_text(const std::string& round, const std::string& me) {
     url += "/status";
   }
   if (!url.starts_with("http://")) throw Error("status URL " + url + ": only http:// is fetched");
-  const auto path_at = url.find('/', 7);
-  if (path_at == std::string::npos) throw Error("status URL " + url + " has no path (…/status)");
-  httplib::Client cli(url.substr(0, path_at));
-  cli.set_connection_timeout(10, 0);
-  cli.set_read_timeout(30, 0);
-  auto res = cli.Get(url.substr(path_at));
-  if (!res) throw Error("status " + url + ": " + httplib::to_string(res.error()));
-  if (res->status != 200) throw Error("status " + url + ": HTTP " + std::to_string(res->status));
   json j;
   try {
-    j = json::parse(res->body);
+    j = json::parse(http_get_text(url, kMaxStatusBytes, "status"));
   } catch (const json::exception& e) {
     throw Error("status " + url + " is not JSON: " + e.what());
   }
@@ -250,15 +246,10 @@ JoinedRound join_round(const JoinOptions& o) {
                c.policy_dtype, c.task,
                c.gradient_codec, c.kl_beta > 0 ? fmt::format(", KL beta {}", c.kl_beta) : "",
                c.status_url);
-  const auto& a = c.addresses.front();
-  const auto colon = a.rfind(':');
-  r.host = a.substr(0, colon);
-  if (r.host.size() > 2 && r.host.front() == '[' && r.host.back() == ']') r.host = r.host.substr(1, r.host.size() - 2);
-  const std::string port = a.substr(colon + 1);
-  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
-      std::stoi(port) > 65535)
-    throw Error("round card: address '" + a + "' has no valid port", 2);
-  r.port = static_cast<uint16_t>(std::stoi(port));
+  // read_round_card checked every address; the node connects to the first.
+  const auto address = exchange::split_host_port(c.addresses.front());
+  COHORT_CHECK(address.has_value(), "a checked card's address parses");
+  std::tie(r.host, r.port) = *address;
 
   const fs::path blobs = cache / "blobs";
   fs::create_directories(blobs);

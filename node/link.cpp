@@ -194,17 +194,18 @@ asio::awaitable<Node::Ahead> Node::run_link(CoordinatorLink& link, Computing& c,
 
 asio::awaitable<void> Node::fetch_reference(CoordinatorLink& link) {
   const double t0 = mono_s();
-  ref_sync_ = std::make_unique<WeightSync>(layout_, coordinator_, round_id_, policy_dtype_,
+  // Its own fetcher, dropped at the end with its copy of the published bytes: the replicas hold
+  // the reference then.
+  auto sync = std::make_unique<WeightSync>(layout_, coordinator_, round_id_, policy_dtype_,
                                            opt_.mirrors, /*reference=*/true);
-  const StagedWeights w = co_await ref_sync_->fetch(link, 0);
-  ref_sync_->load(w, [&](const std::string& name, const std::vector<float>& v) {
+  const StagedWeights w = co_await sync->fetch(link, 0);
+  sync->load(w, [&](const std::string& name, const std::vector<float>& v) {
     devices_->load_reference(name, v);
   });
   reference_loaded_ = true;
   weights_s_ += mono_s() - t0;
   spdlog::info("node: reference policy loaded for the KL term (beta {}): {:.1f} MB in {:.2f} s",
-               cfg_.loss.beta, ref_sync_->fetched_bytes() / 1e6, mono_s() - t0);
-  ref_sync_.reset();  // its copy of the published bytes: the replicas hold the reference now
+               cfg_.loss.beta, sync->fetched_bytes() / 1e6, mono_s() - t0);
 }
 
 asio::awaitable<void> Node::wait_while_paused(CoordinatorLink& link, double& last_ok) {

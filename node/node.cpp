@@ -20,6 +20,7 @@
 #include "common/clock.h"
 #include "common/quantile.h"
 #include "common/runtime.h"
+#include "exchange/blob_store.h"
 #include "exchange/round_settings.h"
 #include "node/node_impl.h"
 #include "protocol/digest.h"
@@ -41,8 +42,7 @@ void require_same_file(const exchange::SharedFile& want, const std::string& path
   if (path.empty())
     throw RoundOver(3, "the round uses " + what + "; give this node its copy with " + option);
   if (!fs::exists(path)) throw RoundOver(3, what + " " + path + " does not exist");
-  const protocol::Digest d = protocol::blake2b_256_file(path);
-  const std::string have = protocol::to_hex(protocol::ByteView(d.data(), d.size()));
+  const std::string have = exchange::digest_hex(protocol::blake2b_256_file(path));
   if (have != want.blake2b)
     throw RoundOver(3, what + " mismatch: " + path + " has BLAKE2b-256 " + have +
                            " but the round's is " + want.blake2b + "; use the coordinator's file");

@@ -100,9 +100,7 @@ class Node {
   // Of the last computed lease, written on the compute thread before it posts `done`.
   double last_generated_ = 0, last_tokens_per_s_ = 0;
   double shown_tokens_per_s_ = 0;  // last_tokens_per_s_ once the network thread saw it done
-  // Rounds with a KL term: the reference policy, fetched once per process into the device group
-  // (the fetcher is dropped once the replicas hold it).
-  std::unique_ptr<WeightSync> ref_sync_;
+  // Rounds with a KL term: the reference policy is fetched once per process into the device group.
   bool reference_loaded_ = false;
   wire::DType policy_dtype_ = wire::DTYPE_F32;
   // Computed updates not yet acknowledged, in order; kept across a lost link.

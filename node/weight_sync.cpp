@@ -19,20 +19,19 @@ namespace cohort::node {
 
 namespace {
 
-// HTTP requests ask for this much at a time: each answer is quick (0.3 s at 100 Mbit/s) and a
-// failure costs at most this much again.
-constexpr uint64_t kRangeBytes = 4ull << 20;
 
 }  // namespace
+
+std::pair<std::string, std::string> split_url(const std::string& url) {
+  const auto scheme_end = url.find("://");
+  const auto path_at = scheme_end == std::string::npos ? std::string::npos : url.find('/', scheme_end + 3);
+  return {url.substr(0, path_at), path_at == std::string::npos ? "" : url.substr(path_at)};
+}
 
 std::string http_blob_range(const std::string& base, const std::string& hex, uint64_t offset,
                             uint64_t length) {
   // httplib takes "scheme://host:port"; a path after it is the mirror's prefix.
-  const auto scheme_end = base.find("://");
-  const auto path_at = scheme_end == std::string::npos ? std::string::npos
-                                                       : base.find('/', scheme_end + 3);
-  const std::string origin = base.substr(0, path_at);
-  std::string prefix = path_at == std::string::npos ? "" : base.substr(path_at);
+  auto [origin, prefix] = split_url(base);
   while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
   httplib::Client cli(origin);
   if (!cli.is_valid()) throw Error("not a URL this node can fetch from");
@@ -121,8 +120,8 @@ asio::awaitable<std::string> WeightSync::fetch_blob(CoordinatorLink& link, const
     std::string why;
     try {
       std::string bytes;
-      for (uint64_t off = 0; off < ref.size_bytes(); off += kRangeBytes) {
-        const uint64_t n = std::min(kRangeBytes, ref.size_bytes() - off);
+      for (uint64_t off = 0; off < ref.size_bytes(); off += kHttpRangeBytes) {
+        const uint64_t n = std::min(kHttpRangeBytes, ref.size_bytes() - off);
         auto get = [&base, &hex, off, n] { return http_blob_range(base, hex, off, n); };
         bytes += co_await run_on(http_.get_executor(), get);
       }

@@ -24,6 +24,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "exchange/param_layout.h"
@@ -111,6 +112,14 @@ class WeightSync {
 // blob in order and within its size. Throws cohort::Error on anything else; the bytes are not
 // checked against the digest here (exchange::bytes_match).
 asio::awaitable<std::string> fetch_blob_over_channel(CoordinatorLink& link, const wire::BlobRef& ref);
+
+// What one HTTP Range request asks for: each answer is quick (0.3 s at 100 Mbit/s) and a failure
+// costs at most this much again.
+inline constexpr uint64_t kHttpRangeBytes = 4ull << 20;
+
+// "http://host:port/some/path" → {"http://host:port", "/some/path"} (the path "" when none):
+// what httplib's client takes apart.
+std::pair<std::string, std::string> split_url(const std::string& url);
 
 // GET <base>/blobs/<hex> for bytes [offset, offset + length) with a Range request (blocking).
 // Throws cohort::Error with the reason when the mirror cannot be reached or answers anything but
