@@ -41,7 +41,7 @@ gpu-check:
 .PHONY: fuzz
 FUZZ_BUILD   := build-fuzz
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := frame_reader tensor_decoder topk_decoder weight_patch round_card
+FUZZ_TARGETS := frame_reader tensor_decoder topk_decoder weight_patch round_card envelope
 fuzz: bootstrap
 	@cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOHORT_CUDA=OFF \
 	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ >/dev/null

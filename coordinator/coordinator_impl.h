@@ -31,6 +31,7 @@
 #include "coordinator/scheduler.h"
 #include "coordinator/status_http.h"
 #include "coordinator/update_checks.h"
+#include "exchange/gradient_wire.h"
 #include "exchange/round_card.h"
 #include "grpo/tasks.h"
 #include "grpo/tokenizer.h"
@@ -69,6 +70,48 @@ struct ArrivedUpdate {
 // named in the round settings, listed in the round card.
 inline constexpr std::array<const char*, 2> kSharedTokenizerFiles = {"tokenizer.json",
                                                                      "tokenizer_config.json"};
+
+// An audit handed to a validator peer (validation.cpp): the audit lease it is sent as, the update
+// it checks, and what came back. Lives on the network thread.
+struct AuditJob {
+  std::string id;              // the audit lease's id ("audit-<n>")
+  std::string author;          // the audited update's peer (hex) and connection address
+  std::string author_address;
+  std::string update_lease;    // the audited lease
+  wire::WorkLease task;        // as sent to the validator
+  std::string validator;       // "" while waiting for one
+  double opened = 0, sent = 0;  // mono_s()
+  std::optional<wire::AuditReport> report;
+  bool closed = false;         // decided without (more from) a validator: a late report is stale
+  std::shared_ptr<asio::steady_timer> wake;  // the update's coroutine waits on it
+};
+
+// What the executor found in an update's body and gradient (updates.cpp).
+struct Checked {
+  std::optional<Refusal> refusal;
+  UpdateFacts facts;
+  std::vector<float> grad;          // dense: every codec, audits, robust rules
+  exchange::SparseGradient sparse;  // top-k under the mean rule (Policy::folds_sparse)
+  bool is_sparse = false;
+  double loss = 0, kl_sum = 0;
+  double seconds = 0;
+  double audit_s = 0;  // the coordinator's own audit, when it ran one here
+  // For a validator's audit: the update without its tensors (completions and header fields).
+  std::shared_ptr<wire::GradientUpdate> meta;
+};
+
+// An update acknowledged while a validator audits it (updates.cpp, finish_audited).
+struct PendingAudit {
+  std::string peer;
+  PeerId channel_peer;
+  protocol::VerifiedUpdate vr;
+  LeaseRecord lease;
+  std::shared_ptr<ArrivedUpdate> in;
+  size_t bytes = 0;
+  std::shared_ptr<const Published> sampled_on;
+  std::shared_ptr<AuditJob> job;
+  Checked checked;
+};
 
 struct Coordinator::Impl {
   RoundConfig cfg;
@@ -120,6 +163,25 @@ struct Coordinator::Impl {
   int evals_running = 0;
 
   std::string fatal;  // why the model side failed, if it did
+
+  // Validators ([verification] validators, validation.cpp): audits waiting for a validator (first
+  // come, first taken), those out with one by audit lease id, each peer's connection address,
+  // and the coordinator's own audit budget (coordinator_audits_per_step a step, spent by spot
+  // checks; fallbacks and disagreements spend it too, below zero if need be).
+  std::deque<std::shared_ptr<AuditJob>> audits_waiting;
+  std::map<std::string, std::shared_ptr<AuditJob>> audits_out;
+  // Every audit lease sent, with the validator it went to (for the round): a node asking ahead
+  // while it computes one names it in `holding`, also once it was decided without its report.
+  std::map<std::string, std::string> audit_sent_to;
+  std::map<std::string, std::string> peer_address;
+  double coordinator_audit_credit = 0;
+  int64_t next_audit_id = 0;
+  // Per peer: audits it recomputed as a validator and whose reports held (network thread).
+  std::map<std::string, int64_t> validations;
+  // Audits by where they were recomputed: a validator alone, the coordinator as a spot check or
+  // to settle a disagreement, the coordinator because no validator took it in time.
+  int64_t audits_by_validators = 0, spot_checks = 0, disagreements = 0, audit_fallbacks = 0;
+  double coordinator_audit_s = 0;  // the coordinator's compute on audits (all of them)
 
   // The files every node needs (dataset, tokenizer files), pinned in the blob store (open()), and
   // the signed round card naming them (serve(), once the ports are bound), for GET /round.
@@ -185,6 +247,35 @@ struct Coordinator::Impl {
   // ledger records it before the Ack leaves.
   // The stream is read on the executor, then moved into the ledger record (not copied).
   asio::awaitable<wire::Ack> handle_update(std::shared_ptr<ArrivedUpdate> in, PeerId channel_peer);
+  // The accepted update into the ledger, its lease completed, its gradient to its step.
+  void accept_update(const std::string& peer, const PeerId& channel_peer,
+                     const protocol::VerifiedUpdate& vr, const LeaseRecord& lease, Checked& c,
+                     ArrivedUpdate& in, size_t bytes, bool audited);
+  // An update acknowledged while a validator audits it: counted or refused once the audit decides.
+  asio::awaitable<void> finish_audited(std::shared_ptr<PendingAudit> p);
+
+  // validation.cpp
+  // An audit of `full` (its completions; its tensors are not needed) for a validator: queued,
+  // peers asking for work are woken.
+  std::shared_ptr<AuditJob> open_audit(const std::string& author, const LeaseRecord& lease,
+                                       const wire::GradientUpdate& full);
+  // Whether `peer` may validate `job`: not its author, not banned, not at the author's address
+  // (validator_distinct_address).
+  bool may_validate(const std::string& peer, const AuditJob& job);
+  // The first waiting audit `peer` may take, as a WorkLease; nullopt when none.
+  std::optional<wire::WorkLease> take_audit(const std::string& peer);
+  // Waits until the job's report is in, validator_timeout_s has passed, or no connected peer may
+  // take it (the job is then closed: a late report is stale).
+  asio::awaitable<void> await_audit(std::shared_ptr<AuditJob> job);
+  // A validator's report: kept for the update waiting on it, acknowledged.
+  wire::Ack audit_report_arrived(const std::string& peer, const wire::AuditReport& r);
+  // The verdict of an audit done by a validator (or by the coordinator when none reported):
+  // spot checks and disagreements recomputed here; a validator whose report the coordinator's
+  // own recomputation contradicts is refused (bad_audit). Returns the update's refusal, if any.
+  asio::awaitable<std::optional<Refusal>> decide_audit(
+      std::shared_ptr<AuditJob> job, std::shared_ptr<const Published> sampled_on,
+      std::shared_ptr<const wire::GradientUpdate> meta, std::shared_ptr<const std::vector<float>> grad,
+      LeaseRecord lease);
 
   // session.cpp
   // One blob from the blob store as BlobChunks (a chunk read at a time), or an Error when no

@@ -16,6 +16,8 @@
 #include "common/clock.h"
 #include "coordinator/aggregation.h"
 #include "exchange/gradient_wire.h"
+#include "exchange/lease_audit.h"
+#include "exchange/sketch.h"
 #include "exchange/manifest.h"
 #include "exchange/seeds.h"
 #include "exchange/weights.h"
@@ -330,95 +332,54 @@ std::optional<exchange::Refusal> Policy::audit(const Published& sampled_on,
                                                const wire::GradientUpdate& u,
                                                std::span<const uint64_t> lease_prompts,
                                                std::span<const float> reported) {
-  const double t0 = mono_s();
+  const exchange::LeaseRecomputation r = recompute(sampled_on, u, lease_prompts);
+  double b2 = 0, a2 = 0;
+  for (float x : reported) b2 += double(x) * x;
+  for (float x : r.gradient) a2 += double(x) * x;
+  AuditFindings f{.completions = r.completions,
+                  .resampled = r.resampled,
+                  .resampled_same = r.resampled_same,
+                  .logprob_sums = r.logprob_sums,
+                  .typicality_z = r.typicality_z,
+                  .outside_support = r.outside_support,
+                  .tokens = r.tokens,
+                  .kl_sum = r.kl_sum,
+                  .cosine = exchange::cosine(r.gradient, reported),
+                  .norm_ratio = a2 > 0 ? std::sqrt(b2 / a2) : (b2 == 0 ? 1.0 : 1e300)};
+  spdlog::info(
+      "coordinator: recomputed lease {} on v{} (current v{}, {}) in {:.2f} s: cosine {:.6f}, norm "
+      "ratio {:.6f}, re-sampled {}/{}, typicality z {:.2f}",
+      u.lease_id(), u.policy_version(), version_, u.compute_precision().empty() ? "fp32" : u.compute_precision(),
+      r.seconds, f.cosine, f.norm_ratio, r.resampled_same, r.resampled, r.typicality_z);
+  return judge_audit(f, u, lease_prompts, cfg_.grpo.group_size, audit_limits());
+}
+
+AuditLimits Policy::audit_limits() const {
+  return {.min_cosine = cfg_.recompute_min_cosine,
+          .typicality_z_max = cfg_.typicality_z_max,
+          .kl_term = reference_ != nullptr};
+}
+
+exchange::LeaseRecomputation Policy::recompute(const Published& sampled_on,
+                                               const wire::GradientUpdate& u,
+                                               std::span<const uint64_t> lease_prompts) {
   grpo::Model& sampled = weights_of(sampled_on);
   // The peer's own arithmetic (its update says which; the checks admitted only these names).
   sampled.set_precision(u.compute_precision().empty()
                             ? grpo::Precision::fp32
                             : grpo::parse_precision(u.compute_precision()));
-  const int g = cfg_.grpo.group_size;
-  std::map<std::pair<uint64_t, uint32_t>, const wire::CompletionDigest*> by_key;
-  for (const auto& c : u.completions()) by_key[{c.prompt_index(), c.completion()}] = &c;
-  std::vector<std::vector<int64_t>> prompt_ids, completions;
-  std::vector<float> rewards;
-  for (uint64_t idx : lease_prompts) {
-    prompt_ids.push_back(grpo::encode_prompt(tok_, task_.train_prompt(idx)));
-    for (int c = 0; c < g; ++c) {
-      const auto* cd = by_key.at({idx, static_cast<uint32_t>(c)});  // the update checks saw all
-      completions.emplace_back(cd->token_ids().begin(), cd->token_ids().end());
-      rewards.push_back(cd->reward());
-    }
-  }
-  // Completions sampled on the CPU in FP32 are a pure function of the weights and the lease's
-  // seeds: sampled again here, they come out the same. Fabricated or cherry-picked completions,
-  // or ones sampled on other weights than the version claimed, do not. (GPU sampling uses the
-  // device's own generator, and BF16/FP8 arithmetic its own rounding: not re-sampled.)
-  const bool resample = (u.sampling_device().empty() || u.sampling_device() == "cpu") &&
-                        sampled.precision() == grpo::Precision::fp32;
-  if (resample) {
-    grpo::SamplingParams sp = cfg_.grpo.sampling;
-    sp.stop_tokens = tok_.stop_ids();
-    for (uint64_t idx : lease_prompts) sp.group_seeds.push_back(exchange::prompt_seed(cfg_.grpo.seed, idx));
-    at::NoGradGuard no_grad;
-    const grpo::Rollout again = grpo::generate(sampled, prompt_ids, g, sp, tok_.pad_id());
-    size_t same = 0;
-    for (size_t i = 0; i < completions.size() && i < again.completions.size(); ++i)
-      same += again.completions[i] == completions[i] ? 1 : 0;
-    // All of them, for an honest CPU peer; a margin for a near-tie that another CPU's rounding
-    // tips the other way.
-    if (same * 10 < completions.size() * 9)
-      return exchange::Refusal{
-          wire::ACK_NOT_SAMPLED,
-          fmt::format("{} of {} completions are not what the lease's seeds sample from version {}",
-                      completions.size() - same, completions.size(), u.policy_version())};
-  }
-  grpo::Rollout r =
-      grpo::layout(prompt_ids, g, completions, cfg_.grpo.sampling.max_new_tokens, tok_.pad_id());
-  {
-    at::NoGradGuard no_grad;
-    r.logprobs =
-        grpo::completion_logprobs(sampled, r, cfg_.grpo.sampling.temperature) * r.completion_mask;
-  }
-  const auto adv = grpo::group_advantages(rewards, g, cfg_.grpo.scale);
-  auto clear_grads = [&] {
-    for (auto p : sampled.parameters()) p.mutable_grad().reset();
-  };
-  clear_grads();
   if (reference_) reference_->set_precision(sampled.precision());
-  const grpo::LossSums sums = grpo::accumulate_gradient(sampled, reference_.get(), r, adv, cfg_.grpo);
-  std::vector<float> ours(layout_.total);
-  exchange::flatten_grads(sampled, layout_, ours);
-  clear_grads();
-  // A top-k update is a pure function of the lease gradient: compare it with the same function
-  // of ours, not with ours (which holds the 47 in 48 entries top-k leaves out).
-  if (cfg_.codec == GradientCodec::topk) exchange::round_trip(layout_, wire::CODEC_TOPK_Q4, ours);
-  double dot = 0, a2 = 0, b2 = 0;
-  for (size_t i = 0; i < ours.size(); ++i) {
-    dot += double(ours[i]) * reported[i];
-    a2 += double(ours[i]) * ours[i];
-    b2 += double(reported[i]) * reported[i];
-  }
-  const double cosine = (a2 == 0 && b2 == 0) ? 1.0 : dot / std::max(1e-300, std::sqrt(a2 * b2));
-  const double ratio = a2 > 0 ? std::sqrt(b2 / a2) : (b2 == 0 ? 1.0 : 1e300);
-  spdlog::info(
-      "coordinator: recomputed lease {} on v{} (current v{}, {}) in {:.2f} s: cosine {:.6f}, norm "
-      "ratio {:.6f}",
-      u.lease_id(), u.policy_version(), version_, grpo::precision_name(sampled.precision()),
-      mono_s() - t0, cosine, ratio);
-  // The norm must agree too: a scaled honest gradient has cosine 1.
-  if (cosine < cfg_.recompute_min_cosine || ratio > 1.5 || ratio < 1 / 1.5)
-    return exchange::Refusal{
-        wire::ACK_RECOMPUTE_MISMATCH,
-        fmt::format("recomputed gradient differs: cosine {:.4f} (min {:.2f}), norm ratio {:.3f}",
-                    cosine, cfg_.recompute_min_cosine, ratio)};
-  // The KL the peer reports feeds the step's statistics: it must be the one its completions give
-  // (5 %, and a little per token for FP8/BF16 arithmetic).
-  if (reference_ &&
-      std::abs(u.kl_sum() - sums.kl_sum) > 0.05 * std::abs(sums.kl_sum) + 1e-3 * (sums.tokens + 1))
-    return exchange::Refusal{
-        wire::ACK_RECOMPUTE_MISMATCH,
-        fmt::format("reported KL sum {:.6g} differs from the recomputed {:.6g}", u.kl_sum(), sums.kl_sum)};
-  return std::nullopt;
+  const exchange::AuditContext ctx{
+      .task = task_,
+      .tok = tok_,
+      .cfg = cfg_.grpo,
+      .layout = layout_,
+      .codec = cfg_.codec == GradientCodec::topk ? wire::CODEC_TOPK_Q4 : wire::CODEC_RAW};
+  std::vector<uint64_t> seeds;
+  for (uint64_t idx : lease_prompts) seeds.push_back(exchange::prompt_seed(cfg_.grpo.seed, idx));
+  return exchange::recompute_lease(
+      sampled, reference_.get(), ctx, lease_prompts, seeds, u.completions(),
+      exchange::sampling_reproducible(u.sampling_device(), u.compute_precision()));
 }
 
 std::string Policy::write_checkpoint(int64_t step) {

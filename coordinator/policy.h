@@ -21,7 +21,9 @@
 
 #include "coordinator/ledger.h"
 #include "coordinator/round_config.h"
+#include "coordinator/update_checks.h"
 #include "exchange/blob_store.h"
+#include "exchange/lease_audit.h"
 #include "exchange/publisher.h"
 #include "exchange/param_layout.h"
 #include "exchange/refusal.h"
@@ -99,6 +101,13 @@ class Policy {
                                                        const wire::GradientUpdate& u,
                                                        std::span<const uint64_t> lease_prompts,
                                                        std::span<const float> reported);
+
+  // The recomputation behind audit() (exchange/lease_audit.h), for comparing a validator's report
+  // with the coordinator's own findings.
+  [[nodiscard]] exchange::LeaseRecomputation recompute(const Published& sampled_on,
+                                                       const wire::GradientUpdate& u,
+                                                       std::span<const uint64_t> lease_prompts);
+  [[nodiscard]] AuditLimits audit_limits() const;
 
   // A top-k update under the mean rule, as its kept entries: no model-sized buffer per update.
   [[nodiscard]] std::optional<exchange::Refusal> decode_sparse(const wire::GradientUpdate& u,

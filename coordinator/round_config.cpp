@@ -256,6 +256,14 @@ RoundConfig RoundConfig::parse(const std::string& text, const std::string& origi
     s.get("ban_after", c.ban_after);
     s.get("adaptive_trust", c.adaptive_trust);
     s.get("trust_after", c.trust_after);
+    s.get("validators", c.validators);
+    s.get("validator_check_fraction", c.validator_check_fraction);
+    s.get("coordinator_audits_per_step", c.coordinator_audits_per_step);
+    s.get("validator_timeout_s", c.validator_timeout_s);
+    s.get("validator_distinct_address", c.validator_distinct_address);
+    s.get("sketch_size", c.sketch_size);
+    s.get("typicality_z_max", c.typicality_z_max);
+    s.get("probe_lease_prompts", c.probe_lease_prompts);
     s.finish();
   }
   {
@@ -287,6 +295,17 @@ void RoundConfig::validate() const {
   if (admission == Admission::allowlist && allowlist.empty())
     bad("[admission] mode = \"allowlist\" needs at least one key in allowlist");
   if (grpo.sampling.max_new_tokens < 1) bad("[sampling] max_new_tokens must be at least 1");
+  if (!(validator_check_fraction >= 0 && validator_check_fraction <= 1))
+    bad("[verification] validator_check_fraction must be in [0, 1]");
+  if (!(coordinator_audits_per_step >= 0))
+    bad("[verification] coordinator_audits_per_step must be >= 0");
+  if (!(validator_timeout_s > 0)) bad("[verification] validator_timeout_s must be positive");
+  if (sketch_size < 256 || sketch_size > (1u << 19))
+    bad("[verification] sketch_size must be in [256, 524288] (a report must fit a 4 MiB message)");
+  if (!(validator_timeout_s <= 60))
+    bad("[verification] validator_timeout_s must be at most 60 (the author waits that long for its "
+        "Ack, and a node's link gives up after 120 s of silence)");
+  if (!(typicality_z_max > 0)) bad("[verification] typicality_z_max must be positive");
   if (!(aggregation.trim_fraction >= 0 && aggregation.trim_fraction < 0.5))
     bad("[aggregation] trim_fraction must be in [0, 0.5)");
   if (aggregation.clip_radius < 0) bad("[aggregation] clip_radius must be >= 0 (0: automatic)");

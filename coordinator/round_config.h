@@ -80,6 +80,26 @@ struct RoundConfig {
   int trust_after = 10;
   double recompute_min_cosine = 0.9;
   int ban_after = 3;
+  // Validators (docs/OPERATOR.md "Validators"): audits are recomputed by peers the coordinator
+  // picks (never the update's author, never one at the author's address when
+  // validator_distinct_address), reporting a count sketch of `sketch_size` buckets; the
+  // coordinator recomputes itself a `validator_check_fraction` share of their reports (spot
+  // checks, at most `coordinator_audits_per_step` per step on average), every report that
+  // disagrees with the update (who lied?), and audits no validator took within
+  // validator_timeout_s.
+  bool validators = false;
+  double validator_check_fraction = 0.1;
+  double coordinator_audits_per_step = 0.25;
+  double validator_timeout_s = 60;
+  bool validator_distinct_address = true;
+  uint32_t sketch_size = 16384;
+  // The sampling checks of every audit: completions' typicality beyond this many standard
+  // deviations, or log-probabilities further from the recomputed ones than the precision's
+  // tolerance per token, are refused as not sampled from the policy.
+  double typicality_z_max = 8;
+  // New keys (trust streak below trust_after, adaptive trust) get leases of at most this many
+  // prompts, so a Sybil's fresh keys are checked on small work first (0: no cap).
+  uint32_t probe_lease_prompts = 0;
   LedgerSync ledger_sync = LedgerSync::full;  // [round] ledger_sync: "full" | "normal"
   bool dump_gradients = false;         // write the applied mean gradient of each step (tests)
   int linger_s = 3;                    // after the last step, wait this long for nodes to leave

@@ -61,7 +61,7 @@ std::vector<LeaseRecord> LeaseScheduler::peer_disconnected(const std::string& pe
   const int64_t grace =
       now_ms + (p.throughput > 0 ? static_cast<int64_t>(cfg_.reconnect_grace_s * 1000) : 0);
   for (auto& [id, l] : leases_)
-    if (l.rec.peer == peer && l.rec.deadline_ms > grace) {
+    if (l.rec.peer == peer && !l.delivered && l.rec.deadline_ms > grace) {
       l.rec.deadline_ms = grace;
       changed.push_back(l.rec);
     }
@@ -218,7 +218,7 @@ std::optional<ActiveLease> LeaseScheduler::issue_backup(const std::string& peer,
   double best_ratio = 0;
   const Peer none;
   for (const auto& [id, l] : leases_) {
-    if (l.rec.peer == peer || !l.partner.empty()) continue;  // at most two holders
+    if (l.rec.peer == peer || !l.partner.empty() || l.delivered) continue;  // at most two holders
     if (max_prompts > 0 && l.groups.size() > max_prompts) continue;
     const auto h = peers_.find(l.rec.peer);
     const Peer& holder = h == peers_.end() ? none : h->second;
@@ -299,8 +299,15 @@ std::optional<ClosedLease> LeaseScheduler::close(const std::string& lease_id,
 std::vector<std::string> LeaseScheduler::leases_of(const std::string& peer) const {
   std::vector<std::string> out;
   for (const auto& [id, l] : leases_)
-    if (l.rec.peer == peer) out.push_back(id);
+    if (l.rec.peer == peer && !l.delivered) out.push_back(id);
   return out;
+}
+
+void LeaseScheduler::hold_for_audit(const std::string& lease_id, int64_t until_ms) {
+  if (auto it = leases_.find(lease_id); it != leases_.end()) {
+    it->second.delivered = true;
+    it->second.rec.deadline_ms = std::max(it->second.rec.deadline_ms, until_ms);
+  }
 }
 
 std::vector<ClosedLease> LeaseScheduler::expire_due(int64_t now_ms) {

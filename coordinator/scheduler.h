@@ -47,6 +47,9 @@ struct ActiveLease {
   // each other here: whichever is delivered first completes the groups and supersedes the other.
   std::string partner;
   bool backup = false;
+  // Its update is in and waits for an audit by a validator (hold_for_audit): no longer the
+  // peer's to hold, never backed up, kept when the peer disconnects.
+  bool delivered = false;
 };
 
 // A lease that left the active set without an update: why, for the ledger and the log.
@@ -97,7 +100,10 @@ class LeaseScheduler {
   // with a partner stay with the partner.
   std::optional<ClosedLease> close(const std::string& lease_id, const std::string& state,
                                    const std::string& reason);
-  // The active leases of `peer` not in `holding` (a work request names what it still computes).
+  // The lease's update is in, waiting for an audit by a validator: marked delivered, its deadline
+  // moved to `until_ms` if that is later (no-op for an unknown id).
+  void hold_for_audit(const std::string& lease_id, int64_t until_ms);
+  // The active leases `peer` holds (not those delivered and waiting for an audit) (a work request names what it still computes).
   [[nodiscard]] std::vector<std::string> leases_of(const std::string& peer) const;
   std::vector<ClosedLease> expire_due(int64_t now_ms);
   // Re-adopts a lease that was active when the coordinator stopped (resume). False when it no

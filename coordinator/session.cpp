@@ -18,6 +18,11 @@ constexpr size_t kChunkBytes = 1 << 20;  // tensor chunk payload (docs/PROTOCOL.
 std::optional<wire::WorkLease> Coordinator::Impl::try_issue(const std::string& peer,
                                                             uint32_t max_prompts) {
   if (finished) return std::nullopt;
+  // A key without a record yet (adaptive trust) works on probe leases: a Sybil's fresh keys are
+  // checked on small work before they take large shares.
+  if (cfg.adaptive_trust && cfg.probe_lease_prompts > 0 && trust_streak[peer] < cfg.trust_after)
+    max_prompts = max_prompts == 0 ? cfg.probe_lease_prompts
+                                   : std::min(max_prompts, cfg.probe_lease_prompts);
   const bool was_started = sched->started();
   std::optional<ActiveLease> l = sched->issue(peer, max_prompts, mono_s(), unix_ms());
   if (!was_started && sched->started())
@@ -138,6 +143,7 @@ asio::awaitable<wire::Envelope> Coordinator::Impl::answer_work_request(
                                        wr.holding_size(), kMaxLeasesHeld));
   auto issued_to_peer = [&](const std::string& id) {
     if (const ActiveLease* l = sched->find(id)) return l->rec.peer == peer;
+    if (auto a = audit_sent_to.find(id); a != audit_sent_to.end()) return a->second == peer;
     const auto rec = ledger->lease(id);  // closed since
     return rec && rec->peer == peer;
   };
@@ -176,7 +182,9 @@ asio::awaitable<wire::Envelope> Coordinator::Impl::answer_work_request(
   // dangling one.
   const auto timer = std::make_shared<asio::steady_timer>(io);
   const double give_up = mono_s() + (holding.empty() ? 1.0 : 0.0);
-  while (!finished && !(lease = try_issue(peer, wr.max_prompts())) && mono_s() < give_up) {
+  // An audit waiting for a validator comes first: the update it checks holds up its step.
+  while (!finished && !(lease = take_audit(peer)) && !(lease = try_issue(peer, wr.max_prompts())) &&
+         mono_s() < give_up) {
     timer->expires_after(std::chrono::milliseconds(100));
     waiting_for_work.insert(timer);
     asio::error_code ec;  // cancelled: work may have appeared
@@ -221,6 +229,7 @@ asio::awaitable<void> Coordinator::Impl::session(Channel ch) {
     }
     sched->peer_connected(peer, jr.capabilities().measured_throughput());
     counted = true;
+    peer_address[peer] = ch.remote_endpoint().address().to_string();
     spdlog::info("coordinator: peer {} ({}) joined with {} device(s)", peer.substr(0, 12), name,
                  jr.capabilities().devices_size());
     {
@@ -269,6 +278,8 @@ asio::awaitable<void> Coordinator::Impl::session(Channel ch) {
         // A named pointer of the parameter's own type: no converted temporary in the co_await
         // (GCC 12 may destroy such a temporary twice, coordinator_impl.h).
         *out.mutable_ack() = co_await handle_update(arrived, ch.peer());
+      } else if (env.has_audit_report()) {
+        *out.mutable_ack() = audit_report_arrived(peer, env.audit_report());
       } else if (env.has_heartbeat()) {
         continue;  // liveness only: it resets the channel's idle timer
       } else if (env.has_leave()) {
@@ -296,6 +307,16 @@ asio::awaitable<void> Coordinator::Impl::session(Channel ch) {
   if (counted)
     for (const LeaseRecord& rec : sched->peer_disconnected(peer, unix_ms()))
       ledger->record_lease(rec);
+  // Audits out with this peer as validator go to another (a reconnecting node asks afresh).
+  for (auto it = audits_out.begin(); it != audits_out.end();)
+    if (it->second->validator == peer && !it->second->report) {
+      it->second->validator.clear();
+      audits_waiting.push_front(it->second);
+      it = audits_out.erase(it);
+      work_may_be_available();
+    } else {
+      ++it;
+    }
   ch.close();
 }
 

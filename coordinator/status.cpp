@@ -40,6 +40,15 @@ std::string Coordinator::Impl::live_status() {
   j["leases_started"] = sched->started();  // false: waiting for min_peers
   j["banned"] = banned.size();
   j["audits"] = audits;
+  // Where audits were recomputed, and the coordinator's own compute on them (validators).
+  j["validation"] = {{"validators", cfg.validators},
+                     {"by_validators", audits_by_validators},
+                     {"spot_checks", spot_checks},
+                     {"disagreements", disagreements},
+                     {"fallbacks", audit_fallbacks},
+                     {"waiting", audits_waiting.size()},
+                     {"out", audits_out.size()},
+                     {"coordinator_audit_s", coordinator_audit_s}};
   j["applying_step"] = applying_step;  // 0: the executor is not applying a step
   j["aggregation"] = aggregation_rule_name(cfg.aggregation.rule);
   if (server) {  // the door: connections accepted, and closed before or during the handshake
@@ -63,6 +72,8 @@ std::string Coordinator::Impl::live_status() {
     const auto streak = trust_streak.find(k);
     const int64_t n = streak == trust_streak.end() ? 0 : streak->second;
     p["trust_streak"] = n;
+    const auto v = validations.find(k);
+    p["validations"] = v == validations.end() ? 0 : v->second;
     p["audit_probability"] =
         audit_probability(n, cfg.adaptive_trust, cfg.trust_after, cfg.recompute_fraction);
   }

@@ -21,6 +21,10 @@ void Coordinator::Impl::record_checkpoint(int64_t step, const std::string& path)
 void Coordinator::Impl::step_applied(const Policy::Applied& a, bool replaying) {
   const StepRecord& r = a.record;
   sched->step_applied(r.step);
+  // The coordinator's audit budget (validators): refilled each step, a little saved up at most.
+  coordinator_audit_credit =
+      std::min(coordinator_audit_credit + cfg.coordinator_audits_per_step,
+               std::max(1.0, 2 * cfg.coordinator_audits_per_step));
   work_may_be_available();  // the staleness window moved on: a new step's groups
   published.push_back(a.published);
   const size_t keep = std::max<size_t>(2, cfg.staleness_bound + 2);
@@ -33,6 +37,11 @@ void Coordinator::Impl::step_applied(const Policy::Applied& a, bool replaying) {
   if (r.step >= cfg.steps) {
     finished = true;
     spdlog::info("coordinator: round {} complete ({} steps)", cfg.round_id, cfg.steps);
+    spdlog::info(
+        "coordinator: audits {}: {} decided by validators alone, {} spot checks, {} disagreements "
+        "settled, {} without a validator; the coordinator's own audit compute {:.2f} s",
+        audits, audits_by_validators, spot_checks, disagreements, audit_fallbacks,
+        coordinator_audit_s);
   }
 }
 

@@ -148,6 +148,72 @@ std::optional<Refusal> check_norm(std::span<const float> grad, double units, dou
   return std::nullopt;
 }
 
+double logprob_tolerance(const std::string& compute_precision) {
+  if (compute_precision.empty() || compute_precision == "fp32") return 2e-3;
+  return compute_precision == "bf16" ? 0.05 : 0.1;
+}
+
+std::optional<Refusal> judge_audit(const AuditFindings& f, const wire::GradientUpdate& u,
+                                   std::span<const uint64_t> lease_prompts, int group_size,
+                                   const AuditLimits& lim) {
+  const auto not_sampled = [&](std::string why) {
+    return Refusal{wire::ACK_NOT_SAMPLED, std::move(why)};
+  };
+  // All of them, for an honest CPU peer; a margin for a near-tie that another CPU's rounding tips
+  // the other way.
+  if (f.resampled > 0 && uint64_t{f.resampled_same} * 10 < uint64_t{f.resampled} * 9)
+    return not_sampled(fmt::format(
+        "{} of {} completions are not what the lease's seeds sample from version {}",
+        f.resampled - f.resampled_same, f.resampled, u.policy_version()));
+  // The log-probabilities the peer's loss used as π_old must be those of the version it names: a
+  // peer sampling on other weights (a lazy one) reports its own.
+  const size_t n = lease_prompts.size() * static_cast<size_t>(group_size);
+  if (f.logprob_sums.size() != n || static_cast<size_t>(u.completions_size()) != n)
+    return Refusal{wire::ACK_INTERNAL, "audit findings do not cover the lease"};
+  std::map<std::pair<uint64_t, uint32_t>, float> reported;
+  for (const auto& c : u.completions()) reported[{c.prompt_index(), c.completion()}] = c.logprob_sum();
+  double diff = 0;
+  size_t i = 0;
+  for (uint64_t idx : lease_prompts)
+    for (int c = 0; c < group_size; ++c, ++i)
+      diff += std::abs(double(reported[{idx, static_cast<uint32_t>(c)}]) - f.logprob_sums[i]);
+  const double per_token = diff / std::max(1.0, f.tokens);
+  if (!(per_token <= logprob_tolerance(u.compute_precision())))
+    return not_sampled(fmt::format(
+        "the completions' log-probabilities differ from version {}'s by {:.3g} per token (at most "
+        "{:.3g} for {})",
+        u.policy_version(), per_token, logprob_tolerance(u.compute_precision()),
+        u.compute_precision().empty() ? "fp32" : u.compute_precision()));
+  // Samples of the policy are typical of it: their surprisal sums to about their entropy.
+  // A token at the edge of top-k / top-p may fall on the other side under other rounding: a few
+  // in a hundred are tolerated, a fabricated completion has many more.
+  if (f.outside_support > 0.01 * f.tokens)
+    return not_sampled(fmt::format(
+        "{} of {} completion tokens have probability 0 under the round's sampling (at most 1 %)",
+        f.outside_support, f.tokens));
+  if (std::isfinite(f.typicality_z) ? std::abs(f.typicality_z) > lim.typicality_z_max
+                                    : !std::isnan(f.typicality_z))
+    return not_sampled(fmt::format(
+        "the completions are not typical of version {}: typicality z = {:.1f} (|z| at most {:g}; "
+        "{} for samples of the policy's own)",
+        u.policy_version(), f.typicality_z, lim.typicality_z_max,
+        f.typicality_z > 0 ? "less likely than" : "likelier than"));
+  // The norm must agree too: a scaled honest gradient has cosine 1.
+  if (!(f.cosine >= lim.min_cosine) || !(f.norm_ratio <= 1.5 && f.norm_ratio >= 1 / 1.5))
+    return Refusal{wire::ACK_RECOMPUTE_MISMATCH,
+                   fmt::format("recomputed gradient differs: cosine {:.4f} (min {:.2f}), norm "
+                               "ratio {:.3f}",
+                               f.cosine, lim.min_cosine, f.norm_ratio)};
+  // The KL the peer reports feeds the step's statistics: it must be the one its completions give
+  // (5 %, and a little per token for FP8/BF16 arithmetic).
+  if (lim.kl_term &&
+      !(std::abs(u.kl_sum() - f.kl_sum) <= 0.05 * std::abs(f.kl_sum) + 1e-3 * (f.tokens + 1)))
+    return Refusal{wire::ACK_RECOMPUTE_MISMATCH,
+                   fmt::format("reported KL sum {:.6g} differs from the recomputed {:.6g}",
+                               u.kl_sum(), f.kl_sum)};
+  return std::nullopt;
+}
+
 double audit_probability(int64_t streak, bool adaptive, int trust_after, double recompute_fraction) {
   if (!adaptive) return recompute_fraction;
   if (streak < trust_after) return 1.0;

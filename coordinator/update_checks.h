@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "exchange/refusal.h"
@@ -64,6 +65,38 @@ class UpdateChecker {
 // The update's mean gradient (sum / units) must have a norm of at most max_norm (0: no bound).
 [[nodiscard]] std::optional<Refusal> check_norm(std::span<const float> gradient_sum, double units,
                                                 double max_norm);
+
+// What an audit's recomputation found, compared with the update (whoever recomputed it: the
+// coordinator from the dense gradients, a validator through a count sketch).
+struct AuditFindings {
+  uint32_t completions = 0;
+  uint32_t resampled = 0, resampled_same = 0;  // resampled = 0: not re-sampled
+  std::span<const float> logprob_sums;         // recomputed, in the lease's order
+  double typicality_z = 0;                     // NaN: not computed (greedy sampling)
+  uint32_t outside_support = 0;
+  double tokens = 0;  // completion tokens the log-probabilities cover
+  double kl_sum = 0;
+  double cosine = 1, norm_ratio = 1;  // reported vs recomputed gradient
+};
+
+struct AuditLimits {
+  double min_cosine = 0.9;
+  double typicality_z_max = 8;
+  bool kl_term = false;  // the round has a KL term: the reported kl_sum is compared
+};
+
+// Mean |reported − recomputed| log-probability per completion token an honest peer stays within,
+// for the arithmetic it computed in: the sampler's incremental forward against the audit's whole
+// forward (FP32), and the rounding of BF16 / FP8 GEMMs on another device.
+[[nodiscard]] double logprob_tolerance(const std::string& compute_precision);
+
+// The verdict of an audit on update `u` (its completions in the lease's order `lease_prompts`):
+// not sampled from the policy (re-sampling, log-probabilities, typicality) or a gradient or KL
+// that differs. nullopt: the update is what its completions give.
+[[nodiscard]] std::optional<Refusal> judge_audit(const AuditFindings& f,
+                                                 const wire::GradientUpdate& u,
+                                                 std::span<const uint64_t> lease_prompts,
+                                                 int group_size, const AuditLimits& lim);
 
 // The probability that a peer's next update is audited. Fixed: recompute_fraction. Adaptive:
 // 1 while `streak` (its accepted updates since its last refusal for misbehaviour) is below

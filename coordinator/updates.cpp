@@ -12,20 +12,6 @@
 
 namespace cohort::coordinator {
 
-namespace {
-
-// What the executor found in an update's body and gradient.
-struct Checked {
-  std::optional<Refusal> refusal;
-  UpdateFacts facts;
-  std::vector<float> grad;          // dense: every codec, audits, robust rules
-  exchange::SparseGradient sparse;  // top-k under the mean rule (Policy::folds_sparse)
-  bool is_sparse = false;
-  double loss = 0, kl_sum = 0;
-  double seconds = 0;
-};
-
-}  // namespace
 
 void Coordinator::Impl::refuse(const std::string& peer, const wire::GradientUpdate& h,
                                const protocol::Digest& d, int64_t step, const Refusal& r,
@@ -86,6 +72,9 @@ std::optional<std::pair<int64_t, Refusal>> Coordinator::Impl::lease_refusal(
   }
   if (l->rec.peer != channel_peer.hex())
     return R{l->rec.step, {wire::ACK_UNKNOWN_LEASE, "lease belongs to another peer"}};
+  if (l->delivered)
+    return R{l->rec.step,
+             {wire::ACK_REPLAYED, "this lease's update is in, waiting for its audit"}};
   if (vr.header.round_id() != cfg.round_id)
     return R{l->rec.step, {wire::ACK_MALFORMED, "wrong round id"}};
   return std::nullopt;
@@ -135,7 +124,9 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
     for (const auto& p : published)
       if (p->version == vr.header.policy_version()) sampled_on = p;
   audited = sampled_on != nullptr;
-  const auto check = [this, in, lease, sampled_on] {
+  // Audited by a validator peer: the checks below stop before the recomputation.
+  const bool by_validator = audited && cfg.validators;
+  const auto check = [this, in, lease, sampled_on, by_validator] {
     Checked out;
     const double t0 = mono_s();
     wire::GradientUpdate full;
@@ -161,7 +152,14 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
     }
     if ((out.refusal = policy->decode(full, out.grad))) return out;
     if ((out.refusal = check_norm(out.grad, out.facts.units, cfg.max_update_norm))) return out;
-    if (sampled_on) out.refusal = policy->audit(*sampled_on, full, lease.prompts, out.grad);
+    if (by_validator) {
+      full.clear_tensors();
+      out.meta = std::make_shared<wire::GradientUpdate>(std::move(full));
+    } else if (sampled_on) {
+      const double a0 = mono_s();
+      out.refusal = policy->audit(*sampled_on, full, lease.prompts, out.grad);
+      out.audit_s = mono_s() - a0;
+    }
     out.seconds = mono_s() - t0;
     return out;
   };
@@ -183,10 +181,42 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
   --checking;
   if (!waiting_to_check.empty()) waiting_to_check.front()->cancel();
   if (sampled_on) ++audits;
+  coordinator_audit_s += c.audit_s;
   if (c.refusal) co_return fail(lease.step, *c.refusal);
   if (auto r = lease_refusal(vr, channel_peer)) co_return fail(r->first, r->second);
+  if (by_validator) {
+    // Audited by a validator: acknowledged now as received and checked, and held out of its step
+    // until the audit decides (finish_audited). A peer waiting for its Ack could not take an
+    // audit itself: at the end of a step every peer would wait on every other.
+    auto pending = std::make_shared<PendingAudit>(PendingAudit{.peer = peer,
+                                                               .channel_peer = channel_peer,
+                                                               .vr = vr,
+                                                               .lease = lease,
+                                                               .in = in,
+                                                               .bytes = bytes,
+                                                               .sampled_on = sampled_on});
+    pending->checked = std::move(c);
+    replays.remember(channel_peer, vr.header.sequence(), vr.digest);  // a copy is a replay now
+    sched->hold_for_audit(lease.lease_id, unix_ms() + static_cast<int64_t>(
+                                                         1000 * (cfg.validator_timeout_s + cfg.lease_timeout_s)));
+    pending->job = open_audit(peer, lease, *pending->checked.meta);
+    asio::co_spawn(io, finish_audited(pending), asio::detached);
+    ack.set_reason(wire::ACK_OK);
+    ack.set_message("received; its audit by a validator decides whether it counts");
+    ack.set_policy_version(sched->version());
+    co_return ack;
+  }
+  accept_update(peer, channel_peer, vr, lease, c, *in, bytes, audited);
+  ack.set_reason(wire::ACK_OK);
+  ack.set_policy_version(sched->version());
+  co_return ack;
+}
 
-  // Durable before anything else: the Ack means the update is in the ledger.
+// The accepted update into the ledger (durable before anything else), its lease completed, its
+// gradient queued for its step on the executor, and the steps it may complete applied.
+void Coordinator::Impl::accept_update(const std::string& peer, const PeerId& channel_peer,
+                                      const protocol::VerifiedUpdate& vr, const LeaseRecord& lease,
+                                      Checked& c, ArrivedUpdate& in, size_t bytes, bool audited) {
   UpdateRecord u;
   u.peer = peer;
   u.sequence = vr.header.sequence();
@@ -206,9 +236,9 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
   u.accuracy = c.facts.accuracy;
   u.bytes = static_cast<int64_t>(bytes);
   u.received_ms = unix_ms();
-  u.body = in->header.body();
-  u.signature = in->header.signature();
-  u.stream = std::move(in->stream);  // the checks on the executor are done with it
+  u.body = in.header.body();
+  u.signature = in.header.signature();
+  u.stream = std::move(in.stream);  // the checks on the executor are done with it
   const double recorded0 = mono_s();
   {
     Ledger::Transaction tx(*ledger);
@@ -239,11 +269,34 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
     else
       policy->absorb(step, k, std::move(grad));
   });
-  ack.set_reason(wire::ACK_OK);
-  ack.set_policy_version(sched->version());
   // The step it may complete is applied after the Ack is on its way.
   asio::co_spawn(io, apply_ready_steps(), asio::detached);
-  co_return ack;
+}
+
+// An update acknowledged while its audit was out with a validator: the verdict, then the update
+// counted (accept_update) or refused, its lease's prompts back in the pool.
+asio::awaitable<void> Coordinator::Impl::finish_audited(std::shared_ptr<PendingAudit> p) {
+  co_await await_audit(p->job);
+  auto grad = std::make_shared<std::vector<float>>(std::move(p->checked.grad));
+  const std::shared_ptr<const std::vector<float>> reported = grad;
+  const std::shared_ptr<const wire::GradientUpdate> meta = p->checked.meta;
+  const std::shared_ptr<AuditJob> job = p->job;
+  const std::shared_ptr<const Published> sampled_on = p->sampled_on;
+  const LeaseRecord lease = p->lease;
+  std::optional<Refusal> verdict = co_await decide_audit(job, sampled_on, meta, reported, lease);
+  p->checked.grad = std::move(*grad);
+  const ActiveLease* l = sched->find(lease.lease_id);
+  if (!verdict && !(l && l->rec.peer == p->peer))
+    verdict = Refusal{wire::ACK_LEASE_EXPIRED,
+                      "lease " + lease.lease_id + " closed while its update waited for its audit"};
+  if (verdict) {
+    refuse(p->peer, p->vr.header, p->vr.digest, lease.step, *verdict, p->bytes, /*audited=*/true);
+    if (l && l->rec.peer == p->peer)
+      close_lease(lease.lease_id, "expired", "update refused: " + exchange::reason_name(verdict->reason));
+    co_return;
+  }
+  accept_update(p->peer, p->channel_peer, p->vr, lease, p->checked, *p->in, p->bytes,
+                /*audited=*/true);
 }
 
 }  // namespace cohort::coordinator

@@ -20,6 +20,7 @@ bool is_misbehaviour(wire::AckReason r) {
     case wire::ACK_SIGNER_MISMATCH:
     case wire::ACK_RECOMPUTE_MISMATCH:
     case wire::ACK_NOT_SAMPLED:
+    case wire::ACK_BAD_AUDIT:
       return true;
     default:
       return false;

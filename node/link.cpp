@@ -140,7 +140,9 @@ asio::awaitable<void> Node::session(double& last_ok) {
       co_await c->wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
     if (c->error) std::rethrow_exception(c->error);
-    if (c->update) {
+    if (c->report) {
+      reports_.push_back(std::move(*c->report));
+    } else if (c->update) {
       const double spg = c->seconds / std::max(1, lease.prompt_indices_size());
       seconds_per_group_ = seconds_per_group_ > 0 ? 0.7 * seconds_per_group_ + 0.3 * spg : spg;
       shown_tokens_per_s_ = last_tokens_per_s_;
@@ -239,6 +241,19 @@ asio::awaitable<void> Node::leave(CoordinatorLink& link, const std::string& why)
 // update whose lease has expired meanwhile is dropped (its prompts went to another peer);
 // otherwise the coordinator's clock decides, and says why it refuses a late one.
 asio::awaitable<void> Node::deliver_pending(CoordinatorLink& link, bool drop_expired) {
+  while (!reports_.empty()) {
+    wire::Envelope e;
+    *e.mutable_audit_report() = reports_.front();
+    co_await link.send(std::move(e));
+    const wire::Envelope a = co_await link.receive();
+    if (!a.has_ack()) throw Error("expected an ack for the audit report");
+    if (a.ack().reason() == wire::ACK_OK)
+      ++audits_done_;
+    else
+      spdlog::warn("node: audit report {} not taken: {} ({})", a.ack().lease_id(),
+                   wire::AckReason_Name(a.ack().reason()), printable(a.ack().message(), 256));
+    reports_.pop_front();
+  }
   while (!pending_.empty()) {
     const Pending& p = pending_.front();
     if (drop_expired && static_cast<uint64_t>(unix_ms()) >= p.deadline_unix_ms) {

@@ -179,14 +179,19 @@ void Node::start_compute(const wire::WorkLease& lease, std::shared_ptr<Computing
   asio::post(compute_, [this, lease, c] {
     const double t0 = mono_s();
     std::optional<protocol::SealedUpdate> update;
+    std::optional<wire::AuditReport> report;
     std::exception_ptr error;
     try {
-      update = work(lease);
+      if (lease.has_audit())
+        report = validate(lease);
+      else
+        update = work(lease);
     } catch (...) {
       error = std::current_exception();
     }
     const double seconds = mono_s() - t0;
     const auto ex = c->wake.get_executor();
+    asio::post(ex, [c, report = std::move(report)]() mutable { c->report = std::move(report); });
     asio::post(ex, [c, has = update.has_value(), seconds] {
       c->computed = has;
       c->seconds = seconds;
@@ -261,6 +266,7 @@ void Node::write_summary() {
   json j = {{"name", opt_.name},
             {"peer", id_.id().hex()},
             {"leases", leases_done_},
+            {"audits", audits_done_},
             {"groups", groups_},
             {"samples", samples_},
             {"compute_s", compute_s_},
@@ -303,9 +309,12 @@ Fault parse_fault(const std::string& name) {
   if (name == "stop-only") return Fault::stop_only;
   if (name == "lazy") return Fault::lazy;
   if (name == "cherry-pick") return Fault::cherry_pick;
+  if (name == "copycat") return Fault::copycat;
+  if (name == "collude") return Fault::collude;
+  if (name == "rubber-stamp") return Fault::rubber_stamp;
   throw Error("unknown --fault '" + name +
               "' (false-reward | replay | poison | worker-throw | hoard | churn | sign-flip | scaled | "
-              "noise | nan | zero | stop-only | lazy | cherry-pick)");
+              "noise | nan | zero | stop-only | lazy | cherry-pick | copycat | collude | rubber-stamp)");
 }
 
 void run_node(const NodeOptions& options) {

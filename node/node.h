@@ -31,10 +31,13 @@ enum class Fault {
   stop_only,      // free-rider: every completion the stop token alone, reward 0, zero gradient
   lazy,           // keeps the first weights it loaded and labels its work with the lease's version
   cherry_pick,    // samples each group twice, keeps the better-scored completion of each slot
+  copycat,        // honest completions, the gradient another colluder wrote to --collude-dir
+  collude,        // honest completions, a poison direction every colluder shares (×its own norm)
+  rubber_stamp,   // as a validator: reports without recomputing (everything re-sampled the same)
 };
 // "false-reward" | "replay" | "poison" | "worker-throw" | "hoard" | "churn" | "sign-flip" |
-// "scaled" | "noise" | "nan" | "zero" | "stop-only" | "lazy" | "cherry-pick" | "" (none); throws
-// cohort::Error.
+// "scaled" | "noise" | "nan" | "zero" | "stop-only" | "lazy" | "cherry-pick" | "copycat" |
+// "collude" | "rubber-stamp" | "" (none); throws cohort::Error.
 Fault parse_fault(const std::string& name);
 
 struct NodeOptions {
@@ -58,6 +61,9 @@ struct NodeOptions {
   double give_up_s = 0;          // stop reconnecting after this long without a connection (0: never)
   Fault fault = Fault::none;     // fault injection for the fault tests
   int64_t delay_ms = 0;          // sleep after computing, before sending (slow / stale peer)
+  // Fault tests: a folder colluding nodes share; each writes the gradient of its last lease there
+  // and a copycat sends it as its own.
+  std::string collude_dir;
   // Ask for the next lease and fetch its weights while computing the current one, so the link's
   // round trips and downloads overlap with compute (docs/PEER.md). Off: one lease at a time.
   bool ask_ahead = true;

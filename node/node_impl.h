@@ -69,6 +69,7 @@ class Node {
     double seconds = 0;  // compute time of a computed lease
     double done_at = 0;  // mono_s() when the network thread learnt it was done
     std::optional<protocol::SealedUpdate> update;
+    std::optional<wire::AuditReport> report;  // an audit lease's (posted before `done`)
     std::exception_ptr error;
   };
 
@@ -112,6 +113,9 @@ class Node {
     int groups = 0;
   };
   std::deque<Pending> pending_;
+  // Audit reports computed as a validator, not yet acknowledged (sent before pending updates).
+  std::deque<wire::AuditReport> reports_;
+  int64_t audits_done_ = 0;
   // Leases given back, with why: sent with the next WorkRequest. work() leaves its reason in
   // given_back_; the network thread moves it here once the compute is done.
   std::vector<std::pair<std::string, std::string>> returned_;
@@ -172,6 +176,13 @@ class Node {
   // back: nullopt, and the coordinator re-issues it when this node asks for work again.
   // Runs on the compute thread.
   std::optional<protocol::SealedUpdate> work(const wire::WorkLease& lease);
+  // An audit lease (the node as a validator, exchange/lease_audit.h): the audited update's lease
+  // recomputed from its completions on worker 0, reported with the gradient as a count sketch.
+  // Runs on the compute thread; throws cohort::Error on a malformed audit lease.
+  wire::AuditReport validate(const wire::WorkLease& lease);
+  // Fault tests (--collude-dir): leaves `grad` for the colluders, or (copycat) replaces it with
+  // the one a colluder left.
+  void share_with_colluders(std::vector<float>& grad) const;
 };
 
 }  // namespace cohort::node

@@ -27,6 +27,12 @@ protocol::SealedUpdate UpdateBuilder::build(const wire::WorkLease& lease, uint64
   int64_t rows = 0;
   for (const WorkerShare& share : g.shares) {
     const auto& b = share.batch;
+    // Each completion's Σ log π_sample (what its loss took as π_old): the audits' sampling check.
+    std::vector<float> logprob_sums(b.rewards.size(), 0.0f);
+    if (b.rollout.logprobs.defined() && b.rollout.logprobs.size(0) == static_cast<int64_t>(b.rewards.size())) {
+      const at::Tensor sums = b.rollout.logprobs.sum(1).to(at::kFloat).contiguous();
+      std::copy(sums.data_ptr<float>(), sums.data_ptr<float>() + sums.numel(), logprob_sums.begin());
+    }
     for (size_t r = 0; r < b.rewards.size(); ++r) {
       const int gi = static_cast<int>(r) / group_size;
       auto* c = u.add_completions();
@@ -36,6 +42,7 @@ protocol::SealedUpdate UpdateBuilder::build(const wire::WorkLease& lease, uint64
       const protocol::Digest d =
           exchange::completion_digest(std::span<const int64_t>(b.rollout.completions[r]));
       c->set_blake2b(d.data(), d.size());
+      c->set_logprob_sum(logprob_sums[r]);
       const float honest = b.rewards[r];
       c->set_reward(fault == Fault::false_reward && rows == 0 ? honest + 1.0f
                                                               : honest);  // a lie to catch
@@ -77,6 +84,22 @@ protocol::SealedUpdate UpdateBuilder::build(const wire::WorkLease& lease, uint64
     case Fault::zero:
       std::fill(g.grad.begin(), g.grad.end(), 0.0f);
       break;
+    case Fault::collude: {
+      // One direction for every colluder (a fixed seed), at this update's own norm: they agree
+      // with each other, which is what coordinate-wise robust rules count on not happening.
+      double ss = 0;
+      for (float x : g.grad) ss += double(x) * x;
+      std::mt19937 rng(0xC011D);
+      std::normal_distribution<float> n01(0.0f, 1.0f);
+      double ps = 0;
+      for (float& x : g.grad) {
+        x = n01(rng);
+        ps += double(x) * x;
+      }
+      const auto scale = static_cast<float>(ps > 0 ? std::sqrt(ss / ps) : 0.0);
+      for (float& x : g.grad) x *= scale;
+      break;
+    }
     default:
       break;
   }

@@ -2,14 +2,125 @@
 // throughput (lease_split.h), rolled out, scored and reduced (lease_work.h), then built into a
 // signed update (update_builder.h).
 #include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
 
 #include "common/check.h"
 #include "common/clock.h"
+#include "exchange/lease_audit.h"
+#include "exchange/sketch.h"
 #include "node/lease_work.h"
 #include "node/node_impl.h"
 #include "node/update_builder.h"
 
 namespace cohort::node {
+
+// Fault tests (--collude-dir): a colluder leaves the gradient of its last lease in the shared
+// folder; a copycat sends the one it finds there (when its length fits) in place of its own.
+void Node::share_with_colluders(std::vector<float>& grad) const {
+  namespace fs = std::filesystem;
+  const fs::path file = fs::path(opt_.collude_dir) / "gradient.f32";
+  if (opt_.fault == Fault::copycat) {
+    std::ifstream in(file, std::ios::binary);
+    std::vector<float> theirs(grad.size());
+    if (in.read(reinterpret_cast<char*>(theirs.data()),
+                static_cast<std::streamsize>(theirs.size() * sizeof(float))) &&
+        in.peek() == EOF) {
+      spdlog::warn("node {}: [fault copycat] sending a colluder's gradient as its own", opt_.name);
+      grad = std::move(theirs);
+    }
+    return;
+  }
+  const fs::path tmp = file.string() + ".tmp" + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(grad.data()),
+              static_cast<std::streamsize>(grad.size() * sizeof(float)));
+  }
+  std::error_code ec;
+  fs::rename(tmp, file, ec);
+}
+
+wire::AuditReport Node::validate(const wire::WorkLease& lease) {
+  const double t0 = mono_s();
+  const wire::AuditTask& t = lease.audit();
+  const int n = lease.prompt_indices_size();
+  if (n == 0 || lease.seeds_size() != n || lease.group_size() != static_cast<uint32_t>(cfg_.group_size) ||
+      t.completions_size() != n * cfg_.group_size || t.sketch_size() == 0 ||
+      t.sketch_size() > exchange::kMaxSketchSize)
+    throw Error("malformed audit lease");
+  const std::string& precision = t.compute_precision().empty() ? std::string("fp32") : t.compute_precision();
+  const grpo::Precision p = grpo::parse_precision(precision);  // throws on an unknown name
+  // Re-sampling reproduces CPU FP32 sampling only on a CPU worker.
+  const bool resample = exchange::sampling_reproducible(t.sampling_device(), precision) &&
+                        !devices_->replica(0).device().is_cuda();
+  wire::AuditReport rep;
+  rep.set_lease_id(lease.lease_id());
+  rep.set_completions(static_cast<uint32_t>(t.completions_size()));
+  if (opt_.fault == Fault::rubber_stamp) {
+    // Vouches without recomputing: every completion "re-sampled the same", log-probabilities and
+    // gradient made up.
+    spdlog::warn("node {}: [fault rubber-stamp] reporting on {} without recomputing", opt_.name,
+                 lease.lease_id());
+    if (resample) {
+      rep.set_resampled(rep.completions());
+      rep.set_resampled_same(rep.completions());
+    }
+    std::mt19937 rng(static_cast<uint32_t>(t.sketch_seed()));
+    std::normal_distribution<float> n01(0.0f, 1.0f);
+    for (int i = 0; i < t.completions_size(); ++i) rep.add_logprob_sums(-1.0f);
+    for (uint32_t i = 0; i < t.sketch_size(); ++i) rep.add_sketch(n01(rng));
+    rep.set_norm(1.0);
+    rep.set_typicality_z(0);
+    rep.set_seconds(mono_s() - t0);
+    return rep;
+  }
+  const std::span<const uint64_t> prompts(lease.prompt_indices().data(), static_cast<size_t>(n));
+  const exchange::AuditContext ctx{
+      .task = *task_,
+      .tok = *tok_,
+      .cfg = cfg_,
+      .layout = layout_,
+      .codec = encoder_->codec() == wire::CODEC_TOPK_Q4 ? wire::CODEC_TOPK_Q4 : wire::CODEC_RAW};
+  exchange::LeaseRecomputation r;
+  devices_->run([&](int w, grpo::Model& model) {
+    if (w != 0) return;
+    // The author's arithmetic for the audit, this node's own again after.
+    const grpo::Precision mine = model.precision();
+    model.set_precision(p);
+    try {
+      r = exchange::recompute_lease(model, devices_->reference(0), ctx, prompts,
+                                    {lease.seeds().data(), static_cast<size_t>(lease.seeds_size())},
+                                    t.completions(), resample);
+    } catch (...) {
+      model.set_precision(mine);
+      throw;
+    }
+    model.set_precision(mine);
+  });
+  rep.set_resampled(r.resampled);
+  rep.set_resampled_same(r.resampled_same);
+  rep.set_kl_sum(r.kl_sum);
+  rep.set_tokens(r.tokens);
+  for (float x : r.logprob_sums) rep.add_logprob_sums(x);
+  rep.set_typicality_z(r.typicality_z);
+  rep.set_outside_support(r.outside_support);
+  double ss = 0;
+  for (float x : r.gradient) ss += double(x) * x;
+  rep.set_norm(std::sqrt(ss));
+  for (float x : exchange::count_sketch(r.gradient, t.sketch_seed(), t.sketch_size()))
+    rep.add_sketch(x);
+  rep.set_seconds(mono_s() - t0);
+  compute_s_ += rep.seconds();
+  spdlog::info("node {}: audit {} on v{}: {} completions, re-sampled {}/{}, typicality z {:.2f} "
+               "({:.2f} s)",
+               opt_.name, lease.lease_id(), lease.policy_version(), rep.completions(),
+               r.resampled_same, r.resampled, r.typicality_z, rep.seconds());
+  return rep;
+}
 
 // The lease's groups split across the local workers by measured throughput, rolled out,
 // scored and reduced into one gradient sum. A failing worker (or reduction) gives the lease
@@ -66,6 +177,7 @@ std::optional<protocol::SealedUpdate> Node::work(const wire::WorkLease& lease) {
     }
     std::fill(g.grad.begin(), g.grad.end(), 0.0f);
   }
+  if (!opt_.collude_dir.empty()) share_with_colluders(g.grad);
   int64_t rows = 0, generated = 0;
   double rsum = 0;
   for (int w = 0; w < devices_->size(); ++w) {

@@ -413,7 +413,10 @@ MessageClass message_class(const wire::Envelope& envelope) {
     case wire::Envelope::kBlobChunk:
     case wire::Envelope::kUpdate:
     case wire::Envelope::kUpdateChunk:
+    case wire::Envelope::kAuditReport:
       return MessageClass::bulk;
+    case wire::Envelope::kWorkLease:  // an audit lease carries a whole lease's completions
+      return envelope.work_lease().has_audit() ? MessageClass::bulk : MessageClass::control;
     default:
       return MessageClass::control;
   }

@@ -73,6 +73,14 @@ TEST(RoundConfig, DocumentedExampleStatesTheDefaults) {
   EXPECT_EQ(doc.ban_after, def.ban_after);
   EXPECT_EQ(doc.adaptive_trust, def.adaptive_trust);
   EXPECT_EQ(doc.trust_after, def.trust_after);
+  EXPECT_EQ(doc.probe_lease_prompts, def.probe_lease_prompts);
+  EXPECT_EQ(doc.validators, def.validators);
+  EXPECT_EQ(doc.validator_check_fraction, def.validator_check_fraction);
+  EXPECT_EQ(doc.coordinator_audits_per_step, def.coordinator_audits_per_step);
+  EXPECT_EQ(doc.validator_timeout_s, def.validator_timeout_s);
+  EXPECT_EQ(doc.validator_distinct_address, def.validator_distinct_address);
+  EXPECT_EQ(doc.sketch_size, def.sketch_size);
+  EXPECT_EQ(doc.typicality_z_max, def.typicality_z_max);
   EXPECT_EQ(doc.dump_gradients, def.dump_gradients);
   // [grpo] and [sampling].
   EXPECT_EQ(doc.grpo.group_size, def.grpo.group_size);

@@ -197,7 +197,8 @@ TEST(UpdateNorm, MeanGradientNormAboveTheBoundIsBadNorm) {
 TEST(Misbehaviour, OneDefinitionForBansAndTheLedger) {
   for (auto r :
        {wire::ACK_BAD_REWARD, wire::ACK_BAD_NORM, wire::ACK_MALFORMED, wire::ACK_BAD_SIGNATURE,
-        wire::ACK_SIGNER_MISMATCH, wire::ACK_RECOMPUTE_MISMATCH}) {
+        wire::ACK_SIGNER_MISMATCH, wire::ACK_RECOMPUTE_MISMATCH, wire::ACK_NOT_SAMPLED,
+        wire::ACK_BAD_AUDIT}) {
     EXPECT_TRUE(exchange::is_misbehaviour(r)) << exchange::reason_name(r);
     EXPECT_TRUE(exchange::is_misbehaviour(exchange::reason_name(r)));
   }
@@ -222,6 +223,74 @@ TEST(AuditProbability, FollowsTheRecordDownToTheFloor) {
   double expected = 0;
   for (int n = 0; n < 1000; ++n) expected += audit_probability(n, true, 10, 0.0);
   EXPECT_NEAR(expected, 10 * (1 + std::log(100.0)), 1.0);
+}
+
+// judge_audit's thresholds, on findings given directly (tests/node/lease_audit_test.cpp runs them
+// on real recomputations): re-sampling at 90 %, log-probabilities per token by precision,
+// typicality, support, cosine and norm ratio, and the KL sum.
+TEST(JudgeAudit, EachThresholdRefusesWithItsReason) {
+  const std::vector<uint64_t> prompts = {7, 9};
+  wire::GradientUpdate u;
+  u.set_policy_version(3);
+  std::vector<float> sums;
+  for (uint64_t p : prompts)
+    for (uint32_t c = 0; c < 2; ++c) {
+      auto* d = u.add_completions();
+      d->set_prompt_index(p);
+      d->set_completion(c);
+      d->set_logprob_sum(-2.0f - float(c));
+      sums.push_back(-2.0f - float(c));
+    }
+  const AuditFindings ok{.completions = 4, .resampled = 20, .resampled_same = 18, .logprob_sums = sums,
+                         .typicality_z = 1.5, .tokens = 40, .kl_sum = 2.0, .cosine = 0.95, .norm_ratio = 1.2};
+  const AuditLimits lim{.min_cosine = 0.9, .typicality_z_max = 8, .kl_term = true};
+  u.set_kl_sum(2.05);
+  EXPECT_FALSE(judge_audit(ok, u, prompts, 2, lim));
+  auto reason = [&](AuditFindings f, const wire::GradientUpdate& v = {}) {
+    const auto r = judge_audit(f, v.completions_size() ? v : u, prompts, 2, lim);
+    return r ? r->reason : wire::ACK_OK;
+  };
+  AuditFindings f = ok;
+  f.resampled_same = 17;  // 85 %
+  EXPECT_EQ(reason(f), wire::ACK_NOT_SAMPLED);
+  // 2e-3 per token in FP32: 40 tokens allow 0.08 in all.
+  std::vector<float> off = sums;
+  off[1] += 0.07f;
+  f = ok;
+  f.logprob_sums = off;
+  EXPECT_EQ(reason(f), wire::ACK_OK);
+  off[2] -= 0.02f;
+  f.logprob_sums = off;
+  EXPECT_EQ(reason(f), wire::ACK_NOT_SAMPLED);
+  wire::GradientUpdate bf16 = u;
+  bf16.set_compute_precision("bf16");
+  EXPECT_EQ(reason(f, bf16), wire::ACK_OK);  // 0.05 per token
+  EXPECT_DOUBLE_EQ(logprob_tolerance("fp8"), 0.1);
+  f = ok;
+  f.typicality_z = -8.5;
+  EXPECT_EQ(reason(f), wire::ACK_NOT_SAMPLED);
+  f.typicality_z = std::numeric_limits<double>::quiet_NaN();  // greedy rounds: not computed
+  EXPECT_EQ(reason(f), wire::ACK_OK);
+  f.typicality_z = std::numeric_limits<double>::infinity();
+  EXPECT_EQ(reason(f), wire::ACK_NOT_SAMPLED);
+  f = ok;
+  f.outside_support = 1;  // 1 of 40 tokens: over 1 %
+  EXPECT_EQ(reason(f), wire::ACK_NOT_SAMPLED);
+  f.tokens = 400;
+  EXPECT_EQ(reason(f), wire::ACK_OK);
+  f = ok;
+  f.cosine = 0.89;
+  EXPECT_EQ(reason(f), wire::ACK_RECOMPUTE_MISMATCH);
+  f = ok;
+  f.norm_ratio = 1.6;
+  EXPECT_EQ(reason(f), wire::ACK_RECOMPUTE_MISMATCH);
+  f.norm_ratio = 0.6;
+  EXPECT_EQ(reason(f), wire::ACK_RECOMPUTE_MISMATCH);
+  f = ok;
+  f.kl_sum = 1.5;  // 2.05 reported: off by more than 5 % + 1e-3 per token
+  EXPECT_EQ(reason(f), wire::ACK_RECOMPUTE_MISMATCH);
+  f.logprob_sums = std::span<const float>(sums).first(3);  // findings that miss a completion
+  EXPECT_EQ(reason(f), wire::ACK_INTERNAL);
 }
 
 }  // namespace

@@ -110,6 +110,11 @@ struct Round {
   double beta = 0;           // [grpo] beta: the KL term
   bool adaptive_trust = false;
   int trust_after = 10;
+  // Validators: [verification] validators, with validator_distinct_address off (every process
+  // here connects from 127.0.0.1).
+  bool validators = false;
+  double validator_check_fraction = 0.1;
+  double validator_timeout = 60;
 };
 
 class E2E : public ::testing::Test {
@@ -165,6 +170,9 @@ class E2E : public ::testing::Test {
     t << "[aggregation]\nrule = \"" << r.aggregation << "\"\n";
     t << "[verification]\nrecompute_fraction = " << r.recompute_fraction << "\nban_after = " << r.ban_after
       << "\nadaptive_trust = " << (r.adaptive_trust ? "true" : "false") << "\ntrust_after = " << r.trust_after << "\n";
+    if (r.validators)
+      t << "validators = true\nvalidator_distinct_address = false\nvalidator_check_fraction = "
+        << r.validator_check_fraction << "\nvalidator_timeout_s = " << r.validator_timeout << "\n";
     if (r.dump) t << "[debug]\ndump_gradients = true\n";
     const std::string path = (dir_ / "round.toml").string();
     std::ofstream(path) << t.str();
@@ -1339,6 +1347,72 @@ TEST_F(E2E, AdaptiveTrustAuditsNewKeysFullyAndTrustedOnesLess) {
   EXPECT_EQ(db.count("SELECT COUNT(*) FROM updates WHERE peer = '" + h + "' AND accepted = 0 AND "
                      "reason IN ('recompute_mismatch', 'not_sampled')"),
             0);
+}
+
+// Validators: the audits are recomputed by peers, not the coordinator. Honest validators catch a
+// lazy peer (its completions are not what the version it claims samples) and a copycat (a
+// colluder's gradient re-signed over its own honest completions); a rubber-stamping validator,
+// whose reports contradict the coordinator's own recomputation, is refused as bad_audit; the
+// round completes with each group once, and the coordinator recomputed only to settle
+// disagreements (and spot checks).
+TEST_F(E2E, ValidatorPeersAuditAndCatchALazyPeerACopycatAndALyingValidator) {
+  Round r;
+  r.steps = 12;
+  r.prompts = 8;
+  r.min_peers = 6;  // the first lease waits for all six: each takes part from version 0
+  r.recompute_fraction = 1.0;
+  r.ban_after = 1;
+  r.validators = true;
+  r.validator_check_fraction = 0;  // the coordinator recomputes disagreements only
+  r.validator_timeout = 60;        // a validator always reports here: no fallback
+  auto ep = start_coordinator(write_config(r));
+  const fs::path collude = dir_ / "collude";
+  fs::create_directories(collude);
+  // Two honest validators; the colluder (honest work, its gradients left for the copycat); the
+  // lazy peer, which keeps version 0 and is caught by the log-probabilities of its completions
+  // (a step apart at lr 1e-3 they differ by far more than FP32 rounding) or by re-sampling; the
+  // copycat; the rubber stamp.
+  start_node(ep, "honest-a", {"--max-batch", "2"});
+  start_node(ep, "honest-b", {"--max-batch", "2"});
+  start_node(ep, "colluder", {"--max-batch", "2", "--collude-dir", collude.string()});
+  start_node(ep, "lazy", {"--fault", "lazy", "--max-batch", "1"});
+  start_node(ep, "copycat", {"--fault", "copycat", "--max-batch", "2", "--collude-dir", collude.string()});
+  start_node(ep, "stamp", {"--fault", "rubber-stamp", "--max-batch", "1"});
+  ASSERT_EQ(wait_coordinator(), 0) << log("coordinator");
+  expect_each_group_counted_once(r);
+
+  Db db(ledger());
+  auto count = [&](const std::string& who, const std::string& where) {
+    return db.count("SELECT COUNT(*) FROM updates WHERE peer = '" + key_hex(who) + "' AND " + where);
+  };
+  EXPECT_GE(count("lazy", "reason = 'not_sampled'"), 1) << log("lazy") << log("coordinator");
+  EXPECT_GE(count("copycat", "reason = 'recompute_mismatch'"), 1) << log("copycat") << log("coordinator");
+  for (const char* honest : {"honest-a", "honest-b", "colluder"})
+    EXPECT_EQ(count(honest, "reason IN ('recompute_mismatch', 'not_sampled', 'bad_norm', 'malformed', 'bad_reward')"), 0)
+        << honest << "\n" << log("coordinator");
+  // The rubber stamp's made-up reports contradicted the coordinator's recomputation: refused as
+  // bad_audit and banned (ban_after = 1).
+  EXPECT_GE(db.count("SELECT COUNT(*) FROM refusals WHERE reason = 'bad_audit' AND peer = '" + key_hex("stamp") + "'"), 1)
+      << log("stamp") << log("coordinator");
+  EXPECT_GE(db.count("SELECT COUNT(*) FROM refusals WHERE reason = 'banned' AND peer = '" + key_hex("stamp") + "'"), 1);
+  for (const char* honest : {"honest-a", "honest-b", "colluder"})
+    EXPECT_EQ(db.count("SELECT COUNT(*) FROM refusals WHERE reason = 'bad_audit' AND peer = '" + key_hex(honest) + "'"), 0)
+        << honest << "\n" << log("coordinator");
+  // Audits went to validators and their reports decided most of them: the coordinator recomputed
+  // only the disagreements.
+  const std::string clog = log("coordinator");
+  auto occurrences = [&](const std::string& needle) {
+    int64_t n = 0;
+    for (size_t at = clog.find(needle); at != std::string::npos; at = clog.find(needle, at + 1)) ++n;
+    return n;
+  };
+  const int64_t agreed = occurrences(": agrees");
+  const int64_t recomputed = occurrences("coordinator: recomputed lease");
+  EXPECT_GE(agreed, r.steps) << clog;
+  EXPECT_LT(recomputed, agreed) << clog;
+  // An audit falls back to the coordinator at once when no other peer is connected (the first
+  // one's, here), never after waiting out validator_timeout_s.
+  EXPECT_EQ(occurrences("after 60.0 s"), 0) << clog;
 }
 
 }  // namespace
