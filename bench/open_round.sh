@@ -1,5 +1,5 @@
 #!/bin/bash
-# A 10-peer open round under attack (issue 14's proof): the demo round (2-digit addition, 60 steps,
+# An open round of 10 peers under attack (issue 14's proof): the demo round (2-digit addition, 60 steps,
 # 32 prompts of G = 8 per step, lr 3e-4, S = 0, FP8 codec, the same pretrained base every run)
 # with the open-round settings docs/ROUND_CONFIG.md recommends (adaptive trust, validators, probe
 # leases, ban at the first misbehaviour), 10 node processes on loopback: 7 honest and 3 of KIND,
@@ -11,7 +11,8 @@
 #   bench/open_round.sh BASE_MODEL_DIR OUT SEED KIND
 #   KIND: clean | mixed | sign-flip | scaled | noise | nan | zero | stop-only | lazy |
 #         cherry-pick | copycat | collude | false-reward | rubber-stamp
-#   SETTINGS=baseline: `mean` without any audit (the cost-when-honest comparison); STEPS=N.
+#   SETTINGS=baseline: `mean` without any audit (the cost-when-honest comparison); STEPS=N;
+#   PEERS=N: N peers in all (default 10).
 set -eu
 C=${COHORT:-build/app/cohort}
 . "$(dirname "$0")/round.sh"
@@ -20,6 +21,7 @@ OUT=$2
 SEED=$3
 KIND=$4
 STEPS=${STEPS:-60}
+PEERS=${PEERS:-10}
 if [ "${SETTINGS:-recommended}" = baseline ]; then
   VERIFY="recompute_fraction = 0.0"
 else
@@ -90,7 +92,7 @@ done
 # The honest peers; the first also leaves its gradients where a copycat finds them (a colluder
 # doing honest work).
 node honest1 --collude-dir $OUT/collude
-for h in $(seq 2 $((10 - ${#ADV[@]}))); do node honest$h; done
+for h in $(seq 2 $((PEERS - ${#ADV[@]}))); do node honest$h; done
 wait $COORD || true
 t1=$(date +%s.%N)
 L=$OUT/round/ledger.sqlite

@@ -302,9 +302,8 @@ void RoundConfig::validate() const {
   if (!(validator_timeout_s > 0)) bad("[verification] validator_timeout_s must be positive");
   if (sketch_size < 256 || sketch_size > (1u << 19))
     bad("[verification] sketch_size must be in [256, 524288] (a report must fit a 4 MiB message)");
-  if (!(validator_timeout_s <= 60))
-    bad("[verification] validator_timeout_s must be at most 60 (the author waits that long for its "
-        "Ack, and a node's link gives up after 120 s of silence)");
+  if (!(validator_timeout_s <= 600))
+    bad("[verification] validator_timeout_s must be at most 600 (the update's step waits for it)");
   if (!(typicality_z_max > 0)) bad("[verification] typicality_z_max must be positive");
   if (!(aggregation.trim_fraction >= 0 && aggregation.trim_fraction < 0.5))
     bad("[aggregation] trim_fraction must be in [0, 0.5)");

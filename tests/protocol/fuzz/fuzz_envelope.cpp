@@ -10,6 +10,8 @@
 #include "exchange/round_settings.h"
 #include "protocol/messages.pb.h"
 
+#include <google/protobuf/stubs/logging.h>
+
 using namespace cohort;
 
 namespace {
@@ -23,6 +25,11 @@ void read_settings(const wire::RoundSettings& s) {
 }
 
 }  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  google::protobuf::SetLogHandler(nullptr);  // invalid UTF-8 in a string field is logged per input
+  return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   wire::Envelope e;
