@@ -1,6 +1,6 @@
 #!/bin/bash
 # An open round of 10 peers under attack (issue 14's proof): the demo round (2-digit addition, 60 steps,
-# 32 prompts of G = 8 per step, lr 3e-4, S = 0, FP8 codec, the same pretrained base every run)
+# 32 prompts of G = 8 per step, lr 3e-4, S = 0, top-k codec (audits need one without error feedback), the same pretrained base every run)
 # with the open-round settings docs/ROUND_CONFIG.md recommends (adaptive trust, validators, probe
 # leases, ban at the first misbehaviour), 10 node processes on loopback: 7 honest and 3 of KIND,
 # or 10 honest (clean), or one each of sign-flip, lazy and copycat (mixed). Prints one line:
@@ -62,7 +62,7 @@ digits = 2
 group_size = 8
 lr = 0.0003
 loss = "dapo"
-gradient_codec = "fp8"
+gradient_codec = "topk"
 [sampling]
 max_new_tokens = 16
 [verification]
@@ -117,8 +117,10 @@ hon_no=$(q "SELECT COUNT(*) FROM updates WHERE accepted = 0 AND peer IN $hon AND
 hon_bad_audit=$(q "SELECT COUNT(*) FROM refusals WHERE reason = 'bad_audit' AND peer IN $hon")
 hon_audited=$(q "SELECT COUNT(*) FROM updates WHERE audited = 1 AND peer IN $hon")
 audits=$(grep -o 'audits [0-9]*: .*' $OUT/coordinator.log | tail -1)
+# The typicality statistic of the updates the validators passed: |z| stays far below 8 for samples.
+zmax=$(grep -o 'typicality z [-0-9.]*, [0-9.]* s: agrees' $OUT/coordinator.log | awk '{z = $3 + 0; if (z < 0) z = -z; if (z > m) m = z; n++} END {printf "%.2f over %d", m, n}')
 peer_s=$(python3 -c "
 import json, glob
 print(f\"{sum(json.load(open(f)).get('compute_s', 0) for f in glob.glob('$OUT/*.json')):.1f}\")")
-echo "$KIND seed $SEED: held-out $acc % after $steps steps, $sps s/step | adversaries: accepted $adv_ok, refused $adv_no ($reasons), banned $banned of ${#ADV[@]} at step $ban_steps | honest: refused $hon_no, bad_audit $hon_bad_audit, audited $hon_audited | $audits | peers' compute $peer_s s | wall $(python3 -c "print(f'{$t1 - $t0:.0f}')") s"
+echo "$KIND seed $SEED: held-out $acc % after $steps steps, $sps s/step | adversaries: accepted $adv_ok, refused $adv_no ($reasons), banned $banned of ${#ADV[@]} at step $ban_steps | honest: refused $hon_no, bad_audit $hon_bad_audit, audited $hon_audited | $audits | max |z| passed $zmax | peers' compute $peer_s s | wall $(python3 -c "print(f'{$t1 - $t0:.0f}')") s"
 rm -rf $OUT/round/blobs $OUT/round/checkpoints $OUT/collude

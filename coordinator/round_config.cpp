@@ -295,6 +295,14 @@ void RoundConfig::validate() const {
   if (admission == Admission::allowlist && allowlist.empty())
     bad("[admission] mode = \"allowlist\" needs at least one key in allowlist");
   if (grpo.sampling.max_new_tokens < 1) bad("[sampling] max_new_tokens must be at least 1");
+  // An audit compares the reported gradient with a recomputation of the lease alone. The FP8
+  // codec's error feedback carries each node's private quantization residual into its next update:
+  // an honest lease whose own gradient is small next to it (zero, when its groups all scored
+  // alike) would be refused.
+  if ((recompute_fraction > 0 || adaptive_trust || validators) && codec == GradientCodec::fp8)
+    bad("[verification] audits need a gradient codec without error feedback: gradient_codec = "
+        "\"fp8\" carries each node's private quantization residual into its next update, so an "
+        "honest update whose lease gradient is small would be refused; use \"raw\" or \"topk\"");
   if (!(validator_check_fraction >= 0 && validator_check_fraction <= 1))
     bad("[verification] validator_check_fraction must be in [0, 1]");
   if (!(coordinator_audits_per_step >= 0))

@@ -5,6 +5,7 @@
 
 #include <cstring>
 
+#include "common/check.h"
 #include "common/text.h"
 #include "coordinator/coordinator_impl.h"
 #include "exchange/gradient_wire.h"
@@ -196,6 +197,9 @@ asio::awaitable<wire::Ack> Coordinator::Impl::handle_update(
                                                                .bytes = bytes,
                                                                .sampled_on = sampled_on});
     pending->checked = std::move(c);
+    // Not held while the audit is out (4 bytes a parameter per pending update): decoded again
+    // from the compact stream, which the ledger keeps anyway, once the audit has decided.
+    std::vector<float>().swap(pending->checked.grad);
     replays.remember(channel_peer, vr.header.sequence(), vr.digest);  // a copy is a replay now
     sched->hold_for_audit(lease.lease_id, unix_ms() + static_cast<int64_t>(
                                                          1000 * (cfg.validator_timeout_s + cfg.lease_timeout_s)));
@@ -277,7 +281,15 @@ void Coordinator::Impl::accept_update(const std::string& peer, const PeerId& cha
 // counted (accept_update) or refused, its lease's prompts back in the pool.
 asio::awaitable<void> Coordinator::Impl::finish_audited(std::shared_ptr<PendingAudit> p) {
   co_await await_audit(p->job);
-  auto grad = std::make_shared<std::vector<float>>(std::move(p->checked.grad));
+  const std::shared_ptr<ArrivedUpdate> in = p->in;
+  const auto decode = [this, in] {
+    std::vector<float> g;
+    const wire::GradientUpdate full = protocol::decode_update(in->header, in->stream);
+    const std::optional<Refusal> r = policy->decode(full, g);
+    COHORT_CHECK(!r, "an update decoded once decodes again");
+    return g;
+  };
+  auto grad = std::make_shared<std::vector<float>>(co_await on_compute(decode));
   const std::shared_ptr<const std::vector<float>> reported = grad;
   const std::shared_ptr<const wire::GradientUpdate> meta = p->checked.meta;
   const std::shared_ptr<AuditJob> job = p->job;

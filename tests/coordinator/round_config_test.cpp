@@ -116,6 +116,19 @@ TEST(RoundConfig, RefusesUnknownKeysAndBadValuesByName) {
   std::string many = "[network]\nmirrors = [";
   for (int i = 0; i < 16; ++i) many += (i ? ", " : "") + std::string("\"http://m") + std::to_string(i) + "\"";
   EXPECT_NE(refusal(many + "]\n").find("[network] mirrors lists more than 15 mirrors"), std::string::npos);
+  // Audits and the FP8 codec's error feedback do not mix; validators' bounds.
+  for (const char* audits : {"recompute_fraction = 0.1", "adaptive_trust = true", "validators = true"}) {
+    EXPECT_NE(refusal(std::string("[verification]\n") + audits + "\n").find("without error feedback"),
+              std::string::npos) << audits;
+    EXPECT_EQ(refusal(std::string("[grpo]\ngradient_codec = \"topk\"\n[verification]\n") + audits + "\n"), "")
+        << audits;
+  }
+  EXPECT_NE(refusal("[grpo]\ngradient_codec = \"raw\"\n[verification]\nvalidators = true\nsketch_size = 1048576\n")
+                .find("sketch_size must be in [256, 524288]"),
+            std::string::npos);
+  EXPECT_NE(refusal("[grpo]\ngradient_codec = \"raw\"\n[verification]\nvalidator_timeout_s = 601.0\n")
+                .find("validator_timeout_s must be at most 600"),
+            std::string::npos);
 }
 
 }  // namespace
