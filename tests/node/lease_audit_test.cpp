@@ -141,6 +141,8 @@ TEST_F(LeaseAudit, AnHonestLeaseRecomputesToTheSameCompletionsLogProbsAndGradien
   for (int i = 0; i < 24; ++i) diff += std::abs(u.completions(i).logprob_sum() - r.logprob_sums[i]);
   EXPECT_LT(diff / r.tokens, 1e-4) << "sampler vs whole-sequence log-probabilities";
   EXPECT_LT(std::abs(r.typicality_z), 4.0) << r.typicality_z;
+  RecordProperty("honest_typicality_z", std::to_string(r.typicality_z));
+  RecordProperty("logprob_diff_per_token", std::to_string(diff / r.tokens));
   EXPECT_EQ(r.outside_support, 0u);
   ASSERT_EQ(r.gradient.size(), g.grad.size());
   EXPECT_GT(exchange::cosine(r.gradient, g.grad), 0.99999);
@@ -179,11 +181,13 @@ TEST_F(LeaseAudit, GreedyAndStopOnlyCompletionsAreNotTypicalOfThePolicy) {
   const grpo::ScoredBatch greedy = scored(greedy_rollout.completions);
   const exchange::LeaseRecomputation rg = recompute(reported(greedy), /*resample=*/false);
   EXPECT_LT(rg.typicality_z, -4.0) << rg.typicality_z;
+  RecordProperty("greedy_typicality_z", std::to_string(rg.typicality_z));
   // Every completion the stop token alone (the free-rider an independent client built).
   std::vector<std::vector<int64_t>> stops(indices.size() * 4, std::vector<int64_t>{tok.stop_ids().front()});
   const grpo::ScoredBatch stop_only = scored(stops);
   const exchange::LeaseRecomputation rs = recompute(reported(stop_only), /*resample=*/false);
   EXPECT_GT(rs.typicality_z, 4.0) << rs.typicality_z;
+  RecordProperty("stop_only_typicality_z", std::to_string(rs.typicality_z));
   for (const auto* r : {&rg, &rs}) {
     const wire::GradientUpdate u = reported(r == &rg ? greedy : stop_only);
     const auto v = coordinator::judge_audit(
@@ -212,6 +216,9 @@ TEST_F(LeaseAudit, CompletionsFromOtherWeightsOrOtherSeedsAreNotSampledFromTheVe
       mine[i].copy_(theirs[i] + 0.02 * at::randn_like(theirs[i]));
   }
   const exchange::LeaseRecomputation lazy = recompute(u, /*resample=*/false, &newer);
+  double lazy_diff = 0;
+  for (int i = 0; i < 24; ++i) lazy_diff += std::abs(u.completions(i).logprob_sum() - lazy.logprob_sums[i]);
+  RecordProperty("other_weights_logprob_diff_per_token", std::to_string(lazy_diff / lazy.tokens));
   const auto v = judge(lazy, u, g.grad);
   ASSERT_TRUE(v);
   EXPECT_EQ(v->reason, wire::ACK_NOT_SAMPLED);
