@@ -73,8 +73,24 @@ std::string prometheus_text(const std::string& status_json) {
   w.sample("leases_started", num(j, "leases_started"));
   w.family("banned_peers", "gauge", "Peers banned for misbehaviour.");
   w.sample("banned_peers", num(j, "banned"));
-  w.family("audits_total", "counter", "Updates whose gradient the coordinator recomputed in full.");
+  w.family("audits_total", "counter",
+           "Updates drawn for an audit (recomputed in full by the coordinator or a validator).");
   w.sample("audits_total", num(j, "audits"));
+  if (auto v = j.find("validation"); v != j.end() && v->is_object()) {
+    w.family("validator_audits_total", "counter",
+             "Validator-round audits by who decided them: a validator alone, or the coordinator's own "
+             "recomputation as a spot check, to settle a disagreement, or for want of a validator.");
+    w.sample("validator_audits_total", num(*v, "by_validators"), "decided_by=\"validator\"");
+    w.sample("validator_audits_total", num(*v, "spot_checks"), "decided_by=\"spot_check\"");
+    w.sample("validator_audits_total", num(*v, "disagreements"), "decided_by=\"disagreement\"");
+    w.sample("validator_audits_total", num(*v, "fallbacks"), "decided_by=\"fallback\"");
+    w.family("audits_waiting", "gauge", "Audits waiting for a validator, and out with one.");
+    w.sample("audits_waiting", num(*v, "waiting"), "state=\"waiting\"");
+    w.sample("audits_waiting", num(*v, "out"), "state=\"out\"");
+    w.family("coordinator_audit_seconds_total", "counter",
+             "Compute the coordinator spent recomputing leases for audits.");
+    w.sample("coordinator_audit_seconds_total", num(*v, "coordinator_audit_s"));
+  }
   if (auto c = j.find("connections"); c != j.end() && c->is_object()) {
     w.family("connections_total", "counter",
              "TCP connections accepted, and how their handshakes ended or why they were closed first.");
@@ -136,6 +152,9 @@ std::string prometheus_text(const std::string& status_json) {
     w.family("peer_credit_groups_total", "counter",
              "Prompt groups per peer in updates that passed every check (credit).");
     for (const auto& [l, v] : peers) w.sample("peer_credit_groups_total", num(*v, "credit_groups"), l);
+    w.family("peer_validations_total", "counter",
+             "Audits per peer recomputed as a validator whose reports held.");
+    for (const auto& [l, v] : peers) w.sample("peer_validations_total", num(*v, "validations"), l);
     w.family("peer_banned", "gauge", "1 for a peer banned for misbehaviour.");
     for (const auto& [l, v] : peers) w.sample("peer_banned", num(*v, "banned"), l);
   }

@@ -17,13 +17,15 @@ TEST(Metrics, StatusBecomesPrometheusText) {
   const std::string status = R"({
     "version": 7, "steps_total": 20, "finished": false, "uptime_s": 12.5, "active_leases": 3,
     "connected": 2, "banned": 1, "audits": 4, "leases_started": true,
+    "validation": {"validators": true, "by_validators": 9, "spot_checks": 1, "disagreements": 2,
+                   "fallbacks": 0, "waiting": 1, "out": 3, "coordinator_audit_s": 0.5},
     "steps": [{"step": 6, "reward_mean": 0.1}, {"step": 7, "reward_mean": 0.25, "accuracy": 0.5,
                "loss": -0.01, "grad_norm": 1.5, "updates": 3, "aggregate_s": 0.02,
                "optimizer_s": 0.003, "publish_s": 0.01}],
     "evals": [{"step": 5, "accuracy": 0.4}],
     "refusals": {"bad_reward": 2, "connection:not_admitted": 1},
     "peers": {"0123456789abcdef0123": {"name": "evil\"\nname\\", "accepted": 5, "refused": 2,
-                                       "throughput_groups_per_s": 3.25}}
+                                       "throughput_groups_per_s": 3.25, "validations": 6}}
   })";
   const std::string t = prometheus_text(status);
   EXPECT_TRUE(has_line(t, "# TYPE cohort_policy_version gauge")) << t;
@@ -32,6 +34,11 @@ TEST(Metrics, StatusBecomesPrometheusText) {
   EXPECT_TRUE(has_line(t, "cohort_peers_connected 2")) << t;
   EXPECT_TRUE(has_line(t, "cohort_leases_started 1")) << t;
   EXPECT_TRUE(has_line(t, "cohort_banned_peers 1")) << t;
+  EXPECT_TRUE(has_line(t, "cohort_validator_audits_total{decided_by=\"validator\"} 9")) << t;
+  EXPECT_TRUE(has_line(t, "cohort_validator_audits_total{decided_by=\"disagreement\"} 2")) << t;
+  EXPECT_TRUE(has_line(t, "cohort_audits_waiting{state=\"out\"} 3")) << t;
+  EXPECT_TRUE(has_line(t, "cohort_coordinator_audit_seconds_total 0.5")) << t;
+  EXPECT_TRUE(has_line(t, "cohort_peer_validations_total{peer=\"0123456789abcdef\",name=\"evil\\\"\\nname\\\\\"} 6")) << t;
   EXPECT_TRUE(has_line(t, "cohort_step_reward_mean 0.25")) << t;  // the last step, not the first
   EXPECT_TRUE(has_line(t, "cohort_step_seconds{phase=\"publish\"} 0.01")) << t;
   EXPECT_TRUE(has_line(t, "cohort_heldout_accuracy 0.4")) << t;
