@@ -10,9 +10,12 @@
 # with the peers' compute for the share.
 #   bench/open_round.sh BASE_MODEL_DIR OUT SEED KIND
 #   KIND: clean | mixed | sign-flip | scaled | noise | nan | zero | stop-only | lazy |
-#         cherry-pick | copycat | collude | false-reward | rubber-stamp
-#   SETTINGS=baseline: `mean` without any audit (the cost-when-honest comparison); STEPS=N;
-#   PEERS=N: N peers in all (default 10).
+#         cherry-pick | copycat | collude | false-reward | rubber-stamp | sybil (each of the 3
+#         processes makes a fresh key whenever its key is refused)
+#   SETTINGS=baseline: `mean` without any audit (the cost-when-honest comparison);
+#   SETTINGS=no-validators: the recommended settings with the coordinator auditing alone; STEPS=N;
+#   PEERS=N: N peers in all (default 10); CODEC=raw: the raw codec (an exact sum whatever the
+#   split of the step into leases) instead of top-k.
 set -eu
 C=${COHORT:-build/app/cohort}
 . "$(dirname "$0")/round.sh"
@@ -22,8 +25,15 @@ SEED=$3
 KIND=$4
 STEPS=${STEPS:-60}
 PEERS=${PEERS:-10}
+CODEC=${CODEC:-topk}
 if [ "${SETTINGS:-recommended}" = baseline ]; then
   VERIFY="recompute_fraction = 0.0"
+elif [ "${SETTINGS:-}" = no-validators ]; then  # the coordinator recomputes every audit itself
+  VERIFY="recompute_fraction = 0.02
+adaptive_trust = true
+trust_after = 10
+probe_lease_prompts = 2
+ban_after = 1"
 else
   VERIFY="recompute_fraction = 0.02
 adaptive_trust = true
@@ -62,7 +72,7 @@ digits = 2
 group_size = 8
 lr = 0.0003
 loss = "dapo"
-gradient_codec = "topk"
+gradient_codec = "$CODEC"
 [sampling]
 max_new_tokens = 16
 [verification]
@@ -110,6 +120,7 @@ reasons=$(q "SELECT COALESCE(GROUP_CONCAT(r || ' ' || n, ', '), '-') FROM (SELEC
   (SELECT reason FROM updates WHERE accepted = 0 AND peer IN $adv AND reason NOT IN ('lease_expired', 'stale')
    UNION ALL SELECT reason FROM refusals WHERE peer IN $adv AND reason NOT IN ('banned')) GROUP BY reason)")
 banned=$(q "SELECT COUNT(DISTINCT peer) FROM refusals WHERE reason = 'banned' AND peer IN $adv")
+keys=$(q "SELECT COUNT(*) FROM peers WHERE name LIKE 'adv%'")
 ban_steps=$(q "SELECT COALESCE(GROUP_CONCAT(s, '/'), '-') FROM (SELECT (SELECT COUNT(*) FROM steps WHERE applied_ms <= b.t) AS s
   FROM (SELECT peer, MIN(at_ms) AS t FROM refusals WHERE reason = 'banned' AND peer IN $adv GROUP BY peer) b ORDER BY s)")
 hon_no=$(q "SELECT COUNT(*) FROM updates WHERE accepted = 0 AND peer IN $hon AND reason IN
@@ -122,5 +133,5 @@ zmax=$(grep -o 'typicality z [-0-9.]*, [0-9.]* s: agrees' $OUT/coordinator.log |
 peer_s=$(python3 -c "
 import json, glob
 print(f\"{sum(json.load(open(f)).get('compute_s', 0) for f in glob.glob('$OUT/*.json')):.1f}\")")
-echo "$KIND seed $SEED: held-out $acc % after $steps steps, $sps s/step | adversaries: accepted $adv_ok, refused $adv_no ($reasons), banned $banned of ${#ADV[@]} at step $ban_steps | honest: refused $hon_no, bad_audit $hon_bad_audit, audited $hon_audited | $audits | max |z| passed $zmax | peers' compute $peer_s s | wall $(python3 -c "print(f'{$t1 - $t0:.0f}')") s"
+echo "$KIND seed $SEED: held-out $acc % after $steps steps, $sps s/step | adversaries: accepted $adv_ok, refused $adv_no ($reasons), banned $banned of $keys keys at step $ban_steps | honest: refused $hon_no, bad_audit $hon_bad_audit, audited $hon_audited | $audits | max |z| passed $zmax | peers' compute $peer_s s | wall $(python3 -c "print(f'{$t1 - $t0:.0f}')") s"
 rm -rf $OUT/round/blobs $OUT/round/checkpoints $OUT/collude

@@ -7,7 +7,7 @@ set -u
 BASE=$1
 OUT=$2
 shift 2
-KINDS=${*:-clean baseline mixed sign-flip scaled noise nan zero stop-only lazy cherry-pick copycat collude false-reward rubber-stamp}
+KINDS=${*:-clean baseline mixed sign-flip scaled noise nan zero stop-only lazy cherry-pick copycat collude false-reward rubber-stamp sybil}
 mkdir -p $OUT
 for seed in $(seq 1 ${SEEDS:-3}); do
   for kind in $KINDS; do

@@ -75,7 +75,7 @@ void add_work_options(CLI::App* cmd, NodeOptions& o, std::string& devices, std::
   cmd->add_flag("!--no-status-line", o.status_line,
                 "No live status line on the terminal (it is never drawn when stderr is not a terminal)");
   // Fault injection for the fault tests; hidden from --help (group "").
-  cmd->add_option("--fault", fault, "Test only: false-reward | replay | poison | worker-throw | hoard | churn | sign-flip | scaled | noise | nan | zero | stop-only | lazy | cherry-pick | copycat | collude | rubber-stamp")->group("");
+  cmd->add_option("--fault", fault, "Test only: false-reward | replay | poison | worker-throw | hoard | churn | sign-flip | scaled | noise | nan | zero | stop-only | lazy | cherry-pick | copycat | collude | rubber-stamp | sybil")->group("");
   cmd->add_option("--collude-dir", o.collude_dir, "Test only: a folder colluding nodes share (copycat reads the gradient others leave there)")->group("");
   cmd->add_option("--delay-ms", o.delay_ms, "Test only: sleep before sending each update")->group("");
 }

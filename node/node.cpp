@@ -124,6 +124,18 @@ void Node::run() {
       why = r.what();
       break;
     } catch (const protocol::ProtocolError& e) {
+      if (e.code() == protocol::ErrorCode::not_allowed && opt_.fault == Fault::sybil) {
+        // One operator, many keys: a refused key is dropped for a fresh one, with what it held.
+        id_ = protocol::Identity::generate();
+        ++sybil_keys_;
+        pending_.clear();
+        reports_.clear();
+        spdlog::warn("node: [fault sybil] key refused; back as {} (key {})", id_.id().fingerprint(),
+                     sybil_keys_);
+        backoff = 0.2;
+        last_ok = mono_s();
+        continue;
+      }
       if (e.code() == protocol::ErrorCode::not_allowed ||
           e.code() == protocol::ErrorCode::pinned_key_mismatch) {
         rc = 2;
@@ -267,6 +279,7 @@ void Node::write_summary() {
             {"peer", id_.id().hex()},
             {"leases", leases_done_},
             {"audits", audits_done_},
+            {"sybil_keys", sybil_keys_},
             {"groups", groups_},
             {"samples", samples_},
             {"compute_s", compute_s_},
@@ -312,9 +325,11 @@ Fault parse_fault(const std::string& name) {
   if (name == "copycat") return Fault::copycat;
   if (name == "collude") return Fault::collude;
   if (name == "rubber-stamp") return Fault::rubber_stamp;
+  if (name == "sybil") return Fault::sybil;
   throw Error("unknown --fault '" + name +
               "' (false-reward | replay | poison | worker-throw | hoard | churn | sign-flip | scaled | "
-              "noise | nan | zero | stop-only | lazy | cherry-pick | copycat | collude | rubber-stamp)");
+              "noise | nan | zero | stop-only | lazy | cherry-pick | copycat | collude | rubber-stamp | "
+              "sybil)");
 }
 
 void run_node(const NodeOptions& options) {

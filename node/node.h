@@ -34,10 +34,11 @@ enum class Fault {
   copycat,        // honest completions, the gradient another colluder wrote to --collude-dir
   collude,        // honest completions, a poison direction every colluder shares (×its own norm)
   rubber_stamp,   // as a validator: reports without recomputing (everything re-sampled the same)
+  sybil,          // one process, many keys: sends reversed gradients; refused a key, makes another
 };
 // "false-reward" | "replay" | "poison" | "worker-throw" | "hoard" | "churn" | "sign-flip" |
 // "scaled" | "noise" | "nan" | "zero" | "stop-only" | "lazy" | "cherry-pick" | "copycat" |
-// "collude" | "rubber-stamp" | "" (none); throws cohort::Error.
+// "collude" | "rubber-stamp" | "sybil" | "" (none); throws cohort::Error.
 Fault parse_fault(const std::string& name);
 
 struct NodeOptions {

@@ -116,6 +116,7 @@ class Node {
   // Audit reports computed as a validator, not yet acknowledged (sent before pending updates).
   std::deque<wire::AuditReport> reports_;
   int64_t audits_done_ = 0;
+  int64_t sybil_keys_ = 1;  // Fault::sybil: identities used so far
   // Leases given back, with why: sent with the next WorkRequest. work() leaves its reason in
   // given_back_; the network thread moves it here once the compute is done.
   std::vector<std::pair<std::string, std::string>> returned_;

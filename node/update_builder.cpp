@@ -67,6 +67,7 @@ protocol::SealedUpdate UpdateBuilder::build(const wire::WorkLease& lease, uint64
   }
   switch (fault) {  // the adversaries of the fault tests (node.h); each keeps honest rewards
     case Fault::sign_flip:
+    case Fault::sybil:
       for (float& x : g.grad) x = -x;
       break;
     case Fault::scaled:

@@ -1354,12 +1354,13 @@ TEST_F(E2E, AdaptiveTrustAuditsNewKeysFullyAndTrustedOnesLess) {
 // colluder's gradient re-signed over its own honest completions); a rubber-stamping validator,
 // whose reports contradict the coordinator's own recomputation, is refused as bad_audit; the
 // round completes with each group once, and the coordinator recomputed only to settle
-// disagreements (and spot checks).
+// disagreements (and spot checks). A Sybil (one process, many keys) comes back with a fresh key
+// each time one is banned, and each is banned in turn.
 TEST_F(E2E, ValidatorPeersAuditAndCatchALazyPeerACopycatAndALyingValidator) {
   Round r;
   r.steps = 12;
   r.prompts = 8;
-  r.min_peers = 6;  // the first lease waits for all six: each takes part from version 0
+  r.min_peers = 7;  // the first lease waits for all seven: each takes part from version 0
   r.recompute_fraction = 1.0;
   r.ban_after = 1;
   r.validators = true;
@@ -1378,6 +1379,7 @@ TEST_F(E2E, ValidatorPeersAuditAndCatchALazyPeerACopycatAndALyingValidator) {
   start_node(ep, "lazy", {"--fault", "lazy", "--max-batch", "1"});
   start_node(ep, "copycat", {"--fault", "copycat", "--max-batch", "2", "--collude-dir", collude.string()});
   start_node(ep, "stamp", {"--fault", "rubber-stamp", "--max-batch", "1"});
+  start_node(ep, "sybil", {"--fault", "sybil", "--max-batch", "1"});
   ASSERT_EQ(wait_coordinator(), 0) << log("coordinator");
   expect_each_group_counted_once(r);
 
@@ -1390,6 +1392,14 @@ TEST_F(E2E, ValidatorPeersAuditAndCatchALazyPeerACopycatAndALyingValidator) {
   for (const char* honest : {"honest-a", "honest-b", "colluder"})
     EXPECT_EQ(count(honest, "reason IN ('recompute_mismatch', 'not_sampled', 'bad_norm', 'malformed', 'bad_reward')"), 0)
         << honest << "\n" << log("coordinator");
+  // The Sybil's keys, one after the other: each refused for its reversed gradient and banned.
+  const int64_t sybil_keys = db.count("SELECT COUNT(*) FROM peers WHERE name = 'sybil'");
+  EXPECT_GE(sybil_keys, 2) << log("sybil");
+  EXPECT_EQ(db.count("SELECT COUNT(DISTINCT u.peer) FROM updates u JOIN peers p ON p.peer = u.peer "
+                     "WHERE p.name = 'sybil' AND u.reason = 'recompute_mismatch'"),
+            db.count("SELECT COUNT(DISTINCT r.peer) FROM refusals r JOIN peers p ON p.peer = r.peer "
+                     "WHERE p.name = 'sybil' AND r.reason = 'banned'"))
+      << log("coordinator");
   // The rubber stamp's made-up reports contradicted the coordinator's recomputation: refused as
   // bad_audit and banned (ban_after = 1).
   EXPECT_GE(db.count("SELECT COUNT(*) FROM refusals WHERE reason = 'bad_audit' AND peer = '" + key_hex("stamp") + "'"), 1)
