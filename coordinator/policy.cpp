@@ -333,19 +333,7 @@ std::optional<exchange::Refusal> Policy::audit(const Published& sampled_on,
                                                std::span<const uint64_t> lease_prompts,
                                                std::span<const float> reported) {
   const exchange::LeaseRecomputation r = recompute(sampled_on, u, lease_prompts);
-  double b2 = 0, a2 = 0;
-  for (float x : reported) b2 += double(x) * x;
-  for (float x : r.gradient) a2 += double(x) * x;
-  AuditFindings f{.completions = r.completions,
-                  .resampled = r.resampled,
-                  .resampled_same = r.resampled_same,
-                  .logprob_sums = r.logprob_sums,
-                  .typicality_z = r.typicality_z,
-                  .outside_support = r.outside_support,
-                  .tokens = r.tokens,
-                  .kl_sum = r.kl_sum,
-                  .cosine = exchange::cosine(r.gradient, reported),
-                  .norm_ratio = a2 > 0 ? std::sqrt(b2 / a2) : (b2 == 0 ? 1.0 : 1e300)};
+  const AuditFindings f = dense_findings(r, reported);
   spdlog::info(
       "coordinator: recomputed lease {} on v{} (current v{}, {}) in {:.2f} s: cosine {:.6f}, norm "
       "ratio {:.6f}, re-sampled {}/{}, typicality z {:.2f}",

@@ -10,6 +10,7 @@
 
 #include "exchange/rewards.h"
 #include "exchange/seeds.h"
+#include "exchange/sketch.h"
 #include "grpo/scoring.h"
 
 namespace cohort::coordinator {
@@ -146,6 +147,26 @@ std::optional<Refusal> check_norm(std::span<const float> grad, double units, dou
     return Refusal{wire::ACK_BAD_NORM,
                    fmt::format("mean-gradient norm {:.6g} exceeds {:.6g}", norm, max_norm)};
   return std::nullopt;
+}
+
+double norm_ratio(double reported_norm, double recomputed_norm) {
+  return recomputed_norm > 0 ? reported_norm / recomputed_norm : (reported_norm == 0 ? 1.0 : 1e300);
+}
+
+AuditFindings dense_findings(const exchange::LeaseRecomputation& r, std::span<const float> reported) {
+  double b2 = 0, a2 = 0;
+  for (float x : reported) b2 += double(x) * x;
+  for (float x : r.gradient) a2 += double(x) * x;
+  return {.completions = r.completions,
+          .resampled = r.resampled,
+          .resampled_same = r.resampled_same,
+          .logprob_sums = r.logprob_sums,
+          .typicality_z = r.typicality_z,
+          .outside_support = r.outside_support,
+          .tokens = r.tokens,
+          .kl_sum = r.kl_sum,
+          .cosine = exchange::cosine(r.gradient, reported),
+          .norm_ratio = norm_ratio(std::sqrt(b2), std::sqrt(a2))};
 }
 
 double logprob_tolerance(const std::string& compute_precision) {

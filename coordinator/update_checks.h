@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "exchange/lease_audit.h"
 #include "exchange/refusal.h"
 #include "grpo/grpo_config.h"
 #include "grpo/tasks.h"
@@ -78,6 +79,13 @@ struct AuditFindings {
   double kl_sum = 0;
   double cosine = 1, norm_ratio = 1;  // reported vs recomputed gradient
 };
+
+// ‖reported‖ / ‖recomputed‖: 1 when both are 0, huge when only the recomputed one is.
+[[nodiscard]] double norm_ratio(double reported_norm, double recomputed_norm);
+
+// The findings of a recomputation done here (dense gradients) against the reported gradient.
+[[nodiscard]] AuditFindings dense_findings(const exchange::LeaseRecomputation& r,
+                                           std::span<const float> reported);
 
 struct AuditLimits {
   double min_cosine = 0.9;

@@ -200,8 +200,7 @@ asio::awaitable<std::optional<Refusal>> Coordinator::Impl::decide_audit(
         .tokens = tokens,
         .kl_sum = rep.kl_sum(),
         .cosine = exchange::cosine(theirs, reported_sketch),
-        .norm_ratio = rep.norm() > 0 ? reported_norm / rep.norm()
-                                     : (reported_norm == 0 ? 1.0 : 1e300)};
+        .norm_ratio = norm_ratio(reported_norm, rep.norm())};
     const AuditLimits limits{.min_cosine = cfg.recompute_min_cosine,
                              .typicality_z_max = cfg.typicality_z_max,
                              .kl_term = cfg.grpo.loss.beta > 0};

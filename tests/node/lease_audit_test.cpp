@@ -80,20 +80,8 @@ class LeaseAudit : public ::testing::Test {
   std::optional<exchange::Refusal> judge(const exchange::LeaseRecomputation& r,
                                          const wire::GradientUpdate& u,
                                          std::span<const float> reported_grad) const {
-    double a2 = 0, b2 = 0;
-    for (float x : r.gradient) a2 += double(x) * x;
-    for (float x : reported_grad) b2 += double(x) * x;
-    const coordinator::AuditFindings f{.completions = r.completions,
-                                       .resampled = r.resampled,
-                                       .resampled_same = r.resampled_same,
-                                       .logprob_sums = r.logprob_sums,
-                                       .typicality_z = r.typicality_z,
-                                       .outside_support = r.outside_support,
-                                       .tokens = r.tokens,
-                                       .kl_sum = r.kl_sum,
-                                       .cosine = exchange::cosine(r.gradient, reported_grad),
-                                       .norm_ratio = a2 > 0 ? std::sqrt(b2 / a2) : 1.0};
-    return coordinator::judge_audit(f, u, indices, cfg.group_size, {});
+    return coordinator::judge_audit(coordinator::dense_findings(r, reported_grad), u, indices,
+                                    cfg.group_size, {});
   }
 
   // The lease as an honest node works it.
