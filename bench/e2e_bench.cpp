@@ -10,9 +10,11 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "bench/bench.h"
 #include "common/check.h"
@@ -59,6 +61,105 @@ struct E2EArgs {
   std::string hf_tokenizer;
   int64_t vocab = 0;
   std::string model_type = "qwen2";
+  // tc qdiscs shaping every node's link in the kernel (e.g. "netem delay 20ms loss 0.1%",
+  // "tbf rate 20mbit burst 64kb latency 1s"): each node in its own network namespace behind a veth
+  // pair, `qdisc_up` on its end, `qdisc_down` on the host's. Root only.
+  std::string qdisc_up, qdisc_down;
+};
+
+// The path of a system program (PATH, then the sbin folders a non-login root shell may lack).
+std::string program(const std::string& name) {
+  std::string dirs = std::getenv("PATH") ? std::getenv("PATH") : "";
+  dirs += ":/usr/sbin:/sbin:/usr/bin:/bin";
+  for (size_t b = 0, e; b <= dirs.size(); b = e + 1) {
+    e = dirs.find(':', b);
+    if (e == std::string::npos) e = dirs.size();
+    const fs::path p = fs::path(dirs.substr(b, e - b)) / name;
+    if (e > b && ::access(p.c_str(), X_OK) == 0) return p.string();
+  }
+  throw Error("bench e2e: `" + name + "` not found (Debian: apt-get install iproute2)");
+}
+
+// Runs a command (argv[0] a program name); throws cohort::Error with it when it fails.
+void run_command(std::vector<std::string> argv) {
+  argv[0] = program(argv[0]);
+  tools::Subprocess p = tools::Subprocess::spawn(argv);
+  if (p.wait(60).value_or(1) != 0) {
+    std::string cmd;
+    for (const auto& a : argv) cmd += (cmd.empty() ? "" : " ") + a;
+    throw Error("bench e2e: `" + cmd + "` failed (for tc: \"qdisc kind is unknown\" means this kernel lacks it, e.g. netem without CONFIG_NET_SCH_NETEM)");
+  }
+}
+
+// Kernel-shaped links: node i runs in network namespace cohort-<pid>-<i> and reaches the
+// coordinator at 10.231.i.1 over a veth pair; a tc qdisc on the node's end shapes what it sends
+// (upload), one on the host's end what it receives (download): netem for delay and loss, tbf or
+// htb for rates. Torn down (namespaces and pairs) on destruction or when setting up fails.
+class ShapedLinks {
+ public:
+  ShapedLinks(int nodes, const std::string& up, const std::string& down) {
+    if (::geteuid() != 0) throw Error("bench e2e: --qdisc-up/--qdisc-down need root (network namespaces and tc)");
+    try {
+      for (int i = 0; i < nodes; ++i) add(i, up, down);
+    } catch (...) {
+      remove_all();
+      throw;
+    }
+  }
+  ~ShapedLinks() { remove_all(); }
+  ShapedLinks(const ShapedLinks&) = delete;
+  ShapedLinks& operator=(const ShapedLinks&) = delete;
+
+  static std::string host_address(int i) { return fmt::format("10.231.{}.1", i); }
+  // Node i's command, run inside its namespace.
+  std::vector<std::string> wrap(int i, std::vector<std::string> argv) const {
+    argv.insert(argv.begin(), {program("ip"), "netns", "exec", namespaces_.at(static_cast<size_t>(i))});
+    return argv;
+  }
+
+ private:
+  static std::vector<std::string> words(const std::string& spec) {
+    std::vector<std::string> out;
+    for (size_t b = 0, e; b < spec.size(); b = e + 1) {
+      e = spec.find(' ', b);
+      if (e == std::string::npos) e = spec.size();
+      if (e > b) out.push_back(spec.substr(b, e - b));
+    }
+    return out;
+  }
+  void add(int i, const std::string& up, const std::string& down) {
+    const std::string ns = fmt::format("cohort-{}-{}", ::getpid(), i);
+    const std::string host_end = fmt::format("cb{}h{}", ::getpid() % 100000, i);
+    const std::string node_end = fmt::format("cb{}n{}", ::getpid() % 100000, i);
+    run_command({"ip", "netns", "add", ns});
+    namespaces_.push_back(ns);
+    run_command({"ip", "link", "add", host_end, "type", "veth", "peer", "name", node_end});
+    run_command({"ip", "link", "set", node_end, "netns", ns});
+    run_command({"ip", "addr", "add", host_address(i) + "/30", "dev", host_end});
+    run_command({"ip", "link", "set", host_end, "up"});
+    run_command({"ip", "netns", "exec", ns, "ip", "addr", "add", fmt::format("10.231.{}.2/30", i), "dev", node_end});
+    run_command({"ip", "netns", "exec", ns, "ip", "link", "set", node_end, "up"});
+    run_command({"ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"});
+    if (!down.empty()) {
+      std::vector<std::string> q = {"tc", "qdisc", "add", "dev", host_end, "root"};
+      for (auto& w : words(down)) q.push_back(std::move(w));
+      run_command(q);
+    }
+    if (!up.empty()) {
+      std::vector<std::string> q = {"ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", node_end, "root"};
+      for (auto& w : words(up)) q.push_back(std::move(w));
+      run_command(q);
+    }
+  }
+  void remove_all() {
+    for (const auto& ns : namespaces_) {  // removing a namespace removes its end of the pair, and the pair
+      tools::Subprocess p = tools::Subprocess::spawn({program("ip"), "netns", "del", ns});
+      p.wait(30);
+    }
+    namespaces_.clear();
+  }
+
+  std::vector<std::string> namespaces_;
 };
 
 // What publishing cost per version, from the coordinator's log lines "published vN (dtype):
@@ -134,12 +235,14 @@ int run_e2e(const E2EArgs& a) {
         fs::copy_file(fs::path(a.hf_tokenizer) / f, fs::path(model) / f, fs::copy_options::overwrite_existing);
   }
   const std::string data = (dir / "round").string();
+  const bool shaped = !a.qdisc_up.empty() || !a.qdisc_down.empty();
   std::string toml = fmt::format(
       "[round]\nid = \"bench\"\nsteps = {}\nprompts_per_step = {}\nstaleness_bound = {}\n"
       "checkpoint_interval = 1000000\nmin_peers = {}\ndata_dir = \"{}\"\nlinger_s = 3\nledger_sync = \"{}\"\n"
-      "[network]\nlisten = \"127.0.0.1:0\"\nstatus_listen = \"\"\n[model]\npath = \"{}\"\n{}"
+      "[network]\nlisten = \"{}:0\"\nstatus_listen = \"\"\n[model]\npath = \"{}\"\n{}"
       "[task]\nname = \"arith\"\nreward = \"{}\"\n[grpo]\ngroup_size = {}\ngradient_codec = \"{}\"\n",
-      a.steps, a.prompts_per_step, a.staleness, a.nodes, data, a.ledger_sync, fs::absolute(model).string(),
+      a.steps, a.prompts_per_step, a.staleness, a.nodes, data, a.ledger_sync,
+      shaped ? "0.0.0.0" : "127.0.0.1", fs::absolute(model).string(),
       a.policy_dtype.empty() ? std::string() : fmt::format("policy_dtype = \"{}\"\n", a.policy_dtype),
       a.bench_reward ? "bench-length" : "math", a.group_size, a.codec);
   if (a.lr > 0) toml += fmt::format("lr = {}\n", a.lr);
@@ -149,6 +252,8 @@ int run_e2e(const E2EArgs& a) {
   const std::string config = (dir / "round.toml").string();
   std::ofstream(config) << toml;
   const std::string exe = tools::self_executable();
+  std::optional<ShapedLinks> links;
+  if (shaped) links.emplace(a.nodes, a.qdisc_up, a.qdisc_down);
   const auto t0 = std::chrono::steady_clock::now();
   Subprocess coord = Subprocess::spawn({exe, "coordinator", "serve", "--config", config, "--threads", "1"},
                                        (dir / "coordinator.log").string());
@@ -156,7 +261,8 @@ int run_e2e(const E2EArgs& a) {
   std::vector<Subprocess> nodes;
   const bool hf = fs::exists(fs::path(model) / "tokenizer.json");
   for (int i = 0; i < a.nodes; ++i) {
-    std::vector<std::string> argv = {exe, "node", "run", "--coordinator", ep.host + ":" + std::to_string(ep.port), "--coordinator-key",
+    const std::string host = links ? ShapedLinks::host_address(i) : ep.host;
+    std::vector<std::string> argv = {exe, "node", "run", "--coordinator", host + ":" + std::to_string(ep.port), "--coordinator-key",
          ep.coordinator_key, "--key", (dir / fmt::format("node{}.key", i)).string(), "--name",
          fmt::format("node{}", i), "--threads", std::to_string(a.node_threads), "--summary-out",
          (dir / fmt::format("node{}.json", i)).string(), "--give-up-after", "30",
@@ -164,6 +270,7 @@ int run_e2e(const E2EArgs& a) {
          "--max-download-mbps", fmt::format("{}", a.down_mbps), "--precision", a.node_precision,
          "--max-batch", std::to_string(a.max_batch)};
     if (hf) argv.insert(argv.end(), {"--tokenizer", fs::absolute(model).string()});
+    if (links) argv = links->wrap(i, std::move(argv));
     nodes.push_back(Subprocess::spawn(argv, (dir / fmt::format("node{}.log", i)).string()));
   }
   const int rc = coord.wait().value_or(1);
@@ -181,6 +288,7 @@ int run_e2e(const E2EArgs& a) {
   // The nodes' time outside compute, summed over nodes: waiting for a lease, fetching or loading
   // weights, for Acks, and for the link's ask-ahead after computing.
   double lease_wait = 0, weights = 0, ack_wait = 0, ahead_wait = 0;
+  double join_weights = 0;  // of `weights`, each node's first (a joiner's snapshot), paid once
   double sent = 0, fetched = 0;  // update and weight bytes, all nodes
   double patch_fetched = 0, snapshot_fetched = 0, patches_applied = 0, snapshots_fetched = 0;
   for (int i = 0; i < a.nodes; ++i) {
@@ -192,6 +300,7 @@ int run_e2e(const E2EArgs& a) {
     fraction_min = std::min(fraction_min, j.value("compute_fraction", 0.0));
     lease_wait += j.value("lease_wait_s", 0.0);
     weights += j.value("weights_s", 0.0);
+    join_weights += j.value("join_weights_s", 0.0);
     ack_wait += j.value("ack_wait_s", 0.0);
     ahead_wait += j.value("ahead_wait_s", 0.0);
     sent += j.value("bytes_per_update", 0.0) * j.value("updates_sent", 0.0);
@@ -240,12 +349,18 @@ int run_e2e(const E2EArgs& a) {
       grpo::ModelConfig::load((fs::path(model) / "config.json").string()).parameter_count());
   const double samples = double(a.steps) * a.prompts_per_step * a.group_size;
   const double frac = node_wall > 0 ? compute / node_wall : 0;
+  // Once joined: without each node's first weights, the snapshot a joiner fetches once per round
+  // (a short run cannot amortize it; a volunteer's hours-long session does).
+  const double joined_wall = node_wall - join_weights;
+  const double frac_joined = joined_wall > 0 ? compute / joined_wall : 0;
   json j = {{"nodes", a.nodes}, {"steps", a.steps}, {"prompts_per_step", a.prompts_per_step},
             {"group_size", a.group_size}, {"staleness_bound", a.staleness}, {"codec", a.codec}, {"ledger_sync", a.ledger_sync},
             {"ask_ahead", a.ask_ahead},
             {"parameters", params}, {"samples", samples}, {"run_s", run_s}, {"wall_s", wall},
             {"samples_per_s", run_s > 0 ? samples / run_s : 0},
             {"node_compute_fraction", frac}, {"node_compute_fraction_min", fraction_min},
+            {"node_compute_fraction_joined", frac_joined},
+            {"node_join_weights_s", a.nodes > 0 ? join_weights / a.nodes : 0},
             {"node_lease_wait_fraction", node_wall > 0 ? lease_wait / node_wall : 0},
             {"node_weights_fraction", node_wall > 0 ? weights / node_wall : 0},
             {"node_ack_wait_fraction", node_wall > 0 ? ack_wait / node_wall : 0},
@@ -256,7 +371,7 @@ int run_e2e(const E2EArgs& a) {
             {"seconds_per_step", run_s / a.steps},
             {"update_bytes_per_step_per_node", sent / a.steps / a.nodes},
             {"weight_bytes_per_step_per_node", fetched / a.steps / a.nodes},
-            {"up_mbps", a.up_mbps}, {"down_mbps", a.down_mbps}, {"node_precision", a.node_precision},
+            {"qdisc_up", a.qdisc_up}, {"qdisc_down", a.qdisc_down}, {"up_mbps", a.up_mbps}, {"down_mbps", a.down_mbps}, {"node_precision", a.node_precision},
             {"audits", audits}, {"audit_min_cosine", min_cosine},
             {"audit_max_norm_ratio_error", max_ratio_error}, {"refusals", refusals},
             {"policy_dtype", a.policy_dtype.empty() ? "auto" : a.policy_dtype},
@@ -266,18 +381,24 @@ int run_e2e(const E2EArgs& a) {
             {"changed_fraction", pubs.elements > 0 ? pubs.changed / pubs.elements : 0.0},
             {"node_patches_applied", patches_applied}, {"node_snapshots_fetched", snapshots_fetched},
             {"node_patch_bytes", patch_fetched}, {"node_snapshot_bytes", snapshot_fetched},
-            {"coordinator_max_rss_bytes", coord.max_rss_bytes()}, {"node_max_rss_bytes", node_rss}};
+            {"coordinator_max_rss_bytes", coord.max_rss_bytes()},
+            {"coordinator_minor_faults", coord.minor_faults()}, {"node_max_rss_bytes", node_rss}};
   std::printf("e2e: %d nodes, %d steps x %d prompts x G=%d, S=%d, %.0f params, codec %s, %s\n", a.nodes,
               a.steps, a.prompts_per_step, a.group_size, a.staleness, params, a.codec.c_str(),
               a.ask_ahead ? "nodes ask ahead" : "one lease at a time");
   if (a.up_mbps > 0 || a.down_mbps > 0)
     std::printf("  node links                   %g Mbit/s up, %g Mbit/s down (0: uncapped)\n", a.up_mbps,
                 a.down_mbps);
+  if (shaped)
+    std::printf("  kernel-shaped links          up: %s; down: %s\n", a.qdisc_up.empty() ? "-" : a.qdisc_up.c_str(),
+                a.qdisc_down.empty() ? "-" : a.qdisc_down.c_str());
   std::printf("  samples/s                    %.1f  (%.0f samples in %.1f s from first lease to last step)\n",
               j["samples_per_s"].get<double>(), samples, run_s);
   std::printf("  seconds per step             %.2f\n", run_s / a.steps);
   std::printf("  node compute fraction        %.1f%%  (min over nodes %.1f%%; target >= 95%%)\n", 100 * frac,
               100 * fraction_min);
+  std::printf("  once joined                  %.1f%%  (without each node's first weights: %.1f s on average)\n",
+              100 * frac_joined, a.nodes > 0 ? join_weights / a.nodes : 0);
   if (node_wall > 0)
     std::printf("  node time outside compute    lease wait %.1f%%, weights %.1f%%, acks %.1f%%, link %.1f%%\n",
                 100 * lease_wait / node_wall, 100 * weights / node_wall, 100 * ack_wait / node_wall,
@@ -302,6 +423,8 @@ int run_e2e(const E2EArgs& a) {
               snapshots_fetched, snapshot_fetched, patches_applied, patch_fetched);
   std::printf("  peak RSS                     coordinator %.2f GB, node (max) %.2f GB\n",
               coord.max_rss_bytes() / 1e9, node_rss / 1e9);
+  std::printf("  coordinator page faults      %.0f minor (%.0f per step)\n", coord.minor_faults(),
+              coord.minor_faults() / a.steps);
   std::printf("%s\n", j.dump().c_str());
   if (a.dir.empty()) fs::remove_all(dir);
   return 0;
@@ -344,6 +467,11 @@ void add_e2e_bench(CLI::App& bench) {
   cmd->add_flag("--ask-ahead,!--no-ask-ahead", a->ask_ahead,
                "Nodes ask for the next lease while computing (off: one lease at a time)")
       ->capture_default_str();
+  cmd->add_option("--qdisc-up", a->qdisc_up,
+                  "A tc qdisc on every node's upload, e.g. \"netem delay 20ms loss 0.1%\" or \"tbf rate 20mbit "
+                  "burst 64kb latency 1s\": each node in its own network namespace behind a veth pair (root only; "
+                  "benchmarks, never make test)");
+  cmd->add_option("--qdisc-down", a->qdisc_down, "A tc qdisc on every node's download (as --qdisc-up)");
   cmd->add_option("--dir", a->dir, "Keep the run here (default: a temporary folder, removed)");
   cmd->callback([a] {
     if (const int rc = run_e2e(*a); rc != 0) throw Error("bench e2e failed (see the log above)", rc);

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -140,7 +141,15 @@ void Policy::absorb(int64_t step, const Contribution& c, const exchange::SparseG
   auto& slot = steps_[step];
   if (!slot) slot = std::make_unique<StepSums>();
   StepSums& st = *slot;
-  if (st.grad.empty()) st.grad.assign(layout_.total, 0.0f);  // once per step, not per update
+  if (st.grad.empty()) {  // once per step, not per update
+    if (spare_grad_.size() == layout_.total) {
+      st.grad = std::move(spare_grad_);
+      spare_grad_ = {};
+      std::fill(st.grad.begin(), st.grad.end(), 0.0f);
+    } else {
+      st.grad.assign(layout_.total, 0.0f);
+    }
+  }
   for (size_t k = 0; k < g.index.size(); ++k) st.grad[g.index[k]] += g.value[k];
   count(st, c, t0);
 }
@@ -256,13 +265,14 @@ Policy::Applied Policy::apply(int64_t step, bool replaying) {
   r.optimizer_s = t1 - t0;
   r.publish_s = t2 - t1;
   r.applied_ms = unix_ms();
+  if (folds_sparse()) spare_grad_ = std::move(st.grad);  // the next step's sum (absorb)
   steps_.erase(it);
   return out;
 }
 
 std::shared_ptr<const Published> Policy::publish() {
   const auto& offsets = publisher_->offsets();
-  std::string bytes(offsets.back(), '\0');
+  std::string bytes = publisher_->buffer();  // every byte written below
   {
     at::NoGradGuard no_grad;
     const auto params = model_->parameters();

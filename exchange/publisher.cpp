@@ -1,6 +1,7 @@
 #include "exchange/publisher.h"
 
 #include <cstring>
+#include <utility>
 
 #include "common/check.h"
 #include "exchange/manifest.h"
@@ -85,7 +86,7 @@ PublishedVersion Publisher::publish(const std::string& round_id, uint64_t versio
     out.blobs.insert(d);
   }
   for (const auto& url : mirrors_) out.manifest.add_mirrors(url);
-  current_ = std::move(bytes);
+  spare_ = std::exchange(current_, std::move(bytes));
   current_version_ = version;
 
   served_.push_back(out.blobs);
@@ -94,6 +95,13 @@ PublishedVersion Publisher::publish(const std::string& round_id, uint64_t versio
   for (const auto& s : served_) keep.insert(s.begin(), s.end());
   store_->keep_only(keep);
   return out;
+}
+
+std::string Publisher::buffer() {
+  std::string b = std::move(spare_);
+  spare_ = {};
+  b.resize(offsets_.back());
+  return b;
 }
 
 PublishedVersion Publisher::publish_reference(const std::string& round_id, int64_t created_unix_ms,

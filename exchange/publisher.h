@@ -68,6 +68,11 @@ class Publisher {
   // mirrors holding a copy of the folder. Returns its digest.
   protocol::Digest put_pinned(std::string_view bytes);
 
+  // A buffer of offsets().back() bytes for the next publish(), contents unspecified: the
+  // replaced version's bytes when there are, so that a step does not page-fault in a new
+  // model-sized buffer (at 7 B parameters in BF16, 14 GB).
+  std::string buffer();
+
   [[nodiscard]] std::string_view current() const { return current_; }
   [[nodiscard]] std::optional<uint64_t> current_version() const { return current_version_; }
   // Where tensor i starts in the concatenation; offsets().back() is its size.
@@ -84,6 +89,7 @@ class Publisher {
   uint64_t shard_bytes_;
   std::vector<uint64_t> offsets_;
   std::string current_;
+  std::string spare_;  // the bytes current_ replaced, for buffer()
   std::optional<uint64_t> current_version_;
   std::deque<wire::PatchRef> chain_;               // newest first
   std::deque<std::set<protocol::Digest>> served_;  // blobs of the versions still served

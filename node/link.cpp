@@ -108,6 +108,7 @@ asio::awaitable<void> Node::session(double& last_ok) {
     }
     staged.reset();  // loaded into the replicas: not held while they compute
     weights_s_ += mono_s() - fetch0;
+    if (join_weights_s_ < 0) join_weights_s_ = mono_s() - fetch0;  // the first lease's: a snapshot
 
     // The next lease is asked for just in time, shortly before this one should be done (by this
     // node's measured seconds per group): a lease held unstarted behind another is work the

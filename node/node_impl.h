@@ -126,6 +126,8 @@ class Node {
   // Where the time outside compute goes: waiting for a lease, fetching or loading weights, for
   // an Ack, and for the link's ask-ahead after a lease was computed.
   double lease_wait_s_ = 0, weights_s_ = 0, ack_wait_s_ = 0, ahead_wait_s_ = 0;
+  // Of weights_s_, the first lease's weights (a joining node's snapshot), a cost paid once.
+  double join_weights_s_ = -1;
   // For asking ahead just in time: this node's compute seconds per group and the link's seconds
   // to ask for a lease and fetch its weights (moving averages; 0 until measured).
   double seconds_per_group_ = 0, link_seconds_ = 0;

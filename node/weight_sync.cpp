@@ -9,6 +9,7 @@
 
 #include "common/async.h"
 #include "common/check.h"
+#include "common/clock.h"
 #include "exchange/manifest.h"
 #include "exchange/weight_patch.h"
 #include "exchange/weights.h"
@@ -234,12 +235,19 @@ asio::awaitable<StagedWeights> WeightSync::fetch(CoordinatorLink& link, uint64_t
   mirrors.insert(mirrors.end(), m.mirrors().begin(), m.mirrors().end());
   const exchange::FetchPlan plan = exchange::plan_fetch(m, bytes_version_);
   if (!plan.nothing) {
+    const double t0 = mono_s(), fetched0 = fetched_bytes();
     const bool patched =
         !plan.patches.empty() && co_await apply_patches(link, m, plan.patches, mirrors);
     if (!patched) {
       if (!plan.patches.empty()) stats_.patch_fallbacks++;
       co_await fetch_snapshot(link, m, mirrors);
     }
+    spdlog::info("node: {}v{} from {}: {:.2f} MB in {:.2f} s, checked against the manifest",
+                 reference_ ? "reference " : "", m.policy_version(),
+                 patched ? fmt::format("{} patch{}", plan.patches.size(),
+                                       plan.patches.size() == 1 ? "" : "es")
+                         : "the snapshot",
+                 (fetched_bytes() - fetched0) / 1e6, mono_s() - t0);
   }
 
   std::map<std::string, std::vector<const wire::ManifestEntry*>> by_digest;

@@ -51,6 +51,7 @@ Subprocess& Subprocess::operator=(Subprocess&& o) noexcept {
     pid_ = o.pid_;
     status_ = o.status_;
     max_rss_bytes_ = o.max_rss_bytes_;
+    minor_faults_ = o.minor_faults_;
     o.pid_ = -1;
   }
   return *this;
@@ -77,6 +78,7 @@ std::optional<int> Subprocess::wait(double timeout_s) {
     pid_t r = ::wait4(pid_, &st, timeout_s < 0 ? 0 : WNOHANG, &ru);
     if (r == pid_) {
       max_rss_bytes_ = static_cast<double>(ru.ru_maxrss) * 1024.0;
+      minor_faults_ = static_cast<double>(ru.ru_minflt);
       status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
       return status_;
     }

@@ -22,7 +22,7 @@ class Subprocess {
   static Subprocess spawn(const std::vector<std::string>& argv, const std::string& log_path = "");
   Subprocess() = default;
   Subprocess(Subprocess&& o) noexcept
-      : pid_(o.pid_), status_(o.status_), max_rss_bytes_(o.max_rss_bytes_) {
+      : pid_(o.pid_), status_(o.status_), max_rss_bytes_(o.max_rss_bytes_), minor_faults_(o.minor_faults_) {
     o.pid_ = -1;
   }
   Subprocess& operator=(Subprocess&& o) noexcept;
@@ -35,11 +35,14 @@ class Subprocess {
   [[nodiscard]] bool running();
   // The child's peak resident set (getrusage's ru_maxrss), known once wait() has seen it exit.
   [[nodiscard]] double max_rss_bytes() const { return max_rss_bytes_; }
+  // Its minor page faults (ru_minflt: memory touched for the first time), known likewise.
+  [[nodiscard]] double minor_faults() const { return minor_faults_; }
 
  private:
   pid_t pid_ = -1;
   std::optional<int> status_;
   double max_rss_bytes_ = 0;
+  double minor_faults_ = 0;
 };
 
 struct Endpoint {
