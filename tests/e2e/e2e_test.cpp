@@ -25,6 +25,8 @@
 #include "coordinator/ledger.h"
 #include "tools/local_cluster.h"
 #include "coordinator/round_config.h"
+#include "exchange/gradient_wire.h"
+#include "exchange/param_layout.h"
 #include "exchange/seeds.h"
 #include "grpo/checkpoint.h"
 #include "exchange/round_card.h"
@@ -32,8 +34,10 @@
 #include "grpo/tokenizer.h"
 #include "grpo/trainer.h"
 #include "node/weight_sync.h"
+#include "protocol/bytes.h"
 #include "protocol/digest.h"
 #include "protocol/identity.h"
+#include "protocol/signed_update.h"
 #include "tests/support/tiny_base.h"
 
 namespace cohort::coordinator {
@@ -678,6 +682,88 @@ TEST_F(E2E, TopkUpdatesPassTheirAuditAndPoisonDoesNot) {
        at = coord.find("recomputed lease", at + 1))
     ++audits;
   EXPECT_GE(audits, db.count("SELECT COUNT(*) FROM updates WHERE accepted = 1") + 1);
+}
+
+// The top-k codec folds each update's kept entries into its step's sum, in a buffer the coordinator
+// reuses from step to step (zeroed, not re-allocated): every applied gradient is exactly the sum of
+// the step's accepted updates, decoded again here from the ledger's signed bodies and streams,
+// over the step's units, with two steps open at once (S = 1) and the buffer reused at each. The
+// ledger drops bodies once a checkpoint covers them: no checkpoint before the last step, and the
+// bodies are read while the nodes are stopped mid-round.
+TEST_F(E2E, TopkStepsApplyExactlyTheirUpdates) {
+  Round r;
+  r.steps = 8;
+  r.checkpoint_interval = 1000;
+  r.staleness = 1;
+  r.codec = "topk";
+  r.dump = true;
+  r.min_peers = 2;
+  auto ep = start_coordinator(write_config(r));
+  // 200 ms before each update: the round cannot reach its last step while the ledger is read.
+  Subprocess& a = start_node(ep, "a", {"--max-batch", "2", "--delay-ms", "200"});
+  Subprocess& b = start_node(ep, "b", {"--max-batch", "3", "--delay-ms", "200"});
+  ASSERT_TRUE(wait_until("SELECT COUNT(*) FROM steps", 4)) << log("coordinator");
+  a.signal(SIGSTOP);
+  b.signal(SIGSTOP);
+
+  struct StepUpdates {
+    std::vector<double> sum;
+    double units = 0;
+  };
+  std::map<int, StepUpdates> steps;
+  const auto model = grpo::load_model(base_);
+  const exchange::ParamLayout layout(*model);
+  auto unhex = [](const std::string& h) {
+    const auto bytes = protocol::from_hex(h);
+    EXPECT_TRUE(bytes.has_value());
+    return bytes ? std::string(bytes->begin(), bytes->end()) : std::string();
+  };
+  {
+    Db db(ledger());
+    for (const auto& row : db.rows("SELECT step FROM steps WHERE step < " + std::to_string(r.steps))) {
+      StepUpdates& st = steps[std::stoi(row[0])];
+      st.sum.assign(layout.total, 0.0);
+      for (const auto& u : db.rows("SELECT hex(body), hex(signature), hex(stream), units FROM updates "
+                                   "WHERE accepted = 1 AND step = " + row[0])) {
+        wire::SignedUpdate su;
+        su.set_body(unhex(u[0]));
+        su.set_signature(unhex(u[1]));
+        const wire::GradientUpdate full = protocol::decode_update(su, unhex(u[2]));
+        std::vector<float> g(layout.total, 0.0f);
+        const auto refused = exchange::decode_gradient(full, layout, g);
+        ASSERT_FALSE(refused.has_value()) << refused->detail;
+        for (size_t k = 0; k < g.size(); ++k) st.sum[k] += g[k];
+        st.units += std::stod(u[3]);
+      }
+    }
+  }
+  a.signal(SIGCONT);
+  b.signal(SIGCONT);
+  ASSERT_EQ(wait_coordinator(), 0) << log("coordinator");
+  expect_each_group_counted_once(r);
+
+  ASSERT_GE(steps.size(), 4u);
+  for (const auto& [step, st] : steps) {
+    ASSERT_GT(st.units, 0) << "step " << step;
+    const auto applied = applied_gradient(step);
+    double max_diff = 0, max_ref = 0;
+    size_t nonzero = 0;
+    for (const auto& slot : layout.slots) {
+      const at::Tensor t = applied.at(slot.name).contiguous().to(at::kFloat).reshape({-1});
+      ASSERT_EQ(static_cast<uint64_t>(t.numel()), slot.numel) << slot.name;
+      const float* x = t.data_ptr<float>();
+      for (uint64_t k = 0; k < slot.numel; ++k) {
+        const double want = st.sum[slot.offset + k] / st.units;
+        max_diff = std::max(max_diff, std::abs(double(x[k]) - want));
+        max_ref = std::max(max_ref, std::abs(want));
+        nonzero += want != 0;
+      }
+    }
+    EXPECT_GT(nonzero, 0u) << "step " << step;
+    EXPECT_LT(nonzero, layout.total / 4) << "step " << step << ": top-k updates keep a few entries";
+    EXPECT_LE(max_diff, 1e-6 * std::max(1.0, max_ref))
+        << "step " << step << ": max |applied - sum of its updates / units| " << max_diff;
+  }
 }
 
 // A BF16 policy: nodes sample and compute on the published bits and audits recompute every update

@@ -202,6 +202,38 @@ TEST(Publisher, PinnedRoundFilesOutliveEveryVersion) {
   std::filesystem::remove_all(dir);
 }
 
+// buffer() hands back the storage of the version the last publish replaced (no model-sized
+// allocation per step), never the current version's bytes: the next patch is diffed against those.
+TEST(Publisher, BufferReusesTheReplacedVersionsBytes) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("cohort-buf-" + std::to_string(std::random_device{}()));
+  Publisher pub(std::make_shared<BlobStore>(dir), wire::DTYPE_BF16, {{"w", {4096}, 4096}}, {}, 2);
+  auto fill = [](std::string& b, float x, int at) {
+    std::vector<float> w(4096, 0.25f);
+    w[static_cast<size_t>(at)] = x;
+    const std::string bytes = to_published(wire::DTYPE_BF16, w);
+    ASSERT_EQ(b.size(), bytes.size());
+    std::memcpy(b.data(), bytes.data(), b.size());
+  };
+  std::string b1 = pub.buffer();  // nothing replaced yet: a new buffer of the right size
+  ASSERT_EQ(b1.size(), 8192u);
+  fill(b1, 0.25f, 0);
+  const char* storage1 = b1.data();
+  (void)pub.publish("r", 1, 0, std::move(b1));
+  std::string b2 = pub.buffer();
+  ASSERT_EQ(b2.size(), 8192u);
+  EXPECT_NE(b2.data(), pub.current().data());  // not the current version's bytes
+  fill(b2, 0.5f, 17);
+  const PublishedVersion v2 = pub.publish("r", 2, 0, std::move(b2));
+  EXPECT_EQ(v2.patch.changed, 1u);  // diffed against v1's bytes, untouched by buffer()
+  std::string b3 = pub.buffer();
+  EXPECT_EQ(b3.data(), storage1);  // v1's storage, replaced by v2
+  fill(b3, 0.5f, 99);              // v3 differs from v2 at 17 (back to 0.25) and 99
+  const PublishedVersion v3 = pub.publish("r", 3, 0, std::move(b3));
+  EXPECT_EQ(v3.patch.changed, 2u);
+  std::filesystem::remove_all(dir);
+}
+
 // The snapshot test vector of docs/PROTOCOL.md ("Snapshots"): tensors a = [1, -2, 0.5] and b = [1]
 // in BF16, cut into shards of 4 bytes; then version 2 changes a[2] to -2 and is one patch.
 TEST(Publisher, SnapshotTestVectorAndPatchChain) {
