@@ -271,9 +271,7 @@ protocol::SealedUpdate Swarm::build_update(const protocol::Identity& id,
     }
   }
   const auto sequences = static_cast<double>(rewards.size());
-  const grpo::LossType loss = r.spec.grpo.loss.loss;
-  const bool per_token = loss == grpo::LossType::bnpo || loss == grpo::LossType::dapo;
-  u.set_units(static_cast<uint64_t>(per_token ? tokens : sequences));
+  u.set_units(static_cast<uint64_t>(grpo::loss_units(r.spec.grpo.loss.loss, sequences, tokens)));
   u.set_sequences(static_cast<uint64_t>(sequences));
   u.set_tokens(static_cast<uint64_t>(tokens));
   *u.mutable_rewards() = exchange::reward_stats(rewards);

@@ -98,16 +98,7 @@ CheckedBody UpdateChecker::check(const wire::GradientUpdate& u,
   const wire::RewardStats ours = exchange::reward_stats(rewards);
   f.reward_mean = ours.mean();
   f.accuracy = asum / std::max<double>(1, static_cast<double>(f.sequences));
-  switch (ctx_.grpo.loss.loss) {
-    case grpo::LossType::grpo:
-    case grpo::LossType::dr_grpo:
-      f.units = double(f.sequences);
-      break;
-    case grpo::LossType::bnpo:
-    case grpo::LossType::dapo:
-      f.units = f.loss_tokens;
-      break;
-  }
+  f.units = grpo::loss_units(ctx_.grpo.loss.loss, double(f.sequences), f.loss_tokens);
   if (std::abs(double(u.units()) - f.units) > 0.5)
     return refuse(
         malformed(fmt::format("units {} do not match the completions ({})", u.units(), f.units)));

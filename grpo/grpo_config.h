@@ -26,6 +26,14 @@ AdvantageScale parse_advantage_scale(const std::string& s);  // throws cohort::E
 ImportanceLevel parse_importance_level(const std::string& s);
 const char* loss_type_name(LossType t);
 
+// What a batch's loss sum is divided by, so that Σ sums / Σ units over any split of a batch into
+// whole rows is the batch's loss (the coordinator's weighted mean of peers' sums): its completions
+// for grpo and dr_grpo, its loss tokens (the tokens the loss counts) for bnpo and dapo. The loss
+// (grpo/loss.h), the coordinator's check of an update's units and the swarm benchmark use it.
+inline double loss_units(LossType t, double sequences, double loss_tokens) {
+  return t == LossType::bnpo || t == LossType::dapo ? loss_tokens : sequences;
+}
+
 // Defaults follow current TRL: loss dapo, β = 0, ε = 0.2 on both sides.
 struct LossConfig {
   LossType loss = LossType::dapo;

@@ -76,22 +76,20 @@ LossSums grpo_loss_sums(const Tensor& logps, const Tensor& old_logps, const Tens
   switch (cfg.loss) {
     case LossType::grpo:
       out.loss_sum = (per_token.sum(-1) / seq_tokens.clamp_min(1.0)).sum();
-      out.units = double(n);
       break;
     case LossType::bnpo:
     case LossType::dapo:
       out.loss_sum = per_token.sum();
-      out.units = m.sum().item<double>();
       break;
     case LossType::dr_grpo:
       COHORT_CHECK(cfg.max_completion_length > 0);
       out.loss_sum = per_token.sum() / double(cfg.max_completion_length);
-      out.units = double(n);
       break;
   }
   {
     at::NoGradGuard no_grad;
     out.tokens = m.sum().item<double>();
+    out.units = loss_units(cfg.loss, double(n), out.tokens);
     if (kl.defined()) out.kl_sum = (kl * m).sum().item<double>();
     auto c1 = coef1.detach().expand_as(m);
     auto low = (c1 < 1.0 - cfg.epsilon_low) & (a < 0);
