@@ -99,6 +99,7 @@ class ShapedLinks {
  public:
   ShapedLinks(int nodes, const std::string& up, const std::string& down) {
     if (::geteuid() != 0) throw Error("bench e2e: --qdisc-up/--qdisc-down need root (network namespaces and tc)");
+    if (nodes > 250) throw Error("bench e2e: shaped links take one 10.231.i.0/30 per node: at most 250 nodes");
     try {
       for (int i = 0; i < nodes; ++i) add(i, up, down);
     } catch (...) {

@@ -275,6 +275,7 @@ void Node::write_summary() {
   if (opt_.summary_out.empty()) return;
   const double wall =
       (first_lease_ >= 0 && last_ack_ > first_lease_) ? last_ack_ - first_lease_ : 0;
+  const double join_s = std::max(0.0, join_weights_s_);  // the first weights: a joiner's snapshot
   json j = {{"name", opt_.name},
             {"peer", id_.id().hex()},
             {"leases", leases_done_},
@@ -298,9 +299,8 @@ void Node::write_summary() {
             {"mirrors_skipped", sync_ ? sync_->stats().mirrors_skipped : 0},
             {"lease_wait_s", lease_wait_s_},
             {"weights_s", weights_s_},
-            {"join_weights_s", std::max(0.0, join_weights_s_)},
-            {"compute_fraction_joined",
-             wall > std::max(0.0, join_weights_s_) ? compute_s_ / (wall - std::max(0.0, join_weights_s_)) : 0.0},
+            {"join_weights_s", join_s},
+            {"compute_fraction_joined", wall > join_s ? compute_s_ / (wall - join_s) : 0.0},
             {"ack_wait_s", ack_wait_s_},
             {"ahead_wait_s", ahead_wait_s_},
             {"heartbeats_sent", heartbeats_sent_},
