@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/check.h"
+#include "common/file.h"
 #include "coordinator/coordinator_impl.h"
 #include "grpo/safetensors.h"
 
@@ -128,7 +129,7 @@ void Coordinator::Impl::serve() {
              {"pid", ::getpid()},
              {"round_id", cfg.round_id}};
   if (http) publish_round_card(host, server->port(), status_port);
-  grpo::write_file_atomic(endpoint_path(cfg.data_dir), ep.dump());
+  write_file_atomic(endpoint_path(cfg.data_dir), ep.dump());
   spdlog::info("coordinator: round {} on {}:{} (status http://{}:{}/status), key {}, version {}",
                cfg.round_id, host, server->port(), host, status_port, identity.id().hex(),
                sched->version());

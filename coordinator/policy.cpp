@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "common/check.h"
+#include "common/file.h"
 #include "common/clock.h"
 #include "coordinator/aggregation.h"
 #include "exchange/gradient_wire.h"
@@ -399,7 +400,7 @@ std::string Policy::write_checkpoint(int64_t step) {
                           {"version", version_},
                           {"lr", cfg_.grpo.lr},
                           {"scheduler", "constant"}};
-  grpo::write_file_atomic((tmp / "state.json").string(), state.dump(2));
+  write_file_atomic((tmp / "state.json").string(), state.dump(2));
   for (const auto& e : fs::directory_iterator(tmp)) fsync_path(e.path(), false);
   fsync_path(tmp, true);
   fs::remove_all(final_dir);

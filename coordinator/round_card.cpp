@@ -102,7 +102,7 @@ void Coordinator::Impl::publish_round_card(const std::string& host, uint16_t por
     throw Error(std::string("the round card this configuration makes would be refused by nodes: ") +
                 e.what() + " (see [card] and [network] mirrors in docs/ROUND_CONFIG.md)");
   }
-  grpo::write_file_atomic((fs::path(cfg.data_dir) / "round-card.json").string(), text);
+  write_file_atomic((fs::path(cfg.data_dir) / "round-card.json").string(), text);
   {
     std::lock_guard lock(card_mutex);
     round_card = std::move(text);

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "common/check.h"
+#include "common/file.h"
 #include "grpo/safetensors.h"
 
 namespace cohort::grpo {

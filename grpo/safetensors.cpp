@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/check.h"
+#include "common/file.h"
 
 namespace cohort::grpo {
 namespace {
@@ -44,59 +45,7 @@ const DtypeInfo* by_type(at::ScalarType t) {
   return nullptr;
 }
 
-void write_all(int fd, const char* data, size_t n, const std::string& path) {
-  while (n > 0) {
-    ssize_t w = ::write(fd, data, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      throw Error("write " + path + ": " + std::strerror(errno));
-    }
-    data += w;
-    n -= static_cast<size_t>(w);
-  }
-}
-
-// Streams chunks to a temporary file and renames it over `path` once everything is on disk.
-class AtomicFile {
- public:
-  explicit AtomicFile(std::string path)
-      : path_(std::move(path)), tmp_(path_ + ".tmp." + std::to_string(::getpid())) {
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd_ < 0) throw Error("cannot create " + tmp_ + ": " + std::strerror(errno));
-  }
-  ~AtomicFile() {
-    if (fd_ >= 0) {
-      ::close(fd_);
-      ::unlink(tmp_.c_str());
-    }
-  }
-  void write(const void* data, size_t n) { write_all(fd_, static_cast<const char*>(data), n, tmp_); }
-  void commit() {
-    if (::fsync(fd_) != 0) throw Error("fsync " + tmp_ + ": " + std::strerror(errno));
-    ::close(fd_);
-    fd_ = -1;
-    if (::rename(tmp_.c_str(), path_.c_str()) != 0)
-      throw Error("rename " + tmp_ + " -> " + path_ + ": " + std::strerror(errno));
-    auto dir = std::filesystem::path(path_).parent_path();
-    int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-      ::fsync(dfd);
-      ::close(dfd);
-    }
-  }
-
- private:
-  std::string path_, tmp_;
-  int fd_ = -1;
-};
-
 }  // namespace
-
-void write_file_atomic(const std::string& path, const std::string& bytes) {
-  AtomicFile f(path);
-  f.write(bytes.data(), bytes.size());
-  f.commit();
-}
 
 void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
                        at::ScalarType dtype, const std::map<std::string, std::string>& metadata) {

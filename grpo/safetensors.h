@@ -34,7 +34,4 @@ std::vector<NamedTensor> read_safetensors(const std::string& path,
 std::vector<NamedTensor> map_safetensors(const std::string& path,
                                          std::map<std::string, std::string>* metadata = nullptr);
 
-// Writes `bytes` to `path` atomically (temporary file in the same directory, fsync, rename).
-void write_file_atomic(const std::string& path, const std::string& bytes);
-
 }  // namespace cohort::grpo

@@ -103,12 +103,7 @@ void check_known_key(const fs::path& config_dir, const exchange::RoundCard& card
   known[card.round_id] = card.coordinator_key;
   fs::create_directories(config_dir);
   // Written aside and renamed: an interrupted write never leaves half a file of trusted keys.
-  const fs::path tmp = file.string() + ".tmp";
-  std::ofstream out(tmp);
-  out << known.dump(2) << "\n";
-  out.close();
-  if (!out) throw Error("cannot write " + tmp.string());
-  fs::rename(tmp, file);
+  write_file_atomic(file.string(), known.dump(2) + "\n");
 }
 
 // A file of the card in <cache>/blobs/<blake2b>: kept when already there and intact, else
