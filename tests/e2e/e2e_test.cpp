@@ -1389,7 +1389,13 @@ TEST_F(E2E, AdversariesAreRefusedWithTheirReasonsAndTheRoundCompletes) {
   EXPECT_GE(count("zero", "reason = 'recompute_mismatch'"), 1) << log("coordinator");
   EXPECT_EQ(count("stop-only", "accepted = 1"), 0);
   EXPECT_GE(count("stop-only", "reason = 'not_sampled'"), 1) << log("coordinator");
-  EXPECT_GE(count("lazy", "reason = 'not_sampled'"), 1) << log("lazy") << log("coordinator");
+  // The lazy peer is caught by whichever comes first: its own update refused not_sampled (the
+  // log-probabilities of its completions), or, when it validates before its update is judged, its
+  // reports (computed on the version it kept) contradicted by the coordinator's recomputation and
+  // refused bad_audit (seen once in a full ctest run on 2 cores).
+  const int64_t lazy_audits = db.count("SELECT COUNT(*) FROM refusals WHERE reason = 'bad_audit' AND peer = '" +
+                                       key_hex("lazy") + "'");
+  EXPECT_GE(count("lazy", "reason = 'not_sampled'") + lazy_audits, 1) << log("lazy") << log("coordinator");
   EXPECT_EQ(count("cherry-pick", "accepted = 1"), 0);
   EXPECT_GE(count("cherry-pick", "reason = 'not_sampled'"), 1) << log("cherry-pick") << log("coordinator");
   // ban_after = 1: each was banned at its first refusal for misbehaviour (the ban is a `banned`
@@ -1474,7 +1480,13 @@ TEST_F(E2E, ValidatorPeersAuditAndCatchALazyPeerACopycatAndALyingValidator) {
   auto count = [&](const std::string& who, const std::string& where) {
     return db.count("SELECT COUNT(*) FROM updates WHERE peer = '" + key_hex(who) + "' AND " + where);
   };
-  EXPECT_GE(count("lazy", "reason = 'not_sampled'"), 1) << log("lazy") << log("coordinator");
+  // The lazy peer is caught by whichever comes first: its own update refused not_sampled (the
+  // log-probabilities of its completions), or, when it validates before its update is judged, its
+  // reports (computed on the version it kept) contradicted by the coordinator's recomputation and
+  // refused bad_audit (seen once in a full ctest run on 2 cores).
+  const int64_t lazy_audits = db.count("SELECT COUNT(*) FROM refusals WHERE reason = 'bad_audit' AND peer = '" +
+                                       key_hex("lazy") + "'");
+  EXPECT_GE(count("lazy", "reason = 'not_sampled'") + lazy_audits, 1) << log("lazy") << log("coordinator");
   EXPECT_GE(count("copycat", "reason = 'recompute_mismatch'"), 1) << log("copycat") << log("coordinator");
   for (const char* honest : {"honest-a", "honest-b", "colluder"})
     EXPECT_EQ(count(honest, "reason IN ('recompute_mismatch', 'not_sampled', 'bad_norm', 'malformed', 'bad_reward')"), 0)
