@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <utility>
 
 #include "common/check.h"
 #include "common/file.h"
@@ -143,13 +144,8 @@ void Policy::absorb(int64_t step, const Contribution& c, const exchange::SparseG
   if (!slot) slot = std::make_unique<StepSums>();
   StepSums& st = *slot;
   if (st.grad.empty()) {  // once per step, not per update
-    if (spare_grad_.size() == layout_.total) {
-      st.grad = std::move(spare_grad_);
-      spare_grad_ = {};
-      std::fill(st.grad.begin(), st.grad.end(), 0.0f);
-    } else {
-      st.grad.assign(layout_.total, 0.0f);
-    }
+    st.grad = std::exchange(spare_grad_, {});  // an applied step's buffer: assign keeps its pages
+    st.grad.assign(layout_.total, 0.0f);
   }
   for (size_t k = 0; k < g.index.size(); ++k) st.grad[g.index[k]] += g.value[k];
   count(st, c, t0);

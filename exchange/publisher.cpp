@@ -98,8 +98,7 @@ PublishedVersion Publisher::publish(const std::string& round_id, uint64_t versio
 }
 
 std::string Publisher::buffer() {
-  std::string b = std::move(spare_);
-  spare_ = {};
+  std::string b = std::exchange(spare_, {});
   b.resize(offsets_.back());
   return b;
 }
